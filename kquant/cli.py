@@ -1,0 +1,268 @@
+"""The ``kquant`` command line: quantize, decode, info, demo.
+
+Every failure meant for a user ends with one line on stderr,
+``kquant: error: <reason>``, and a non-zero exit status (2 for bad input or
+parameters, 3 for an incomplete store, 130 on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from .errors import IncompleteStoreError, KquantError, ParameterError, TargetExistsError
+
+EXIT_INCOMPLETE = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _window(text: str) -> tuple[int, int, int, int]:
+    try:
+        rows, cols = text.split(",")
+        y0, y1 = (int(v) for v in rows.split(":"))
+        x0, x1 = (int(v) for v in cols.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window must look like y0:y1,x0:x1, got {text!r}") from None
+    return y0, y1, x0, x1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kquant", description="K-means colour quantization of RGB imagery "
+                "into a zarr store of a palette and bit-packed labels.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"kquant {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    q = sub.add_parser("quantize", help="quantize an image into a store")
+    q.add_argument("source", help="image file (PNG, JPEG, TIFF, ...) or zarr array")
+    q.add_argument("target", help="store to write (a zarr v3 group)")
+    _add_run_options(q)
+    q.add_argument("--overwrite", action="store_true", help="replace an existing store/preview")
+    q.add_argument("--preview", metavar="P.png", help="also write original | reconstruction + palette")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    d = sub.add_parser("decode", help="rebuild the RGB image (or a window) from a store")
+    d.add_argument("store")
+    d.add_argument("out", help="output image, .png or .tif/.tiff")
+    d.add_argument("--window", type=_window, metavar="y0:y1,x0:x1")
+    d.add_argument("--overwrite", action="store_true")
+
+    i = sub.add_parser("info", help="print a store's attributes and metrics")
+    i.add_argument("store")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--verify", action="store_true", help="also recompute the labels' checksum")
+
+    m = sub.add_parser("demo", help="quantize the bundled sample image")
+    m.add_argument("--out", default="kquant-demo", help="folder for the store and preview")
+    _add_run_options(m)
+    return p
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from .params import DEFAULT_K, DEFAULT_SAMPLE
+
+    p.add_argument("-k", "--colors", type=int, default=DEFAULT_K, help="palette size, 2-256")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help="pixels sampled for the fit")
+    p.add_argument("--chunk", type=int, default=None, help="chunk edge in pixels")
+    p.add_argument("--restarts", type=int, default=None, help="extra k-means++ restarts")
+    p.add_argument("--address", default=None,
+                   help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)")
+    p.add_argument("--max-pixels", type=_positive_int, default=None,
+                   help="refuse images whose header claims more pixels")
+
+
+def _params(args):
+    from .params import DEFAULT_RESTARTS, QuantizeParams
+
+    if args.chunk is not None and args.chunk <= 0:
+        raise ParameterError(f"chunk must be a positive integer, got {args.chunk}")
+    return QuantizeParams(k=args.colors, seed=args.seed, sample_size=args.sample,
+                          chunk=args.chunk,
+                          restarts=DEFAULT_RESTARTS if args.restarts is None else args.restarts)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _summary(result) -> str:
+    m = result.meta.metrics
+    psnr = "inf (lossless)" if m["psnr"] is None else f"{m['psnr']:.2f} dB"
+    lines = [
+        f"store      {result.target}",
+        f"image      {result.meta.height} x {result.meta.width} px, {result.fit.n_unique} colours",
+        f"palette    {result.meta.n_colors} colours ({result.meta.bits} bits/px)",
+        f"quality    PSNR {psnr}, MSE {m['mse']:.3f}",
+        f"size       {_fmt_bytes(m['store_bytes'])} on disk, {m['store_bits_per_pixel']:.3f} bits/px",
+        f"time       {result.timings['total']:.2f} s",
+    ]
+    if result.preview:
+        lines.append(f"preview    {result.preview}")
+    return "\n".join(lines)
+
+
+def _quantize(args) -> int:
+    from . import pipeline
+
+    result = pipeline.quantize(args.source, args.target, _params(args), overwrite=args.overwrite,
+                               preview_path=args.preview, max_pixels=args.max_pixels,
+                               address=args.address, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"target": result.target, "meta": result.meta.to_json(),
+                          "timings": result.timings, "preview": result.preview}, indent=2))
+    else:
+        print(_summary(result))
+    return 0
+
+
+def _decode(args) -> int:
+    import numpy as np
+
+    from . import store
+
+    out = Path(args.out)
+    ext = out.suffix.lower()
+    if ext not in (".png", ".tif", ".tiff"):
+        raise ParameterError(f"output must end in .png, .tif or .tiff, got {out.name!r}")
+    if out.exists() and not args.overwrite:
+        raise TargetExistsError(f"{out} exists (use --overwrite to replace it)")
+    st = store.open_store(args.store)
+    h, w = st.shape
+    if args.window:
+        y0, y1, x0, x1 = args.window
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside the image (0:{h},0:{w})")
+        rgb = st.window(y0, y1, x0, x1)
+    else:
+        rgb = st.rgb
+    tmp = out.with_name(f".{out.name}.kquant-tmp{ext}")
+    try:
+        if ext == ".png":
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, np.asarray(rgb.compute(scheduler="threads")), extension=".png")
+        else:
+            import tifffile
+
+            tile = (256, 256)
+            th, tw = rgb.shape[:2]
+            if th >= tile[0] and tw >= tile[1]:
+                rgb = rgb.rechunk((tile[0], tile[1], 3))
+
+                def tiles():
+                    for i in range(rgb.numblocks[0]):
+                        for j in range(rgb.numblocks[1]):
+                            block = np.asarray(rgb.blocks[i, j].compute(scheduler="threads"))
+                            pad = np.zeros(tile + (3,), np.uint8)
+                            pad[:block.shape[0], :block.shape[1]] = block
+                            yield pad
+
+                tifffile.imwrite(tmp, tiles(), shape=rgb.shape, dtype=np.uint8, tile=tile,
+                                 photometric="rgb", compression="zlib", bigtiff=rgb.size > 2**31)
+            else:
+                tifffile.imwrite(tmp, np.asarray(rgb.compute(scheduler="threads")),
+                                 photometric="rgb", compression="zlib")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"wrote {out} ({rgb.shape[0]} x {rgb.shape[1]} px)")
+    return 0
+
+
+def _info(args) -> int:
+    from . import store
+
+    meta = store.read_meta(args.store)
+    if args.json:
+        print(json.dumps(meta.to_json(), indent=2))
+    if not meta.complete:
+        raise IncompleteStoreError(f"{args.store} is incomplete (status {meta.status!r}): "
+                                   "its run crashed or is still writing")
+    if args.verify:
+        store.open_store(args.store).verify()
+    if not args.json:
+        m = meta.metrics
+        psnr = m.get("psnr")
+        print(f"store      {store.local_path(args.store)}  (kquant format {meta.format_version}, "
+              f"written by kquant {meta.library_version})")
+        print(f"status     {meta.status}" + ("  (checksum verified)" if args.verify else ""))
+        print(f"image      {meta.height} x {meta.width} px   source {meta.source.get('uri')}")
+        print(f"palette    {meta.n_colors} colours (k={meta.k}), {meta.bits} bits/px, "
+              f"chunks {meta.chunk_rows} x {meta.chunk_cols} px")
+        print(f"quality    PSNR {'inf (lossless)' if psnr is None else f'{psnr:.2f} dB'}, "
+              f"MSE {m.get('mse', math.nan):.3f}")
+        print(f"size       {_fmt_bytes(m.get('store_bytes', 0))}, "
+              f"{m.get('store_bits_per_pixel', math.nan):.3f} bits/px on disk")
+        print(f"params     {json.dumps(meta.params, sort_keys=True)}")
+    return 0
+
+
+def _demo(args) -> int:
+    from importlib import resources
+
+    from . import pipeline
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with resources.as_file(resources.files("kquant") / "data" / "sample.jpg") as sample:
+        result = pipeline.quantize(sample, out / "sample.kquant", _params(args), overwrite=True,
+                                   preview_path=out / "sample-preview.png",
+                                   max_pixels=args.max_pixels, address=args.address,
+                                   progress=sys.stderr.isatty())
+    print(_summary(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"quantize": _quantize, "decode": _decode, "info": _info, "demo": _demo}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("kquant: interrupted", file=sys.stderr)
+        return 130
+    except IncompleteStoreError as exc:
+        print(f"kquant: error: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except KquantError as exc:
+        print(f"kquant: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except MemoryError:
+        print("kquant: error: out of memory (use smaller --chunk or a tiled input)", file=sys.stderr)
+        return 1
+    except Exception as exc:  # unexpected: still one line, traceback on request
+        if os.environ.get("KQUANT_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"kquant: error: unexpected {type(exc).__name__}: {msg} "
+              "(set KQUANT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Exceptions raised by kquant.
+
+Every error meant for a user derives from :class:`KquantError`; its message is a
+single line that the CLI prints as ``kquant: error: <message>`` before exiting
+with a non-zero status.
+"""
+
+from __future__ import annotations
+
+
+class KquantError(Exception):
+    """Base class of every error kquant reports to a user (one-line message)."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # keep messages on one line whatever the cause
+        return " ".join(super().__str__().split())
+
+
+class ParameterError(KquantError, ValueError):
+    """A parameter is out of range or of the wrong type."""
+
+
+class InputError(KquantError):
+    """The source cannot be read as an image kquant accepts."""
+
+
+class ImageTooLargeError(InputError):
+    """The image header claims more pixels than the configured limit."""
+
+
+class StoreError(KquantError):
+    """A path is not a kquant store, or the store is damaged."""
+
+
+class IncompleteStoreError(StoreError):
+    """The store was not completed by the pipeline (crashed or still being written)."""
+
+
+class TargetExistsError(KquantError):
+    """The output exists and overwriting was not asked for."""

@@ -1,0 +1,30 @@
+"""Reconstruction error: sum of squared errors per chunk, MSE and PSNR."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def sse_block(block: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> int:
+    """Exact integer sum of squared channel errors of one block's reconstruction."""
+    diff = np.asarray(block, np.int64) - np.asarray(palette, np.int64)[np.asarray(labels)]
+    return int(np.square(diff, dtype=np.int64).sum())
+
+
+def mse(sse: int, n_pixels: int) -> float:
+    """Mean squared error per channel sample (the convention of skimage and PSNR tools)."""
+    return float(sse) / (3.0 * n_pixels) if n_pixels else 0.0
+
+
+def psnr(mse_value: float, *, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB; ``inf`` for a lossless reconstruction."""
+    return math.inf if mse_value <= 0 else 10.0 * math.log10(peak * peak / mse_value)
+
+
+def weighted_inertia(colours: np.ndarray, weights: np.ndarray, palette: np.ndarray,
+                     labels: np.ndarray) -> float:
+    """Sum over colours of weight x squared distance to the assigned palette entry."""
+    diff = np.asarray(colours, np.float64) - np.asarray(palette, np.float64)[labels]
+    return float(np.dot(np.asarray(weights, np.float64), (diff * diff).sum(axis=1)))

@@ -1,0 +1,90 @@
+"""Validated, JSON-round-tripping parameters of a quantization run."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .errors import ParameterError
+
+DEFAULT_K = 16
+DEFAULT_SAMPLE = 50_000
+DEFAULT_RESTARTS = 4
+
+
+def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ParameterError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        span = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ParameterError(f"{name} must be {span}, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeParams:
+    """Parameters of a run; validated on construction, stored in the store's attributes.
+
+    Attributes
+    ----------
+    k : int
+        Number of palette colours, 2 to 256.
+    seed : int
+        Seed of every random choice (sampling, seeding); same seed, same store.
+    sample_size : int
+        Pixels drawn for the dask-ml fit (at least ``k``).
+    chunk : int or None
+        Chunk edge in pixels (rounded up to a multiple of 8); None for the default.
+    restarts : int
+        Extra k-means++ restarts on the colour histogram (0 for none).
+    max_iter : int
+        Iteration cap of each Lloyd run.
+    background : tuple of 3 int
+        Colour transparent pixels are composited over.
+
+    Raises
+    ------
+    ParameterError
+        On any value out of range.
+    """
+
+    k: int = DEFAULT_K
+    seed: int = 0
+    sample_size: int = DEFAULT_SAMPLE
+    chunk: int | None = None
+    restarts: int = DEFAULT_RESTARTS
+    max_iter: int = 300
+    background: tuple[int, int, int] = (255, 255, 255)
+
+    def __post_init__(self) -> None:
+        set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731 - frozen dataclass
+        set_("k", _int("k (number of colours)", self.k, 2, 256))
+        set_("seed", _int("seed", self.seed, 0, 2**63 - 1))
+        set_("sample_size", _int("sample size", self.sample_size, self.k))
+        if self.chunk is not None:
+            set_("chunk", _int("chunk", self.chunk, 1, 1 << 20))
+        set_("restarts", _int("restarts", self.restarts, 0, 100))
+        set_("max_iter", _int("max_iter", self.max_iter, 1, 100_000))
+        bg = tuple(self.background)
+        if len(bg) != 3:
+            raise ParameterError(f"background must have 3 components, got {self.background!r}")
+        set_("background", tuple(_int("background component", c, 0, 255) for c in bg))
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["background"] = list(self.background)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict) -> "QuantizeParams":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ParameterError(f"unknown parameters: {', '.join(sorted(unknown))}")
+        d = dict(data)
+        if "background" in d:
+            d["background"] = tuple(d["background"])
+        return cls(**d)

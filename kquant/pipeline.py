@@ -1,0 +1,217 @@
+"""Composition: source -> palette -> store, as plain functions the CLI and flows call.
+
+Each step takes URIs and small values and returns small values; pixels only
+move inside dask graphs and the zarr store.
+
+* :func:`inspect` -- read the header;
+* :func:`fit` -- one pass over the pixels for the exact colour histogram and a
+  bounded sample, then :func:`kquant.fit.fit_palette`;
+* :func:`write` -- a second pass: assign, pack and write each chunk, with the
+  reconstruction error computed in the same tasks, then commit the store;
+* :func:`quantize` -- all of the above, plus an optional preview picture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from . import assign, cluster, histogram, metrics, packing, readers, sampling, store
+from .fit import FitResult, fit_palette
+from .params import QuantizeParams
+from .readers import ImageSource
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeResult:
+    """What a run produced: the store's attributes, the fit, and timings (seconds)."""
+
+    target: str
+    meta: store.StoreMeta
+    fit: FitResult
+    timings: dict
+    preview: str | None = None
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.fit.palette
+
+
+def inspect(source, *, max_pixels: int | None = None) -> ImageSource:
+    """Header of the source (see :func:`kquant.readers.inspect_image`)."""
+    return readers.inspect_image(source, max_pixels=max_pixels)
+
+
+def _image(src: ImageSource, params: QuantizeParams, max_pixels):
+    return readers.open_source(src, chunks=params.chunk, max_pixels=max_pixels,
+                               background=params.background)
+
+
+def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None = None,
+        address: str | None = None, progress: bool = False) -> FitResult:
+    """Fit the palette of a source: histogram and sample in one pass, then the fit.
+
+    Raises
+    ------
+    InputError, ParameterError
+        On a bad source or bad parameters.
+    """
+    params = params or QuantizeParams()
+    src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
+    image = _image(src, params, max_pixels)
+    with cluster.scheduler(address):
+        (colours, counts), sample = cluster.compute(
+            histogram.colour_histogram(image),
+            sampling.sample_pixels(image, params.sample_size, seed=params.seed),
+            progress=progress)
+    return fit_palette(sample, colours, counts, params.k, seed=params.seed,
+                       restarts=params.restarts, max_iter=params.max_iter)
+
+
+def store_chunks(image) -> tuple[int, int]:
+    """Pixel chunk (rows, cols) of the store for a dask image (cols a multiple of 8)."""
+    rows, cols = image.chunks[0][0], image.chunks[1][0]
+    if cols < image.shape[1] and cols % packing.PIXEL_ALIGN:
+        cols = -(-cols // packing.PIXEL_ALIGN) * packing.PIXEL_ALIGN
+    return rows, cols
+
+
+def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root: str,
+                        row0: int, col0: int, packed_chunk: tuple[int, int]):
+    """Kernel of the second pass: label one chunk, pack it, write it, measure it."""
+    block = np.asarray(block)
+    labels = assign.nearest_block(block, palette)
+    packed = packing.pack_rows(labels, bits)
+    store.write_packed_chunk(root, packed, row0, col0 * bits // 8, packed_chunk)
+    counts = np.bincount(labels.ravel(), minlength=len(palette))
+    return metrics.sse_block(block, labels, palette), counts, store.chunk_digest(packed)
+
+
+def write(source, target, palette: np.ndarray, params: QuantizeParams | None = None, *,
+          overwrite: bool = False, max_pixels: int | None = None, address: str | None = None,
+          progress: bool = False) -> store.StoreMeta:
+    """Assign every pixel to ``palette`` and write a complete store at ``target``.
+
+    Raises
+    ------
+    TargetExistsError
+        If ``target`` exists and ``overwrite`` is false (checked before any work).
+    InputError, StoreError
+        On a bad source or a failed write; no store is left behind.
+    """
+    import dask
+
+    params = params or QuantizeParams()
+    store.check_target(target, overwrite=overwrite)
+    src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
+    image = _image(src, params, max_pixels)
+    rows, cols = store_chunks(image)
+    image = image.rechunk((rows, cols, 3))
+    palette = np.asarray(palette, np.uint8)
+    bits = packing.bits_for(len(palette))
+    meta = store.StoreMeta(
+        height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
+        chunk_rows=rows, chunk_cols=cols,
+        source={"uri": src.uri, "format": src.format, "size_bytes": src.size_bytes,
+                "orientation": src.orientation, "mode": src.mode},
+        params=params.to_json())
+    with store.StoreWriter(target, meta, palette, overwrite=overwrite) as writer:
+        blocks = image.to_delayed()
+        keys, tasks = [], []
+        for i, j, _ in np.ndindex(*blocks.shape):
+            keys.append((i, j))
+            tasks.append(dask.delayed(_assign_write_block, pure=True)(
+                blocks[i, j, 0], palette, bits, writer.root, i * rows, j * cols,
+                meta.packed_chunks))
+        with cluster.scheduler(address):
+            results = cluster.compute(*tasks, progress=progress)
+        sse = sum(int(r[0]) for r in results)
+        counts = np.sum([r[1] for r in results], axis=0)
+        n_pixels = src.height * src.width
+        mse = metrics.mse(sse, n_pixels)
+        psnr = metrics.psnr(mse)
+        return writer.commit(
+            metrics={"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
+                     "lossless": sse == 0, "n_pixels": n_pixels,
+                     "palette_counts": [int(c) for c in counts]},
+            checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))))
+
+
+def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = None, *,
+            max_pixels: int | None = None, max_width: int = 1600) -> str:
+    """Write original | reconstruction with the palette strip to ``out`` (PNG)."""
+    from . import preview as pv
+
+    params = params or QuantizeParams()
+    src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
+    image = _image(src, params, max_pixels)
+    step = pv.stride_for(src.height, src.width, max_width)
+    small = np.asarray(image[::step, ::step].compute(scheduler="threads"))
+    recon = np.asarray(palette, np.uint8)[assign.nearest_block(small, palette)]
+    pv.write_png(out, pv.compose(small, recon, palette))
+    return str(out)
+
+
+def quantize(source, target, params: QuantizeParams | None = None, *, overwrite: bool = False,
+             preview_path=None, max_pixels: int | None = None, address: str | None = None,
+             progress: bool = False) -> QuantizeResult:
+    """Quantize ``source`` into a kquant store at ``target`` (the whole job).
+
+    Parameters
+    ----------
+    source : str or path-like
+        Image file or zarr array.
+    target : str or path-like
+        Store to write (refused if it exists, unless ``overwrite``).
+    params : QuantizeParams, optional
+        K, seed, sample size, chunking, restarts.
+    overwrite : bool, keyword-only
+    preview_path : path-like, optional, keyword-only
+        Also write a side-by-side preview PNG there.
+    max_pixels : int, optional, keyword-only
+        Pixel limit for the source's header.
+    address : str, optional, keyword-only
+        Dask scheduler address; default ``$DASK_SCHEDULER_ADDRESS`` or local threads.
+    progress : bool, keyword-only
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    QuantizeResult
+
+    Raises
+    ------
+    KquantError
+        Any user-facing failure (bad input, bad parameters, existing target);
+        nothing is left at ``target`` or ``preview_path`` then.
+    """
+    params = params or QuantizeParams()
+    timings = {}
+    t0 = time.perf_counter()
+    store.check_target(target, overwrite=overwrite)
+    if preview_path is not None and not overwrite:
+        from pathlib import Path
+
+        if Path(preview_path).exists():
+            from .errors import TargetExistsError
+
+            raise TargetExistsError(f"{preview_path} exists (use --overwrite to replace it)")
+    src = inspect(source, max_pixels=max_pixels)
+    timings["inspect"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    result = fit(src, params, max_pixels=max_pixels, address=address, progress=progress)
+    timings["fit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    meta = write(src, target, result.palette, params, overwrite=overwrite,
+                 max_pixels=max_pixels, address=address, progress=progress)
+    timings["assign_write"] = time.perf_counter() - t
+    written_preview = None
+    if preview_path is not None:
+        t = time.perf_counter()
+        written_preview = preview(src, result.palette, preview_path, params, max_pixels=max_pixels)
+        timings["preview"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    return QuantizeResult(target=str(store.local_path(target)), meta=meta, fit=result,
+                          timings=timings, preview=written_preview)

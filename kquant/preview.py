@@ -1,0 +1,46 @@
+"""Side-by-side preview: original | reconstruction, palette swatches beneath."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+GAP = 8
+SWATCH_HEIGHT = 32
+
+
+def stride_for(height: int, width: int, max_width: int = 1600) -> int:
+    """Subsampling step so that two images side by side fit in ``max_width``."""
+    half = max(1, (max_width - GAP) // 2)
+    return max(1, math.ceil(width / half), math.ceil(height / (2 * half)))
+
+
+def compose(original: np.ndarray, reconstruction: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """One (h', w', 3) uint8 picture of both images and the palette as a strip of swatches."""
+    h, w = original.shape[:2]
+    width = 2 * w + GAP
+    n = len(palette)
+    canvas = np.full((h + GAP + SWATCH_HEIGHT, width, 3), 255, np.uint8)
+    canvas[:h, :w] = original
+    canvas[:h, w + GAP:] = reconstruction
+    edges = np.linspace(0, width, n + 1).round().astype(int)
+    for i, colour in enumerate(np.asarray(palette, np.uint8)):
+        canvas[h + GAP:, edges[i]:edges[i + 1]] = colour
+    return canvas
+
+
+def write_png(path, picture: np.ndarray) -> None:
+    """Write a picture as PNG (atomically: temp file, then rename)."""
+    import os
+
+    import imageio.v3 as iio
+
+    path = os.fspath(path)
+    tmp = f"{path}.kquant-tmp.png"
+    try:
+        iio.imwrite(tmp, picture, extension=".png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

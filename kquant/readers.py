@@ -1,0 +1,502 @@
+"""Image readers: a source URI to a lazy, chunked ``(H, W, 3)`` uint8 dask array.
+
+Three families of input are recognised by their content (magic bytes), not by
+their file name:
+
+* tiled or striped TIFF/BigTIFF: read lazily, one chunk at a time, through
+  tifffile's zarr interface (the only place kquant touches that bridge);
+* zarr arrays (v2 or v3) of shape (H, W) or (H, W, C): read lazily;
+* everything Pillow decodes through imageio (PNG, JPEG, BMP, GIF, WebP, ...):
+  decoded whole, once per process, then served in chunks.
+
+Pixels are converted to RGB by :mod:`kquant.convert`; EXIF/TIFF orientation is
+applied. The header is checked against a pixel limit before any pixel is
+decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import convert
+from .errors import ImageTooLargeError, InputError
+
+#: Default limit on the pixels an image header may claim (about 4.3 gigapixels).
+DEFAULT_MAX_PIXELS = 2**32
+#: Default chunk edge in pixels.
+DEFAULT_CHUNK = 2048
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PILLOW_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"BM": "BMP",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"RIFF": "WEBP",
+    b"P6": "PPM",
+    b"P5": "PGM",
+    b"P3": "PPM",
+    b"P2": "PGM",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """What the header of a source says, read without decoding pixels.
+
+    Attributes
+    ----------
+    uri : str
+        The source as given (absolute path for local files).
+    format : str
+        ``"TIFF"``, ``"ZARR"`` or the Pillow format name (``"PNG"``, ``"JPEG"``, ...).
+    height, width : int
+        Size after orientation is applied.
+    raw_shape : tuple of int
+        Shape of the decoded samples before conversion and orientation.
+    dtype : str
+        Sample type before conversion.
+    orientation : int
+        EXIF/TIFF orientation (1-8) that is applied.
+    tile : tuple of int or None
+        Native (rows, cols) block of the file (TIFF tile or strip, zarr chunk).
+    size_bytes, mtime_ns : int
+        Identity of the file (for caching).
+    """
+
+    uri: str
+    format: str
+    height: int
+    width: int
+    raw_shape: tuple[int, ...]
+    dtype: str
+    orientation: int = 1
+    tile: tuple[int, int] | None = None
+    size_bytes: int = 0
+    mtime_ns: int = 0
+    mode: str = ""
+
+    @property
+    def n_pixels(self) -> int:
+        return self.height * self.width
+
+    @property
+    def identity(self) -> str:
+        """A string that changes whenever the file changes (path, size, mtime)."""
+        return f"{self.uri}:{self.size_bytes}:{self.mtime_ns}"
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["raw_shape"] = list(self.raw_shape)
+        d["tile"] = list(self.tile) if self.tile else None
+        return d
+
+
+def _local_path(uri: str | os.PathLike) -> Path:
+    text = os.fspath(uri)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        raise InputError(f"unsupported source URL scheme: {text!r} (local paths and file:// only)")
+    return Path(text).expanduser().absolute()
+
+
+def _sniff(path: Path) -> str:
+    if path.is_dir():
+        if (path / "zarr.json").exists() or (path / ".zarray").exists():
+            return "ZARR"
+        raise InputError(f"{path} is a directory, not a zarr array")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not head:
+        raise InputError(f"{path} is empty (0 bytes)")
+    if head[:4] in _TIFF_MAGIC:
+        return "TIFF"
+    for magic, name in _PILLOW_MAGIC.items():
+        if head.startswith(magic):
+            if name == "WEBP" and head[8:12] != b"WEBP":
+                continue
+            return "PILLOW"
+    raise InputError(f"{path} is not a recognised image (PNG, JPEG, BMP, GIF, WebP, PNM, TIFF or zarr)")
+
+
+def _check_size(path: Path, height: int, width: int, max_pixels: int | None) -> None:
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if height <= 0 or width <= 0:
+        raise InputError(f"{path} has an empty image ({height}x{width})")
+    if height * width > limit:
+        raise ImageTooLargeError(
+            f"{path} claims {height}x{width} = {height * width} pixels, above the limit of "
+            f"{limit} (raise it with --max-pixels / KQUANT_MAX_PIXELS)"
+        )
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    if path.is_dir():  # zarr: newest metadata file
+        meta = [p for p in (path / "zarr.json", path / ".zarray") if p.exists()]
+        st = meta[0].stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _oriented(h: int, w: int, orientation: int) -> tuple[int, int]:
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+# --------------------------------------------------------------------------- Pillow via imageio
+
+_PIL_DIRECT = {"1", "L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "P", "PA"}
+_PIL_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def _inspect_pillow(path: Path, max_pixels: int | None) -> ImageSource:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            # the header is parsed; no pixel has been decoded yet
+            w, h = im.size
+            _check_size(path, h, w, max_pixels)
+            mode, fmt = im.mode, im.format or "?"
+            n_frames = getattr(im, "n_frames", 1)
+            exif = im.getexif()
+            orientation = int(exif.get(0x0112, 1) or 1)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{path}: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable image: {exc}") from None
+    if n_frames > 1:
+        raise InputError(f"{path} is an animated or multi-frame {fmt} ({n_frames} frames); "
+                         "kquant reads single images")
+    if mode not in _PIL_DIRECT and mode not in _PIL_TO_RGB:
+        raise InputError(f"{path}: unsupported {fmt} pixel mode {mode!r}")
+    if orientation not in range(1, 9):
+        orientation = 1
+    size, mtime = _stat(path)
+    oh, ow = _oriented(h, w, orientation)
+    return ImageSource(uri=str(path), format=fmt, height=oh, width=ow, raw_shape=(h, w),
+                       dtype="uint8", orientation=orientation, size_bytes=size,
+                       mtime_ns=mtime, mode=mode)
+
+
+_decode_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _decode_pillow(path: str, stamp: tuple[int, int], mode: str, max_pixels: int,
+                   background: tuple[int, int, int]) -> np.ndarray:
+    import imageio.v3 as iio
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # the header was checked against our own limit
+    try:
+        pilmode = "RGB" if mode in _PIL_TO_RGB else None
+        arr = iio.imread(path, plugin="pillow", index=0, mode=pilmode, rotate=True)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path} cannot be decoded: {exc}") from None
+    if arr.dtype.kind == "i" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+        arr = arr.astype(np.uint16)  # Pillow's 32-bit 'I' mode for 16-bit greys
+    return convert.to_rgb8(arr, background=background)
+
+
+class _DecodedImage:
+    """Array-like over a whole-image decode, cached per process; pickles as a path."""
+
+    def __init__(self, src: ImageSource, max_pixels: int, background):
+        self.src, self.max_pixels, self.background = src, max_pixels, tuple(background)
+        self.shape = (src.height, src.width, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def __getitem__(self, key):
+        with _decode_lock:
+            arr = _decode_pillow(self.src.uri, (self.src.size_bytes, self.src.mtime_ns),
+                                 self.src.mode, self.max_pixels, self.background)
+        if arr.shape != self.shape:
+            raise InputError(f"{self.src.uri} decoded to {arr.shape}, header said {self.shape}")
+        return arr[key]
+
+
+# --------------------------------------------------------------------------- TIFF via tifffile
+
+def _inspect_tiff(path: Path, max_pixels: int | None) -> ImageSource:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if not tf.series:
+                raise InputError(f"{path} holds no image")
+            series = tf.series[0]
+            page = series.levels[0].keyframe
+            shape, axes = tuple(series.levels[0].shape), series.levels[0].axes
+            extra = [a for a in axes if a not in "YXS"]
+            if extra:
+                raise InputError(f"{path} is a multi-page or multi-dimensional TIFF (axes {axes}, "
+                                 f"shape {shape}); kquant reads single images")
+            ydim, xdim = axes.index("Y"), axes.index("X")
+            h, w = shape[ydim], shape[xdim]
+            _check_size(path, h, w, max_pixels)
+            photometric = int(page.photometric)
+            if photometric not in (0, 1, 2, 3):  # WHITE/BLACK_IS_ZERO, RGB, PALETTE
+                name = getattr(page.photometric, "name", str(photometric))
+                raise InputError(f"{path}: unsupported TIFF photometric {name}; convert to RGB first")
+            if page.compression != 1:
+                try:
+                    tifffile.TIFF.DECOMPRESSORS[page.compression]  # raises if unavailable
+                except KeyError:
+                    raise InputError(
+                        f"{path}: TIFF compression {getattr(page.compression, 'name', page.compression)}"
+                        " needs the imagecodecs package (pip install imagecodecs)") from None
+            dtype = np.dtype(page.dtype)
+            if photometric != 3:
+                convert.check_dtype(dtype)
+            tile = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip or h, w)
+            tag = page.tags.get("Orientation")
+            orientation = int(tag.value) if tag is not None else 1
+            mode = {0: "MINISWHITE", 1: "MINISBLACK", 2: "RGB", 3: "PALETTE"}[photometric]
+            if "S" in axes and axes.index("S") < ydim:
+                mode += ":planar"
+    except InputError:
+        raise
+    except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise InputError(f"{path} is not a readable TIFF: {exc}") from None
+    if orientation not in range(1, 9):
+        orientation = 1
+    size, mtime = _stat(path)
+    oh, ow = _oriented(h, w, orientation)
+    return ImageSource(uri=str(path), format="TIFF", height=oh, width=ow, raw_shape=shape,
+                       dtype=str(dtype), orientation=orientation, tile=tile,
+                       size_bytes=size, mtime_ns=mtime, mode=mode)
+
+
+_tiff_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=8)
+def _tiff_zarr(path: str, stamp: tuple[int, int]):
+    """The level-0 zarr array of a TIFF's first series (one open file per process)."""
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True, series=0, level=0)
+    return zarr.open_array(store, mode="r")
+
+
+class _TiffArray:
+    """Array-like over a TIFF's samples; opened lazily in each process, pickles as a path."""
+
+    def __init__(self, src: ImageSource):
+        self.src = src
+        self.shape = tuple(src.raw_shape)
+        self.dtype = np.dtype(src.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        with _tiff_lock:
+            z = _tiff_zarr(self.src.uri, (self.src.size_bytes, self.src.mtime_ns))
+        try:
+            return z[key]
+        except Exception as exc:  # a damaged tile: name the file, keep one line
+            raise InputError(f"{self.src.uri}: cannot decode TIFF data: {exc}") from None
+
+
+def _tiff_colormap(path: str) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        cmap = tf.series[0].levels[0].keyframe.colormap
+    if cmap is None:
+        raise InputError(f"{path}: palette TIFF without a colormap")
+    cmap = np.asarray(cmap)
+    if cmap.dtype == np.uint16 or cmap.max() > 255:
+        cmap = np.rint(cmap.astype(np.float64) / 257.0)
+    return np.ascontiguousarray(cmap.T.astype(np.uint8))  # (N, 3)
+
+
+# --------------------------------------------------------------------------- zarr arrays
+
+def _inspect_zarr(path: Path, max_pixels: int | None) -> ImageSource:
+    import zarr
+
+    try:
+        z = zarr.open_array(str(path), mode="r")
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable zarr array: {exc}") from None
+    convert.channel_layout(z.shape)
+    convert.check_dtype(z.dtype)
+    h, w = z.shape[:2]
+    _check_size(path, h, w, max_pixels)
+    size, mtime = _stat(path)
+    return ImageSource(uri=str(path), format="ZARR", height=h, width=w,
+                       raw_shape=tuple(z.shape), dtype=str(z.dtype),
+                       tile=tuple(z.chunks[:2]), size_bytes=size, mtime_ns=mtime)
+
+
+# --------------------------------------------------------------------------- public API
+
+def inspect_image(uri: str | os.PathLike, *, max_pixels: int | None = None) -> ImageSource:
+    """Read a source's header: format, size, sample type, orientation; no pixels.
+
+    Parameters
+    ----------
+    uri : str or path-like
+        Local path (or ``file://`` URL) of an image file or zarr array.
+    max_pixels : int, optional, keyword-only
+        Largest pixel count accepted (default :data:`DEFAULT_MAX_PIXELS`, or the
+        ``KQUANT_MAX_PIXELS`` environment variable).
+
+    Returns
+    -------
+    ImageSource
+
+    Raises
+    ------
+    InputError
+        If the source is missing, empty, not an image, damaged, or of an
+        unsupported kind.
+    ImageTooLargeError
+        If the header claims more pixels than ``max_pixels``.
+    """
+    if max_pixels is None and os.environ.get("KQUANT_MAX_PIXELS"):
+        max_pixels = int(os.environ["KQUANT_MAX_PIXELS"])
+    path = _local_path(uri)
+    kind = _sniff(path)
+    if kind == "TIFF":
+        return _inspect_tiff(path, max_pixels)
+    if kind == "ZARR":
+        return _inspect_zarr(path, max_pixels)
+    return _inspect_pillow(path, max_pixels)
+
+
+def normalise_chunk(chunk: int | None, tile: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Chunk (rows, cols) for a requested edge: a multiple of 8 (and of the file's tiles).
+
+    Raises
+    ------
+    ParameterError
+        If ``chunk`` is not a positive integer.
+    """
+    from .errors import ParameterError
+
+    edge = DEFAULT_CHUNK if chunk is None else chunk
+    if isinstance(edge, bool) or not isinstance(edge, (int, np.integer)) or edge <= 0:
+        raise ParameterError(f"chunk must be a positive integer, got {chunk!r}")
+    edge = -(-int(edge) // 8) * 8
+    rows = cols = edge
+    if tile:  # whole tiles (or strips) per chunk
+        th, tw = tile
+        rows, cols = max(th, (edge // th) * th), max(tw, (edge // tw) * tw)
+    return rows, cols
+
+
+def _orient(arr, orientation: int):
+    """Apply an EXIF/TIFF orientation (1-8) to a lazy (H, W, C) array."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    t = arr.transpose(1, 0, 2) if orientation in (5, 6, 7, 8) else arr
+    if orientation == 6:
+        return t[:, ::-1]
+    if orientation == 7:
+        return t[::-1, ::-1]
+    if orientation == 8:
+        return t[::-1]
+    return t
+
+
+def open_image(uri: str | os.PathLike, *, chunks: int | None = None,
+               max_pixels: int | None = None,
+               background: tuple[int, int, int] = convert.WHITE):
+    """Open an image as a lazy ``(H, W, 3)`` uint8 dask array.
+
+    Parameters
+    ----------
+    uri : str or path-like
+        Image file (PNG, JPEG, BMP, GIF, WebP, PNM, TIFF/BigTIFF) or zarr array.
+    chunks : int, optional, keyword-only
+        Chunk edge in pixels (rounded up to a multiple of 8, and to whole TIFF
+        tiles); default :data:`DEFAULT_CHUNK`.
+    max_pixels : int, optional, keyword-only
+        Largest pixel count accepted.
+    background : tuple of 3 int, keyword-only
+        Colour that transparent pixels are composited over (default white).
+
+    Returns
+    -------
+    dask.array.Array of uint8, shape (H, W, 3)
+
+    Raises
+    ------
+    InputError, ImageTooLargeError, ParameterError
+        See :func:`inspect_image` and :func:`normalise_chunk`.
+    """
+    return open_source(inspect_image(uri, max_pixels=max_pixels), chunks=chunks,
+                       max_pixels=max_pixels, background=background)
+
+
+def open_source(src: ImageSource, *, chunks: int | None = None, max_pixels: int | None = None,
+                background: tuple[int, int, int] = convert.WHITE):
+    """Lazy RGB array of an already inspected source (see :func:`open_image`)."""
+    import dask.array as da
+
+    background = tuple(int(c) for c in background)
+    if src.format == "TIFF":
+        raw_rows, raw_cols = normalise_chunk(chunks, src.tile)
+        raw = _TiffArray(src)
+        planar = src.mode.endswith(":planar")
+        if planar:
+            rc = (raw.shape[0], raw_rows, raw_cols)
+        else:
+            rc = (raw_rows, raw_cols) + tuple(raw.shape[2:])
+        arr = da.from_array(raw, chunks=rc, lock=False, asarray=True, fancy=False,
+                            name=f"tiff-{abs(hash(src.identity)):x}",
+                            meta=np.empty((0,) * raw.ndim, raw.dtype))
+        if planar:
+            arr = arr.transpose(1, 2, 0)
+        mode = src.mode.split(":")[0]
+        if mode == "PALETTE":
+            cmap = _tiff_colormap(src.uri)
+            arr = arr.map_blocks(lambda b, c=cmap: c[b if b.ndim == 2 else b[..., 0]],
+                                 dtype=np.uint8, chunks=arr.chunks[:2] + ((3,),),
+                                 new_axis=2 if arr.ndim == 2 else None)
+        elif mode == "MINISWHITE":
+            top = 1.0 if arr.dtype.kind == "f" else (True if arr.dtype == bool else np.iinfo(arr.dtype).max)
+            arr = (top - arr) if arr.dtype != bool else ~arr
+    elif src.format == "ZARR":
+        rows, cols = normalise_chunk(chunks)
+        rc = (rows, cols) + tuple(src.raw_shape[2:])
+        arr = da.from_zarr(src.uri, chunks=rc)
+    else:
+        rows, cols = normalise_chunk(chunks)
+        limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+        raw = _DecodedImage(src, limit, background)
+        return da.from_array(raw, chunks=(rows, cols, 3), lock=False, asarray=True, fancy=False,
+                             name=f"decoded-{abs(hash((src.identity, background))):x}",
+                             meta=np.empty((0, 0, 0), np.uint8))
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if not (arr.dtype == np.uint8 and arr.shape[2] == 3):
+        arr = arr.map_blocks(convert.to_rgb8, background=background, dtype=np.uint8,
+                             chunks=arr.chunks[:2] + ((3,),))
+    arr = _orient(arr, src.orientation)
+    if src.orientation != 1:
+        rows, cols = normalise_chunk(chunks, None)
+        arr = arr.rechunk((rows, cols, 3))
+    return arr

@@ -1,0 +1,53 @@
+"""Deterministic, bounded sampling of pixels from a chunked image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def allocate(sizes: list[int], n: int) -> list[int]:
+    """Split ``n`` draws over blocks in proportion to their sizes (largest remainder).
+
+    Every block gets at most its size; the result sums to ``min(n, sum(sizes))``.
+    """
+    sizes_a = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes_a.sum())
+    if n >= total:
+        return [int(s) for s in sizes_a]
+    exact = sizes_a * (n / total)
+    base = np.floor(exact).astype(np.int64)
+    short = n - int(base.sum())
+    order = np.argsort(-(exact - base), kind="stable")
+    base[order[:short]] += 1
+    return [int(b) for b in np.minimum(base, sizes_a)]
+
+
+def sample_block(block: np.ndarray, n: int, *, seed: int, block_id: tuple[int, ...]) -> np.ndarray:
+    """``n`` pixels drawn without replacement from one (h, w, 3) block, as (n, 3) uint8.
+
+    The draw depends only on ``seed``, ``block_id`` and the block's size, so it
+    is the same on any scheduler and in any order.
+    """
+    flat = np.asarray(block).reshape(-1, block.shape[-1])
+    if n >= len(flat):
+        return flat.copy()
+    rng = np.random.default_rng([seed, *block_id])
+    idx = np.sort(rng.choice(len(flat), size=n, replace=False))
+    return flat[idx]
+
+
+def sample_pixels(image, n: int, *, seed: int = 0):
+    """A delayed (m, 3) uint8 array of ``m = min(n, H*W)`` pixels drawn from ``image``.
+
+    Each chunk contributes in proportion to its size; only the drawn pixels
+    leave the chunk's task.
+    """
+    import dask
+
+    blocks = image.to_delayed().reshape(-1)
+    locs = list(np.ndindex(*image.numblocks))
+    sizes = [int(np.prod([image.chunks[d][i] for d, i in enumerate(loc[:2])])) for loc in locs]
+    counts = allocate(sizes, int(n))
+    parts = [dask.delayed(sample_block)(b, c, seed=seed, block_id=loc)
+             for b, c, loc in zip(blocks, counts, locs) if c]
+    return dask.delayed(np.concatenate)(parts, axis=0)
