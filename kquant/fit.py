@@ -193,7 +193,7 @@ def lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter: int = 
 # --------------------------------------------------------------------------- stages
 
 def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
-               tol: float = 1e-4) -> tuple[np.ndarray, float]:
+               tol: float = 1e-4, init: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Fit dask-ml's KMeans on a pixel sample, guarding its defects.
 
     * ``init`` is an array from :func:`kmeans_plusplus` (dask-ml's k-means++
@@ -203,6 +203,8 @@ def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
     * empty clusters (which dask-ml turns into black centres) are repaired;
     * the inertia is recomputed as a sum of *squared* distances (dask-ml
       reports unsquared ones).
+
+    ``init`` overrides the k-means++ seeding (an array of k centres).
 
     Returns
     -------
@@ -215,8 +217,9 @@ def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
     x = np.asarray(sample, np.float64)
     codes, counts = np.unique(histogram.encode(np.asarray(sample, np.uint8)), return_counts=True)
     ux = histogram.decode(codes).astype(np.float64)
-    rng = np.random.default_rng([seed, 1])
-    init = kmeans_plusplus(ux, counts, k, seed=rng)
+    if init is None:
+        init = kmeans_plusplus(ux, counts, k, seed=np.random.default_rng([seed, 1]))
+    init = np.asarray(init, np.float64)
     if len(ux) <= k:
         return init, 0.0
     tol_abs = tol * float(np.mean(np.var(x, axis=0)))

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+
+from conftest import photo_like
+from kquant import fit, histogram
+from oracles import pixel_lloyd
+
+
+def _hist(img):
+    c, n = np.unique(histogram.encode(img).ravel(), return_counts=True)
+    return c.astype(np.uint32), n.astype(np.int64)
+
+
+def test_histogram_lloyd_equals_pixel_lloyd():
+    img = photo_like(40, 50, seed=1) // 16 * 16  # repeated colours
+    pixels = img.reshape(-1, 3)
+    colours, counts = _hist(img)
+    init = fit.kmeans_plusplus(histogram.decode(colours).astype(float), counts, 6, seed=3)
+    ref_centers, ref_inertia = pixel_lloyd(pixels, init)
+    centers, _, inertia, _ = fit.lloyd(histogram.decode(colours), counts, init)
+    assert len(colours) < len(pixels) / 2
+    assert inertia == pytest.approx(ref_inertia, rel=1e-9)
+    assert np.allclose(np.sort(centers, axis=0), np.sort(ref_centers, axis=0), atol=1e-9)
+
+
+def test_lossless_when_at_most_k_colours():
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, size=(9, 3), dtype=np.uint8)
+    img = colours[rng.integers(0, 9, size=(30, 30))]
+    c, n = _hist(img)
+    res = fit.fit_palette(img.reshape(-1, 3), c, n, 16, seed=0)
+    assert res.lossless and res.sse == 0 and len(res.palette) == 9
+    assert {tuple(p) for p in res.palette} == {tuple(p) for p in colours}
+
+
+def test_deterministic_for_a_seed():
+    img = photo_like(64, 64, seed=2)
+    c, n = _hist(img)
+    sample = img.reshape(-1, 3)[::3]
+    a = fit.fit_palette(sample, c, n, 8, seed=7, restarts=2)
+    b = fit.fit_palette(sample, c, n, 8, seed=7, restarts=2)
+    assert np.array_equal(a.palette, b.palette) and a.sse == b.sse
+
+
+def test_palette_is_rounded_not_floored_and_sse_is_exact():
+    img = photo_like(48, 48, seed=4)
+    c, n = _hist(img)
+    res = fit.fit_palette(img.reshape(-1, 3), c, n, 8, seed=0, restarts=1)
+    pixels = img.reshape(-1, 3).astype(np.int64)
+    d = ((pixels[:, None] - res.palette.astype(np.int64)[None]) ** 2).sum(2)
+    assert res.sse == int(d.min(1).sum())
+    # the palette is at least as good as the floor() of the converged centres
+    centers, _, _, _ = fit.lloyd(histogram.decode(c), n, res.palette.astype(float))
+    floored = np.floor(centers).astype(np.int64)
+    d_floor = ((pixels[:, None] - floored[None]) ** 2).sum(2).min(1).sum()
+    assert res.sse <= d_floor
+
+
+class TestDaskMlGuards:
+    """Each defect of dask-ml's KMeans that fit_sample guards, shown on the pinned version."""
+
+    def test_dask_ml_kmeans_plusplus_is_broken_and_we_do_not_use_it(self):
+        import dask.array as da
+        from dask_ml.cluster import KMeans
+
+        x = da.from_array(np.random.default_rng(0).random((500, 3)) * 255, chunks=(250, 3))
+        with pytest.raises(TypeError):
+            KMeans(n_clusters=4, init="k-means++", random_state=0).fit(x)
+        centers, _ = fit.fit_sample(np.asarray(x.compute(), np.uint8), 4, seed=0)
+        assert centers.shape == (4, 3)
+
+    def test_empty_cluster_does_not_become_black(self):
+        import dask.array as da
+        from dask_ml.cluster import KMeans
+
+        rng = np.random.default_rng(1)
+        bright = (200 + rng.integers(0, 40, size=(2000, 3))).astype(np.float64)
+        init = np.array([[210.0, 210, 210], [230, 230, 230], [5, 5, 5]])  # third never wins
+        km = KMeans(n_clusters=3, init=init, max_iter=5).fit(da.from_array(bright, chunks=(1000, 3)))
+        assert np.any(np.all(km.cluster_centers_ == 0, axis=1))  # the defect: a black centre
+
+        centers, _ = fit.fit_sample(bright.astype(np.uint8), 3, seed=0, init=init, max_iter=5)
+        assert centers.min() >= 200  # every centre sits on real colours
+
+    def test_inertia_is_squared(self):
+        rng = np.random.default_rng(2)
+        sample = rng.integers(0, 256, size=(3000, 3), dtype=np.uint8)
+        centers, inertia = fit.fit_sample(sample, 5, seed=0)
+        d = ((sample[:, None].astype(float) - centers[None]) ** 2).sum(2).min(1)
+        assert inertia == pytest.approx(d.sum(), rel=1e-9)
+
+    def test_tol_is_scale_free(self):
+        """The same data in 0-255 and in 0-1 stop at the same relative place."""
+        rng = np.random.default_rng(3)
+        sample = rng.integers(0, 256, size=(4000, 3), dtype=np.uint8)
+        c255, _ = fit.fit_sample(sample, 6, seed=1, tol=1e-3)
+        assert np.isfinite(c255).all()
+        tol_abs = 1e-3 * float(np.mean(np.var(sample.astype(float), axis=0)))
+        tol_abs_01 = 1e-3 * float(np.mean(np.var(sample.astype(float) / 255, axis=0)))
+        assert tol_abs / tol_abs_01 == pytest.approx(255.0**2)
+
+
+def test_china_beats_the_notebook(china):
+    """China at K=16: PSNR at least the notebook's (sklearn KMeans on all pixels, floor())."""
+    from sklearn.cluster import KMeans
+
+    pixels = china.reshape(-1, 3)
+    km = KMeans(n_clusters=16, random_state=0, n_init="auto").fit(pixels)
+    floor_pal = np.floor(km.cluster_centers_)
+    notebook_mse = float(((floor_pal[km.labels_] - pixels) ** 2).mean())
+    c, n = _hist(china)
+    rng = np.random.default_rng(0)
+    res = fit.fit_palette(pixels[rng.choice(len(pixels), 50000, replace=False)], c, n, 16, seed=0)
+    assert res.mse <= notebook_mse
+    assert len(res.palette) == 16

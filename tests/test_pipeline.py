@@ -1,0 +1,86 @@
+import math
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+import kquant
+from conftest import photo_like
+from kquant import QuantizeParams, packing
+from oracles import nearest_oracle
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("chunk", [None, 8, 40, 64])
+def test_store_labels_equal_full_argmin(photo_png, tmp_path, chunk):
+    path, img = photo_png
+    res = kquant.quantize(path, tmp_path / "s.kq", QuantizeParams(k=16, chunk=chunk, restarts=1))
+    st = kquant.open_store(tmp_path / "s.kq")
+    assert st.meta.bits == 4 and st.palette.shape == (16, 3)
+    expected = nearest_oracle(img, st.palette)
+    assert np.array_equal(st.labels.compute(), expected)
+    assert np.array_equal(st.rgb.compute(), st.palette[expected])
+    mse = float(((st.palette[expected].astype(float) - img) ** 2).mean())
+    assert st.meta.metrics["mse"] == pytest.approx(mse, rel=1e-12)
+    assert st.meta.metrics["psnr"] == pytest.approx(10 * math.log10(255**2 / mse), rel=1e-12)
+    assert res.fit.sse == st.meta.metrics["sse"]
+    assert sum(st.meta.metrics["palette_counts"]) == img.shape[0] * img.shape[1]
+    st.verify()
+
+
+def test_window_decode_equals_slice_of_full(photo_png, tmp_path):
+    path, img = photo_png
+    kquant.quantize(path, tmp_path / "s.kq", QuantizeParams(k=5, chunk=32, restarts=0))
+    st = kquant.open_store(tmp_path / "s.kq")
+    full = st.rgb.compute()
+    for y0, y1, x0, x1 in [(0, 150, 0, 213), (17, 90, 33, 70), (140, 150, 200, 213), (5, 6, 9, 10)]:
+        assert np.array_equal(st.window(y0, y1, x0, x1).compute(), full[y0:y1, x0:x1])
+    assert st.meta.bits == packing.bits_for(5) == 3
+
+
+def test_same_seed_gives_byte_identical_store(photo_png, tmp_path):
+    path, _ = photo_png
+    p = QuantizeParams(k=8, seed=3, chunk=64, restarts=1)
+    kquant.quantize(path, tmp_path / "a.kq", p)
+    kquant.quantize(path, tmp_path / "b.kq", p)
+    a, b = _files(tmp_path / "a.kq"), _files(tmp_path / "b.kq")
+    assert a.keys() == b.keys() and a == b
+
+
+def test_few_colours_are_lossless(tmp_path):
+    rng = np.random.default_rng(4)
+    colours = rng.integers(0, 256, size=(6, 3), dtype=np.uint8)
+    img = colours[rng.integers(0, 6, size=(33, 47))]
+    iio.imwrite(tmp_path / "few.png", img)
+    kquant.quantize(tmp_path / "few.png", tmp_path / "s.kq", QuantizeParams(k=16, chunk=16))
+    st = kquant.open_store(tmp_path / "s.kq")
+    assert np.array_equal(st.rgb.compute(), img)
+    assert st.meta.metrics["lossless"] and st.meta.metrics["psnr"] is None
+    assert st.meta.n_colors == 6 and st.meta.bits == 3
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1)])
+def test_tiny_images(tmp_path, shape):
+    img = photo_like(*shape, seed=9)
+    iio.imwrite(tmp_path / "t.png", img)
+    kquant.quantize(tmp_path / "t.png", tmp_path / "s.kq", QuantizeParams(k=2, sample_size=2))
+    st = kquant.open_store(tmp_path / "s.kq")
+    assert st.rgb.shape == shape + (3,)
+    assert np.array_equal(st.labels.compute(), nearest_oracle(img, st.palette))
+
+
+def test_preview_picture(photo_png, tmp_path):
+    path, img = photo_png
+    res = kquant.quantize(path, tmp_path / "s.kq", QuantizeParams(k=4, restarts=0),
+                          preview_path=tmp_path / "p.png")
+    pic = iio.imread(tmp_path / "p.png")
+    h, w = img.shape[:2]
+    assert np.array_equal(pic[:h, :w], img)
+    right = pic[:h, w + 8:2 * w + 8]
+    assert np.array_equal(right, res.palette[nearest_oracle(img, res.palette)])
+    strip = pic[h + 8:, :, :].reshape(-1, 3)
+    assert {tuple(c) for c in np.unique(strip, axis=0)} == {tuple(c) for c in res.palette}
