@@ -74,7 +74,7 @@ def _labels_and_dist(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np
     dist = np.empty(len(x), np.float64)
     for s in range(0, len(x), _ROWS):
         xs = x[s:s + _ROWS]
-        d = norms - 2.0 * (xs @ c.T)
+        d = norms - 2.0 * np.einsum("ij,kj->ik", xs, c)
         lab = d.argmin(axis=1)
         labels[s:s + _ROWS] = lab
         dist[s:s + _ROWS] = np.maximum(d[np.arange(len(xs)), lab] + (xs * xs).sum(axis=1), 0.0)
