@@ -1,0 +1,323 @@
+"""Flow ``quantize-batch``: every image of a folder (or glob) into its own kquant store.
+
+* one store per image: ``<outbox>/<relative path>.kquant`` (e.g. ``tile-07.png``
+  -> ``tile-07.png.kquant``), plus ``<...>.preview.png``;
+* images whose complete store already exists are skipped, so a rerun (and the
+  scheduled ``inbox`` deployment) only processes newly arrived images;
+* files still being copied in are left for the next run: hidden and partial
+  names (``.x``, ``*.part``, ``*.tmp``, ...) and files modified less than
+  ``settle_seconds`` ago are not picked up;
+* ``shared_palette=True`` fits one palette on the union of all the images
+  (histograms merged, one sample drawn across them) and remaps each image onto
+  it, so tiles of a mosaic keep identical colours; when earlier runs already
+  wrote stores with a shared palette of the same parameters, new images reuse
+  that palette;
+* images fan out through prefect-dask's ``DaskTaskRunner``: on the cluster at
+  ``$DASK_SCHEDULER_ADDRESS`` when set (the deployment's job variables), else
+  on a temporary local cluster (see :func:`task_runner`).
+
+Tasks pass URIs, headers and palettes; never pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (create_image_artifact, create_markdown_artifact,
+                               create_table_artifact)
+from prefect.futures import wait
+from prefect_dask import DaskTaskRunner
+
+from flows import tasks
+from kquant import store
+from kquant.errors import InputError, KquantError
+from kquant.params import DEFAULT_K, DEFAULT_RESTARTS, DEFAULT_SAMPLE
+
+PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart")
+
+
+def task_runner() -> DaskTaskRunner:
+    """The flow's DaskTaskRunner, chosen from the environment of the flow-run process.
+
+    ``$DASK_SCHEDULER_ADDRESS``: an existing cluster. Otherwise a temporary
+    cluster listening on 127.0.0.1 only, of ``$KQUANT_BATCH_WORKERS`` workers
+    (default: CPU count, at most 4) with one thread each, in the flow-run
+    process (``$KQUANT_BATCH_PROCESSES=1`` for worker processes instead; each
+    then imports Prefect, and in ephemeral mode starts its own API server).
+    """
+    address = tasks.clean_address(os.environ.get("DASK_SCHEDULER_ADDRESS"))
+    if address:
+        return DaskTaskRunner(address=address)
+    n = int(os.environ.get("KQUANT_BATCH_WORKERS") or min(4, os.cpu_count() or 1))
+    processes = os.environ.get("KQUANT_BATCH_PROCESSES", "0").strip().lower() in ("1", "true", "yes")
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": max(1, n), "threads_per_worker": 1, "processes": processes,
+        "protocol": "tcp://", "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+
+
+def list_images(inbox: str, pattern: str = "*", settle_seconds: float = 0.0,
+                logger=None) -> list[tuple[Path, Path]]:
+    """``(absolute path, path relative to the inbox)`` of the images to consider, sorted.
+
+    Raises
+    ------
+    InputError
+        If the inbox is not a folder.
+    """
+    root = store.local_path(inbox)
+    if not root.is_dir():
+        raise InputError(f"inbox {root} is not a folder")
+    now = time.time()
+    found, unsettled = [], []
+    for path in sorted(root.glob(pattern)):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        name = path.name.lower()
+        if name.endswith(PARTIAL_SUFFIXES) or not name.endswith(tasks.IMAGE_SUFFIXES):
+            continue
+        if path.is_dir() and not name.endswith(".zarr"):
+            continue
+        if settle_seconds and now - path.stat().st_mtime < settle_seconds:
+            unsettled.append(rel)
+            continue
+        found.append((path, rel))
+    if unsettled and logger is not None:
+        logger.info("left for the next run (modified less than %.0f s ago): %s", settle_seconds,
+                    ", ".join(map(str, unsettled)))
+    return found
+
+
+def _existing_shared_palette(targets: list[Path], params: dict):
+    """The palette all the complete stores share, if they do and were made with these parameters."""
+    palettes = []
+    for t in targets:
+        st = store.open_store(t)
+        made = st.meta.params
+        if any(made.get(n) != params.get(n) for n in tasks.FIT_PARAMS):
+            return None
+        palettes.append(st.palette.tolist())
+    if palettes and all(p == palettes[0] for p in palettes):
+        return palettes[0]
+    return None
+
+
+def _failure(futures) -> str | None:
+    """The one-line reason of the first failed step of an image, or None."""
+    for f in futures:
+        if f is None:
+            continue
+        state = f.state
+        if state.is_failed() or state.is_crashed():
+            try:
+                f.result()
+            except Exception as exc:  # the task's own exception
+                return " ".join(str(exc).split()) or type(exc).__name__
+            return state.message or state.name
+    for f in futures:
+        if f is not None and not f.state.is_completed():
+            return f"{f.state.name}: {f.state.message}"
+    return None
+
+
+@flow(name="quantize-batch", task_runner=task_runner())
+def quantize_batch(
+    inbox: str,
+    outbox: str,
+    pattern: str = "*",
+    k: int = DEFAULT_K,
+    seed: int = 0,
+    sample_size: int = DEFAULT_SAMPLE,
+    chunk: int | None = None,
+    restarts: int = DEFAULT_RESTARTS,
+    shared_palette: bool = False,
+    preview: bool = True,
+    settle_seconds: float = 10.0,
+    max_pixels: int | None = None,
+) -> dict:
+    """Quantize every image in ``inbox`` matching ``pattern`` into ``outbox``, skipping done ones.
+
+    Parameters
+    ----------
+    inbox : str
+        Folder of images (or ``file://`` URI); ``pattern`` is a glob inside it
+        (``"**/*"`` recurses; the relative layout is kept in ``outbox``).
+    outbox : str
+        Folder of the stores (created if missing).
+    k, seed, sample_size, chunk, restarts : int
+        As for ``quantize-image``; with ``shared_palette`` the sample size is the
+        total over all images.
+    shared_palette : bool
+        One palette for all the images (identical colours across tiles).
+    preview : bool
+        Write a preview picture next to each store.
+    settle_seconds : float
+        Ignore files modified less than this long ago (still arriving).
+    max_pixels : int, optional
+        Refuse images whose header claims more pixels.
+
+    Returns
+    -------
+    dict
+        ``processed``, ``skipped``, ``failed`` (name -> reason) and per-image results.
+
+    The run ends Failed if any image failed (each reason is logged on one line);
+    the other images are still processed.
+    """
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    try:
+        tasks.sanitise_scheduler_env()
+        params = tasks.make_params(k, seed, sample_size, chunk, restarts).to_json()
+        images = list_images(inbox, pattern, settle_seconds, logger)
+        out_root = store.local_path(outbox)
+        out_root.mkdir(parents=True, exist_ok=True)
+    except KquantError as exc:
+        logger.error("quantize-batch failed: %s", exc)
+        raise
+
+    todo, skipped, failed, done_targets = [], [], {}, []
+    for path, rel in images:
+        target = out_root / rel.parent / (rel.name + tasks.STORE_SUFFIX)
+        status = tasks.store_status(target)
+        if status == "complete":
+            skipped.append(str(rel))
+            done_targets.append(target)
+        elif status == "other":
+            failed[str(rel)] = f"{target} exists and is not a complete kquant store; remove it"
+        else:
+            todo.append((path, rel, target))
+    logger.info("%d images in %s: %d new, %d already done (skipped)%s", len(images),
+                store.local_path(inbox), len(todo), len(skipped),
+                f", {len(failed)} blocked" if failed else "")
+
+    # one palette for everyone, if asked
+    shared_fit = None
+    if shared_palette and todo:
+        reused = _existing_shared_palette(done_targets, params) if done_targets else None
+        if reused is not None:
+            logger.info("reusing the shared palette of %d existing stores", len(done_targets))
+            shared_fit = {"palette": reused, "reused": True, "n_unique": None, "mse": None,
+                          "seconds": 0.0}
+        else:
+            if done_targets:
+                logger.warning("existing stores do not share one palette made with these "
+                               "parameters; new stores get a newly fitted palette")
+            infos = [tasks.inspect_source.submit(str(p), max_pixels) for p, _ in images]
+            wait(infos)
+            bad = [(images[i][1], f) for i, f in enumerate(infos) if not f.state.is_completed()]
+            if bad:
+                for rel, f in bad:
+                    failed[str(rel)] = _failure([f])
+                    logger.error("%s: %s", rel, failed[str(rel)])
+                todo = []
+            else:
+                fit_f = tasks.fit_shared_palette.submit([f.result() for f in infos], params,
+                                                        max_pixels)
+                fit_f.wait()
+                if fit_f.state.is_completed():
+                    shared_fit = dict(fit_f.result(), reused=False,
+                                      cached=fit_f.state.name == "Cached")
+                else:
+                    reason = _failure([fit_f])
+                    logger.error("shared palette: %s", reason)
+                    for _, rel, _ in todo:
+                        failed[str(rel)] = f"shared palette: {reason}"
+                    todo = []
+
+    # fan out: one chain of tasks per new image
+    chains = []
+    for path, rel, target in todo:
+        info = tasks.inspect_source.submit(str(path), max_pixels)
+        if shared_fit is not None:
+            fit, palette = None, shared_fit["palette"]
+        else:  # the write and preview tasks take the fit's result (a dict) as the palette
+            fit = palette = tasks.fit_palette.submit(info, params, max_pixels)
+        written = tasks.write_store.submit(info, str(target), palette, params, False, max_pixels)
+        verified = tasks.verify_store.submit(str(target), wait_for=[written])
+        shown = None
+        if preview:
+            shown = tasks.write_preview.submit(info, palette, str(tasks.preview_path(target)),
+                                               params, max_pixels, wait_for=[verified])
+        chains.append((rel, target, [info, fit, written, verified], shown))
+    wait([f for _, _, fs, s in chains for f in fs + [s] if f is not None])
+
+    results = []
+    for rel, target, futures, shown in chains:
+        reason = _failure(futures)
+        if reason is not None:
+            failed[str(rel)] = reason
+            logger.error("%s: %s", rel, reason)
+            continue
+        meta = futures[2].result()["meta"]
+        m = meta["metrics"]
+        fit_state = futures[1].state if futures[1] is not None else None
+        results.append({
+            "image": str(rel), "store": str(target), "psnr": m["psnr"],
+            "bits_per_pixel": round(m["store_bits_per_pixel"], 4), "n_colors": meta["n_colors"],
+            "fit": ("shared" if fit_state is None else
+                    "cached" if fit_state.name == "Cached" else "fitted"),
+            "preview": (shown.result()["path"] if shown is not None and shown.state.is_completed()
+                        else None),
+        })
+    seconds = time.perf_counter() - t0
+    out = {"inbox": str(store.local_path(inbox)), "outbox": str(out_root),
+           "processed": [r["image"] for r in results], "skipped": skipped, "failed": failed,
+           "results": results, "shared_palette": shared_fit["palette"] if shared_fit else None,
+           "seconds": round(seconds, 3)}
+    _batch_artifacts(out, shared_fit)
+    logger.info("processed %d, skipped %d, failed %d in %.2f s", len(results), len(skipped),
+                len(failed), seconds)
+    if failed:
+        raise KquantError(f"{len(failed)} of {len(images)} images failed: "
+                          + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
+    return out
+
+
+def _batch_artifacts(out: dict, shared_fit: dict | None) -> None:
+    key = "kquant-batch-" + tasks.slug(Path(out["outbox"]).name, 32)
+    rows = [{"image": r["image"], "status": "written", "psnr_db": r["psnr"],
+             "bits_per_pixel": r["bits_per_pixel"], "fit": r["fit"], "store": r["store"]}
+            for r in out["results"]]
+    rows += [{"image": i, "status": "skipped (store exists)", "psnr_db": None,
+              "bits_per_pixel": None, "fit": None, "store": None} for i in out["skipped"]]
+    rows += [{"image": i, "status": f"failed: {why}", "psnr_db": None, "bits_per_pixel": None,
+              "fit": None, "store": None} for i, why in sorted(out["failed"].items())]
+    md = [f"# kquant batch: `{out['inbox']}` → `{out['outbox']}`", "",
+          f"**{len(out['processed'])}** written, **{len(out['skipped'])}** skipped "
+          f"(complete store exists), **{len(out['failed'])}** failed, in {out['seconds']:.2f} s.",
+          ""]
+    if shared_fit:
+        md.append(f"Shared palette of {len(shared_fit['palette'])} colours "
+                  + ("(reused from existing stores)." if shared_fit.get("reused") else
+                     "(fitted on all the images together)."))
+        md.append("")
+    md += ["| image | status | PSNR | bits/px |", "|---|---|---|---|"]
+    for r in rows:
+        psnr = "" if r["psnr_db"] is None else f"{r['psnr_db']:.2f} dB"
+        bpp = "" if r["bits_per_pixel"] is None else f"{r['bits_per_pixel']:.3f}"
+        md.append(f"| `{r['image']}` | {r['status']} | {psnr} | {bpp} |")
+    create_markdown_artifact(markdown="\n".join(md) + "\n", key=f"{key}-summary",
+                             description=f"kquant batch {out['inbox']} -> {out['outbox']}")
+    if rows:
+        create_table_artifact(table=rows, key=f"{key}-images",
+                              description="one row per image: written, skipped or failed")
+    if shared_fit:
+        create_table_artifact(table=tasks.palette_rows(shared_fit["palette"], None),
+                              key=f"{key}-palette", description="the shared palette")
+    for r in out["results"]:
+        if r["preview"]:
+            create_image_artifact(
+                image_url=tasks.thumbnail_data_url(r["preview"]),
+                key=tasks.slug(Path(r["store"]).name) + "-preview",
+                description=f"original | quantized of {r['image']}; full size: {r['preview']}")
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(quantize_batch(sys.argv[1], sys.argv[2]), indent=2))

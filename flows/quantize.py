@@ -1,0 +1,179 @@
+"""Flow ``quantize-image``: one image into one kquant store, with artifacts.
+
+Steps (each a Prefect task over the library, see :mod:`flows.tasks`):
+inspect the source -> fit the palette (cached on the source's identity and the
+fit parameters) -> assign and write the store -> verify it -> preview picture
+-> report (markdown, palette table, preview image artifacts).
+
+Run in-process (Prefect's ephemeral API, no server to start first)::
+
+    python -m flows.quantize --demo                 # the bundled sample
+    python -m flows.quantize SRC DST -k 16 [--seed N] [--overwrite]
+
+or as the ``quantize-image/adhoc`` deployment (see ``deploy/prefect.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from prefect import flow, get_run_logger
+
+from flows import tasks
+from kquant.errors import KquantError, TargetExistsError
+from kquant.params import DEFAULT_K, DEFAULT_RESTARTS, DEFAULT_SAMPLE
+
+
+@flow(name="quantize-image", log_prints=True)
+def quantize_image(
+    source: str,
+    target: str,
+    k: int = DEFAULT_K,
+    seed: int = 0,
+    sample_size: int = DEFAULT_SAMPLE,
+    chunk: int | None = None,
+    restarts: int = DEFAULT_RESTARTS,
+    overwrite: bool = False,
+    preview: bool = True,
+    address: str | None = None,
+    max_pixels: int | None = None,
+) -> dict:
+    """Quantize ``source`` (image file or zarr array) into a kquant store at ``target``.
+
+    Parameters
+    ----------
+    source, target : str
+        Image path (or ``file://`` URI) and store path; the store is refused if
+        it exists, unless ``overwrite``.
+    k, seed, sample_size, chunk, restarts : int
+        Palette size (2-256), seed, pixels sampled for the fit, chunk edge in
+        pixels, extra k-means++ restarts (see :class:`kquant.params.QuantizeParams`).
+    preview : bool
+        Also write ``<target stem>.preview.png`` next to the store and show it
+        as an image artifact.
+    address : str, optional
+        Dask scheduler address; default ``$DASK_SCHEDULER_ADDRESS`` (set through
+        the deployment's job variables), else local threads.
+    max_pixels : int, optional
+        Refuse images whose header claims more pixels.
+
+    Returns
+    -------
+    dict
+        Store path, PSNR, MSE, bits/px, palette (hex), timings, whether the fit
+        came from the cache.
+
+    A bad input, bad parameters or an existing target end the run Failed with
+    the one-line reason in its log; no store is left at ``target`` then.
+    """
+    logger = get_run_logger()
+    try:
+        tasks.sanitise_scheduler_env()
+        address = tasks.clean_address(address)
+        params = tasks.make_params(k, seed, sample_size, chunk, restarts).to_json()
+        t0 = time.perf_counter()
+        target_path = tasks.store.local_path(target)
+        if target_path.exists() and not overwrite:  # fail before any work
+            raise TargetExistsError(f"{target_path} exists (run with overwrite=true to replace it)")
+        timings = {}
+        src = tasks.inspect_source(source, max_pixels)
+        timings["inspect"] = time.perf_counter() - t0
+
+        fit_state = tasks.fit_palette(src, params, max_pixels, address, return_state=True)
+        fit = fit_state.result()
+        fit_cached = fit_state.name == "Cached"
+        timings["fit"] = fit["seconds"] if not fit_cached else 0.0
+        if fit_cached:
+            logger.info("palette taken from the cache (same source identity, k, seed, sample "
+                        "size): no refit")
+
+        written = tasks.write_store(src, target, fit["palette"], params, overwrite,
+                                    max_pixels, address)
+        timings["assign_write"] = written["seconds"]
+        verified = tasks.verify_store(target, address)
+        timings["verify"] = verified["seconds"]
+        shown = None
+        if preview:
+            try:
+                shown = tasks.write_preview(src, fit["palette"], str(tasks.preview_path(target)),
+                                            params, max_pixels)
+                timings["preview"] = shown["seconds"]
+            except Exception as exc:  # the store is complete and verified; a preview is extra
+                logger.warning("no preview: %s", " ".join(str(exc).split()))
+        timings["total"] = time.perf_counter() - t0
+        result = tasks.summary(src, target, fit, fit_cached, written, verified, shown, timings)
+        if fit_cached:
+            result["timings"]["fit_original"] = fit["seconds"]
+        tasks.report(result, tasks.slug(target_path.name))
+        psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f} dB"
+        logger.info("done: %s, PSNR %s, %.3f bits/px, %.2f s", result["target"], psnr,
+                    result["store_bits_per_pixel"], timings["total"])
+        return result
+    except KquantError as exc:
+        logger.error("quantize-image failed: %s", exc)
+        raise
+
+
+# --------------------------------------------------------------------------- command line
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m flows.quantize",
+        description="Run the quantize-image Prefect flow in-process (ephemeral Prefect API; "
+                    "set PREFECT_API_URL to report to a server instead).")
+    p.add_argument("source", nargs="?", help="image file or zarr array")
+    p.add_argument("target", nargs="?", help="store to write")
+    p.add_argument("--demo", action="store_true",
+                   help="quantize the bundled sample into --out (overwriting)")
+    p.add_argument("--out", default="kquant-demo", help="folder of the --demo store and preview")
+    p.add_argument("-k", "--colors", type=int, default=DEFAULT_K)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE)
+    p.add_argument("--chunk", type=int, default=None)
+    p.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-preview", dest="preview", action="store_false")
+    p.add_argument("--address", default=None, help="dask scheduler address")
+    p.add_argument("--max-pixels", type=int, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overwrite = args.overwrite
+    if args.demo:
+        from importlib import resources
+        from pathlib import Path
+
+        out = Path(args.out).absolute()
+        out.mkdir(parents=True, exist_ok=True)
+        source = str(resources.files("kquant") / "data" / "sample.jpg")
+        target, overwrite = str(out / "sample.kquant"), True
+    elif args.source and args.target:
+        source, target = args.source, args.target
+    else:
+        _parser().error("give SOURCE and TARGET, or --demo")
+    state = quantize_image(source=source, target=target, k=args.colors, seed=args.seed,
+                           sample_size=args.sample, chunk=args.chunk, restarts=args.restarts,
+                           overwrite=overwrite, preview=args.preview, address=args.address,
+                           max_pixels=args.max_pixels, return_state=True)
+    if not state.is_completed():
+        print(f"quantize-image: error: {state.message}", file=sys.stderr)
+        return 1
+    r = state.result()
+    psnr = "inf (lossless)" if r["psnr"] is None else f"{r['psnr']:.2f} dB"
+    print(f"store      {r['target']}\n"
+          f"image      {r['height']} x {r['width']} px, {r['n_unique']} colours\n"
+          f"palette    {r['n_colors']} colours ({r['bits']} bits/px)\n"
+          f"quality    PSNR {psnr}, MSE {r['mse']:.3f}\n"
+          f"size       {r['store_bytes']} bytes, {r['store_bits_per_pixel']:.3f} bits/px\n"
+          f"fit        {'cached' if r['fit_cached'] else 'fitted'}\n"
+          f"time       {r['timings']['total']:.2f} s (flow steps)"
+          + (f"\npreview    {r['preview']}" if r["preview"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

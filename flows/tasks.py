@@ -1,0 +1,406 @@
+"""Prefect tasks over the kquant library, shared by the ``quantize-image`` and ``quantize-batch`` flows.
+
+Tasks exchange only small JSON values: URIs, the source header
+(:meth:`kquant.readers.ImageSource.to_json`), parameters
+(:meth:`kquant.params.QuantizeParams.to_json`), palettes as lists of
+``[r, g, b]`` and store metrics. Pixels stay inside the library's dask graphs
+and the zarr store.
+
+The tasks live in this importable module (not in the flow files, which Prefect
+loads by path under another module name) so that dask workers started by
+``DaskTaskRunner`` can unpickle them by reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+import kquant
+from kquant import cluster, pipeline, shared, store
+from kquant.errors import KquantError, StoreError
+from kquant.params import QuantizeParams
+from kquant.readers import ImageSource
+
+#: Extensions the batch flow picks up from an inbox (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp",
+                  ".ppm", ".pgm", ".pnm", ".zarr")
+STORE_SUFFIX = ".kquant"
+#: Width of the JPEG thumbnail embedded (as a data URL) in the image artifact.
+THUMB_WIDTH = 800
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def clean_address(address: str | None) -> str | None:
+    """A usable dask scheduler address, or None.
+
+    Empty strings and unresolved ``prefect.yaml`` templates (``{{ $VAR }}``, left
+    as is by ``prefect deploy`` when the variable was not set) count as unset.
+    """
+    if address is None:
+        return None
+    address = str(address).strip()
+    if not address or "{{" in address:
+        return None
+    return address
+
+
+def sanitise_scheduler_env() -> str | None:
+    """Drop an empty or unresolved ``$DASK_SCHEDULER_ADDRESS`` (the library reads it); return the usable one."""
+    raw = os.environ.get(cluster.ENV_ADDRESS)
+    usable = clean_address(raw)
+    if raw is not None and usable is None:
+        os.environ.pop(cluster.ENV_ADDRESS, None)
+    return usable
+
+
+@contextlib.contextmanager
+def dask_address(address: str | None):
+    """The dask address for library calls made inside a task.
+
+    Outside dask (the ``quantize-image`` flow's tasks): ``address``, else
+    ``$DASK_SCHEDULER_ADDRESS``, else local threads (the library's rule).
+
+    In a task that ``DaskTaskRunner`` runs on a dask worker (``quantize-batch``),
+    the image is the unit of parallelism: its pixel work runs on local threads
+    of that worker, unless the worker itself has ``$DASK_SCHEDULER_ADDRESS``;
+    then the task's thread secedes from the worker's pool while the library
+    computes on that cluster, so tasks waiting on pixel graphs never hold every
+    worker thread (the ``get_dask_client`` deadlock). Either way the default
+    scheduler is pinned to local threads for the small computations the library
+    runs outside its own scheduler block (dask-ml's sample fit): in a worker
+    thread dask would otherwise use the worker's client, which the library may
+    have just closed.
+    """
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield clean_address(address)
+        return
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        if not sanitise_scheduler_env():
+            yield None
+            return
+        from distributed import rejoin, secede
+
+        secede()
+        try:
+            yield None
+        finally:
+            rejoin()
+
+
+def source_from_json(data: dict) -> ImageSource:
+    """Inverse of :meth:`ImageSource.to_json`."""
+    d = dict(data)
+    d["raw_shape"] = tuple(d["raw_shape"])
+    d["tile"] = tuple(d["tile"]) if d.get("tile") else None
+    return ImageSource(**d)
+
+
+def identity(source_json: dict) -> str:
+    """path:size:mtime of an inspected source (changes whenever the file does)."""
+    return source_from_json(source_json).identity
+
+
+def slug(text: str, limit: int = 48) -> str:
+    """Artifact-key-safe form of a name: lowercase letters, digits and dashes."""
+    s = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+    if len(s) > limit:
+        digest = hashlib.sha1(s.encode()).hexdigest()[:8]
+        s = s[:limit - 9].rstrip("-") + "-" + digest
+    return s or "image"
+
+
+def preview_path(target: str | os.PathLike) -> Path:
+    """Where the preview picture of a store goes: ``X.kquant`` -> ``X.preview.png``."""
+    path = store.local_path(target)
+    return path.with_name(path.name[:-len(STORE_SUFFIX)] + ".preview.png"
+                          if path.name.endswith(STORE_SUFFIX) else path.name + ".preview.png")
+
+
+def make_params(k: int, seed: int, sample_size: int, chunk: int | None, restarts: int) -> QuantizeParams:
+    return QuantizeParams(k=k, seed=seed, sample_size=sample_size, chunk=chunk, restarts=restarts)
+
+
+def store_status(target: str | os.PathLike) -> str:
+    """``"missing"``, ``"complete"`` or ``"other"`` (something else is at ``target``)."""
+    path = store.local_path(target)
+    if not path.exists():
+        return "missing"
+    try:
+        return "complete" if store.read_meta(path).complete else "other"
+    except KquantError:
+        return "other"
+
+
+def thumbnail_data_url(png: str | os.PathLike, width: int = THUMB_WIDTH) -> str:
+    """A ``data:image/jpeg;base64,...`` URL of a reduced copy of a PNG.
+
+    Prefect image artifacts take a URL; a data URL displays in the UI from any
+    browser, with no file server (a ``file://`` URL does not load in a page
+    served over http).
+    """
+    from PIL import Image
+
+    with Image.open(png) as im:
+        im = im.convert("RGB")
+        if im.width > width:
+            im = im.resize((width, max(1, round(im.height * width / im.width))), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _not_user_error(task, task_run, state) -> bool:
+    """Retry condition: retry I/O hiccups, never a KquantError (bad input stays bad)."""
+    try:
+        state.result()
+    except KquantError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _palette(palette: list | dict) -> list:
+    return palette["palette"] if isinstance(palette, dict) else palette
+
+
+IO_RETRIES = dict(retries=2, retry_delay_seconds=1, retry_condition_fn=_not_user_error)
+
+
+# --------------------------------------------------------------------------- cache keys
+
+#: Parameters that change the fitted palette (max_pixels and address do not).
+FIT_PARAMS = ("k", "seed", "sample_size", "chunk", "restarts", "max_iter", "background")
+
+
+def _fit_key(identities: list[str], params: dict) -> str:
+    payload = {"kquant": kquant.__version__, "sources": identities,
+               "params": {n: params.get(n) for n in FIT_PARAMS}}
+    return "kquant-fit-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def fit_cache_key(context, inputs: dict) -> str:
+    """Cache key of a fit: the source's identity (path, size, mtime), k, seed, sample size, ..."""
+    return _fit_key([identity(inputs["source"])], inputs["params"])
+
+
+def shared_fit_cache_key(context, inputs: dict) -> str:
+    return _fit_key(sorted(identity(s) for s in inputs["sources"]), inputs["params"])
+
+
+def _fit_json(result, seconds: float) -> dict:
+    return {"palette": result.palette.tolist(), "sse": int(result.sse), "mse": float(result.mse),
+            "n_pixels": int(result.n_pixels), "n_unique": int(result.n_unique),
+            "lossless": bool(result.lossless), "refined_from": result.refined_from,
+            "seconds": round(seconds, 3)}
+
+
+# --------------------------------------------------------------------------- tasks
+
+@task(name="inspect-source", cache_policy=NO_CACHE, **IO_RETRIES)
+def inspect_source(source: str, max_pixels: int | None = None) -> dict:
+    """Read the source's header (never its pixels): format, shape, identity."""
+    src = pipeline.inspect(source, max_pixels=max_pixels)
+    get_run_logger().info("%s: %s, %d x %d px, %d bytes", src.uri, src.format, src.height,
+                          src.width, src.size_bytes)
+    return src.to_json()
+
+
+@task(name="fit-palette", cache_key_fn=fit_cache_key, persist_result=True,
+      result_serializer="json")
+def fit_palette(source: dict, params: dict, max_pixels: int | None = None,
+                address: str | None = None) -> dict:
+    """Fit the palette of one image; cached on the source's identity and the fit parameters."""
+    t0 = time.perf_counter()
+    with dask_address(address) as addr:
+        result = pipeline.fit(source_from_json(source), QuantizeParams.from_json(params),
+                              max_pixels=max_pixels, address=addr)
+    out = _fit_json(result, time.perf_counter() - t0)
+    get_run_logger().info("fitted %d colours to %s in %.2f s (MSE %.3f%s)", len(out["palette"]),
+                          source["uri"], out["seconds"], out["mse"],
+                          ", lossless" if out["lossless"] else "")
+    return out
+
+
+@task(name="fit-shared-palette", cache_key_fn=shared_fit_cache_key, persist_result=True,
+      result_serializer="json")
+def fit_shared_palette(sources: list[dict], params: dict, max_pixels: int | None = None,
+                       address: str | None = None) -> dict:
+    """Fit one palette on all the images together (histograms merged, sample drawn across them)."""
+    t0 = time.perf_counter()
+    with dask_address(address) as addr:
+        result = shared.fit_shared([source_from_json(s) for s in sources],
+                                   QuantizeParams.from_json(params), max_pixels=max_pixels,
+                                   address=addr)
+    out = _fit_json(result, time.perf_counter() - t0)
+    get_run_logger().info("fitted a shared palette of %d colours on %d images in %.2f s",
+                          len(out["palette"]), len(sources), out["seconds"])
+    return out
+
+
+@task(name="assign-write", cache_policy=NO_CACHE, **IO_RETRIES)
+def write_store(source: dict, target: str, palette: list | dict, params: dict,
+                overwrite: bool = False, max_pixels: int | None = None,
+                address: str | None = None) -> dict:
+    """Assign every pixel to the palette and write the store (atomically: temp dir + rename).
+
+    ``palette`` is a list of ``[r, g, b]`` or a fit result (its ``"palette"``).
+    """
+    import numpy as np
+
+    palette = _palette(palette)
+
+    t0 = time.perf_counter()
+    with dask_address(address) as addr:
+        meta = pipeline.write(source_from_json(source), target, np.asarray(palette, np.uint8),
+                              QuantizeParams.from_json(params), overwrite=overwrite,
+                              max_pixels=max_pixels, address=addr)
+    seconds = time.perf_counter() - t0
+    m = meta.metrics
+    get_run_logger().info("wrote %s in %.2f s: PSNR %s, %.3f bits/px", store.local_path(target),
+                          seconds, "inf" if m["psnr"] is None else f"{m['psnr']:.2f} dB",
+                          m["store_bits_per_pixel"])
+    return {"meta": meta.to_json(), "seconds": round(seconds, 3)}
+
+
+@task(name="verify-store", cache_policy=NO_CACHE, **IO_RETRIES)
+def verify_store(target: str, address: str | None = None) -> dict:
+    """Open the store as a reader would and recompute its checksum.
+
+    A store that fails verification was written by this run: it is removed
+    (nothing complete-looking is left) and the task fails.
+    """
+    t0 = time.perf_counter()
+    try:
+        with dask_address(address) as addr, cluster.scheduler(addr):
+            st = store.open_store(target)
+            st.verify()
+    except StoreError:
+        import shutil
+
+        shutil.rmtree(store.local_path(target), ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t0
+    get_run_logger().info("verified %s (%s)", st.root, st.meta.checksum)
+    return {"checksum": st.meta.checksum, "seconds": round(seconds, 3)}
+
+
+@task(name="preview", cache_policy=NO_CACHE, **IO_RETRIES)
+def write_preview(source: dict, palette: list | dict, out: str, params: dict,
+                  max_pixels: int | None = None) -> dict:
+    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide)."""
+    import numpy as np
+
+    palette = _palette(palette)
+
+    t0 = time.perf_counter()
+    path = pipeline.preview(source_from_json(source), np.asarray(palette, np.uint8), out,
+                            QuantizeParams.from_json(params), max_pixels=max_pixels)
+    return {"path": str(path), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+# --------------------------------------------------------------------------- reporting
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def palette_rows(palette: list, counts: list | None) -> list[dict]:
+    """Rows of the palette table: entry, hex, RGB, share of pixels (%)."""
+    total = sum(counts) if counts else 0
+    rows = []
+    for i, (r, g, b) in enumerate(palette):
+        share = 100.0 * counts[i] / total if total else None
+        rows.append({"entry": i, "hex": f"#{r:02x}{g:02x}{b:02x}", "r": r, "g": g, "b": b,
+                     "pixels": counts[i] if counts else None,
+                     "share_pct": None if share is None else round(share, 2)})
+    return rows
+
+
+def summary(source: dict, target: str, fit: dict, fit_cached: bool, written: dict,
+            verified: dict, preview: dict | None, timings: dict) -> dict:
+    """The flow's result: small and JSON-able."""
+    meta = written["meta"]
+    m = meta["metrics"]
+    return {
+        "source": source["uri"], "target": str(store.local_path(target)),
+        "height": meta["height"], "width": meta["width"], "n_colors": meta["n_colors"],
+        "bits": meta["bits"], "psnr": m["psnr"], "mse": m["mse"],
+        "store_bytes": m["store_bytes"], "store_bits_per_pixel": m["store_bits_per_pixel"],
+        "n_unique": fit["n_unique"], "fit_cached": fit_cached, "checksum": verified["checksum"],
+        "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in fit["palette"]],
+        "palette_counts": m["palette_counts"],
+        "preview": preview["path"] if preview else None,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def markdown_report(s: dict) -> str:
+    psnr = "∞ (lossless)" if s["psnr"] is None else f"{s['psnr']:.2f} dB"
+    t = s["timings"]
+    fit = (f"cached (no refit; fitted earlier in {t.get('fit', 0):.2f} s)" if s["fit_cached"]
+           else f"fitted in {t.get('fit', 0):.2f} s")
+    steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k != "total")
+    lines = [
+        f"# kquant: `{Path(s['source']).name}` → `{Path(s['target']).name}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| store | `{Path(s['target']).as_uri()}` |",
+        f"| source | `{s['source']}` ({s['height']} × {s['width']} px, {s['n_unique']:,} colours) |",
+        f"| palette | {s['n_colors']} colours, labels packed at {s['bits']} bits/px |",
+        f"| PSNR | {psnr} (MSE {s['mse']:.3f}) |",
+        f"| size | {_fmt_bytes(s['store_bytes'])}: {s['store_bits_per_pixel']:.3f} bits/px "
+        f"(raw RGB: 24 bits/px) |",
+        f"| fit | {fit} |",
+        f"| timings | {steps}; total {t.get('total', 0):.2f} s |",
+        f"| checksum | `{s['checksum']}` (verified) |",
+    ]
+    if s.get("preview"):
+        lines.append(f"| preview | `{Path(s['preview']).as_uri()}` |")
+    return "\n".join(lines) + "\n"
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report(s: dict, key: str) -> dict:
+    """Artifacts for the UI: markdown summary, palette table, preview image.
+
+    Keys (``<key>-summary``, ``<key>-palette``, ``<key>-preview``) depend on the
+    store's name, so the Artifacts page keeps one history per store.
+    """
+    ids = {"summary": str(create_markdown_artifact(
+        markdown=markdown_report(s), key=f"{key}-summary",
+        description=f"kquant store {s['target']}"))}
+    palette = [[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in s["palette"]]
+    ids["palette"] = str(create_table_artifact(
+        table=palette_rows(palette, s["palette_counts"]), key=f"{key}-palette",
+        description=f"palette of {Path(s['target']).name}: entry, hex, RGB, share of pixels"))
+    if s.get("preview"):
+        ids["preview"] = str(create_image_artifact(
+            image_url=thumbnail_data_url(s["preview"]), key=f"{key}-preview",
+            description=f"original | quantized ({s['n_colors']} colours) of "
+                        f"{Path(s['source']).name}; full size: {s['preview']}"))
+    return ids
