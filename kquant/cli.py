@@ -85,6 +85,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help="pixels sampled for the fit")
     p.add_argument("--chunk", type=int, default=None, help="chunk edge in pixels")
     p.add_argument("--restarts", type=int, default=None, help="extra k-means++ restarts")
+    p.add_argument("--mode", choices=("auto", "exact", "sample"), default="auto",
+                   help="fit on every pixel's colour histogram (exact, a second pass) or on a "
+                        "bounded sample of tiles (sample); auto: exact up to 2^27 pixels")
     p.add_argument("--address", default=None,
                    help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)")
     p.add_argument("--max-pixels", type=_positive_int, default=None,
@@ -97,7 +100,7 @@ def _params(args):
     if args.chunk is not None and args.chunk <= 0:
         raise ParameterError(f"chunk must be a positive integer, got {args.chunk}")
     return QuantizeParams(k=args.colors, seed=args.seed, sample_size=args.sample,
-                          chunk=args.chunk,
+                          chunk=args.chunk, mode=args.mode,
                           restarts=DEFAULT_RESTARTS if args.restarts is None else args.restarts)
 
 

@@ -48,6 +48,12 @@ class FitResult:
         Sum of squared distances of the sample to the dask-ml centres.
     refined_from : str
         ``"sample"`` or ``"restart-i"``: which seeding gave the best refinement.
+    mode : str
+        ``"exact"`` (refined on the whole image's histogram; ``sse`` is the
+        image's) or ``"sample"`` (refined on the sample's histogram; ``sse``,
+        ``n_pixels`` and ``n_unique`` are the sample's).
+    timings : dict
+        Seconds spent per stage.
     """
 
     palette: np.ndarray
@@ -58,6 +64,8 @@ class FitResult:
     sample_inertia: float | None = None
     refined_from: str = "sample"
     n_iter: int = 0
+    mode: str = "exact"
+    timings: dict = dataclasses.field(default_factory=dict)
 
     @property
     def mse(self) -> float:

@@ -12,6 +12,11 @@ from .errors import ParameterError
 DEFAULT_K = 16
 DEFAULT_SAMPLE = 50_000
 DEFAULT_RESTARTS = 4
+#: Fit modes: "exact" refines on the full image's colour histogram (a second pass over
+#: the pixels); "sample" fits on a bounded sample read from a subset of tiles; "auto" is
+#: exact up to EXACT_MAX_PIXELS and sample above.
+MODES = ("auto", "exact", "sample")
+EXACT_MAX_PIXELS = 1 << 27
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -44,6 +49,9 @@ class QuantizeParams:
         Iteration cap of each Lloyd run.
     background : tuple of 3 int
         Colour transparent pixels are composited over.
+    mode : {"auto", "exact", "sample"}
+        Fit on the exact colour histogram of every pixel, or on a bounded
+        sample only; "auto" picks exact up to :data:`EXACT_MAX_PIXELS` pixels.
 
     Raises
     ------
@@ -58,6 +66,7 @@ class QuantizeParams:
     restarts: int = DEFAULT_RESTARTS
     max_iter: int = 300
     background: tuple[int, int, int] = (255, 255, 255)
+    mode: str = "auto"
 
     def __post_init__(self) -> None:
         set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731 - frozen dataclass
@@ -72,6 +81,14 @@ class QuantizeParams:
         if len(bg) != 3:
             raise ParameterError(f"background must have 3 components, got {self.background!r}")
         set_("background", tuple(_int("background component", c, 0, 255) for c in bg))
+        if self.mode not in MODES:
+            raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+    def fit_mode(self, n_pixels: int) -> str:
+        """The mode used for an image of ``n_pixels``: "exact" or "sample"."""
+        if self.mode != "auto":
+            return self.mode
+        return "exact" if n_pixels <= EXACT_MAX_PIXELS else "sample"
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import assign, cluster, histogram, metrics, packing, readers, sampling, store
+from . import assign, cluster, histogram, lut, metrics, packing, readers, sampling, store
 from .fit import FitResult, fit_palette
 from .params import QuantizeParams
 from .readers import ImageSource
@@ -49,9 +49,28 @@ def _image(src: ImageSource, params: QuantizeParams, max_pixels):
                                background=params.background)
 
 
+#: Images of at least this many pixels are labelled through a 2**24-entry lookup table
+#: (building it costs about as much as labelling 2**24 pixels directly).
+LUT_MIN_PIXELS = 1 << 25
+#: Largest tile edge read per window when sampling without a full pass.
+SAMPLE_WINDOW = 512
+
+
+def sample_chunks(src: ImageSource) -> int:
+    """Chunk edge for reading sample windows: the file's tile, at most SAMPLE_WINDOW."""
+    if src.tile:
+        return max(8, min(max(src.tile[0], 8), SAMPLE_WINDOW))
+    return 256
+
+
 def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None = None,
         address: str | None = None, progress: bool = False) -> FitResult:
-    """Fit the palette of a source: histogram and sample in one pass, then the fit.
+    """Fit the palette of a source.
+
+    In ``exact`` mode one pass over every pixel computes the colour histogram
+    and the sample together; in ``sample`` mode only a bounded number of tiles
+    is read (see :func:`kquant.sampling.sample_windows`) and the fit is refined
+    on the sample's histogram. ``params.mode == "auto"`` picks by image size.
 
     Raises
     ------
@@ -60,14 +79,28 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
     """
     params = params or QuantizeParams()
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
-    image = _image(src, params, max_pixels)
+    mode = params.fit_mode(src.n_pixels)
+    t0 = time.perf_counter()
     with cluster.scheduler(address):
-        (colours, counts), sample = cluster.compute(
-            histogram.colour_histogram(image),
-            sampling.sample_pixels(image, params.sample_size, seed=params.seed),
-            progress=progress)
-    return fit_palette(sample, colours, counts, params.k, seed=params.seed,
-                       restarts=params.restarts, max_iter=params.max_iter)
+        if mode == "exact":
+            image = _image(src, params, max_pixels)
+            (colours, counts), sample = cluster.compute(
+                histogram.colour_histogram(image),
+                sampling.sample_pixels(image, params.sample_size, seed=params.seed),
+                progress=progress)
+        else:
+            image = readers.open_source(src, chunks=sample_chunks(src), max_pixels=max_pixels,
+                                        background=params.background)
+            (sample,) = cluster.compute(
+                sampling.sample_windows(image, params.sample_size, seed=params.seed),
+                progress=progress)
+            colours, counts = histogram.block_histogram(sample[None])
+    t1 = time.perf_counter()
+    result = fit_palette(sample, colours, counts, params.k, seed=params.seed,
+                         restarts=params.restarts, max_iter=params.max_iter)
+    timings = {"read" if mode == "exact" else "sample": t1 - t0,
+               "fit": time.perf_counter() - t1}
+    return dataclasses.replace(result, mode=mode, timings=timings)
 
 
 def store_chunks(image) -> tuple[int, int]:
@@ -79,19 +112,23 @@ def store_chunks(image) -> tuple[int, int]:
 
 
 def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root: str,
-                        row0: int, col0: int, packed_chunk: tuple[int, int]):
-    """Kernel of the second pass: label one chunk, pack it, write it, measure it."""
+                        row0: int, col0: int, packed_chunk: tuple[int, int], use_lut: bool):
+    """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
-    labels = assign.nearest_block(block, palette)
+    if use_lut:
+        labels, sse = lut.label_block(block, lut.table_for(palette))
+    else:
+        labels = assign.nearest_block(block, palette)
+        sse = metrics.sse_block(block, labels, palette)
     packed = packing.pack_rows(labels, bits)
     store.write_packed_chunk(root, packed, row0, col0 * bits // 8, packed_chunk)
     counts = np.bincount(labels.ravel(), minlength=len(palette))
-    return metrics.sse_block(block, labels, palette), counts, store.chunk_digest(packed)
+    return sse, counts, store.chunk_digest(packed)
 
 
 def write(source, target, palette: np.ndarray, params: QuantizeParams | None = None, *,
           overwrite: bool = False, max_pixels: int | None = None, address: str | None = None,
-          progress: bool = False) -> store.StoreMeta:
+          progress: bool = False, fit_info: FitResult | None = None) -> store.StoreMeta:
     """Assign every pixel to ``palette`` and write a complete store at ``target``.
 
     Raises
@@ -111,6 +148,7 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     image = image.rechunk((rows, cols, 3))
     palette = np.asarray(palette, np.uint8)
     bits = packing.bits_for(len(palette))
+    use_lut = src.n_pixels >= LUT_MIN_PIXELS
     meta = store.StoreMeta(
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=rows, chunk_cols=cols,
@@ -124,7 +162,7 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
             keys.append((i, j))
             tasks.append(dask.delayed(_assign_write_block, pure=True)(
                 blocks[i, j, 0], palette, bits, writer.root, i * rows, j * cols,
-                meta.packed_chunks))
+                meta.packed_chunks, use_lut))
         with cluster.scheduler(address):
             results = cluster.compute(*tasks, progress=progress)
         sse = sum(int(r[0]) for r in results)
@@ -135,7 +173,9 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
         return writer.commit(
             metrics={"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
                      "lossless": sse == 0, "n_pixels": n_pixels,
-                     "palette_counts": [int(c) for c in counts]},
+                     "palette_counts": [int(c) for c in counts],
+                     "assign": "lut" if use_lut else "direct",
+                     "fit_mode": fit_info.mode if fit_info else None},
             checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))))
 
 
@@ -203,9 +243,10 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
     t = time.perf_counter()
     result = fit(src, params, max_pixels=max_pixels, address=address, progress=progress)
     timings["fit"] = time.perf_counter() - t
+    timings.update({f"fit.{k}": v for k, v in result.timings.items()})
     t = time.perf_counter()
     meta = write(src, target, result.palette, params, overwrite=overwrite,
-                 max_pixels=max_pixels, address=address, progress=progress)
+                 max_pixels=max_pixels, address=address, progress=progress, fit_info=result)
     timings["assign_write"] = time.perf_counter() - t
     written_preview = None
     if preview_path is not None:

@@ -51,3 +51,32 @@ def sample_pixels(image, n: int, *, seed: int = 0):
     parts = [dask.delayed(sample_block)(b, c, seed=seed, block_id=loc)
              for b, c, loc in zip(blocks, counts, locs) if c]
     return dask.delayed(np.concatenate)(parts, axis=0)
+
+
+def choose_blocks(numblocks: tuple[int, int], n_windows: int, *, seed: int) -> list[tuple[int, int]]:
+    """``n_windows`` distinct block indices drawn uniformly (all blocks if fewer), sorted."""
+    total = numblocks[0] * numblocks[1]
+    if n_windows >= total:
+        return [(i, j) for i in range(numblocks[0]) for j in range(numblocks[1])]
+    rng = np.random.default_rng([seed, 3])
+    flat = np.sort(rng.choice(total, size=n_windows, replace=False))
+    return [(int(f // numblocks[1]), int(f % numblocks[1])) for f in flat]
+
+
+def sample_windows(image, n: int, *, seed: int = 0, n_windows: int = 128):
+    """A delayed (m, 3) sample of about ``n`` pixels read from ``n_windows`` chunks only.
+
+    For images too large for a full pass: with ``image`` chunked at the file's
+    native tile size, only the chosen tiles are read and decoded, so the cost
+    is bounded by ``n_windows`` tiles whatever the image size. Pixels are drawn
+    from each chosen chunk in proportion to its size.
+    """
+    import dask
+
+    chosen = choose_blocks(image.numblocks[:2], n_windows, seed=seed)
+    sizes = [image.chunks[0][i] * image.chunks[1][j] for i, j in chosen]
+    counts = allocate(sizes, int(n))
+    blocks = image.to_delayed()
+    parts = [dask.delayed(sample_block)(blocks[i, j, 0], c, seed=seed, block_id=(i, j))
+             for (i, j), c in zip(chosen, counts) if c]
+    return dask.delayed(np.concatenate)(parts, axis=0)

@@ -1,0 +1,89 @@
+"""Out-of-core paths: lookup-table assignment, bounded sampling, sample-mode fit."""
+
+import threading
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+
+import kquant
+from conftest import photo_like
+from kquant import QuantizeParams, lut, pipeline, sampling
+from oracles import nearest_oracle
+
+
+@pytest.fixture(scope="module")
+def palette():
+    return np.random.default_rng(7).integers(0, 256, size=(16, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def table(palette):
+    return lut.build(palette)
+
+
+def test_lookup_table_equals_exact_argmin(palette, table):
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 1 << 24, size=50000)
+    rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], 1).astype(np.uint8)
+    labels = nearest_oracle(rgb, palette)
+    assert np.array_equal(table[codes] & 0xFF, labels)
+    err = ((rgb.astype(np.int64) - palette[labels].astype(np.int64)) ** 2).sum(1)
+    assert np.array_equal(table[codes] >> 8, err)
+
+
+def test_label_block_gives_labels_and_exact_error(palette, table):
+    img = photo_like(120, 77)
+    labels, sse = lut.label_block(img, table)
+    ref = nearest_oracle(img, palette)
+    assert np.array_equal(labels, ref)
+    assert sse == int(((img.astype(np.int64) - palette[ref]) ** 2).sum())
+
+
+def test_sample_windows_reads_only_the_chosen_blocks():
+    img = photo_like(256, 320)
+    seen = []
+    lock = threading.Lock()
+
+    def record(block, block_info=None):
+        with lock:
+            seen.append(tuple(block_info[0]["chunk-location"][:2]))
+        return block
+
+    lazy = da.from_array(img, chunks=(32, 32, 3)).map_blocks(record, dtype=np.uint8)
+    sample = sampling.sample_windows(lazy, 3000, seed=1, n_windows=10).compute(scheduler="threads")
+    chosen = sampling.choose_blocks(lazy.numblocks[:2], 10, seed=1)
+    assert sorted(set(seen)) == sorted(chosen) and len(chosen) == 10
+    assert sample.shape == (3000, 3)
+    allowed = {tuple(p) for (i, j) in chosen
+               for p in img[i * 32:(i + 1) * 32, j * 32:(j + 1) * 32].reshape(-1, 3)}
+    assert {tuple(p) for p in sample} <= allowed
+
+
+@pytest.mark.parametrize("chunk", [64, 200])
+def test_sample_mode_with_lookup_table(tmp_path, monkeypatch, chunk):
+    img = photo_like(300, 410, seed=5)
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, img, tile=(64, 64), compression="zlib", photometric="rgb")
+    monkeypatch.setattr(pipeline, "LUT_MIN_PIXELS", 0)  # force the table path on a small image
+    res = kquant.quantize(path, tmp_path / "s.kq", QuantizeParams(k=16, mode="sample", chunk=chunk,
+                                                                   sample_size=5000))
+    st = kquant.open_store(tmp_path / "s.kq")
+    assert res.fit.mode == "sample" and st.meta.metrics["fit_mode"] == "sample"
+    assert st.meta.metrics["assign"] == "lut"
+    ref = nearest_oracle(img, st.palette)
+    assert np.array_equal(st.labels.compute(), ref)
+    assert st.meta.metrics["sse"] == int(((img.astype(np.int64) - st.palette[ref]) ** 2).sum())
+    st.verify()
+
+
+def test_auto_mode_thresholds():
+    p = QuantizeParams()
+    from kquant.params import EXACT_MAX_PIXELS
+
+    assert p.fit_mode(EXACT_MAX_PIXELS) == "exact"
+    assert p.fit_mode(EXACT_MAX_PIXELS + 1) == "sample"
+    assert QuantizeParams(mode="exact").fit_mode(10**10) == "exact"
+    with pytest.raises(kquant.KquantError):
+        QuantizeParams(mode="fast")
