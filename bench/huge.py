@@ -1,0 +1,158 @@
+"""Issue 4 benchmark: end-to-end throughput and peak memory on a gigapixel tiled TIFF.
+
+Usage:
+    python bench/make_mosaic.py /data/mosaic-1g.tif --gigapixels 1
+    python bench/huge.py /data/mosaic-1g.tif [--runs read,default,exact,threads1,cluster1,cluster2]
+
+Each run is a fresh subprocess (so imports, caches and peak memory do not carry over);
+peak RSS is the sum over the process and its children (LocalCluster workers), sampled
+every 0.1 s. Reported: seconds, Mpx/s, peak RSS, the ratio to the read-only pass of the
+same input (the I/O floor, measured in the same command) and the split by stage.
+
+Runs:
+  read      decode every tile once, nothing else (2 threads)       -- the I/O floor
+  default   kquant quantize, default mode (sample fit above 2^27 px), local threads
+  exact     --mode exact (full colour histogram pass, then assign)
+  threads1  default mode on a single thread (baseline for scaling)
+  cluster1  default mode on a LocalCluster of 1 worker x 1 thread
+  cluster2  default mode on a LocalCluster of 2 workers x 1 thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+class PeakRSS:
+    """Peak of the summed RSS of this process and all its descendants."""
+
+    def __init__(self, interval: float = 0.1):
+        import psutil
+
+        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [self.proc] + self.proc.children(recursive=True)
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _one(what: str, src: str, k: int, chunk: int) -> dict:
+    import dask
+    import numpy as np
+
+    import kquant
+    from kquant import pipeline
+
+    out = {"run": what}
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        if what == "read":
+            img = kquant.open_image(src, chunks=chunk)
+            tasks = [dask.delayed(lambda b: np.asarray(b).shape)(b) for b in img.to_delayed().ravel()]
+            with dask.config.set(scheduler="threads", num_workers=2):
+                dask.compute(*tasks)
+            n = img.shape[0] * img.shape[1]
+            out["stages"] = {}
+        else:
+            mode = "exact" if what == "exact" else "auto"
+            params = kquant.QuantizeParams(k=k, mode=mode, chunk=chunk)
+            cluster = None
+            address = None
+            if what.startswith("cluster"):
+                from distributed import LocalCluster
+
+                cluster = LocalCluster(n_workers=int(what[-1]), threads_per_worker=1,
+                                       processes=True, dashboard_address=None,
+                                       host="127.0.0.1", memory_limit="4GiB")
+                address = cluster.scheduler_address
+            with tempfile.TemporaryDirectory(dir=os.environ.get("KQ_BENCH_TMP")) as d:
+                ctx = (dask.config.set(scheduler="threads", num_workers=1) if what == "threads1"
+                       else dask.config.set(num_workers=2))
+                with ctx:
+                    res = pipeline.quantize(src, Path(d) / "out.kquant", params, address=address)
+                out["store_bytes"] = res.meta.metrics["store_bytes"]
+                out["psnr"] = res.meta.metrics["psnr"]
+                out["fit_mode"] = res.fit.mode
+            if cluster is not None:
+                cluster.close()
+            out["stages"] = {k: round(v, 2) for k, v in res.timings.items()}
+            n = res.meta.height * res.meta.width
+        out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_gib"] = rss.peak / 2**30
+    out["mpx_per_s"] = n / 1e6 / out["seconds"]
+    out["gigapixels"] = n / 1e9
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="kquant gigapixel benchmark")
+    ap.add_argument("source")
+    ap.add_argument("--runs", default="read,default,exact,cluster1,cluster2")
+    ap.add_argument("-k", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(_one(a.one, a.source, a.k, a.chunk)))
+        return
+    results = []
+    for what in a.runs.split(","):
+        p = subprocess.run([sys.executable, __file__, a.source, "--one", what, "-k", str(a.k),
+                            "--chunk", str(a.chunk)], capture_output=True, text=True)
+        if p.returncode:
+            print(f"{what}: FAILED\n{p.stderr[-2000:]}", file=sys.stderr)
+            continue
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    floor = next((r["seconds"] for r in results if r["run"] == "read"), None)
+    print("\n| run | Gpx | seconds | Mpx/s | x read pass | peak RSS GiB | PSNR | stages (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        ratio = f"{r['seconds'] / floor:.2f}" if floor else "-"
+        psnr = f"{r['psnr']:.2f}" if r.get("psnr") else "-"
+        stages = ", ".join(f"{k} {v}" for k, v in r["stages"].items() if k != "total")
+        print(f"| {r['run']} | {r['gigapixels']:.2f} | {r['seconds']:.1f} | {r['mpx_per_s']:.1f} | "
+              f"{ratio} | {r['peak_rss_gib']:.2f} | {psnr} | {stages} |")
+    c1 = next((r for r in results if r["run"] == "cluster1"), None)
+    c2 = next((r for r in results if r["run"] == "cluster2"), None)
+    if c1 and c2:
+        print(f"\n2 workers / 1 worker throughput: {c2['mpx_per_s'] / c1['mpx_per_s']:.2f}x")
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The same job on real `dask scheduler` / `dask worker` processes gives the same store."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import kquant
+from conftest import photo_like
+from kquant import QuantizeParams
+
+pytestmark = pytest.mark.slow
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def scheduler_address(tmp_path_factory):
+    from distributed import Client
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = tmp_path_factory.mktemp("dask")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    sched = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                              "--no-dashboard"], stdout=open(logs / "s.log", "w"),
+                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    worker = subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
+                               "--no-dashboard", "--host", "127.0.0.1",
+                               "--local-directory", str(logs)],
+                              stdout=open(logs / "w.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True, env=env)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with Client(address, timeout="2s") as c:
+                    if len(c.scheduler_info()["workers"]) == 2:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("dask cluster did not start:\n" + (logs / "w.log").read_text())
+            time.sleep(0.5)
+        yield address
+    finally:
+        _stop(worker)
+        _stop(sched)
+
+
+def _files(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("mode", ["exact", "sample"])
+def test_cluster_store_is_byte_identical_to_local(tmp_path, scheduler_address, mode):
+    img = photo_like(300, 356, seed=11)
+    src = tmp_path / "t.tif"
+    tifffile.imwrite(src, img, tile=(64, 64), compression="zlib", photometric="rgb")
+    params = QuantizeParams(k=12, chunk=128, mode=mode, sample_size=4000, restarts=1)
+    kquant.quantize(src, tmp_path / "local.kq", params)
+    res = kquant.quantize(src, tmp_path / "cluster.kq", params, address=scheduler_address)
+    assert res.meta.complete
+    assert _files(tmp_path / "local.kq") == _files(tmp_path / "cluster.kq")
+
+
+def test_cli_uses_dask_scheduler_address(tmp_path, scheduler_address, photo_png):
+    from distributed import Client
+
+    path, img = photo_png
+    env = dict(os.environ, DASK_SCHEDULER_ADDRESS=scheduler_address)
+    p = subprocess.run([sys.executable, "-m", "kquant", "quantize", str(path),
+                        str(tmp_path / "s.kq"), "-k", "6", "--chunk", "64"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    st = kquant.open_store(tmp_path / "s.kq")
+    d = ((img[:, :, None, :].astype(int) - st.palette[None, None].astype(int)) ** 2).sum(-1)
+    assert np.array_equal(st.labels.compute(), d.argmin(-1))
+    with Client(scheduler_address) as c:  # the scheduler ran the write tasks
+        keys = c.run_on_scheduler(
+            lambda dask_scheduler: [str(t[0]) for t in list(dask_scheduler.transition_log)])
+    assert any("_assign_write_block" in k for k in keys)
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, photo_png):
+    path, _ = photo_png
+    p = subprocess.run([sys.executable, "-m", "kquant", "quantize", str(path), str(tmp_path / "s.kq"),
+                        "--address", f"tcp://127.0.0.1:{_free_port()}"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("kquant: error: cannot reach dask scheduler")
+    assert not (tmp_path / "s.kq").exists()
