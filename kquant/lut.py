@@ -1,11 +1,12 @@
 """Assignment through a lookup table over all 2**24 RGB colours.
 
 For images much larger than 2**24 pixels, labelling each pixel by a table lookup is far
-cheaper than a distance computation (about 5 ns against 35 ns per pixel for K=16). One
-uint32 entry per colour holds both the palette index (low 8 bits) and the squared error of
-that colour against its entry (high 24 bits; at most 3 * 255**2 < 2**18), so a single
-gather gives the labels and the block's exact reconstruction error. The table is built
-with :func:`kquant.assign.nearest`, so labels are identical to direct assignment.
+cheaper than a distance computation. The table (16 MiB, one uint8 palette index per
+colour) is built with :func:`kquant.assign.nearest`, so labels are identical to direct
+assignment. :func:`label_pack_block` then does, in one compiled pass over a chunk, the
+lookup, the exact squared error against the palette, the per-entry pixel counts and the
+bit packing (the layout of :mod:`kquant.packing`), releasing the GIL so that dask threads
+run in parallel.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import hashlib
 import threading
 
+import numba
 import numpy as np
 
 from . import assign
@@ -23,20 +25,17 @@ _SLAB = 1 << 20
 
 
 def build(palette: np.ndarray) -> np.ndarray:
-    """The (2**24,) uint32 table ``err << 8 | label`` for ``palette``."""
+    """The (2**24,) uint8 table of nearest palette indices, by colour code ``R<<16|G<<8|B``."""
     palette = np.asarray(palette, np.uint8)
-    table = np.empty(N_COLOURS, np.uint32)
-    pal32 = palette.astype(np.int32)
+    table = np.empty(N_COLOURS, np.uint8)
+    codes = np.arange(_SLAB, dtype=np.uint32)
+    rgb = np.empty((_SLAB, 3), np.uint8)
     for start in range(0, N_COLOURS, _SLAB):
-        codes = np.arange(start, start + _SLAB, dtype=np.uint32)
-        rgb = np.empty((_SLAB, 3), np.uint8)
-        rgb[:, 0] = codes >> 16
-        rgb[:, 1] = (codes >> 8) & 255
-        rgb[:, 2] = codes & 255
-        labels = assign.nearest(rgb, palette)
-        diff = rgb.astype(np.int32) - pal32[labels]
-        err = np.einsum("ij,ij->i", diff, diff).astype(np.uint32)
-        table[start:start + _SLAB] = (err << 8) | labels
+        c = codes + np.uint32(start)
+        rgb[:, 0] = c >> 16
+        rgb[:, 1] = (c >> 8) & 255
+        rgb[:, 2] = c & 255
+        table[start:start + _SLAB] = assign.nearest(rgb, palette)
     return table
 
 
@@ -57,17 +56,58 @@ def table_for(palette: np.ndarray) -> np.ndarray:
         return _cached(key, raw, len(palette))
 
 
-def codes(block: np.ndarray) -> np.ndarray:
-    """uint32 codes ``R << 16 | G << 8 | B`` of an (h, w, 3) uint8 block, via a byte view."""
+@numba.njit(nogil=True, cache=True)
+def _label_pack(block, table, palette, bits, packed, counts):  # pragma: no cover - compiled
+    h, w = block.shape[0], block.shape[1]
+    sse = 0
+    for y in range(h):
+        acc = 0
+        nacc = 0
+        out = 0
+        for x in range(w):
+            r = np.int64(block[y, x, 0])
+            g = np.int64(block[y, x, 1])
+            b = np.int64(block[y, x, 2])
+            lab = table[(r << 16) | (g << 8) | b]
+            counts[lab] += 1
+            dr = r - palette[lab, 0]
+            dg = g - palette[lab, 1]
+            db = b - palette[lab, 2]
+            sse += dr * dr + dg * dg + db * db
+            acc = (acc << bits) | lab
+            nacc += bits
+            if nacc >= 8:
+                nacc -= 8
+                packed[y, out] = (acc >> nacc) & 0xFF
+                out += 1
+                acc &= (1 << nacc) - 1
+        if nacc > 0:
+            packed[y, out] = (acc << (8 - nacc)) & 0xFF
+    return sse
+
+
+def label_pack_block(block: np.ndarray, table: np.ndarray, palette: np.ndarray,
+                     bits: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Packed labels, exact squared error and per-entry counts of one (h, w, 3) block.
+
+    Returns
+    -------
+    packed : ndarray of uint8, shape (h, ceil(w * bits / 8))
+    sse : int
+    counts : ndarray of int64, shape (n,)
+    """
+    block = np.ascontiguousarray(block, np.uint8)
     h, w = block.shape[:2]
-    buf = np.zeros((h, w, 4), np.uint8)
-    buf[:, :, 0] = block[:, :, 2]
-    buf[:, :, 1] = block[:, :, 1]
-    buf[:, :, 2] = block[:, :, 0]
-    return buf.view("<u4")[:, :, 0]
+    packed = np.zeros((h, (w * bits + 7) // 8), np.uint8)
+    counts = np.zeros(len(palette), np.int64)
+    pal = np.ascontiguousarray(palette, np.int64)
+    sse = _label_pack(block, table, pal, np.int64(bits), packed, counts)
+    return packed, int(sse), counts
 
 
-def label_block(block: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, int]:
-    """Labels (h, w) uint8 and exact squared error of one (h, w, 3) block."""
-    v = table[codes(np.asarray(block))]
-    return (v & 0xFF).astype(np.uint8), int((v >> 8).sum(dtype=np.uint64))
+def label_block(block: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Labels (h, w) uint8 of one (h, w, 3) block by table lookup (numpy, no compilation)."""
+    block = np.asarray(block)
+    codes = ((block[..., 0].astype(np.uint32) << 16) | (block[..., 1].astype(np.uint32) << 8)
+             | block[..., 2])
+    return table[codes]

@@ -116,13 +116,13 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
     if use_lut:
-        labels, sse = lut.label_block(block, lut.table_for(palette))
+        packed, sse, counts = lut.label_pack_block(block, lut.table_for(palette), palette, bits)
     else:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)
-    packed = packing.pack_rows(labels, bits)
+        packed = packing.pack_rows(labels, bits)
+        counts = np.bincount(labels.ravel(), minlength=len(palette))
     store.write_packed_chunk(root, packed, row0, col0 * bits // 8, packed_chunk)
-    counts = np.bincount(labels.ravel(), minlength=len(palette))
     return sse, counts, store.chunk_digest(packed)
 
 
