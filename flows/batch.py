@@ -67,6 +67,9 @@ def list_images(inbox: str, pattern: str = "*", settle_seconds: float = 0.0,
     InputError
         If the inbox is not a folder.
     """
+    if "{{" in str(inbox):
+        raise InputError(f"inbox is not set ({inbox}): set KQUANT_INBOX when deploying, "
+                         "or pass --param inbox=FOLDER")
     root = store.local_path(inbox)
     if not root.is_dir():
         raise InputError(f"inbox {root} is not a folder")
@@ -97,7 +100,7 @@ def _existing_shared_palette(targets: list[Path], params: dict):
     for t in targets:
         st = store.open_store(t)
         made = st.meta.params
-        if any(made.get(n) != params.get(n) for n in tasks.FIT_PARAMS):
+        if made != params:
             return None
         palettes.append(st.palette.tolist())
     if palettes and all(p == palettes[0] for p in palettes):
@@ -173,6 +176,9 @@ def quantize_batch(
         tasks.sanitise_scheduler_env()
         params = tasks.make_params(k, seed, sample_size, chunk, restarts).to_json()
         images = list_images(inbox, pattern, settle_seconds, logger)
+        if "{{" in str(outbox):
+            raise InputError(f"outbox is not set ({outbox}): set KQUANT_OUTBOX when deploying, "
+                             "or pass --param outbox=FOLDER")
         out_root = store.local_path(outbox)
         out_root.mkdir(parents=True, exist_ok=True)
     except KquantError as exc:
@@ -189,6 +195,7 @@ def quantize_batch(
         elif status == "other":
             failed[str(rel)] = f"{target} exists and is not a complete kquant store; remove it"
         else:
+            target.parent.mkdir(parents=True, exist_ok=True)
             todo.append((path, rel, target))
     logger.info("%d images in %s: %d new, %d already done (skipped)%s", len(images),
                 store.local_path(inbox), len(todo), len(skipped),

@@ -188,13 +188,10 @@ IO_RETRIES = dict(retries=2, retry_delay_seconds=1, retry_condition_fn=_not_user
 
 # --------------------------------------------------------------------------- cache keys
 
-#: Parameters that change the fitted palette (max_pixels and address do not).
-FIT_PARAMS = ("k", "seed", "sample_size", "chunk", "restarts", "max_iter", "background")
-
-
 def _fit_key(identities: list[str], params: dict) -> str:
-    payload = {"kquant": kquant.__version__, "sources": identities,
-               "params": {n: params.get(n) for n in FIT_PARAMS}}
+    # every QuantizeParams field can change the palette (k, seed, sample size,
+    # chunking of the sample, restarts, ...); max_pixels and address cannot
+    payload = {"kquant": kquant.__version__, "sources": identities, "params": params}
     return "kquant-fit-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,0 +1,278 @@
+"""The flows run in-process against one prefect_test_harness (real API server, real dask)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowkit import photo, truncated_png, write_png
+
+
+def _artifacts(client, flow_run_id):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    arts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {a.key: a for a in arts}
+
+
+def _task_states(client, flow_run_id) -> dict[str, str]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def _logs(client, flow_run_id, must_contain: str, timeout: float = 15.0) -> list[str]:
+    """Messages of a flow run's logs, once one contains ``must_contain`` (logs ship in batches)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = [lg.message for lg in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        if any(must_contain in m for m in logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
+
+
+def _run_id(state):
+    return state.state_details.flow_run_id
+
+
+# --------------------------------------------------------------------------- quantize-image
+
+def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path):
+    from flows.quantize import quantize_image
+    from kquant.store import open_store
+
+    src = write_png(tmp_path / "photo.png", photo(90, 130, seed=1))
+    state = quantize_image(source=str(src), target=str(tmp_path / "a.kquant"), k=8,
+                           sample_size=5000, return_state=True)
+    assert state.is_completed(), state.message
+    r = state.result()
+    st = open_store(tmp_path / "a.kquant")
+    st.verify()
+    assert st.meta.complete and st.palette.shape == (8, 3)
+    assert r["n_colors"] == 8 and r["fit_cached"] is False
+    assert 15 < r["psnr"] < 60 and 0 < r["store_bits_per_pixel"] < 24
+    assert r["palette"] == [f"#{a:02x}{b:02x}{c:02x}" for a, b, c in st.palette.tolist()]
+    assert Path(r["preview"]).is_file() and r["preview"].endswith("a.preview.png")
+
+    # artifacts: markdown summary, palette table, preview image (a data URL)
+    arts = _artifacts(client, _run_id(state))
+    assert set(arts) == {"a-kquant-summary", "a-kquant-palette", "a-kquant-preview"}
+    md = arts["a-kquant-summary"]
+    assert md.type == "markdown"
+    assert "PSNR" in md.data and f"{r['psnr']:.2f} dB" in md.data and "bits/px" in md.data
+    assert (tmp_path / "a.kquant").as_uri() in md.data
+    table = json.loads(arts["a-kquant-palette"].data)
+    assert arts["a-kquant-palette"].type == "table" and len(table) == 8
+    assert [row["hex"] for row in table] == r["palette"]
+    assert sum(row["pixels"] for row in table) == 90 * 130
+    assert abs(sum(row["share_pct"] for row in table) - 100) < 0.1
+    img = arts["a-kquant-preview"]
+    assert img.type == "image" and img.data.startswith("data:image/jpeg;base64,")
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(img.data.split(",", 1)[1]))) as im:
+        assert im.format == "JPEG" and im.width >= 2 * 130
+
+    # a rerun on the same file and parameters does not refit: the fit task is Cached
+    again = quantize_image(source=str(src), target=str(tmp_path / "b.kquant"), k=8,
+                           sample_size=5000, return_state=True)
+    assert again.is_completed(), again.message
+    assert again.result()["fit_cached"] is True
+    assert _task_states(client, _run_id(again))["fit-palette"] == "Cached"
+    assert np.array_equal(open_store(tmp_path / "b.kquant").palette, st.palette)
+    assert "cached" in _artifacts(client, _run_id(again))["b-kquant-summary"].data
+
+    # other parameters, or the same path with a new mtime: refit
+    other_k = quantize_image(source=str(src), target=str(tmp_path / "c.kquant"), k=6,
+                             sample_size=5000, preview=False, return_state=True)
+    assert other_k.result()["fit_cached"] is False
+    t = time.time() + 5
+    os.utime(src, (t, t))
+    touched = quantize_image(source=str(src), target=str(tmp_path / "d.kquant"), k=8,
+                             sample_size=5000, preview=False, return_state=True)
+    assert touched.result()["fit_cached"] is False
+    assert _task_states(client, _run_id(touched))["fit-palette"] == "Completed"
+
+
+def test_quantize_image_on_an_existing_dask_cluster(harness, tmp_path):
+    from distributed import LocalCluster
+
+    from flows.quantize import quantize_image
+    from kquant.store import open_store
+
+    src = write_png(tmp_path / "p.png", photo(64, 72, seed=4))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+        state = quantize_image(source=str(src), target=str(tmp_path / "p.kquant"), k=5,
+                               sample_size=2000, chunk=32, preview=False,
+                               address=cluster.scheduler_address, return_state=True)
+    assert state.is_completed(), state.message
+    open_store(tmp_path / "p.kquant").verify()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".kquant" in p.name)
+
+
+@pytest.mark.parametrize("case", ["corrupt", "not-an-image", "missing-folder", "bad-k",
+                                  "target-exists"])
+def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
+    from flows.quantize import quantize_image
+
+    good = write_png(tmp_path / "good.png", photo(40, 48, seed=2))
+    target = tmp_path / "out.kquant"
+    kwargs = dict(source=str(good), target=str(target), k=4, sample_size=1000)
+    expect = {
+        "corrupt": "is not a readable image",
+        "not-an-image": "is not a recognised image",
+        "missing-folder": "does not exist",
+        "bad-k": "k (number of colours) must be between 2 and 256",
+        "target-exists": "exists (run with overwrite=true",
+    }[case]
+    if case == "corrupt":
+        kwargs["source"] = str(truncated_png(tmp_path / "cut.png"))
+    elif case == "not-an-image":
+        (tmp_path / "notes.png").write_text("not a picture\n")
+        kwargs["source"] = str(tmp_path / "notes.png")
+    elif case == "missing-folder":  # fails in the write step, after the fit
+        kwargs["target"] = str(tmp_path / "no" / "such" / "out.kquant")
+    elif case == "bad-k":
+        kwargs["k"] = 1
+    elif case == "target-exists":
+        target.mkdir()
+        (target / "keep.txt").write_text("user data")
+
+    state = quantize_image(**kwargs, return_state=True)
+    assert state.is_failed(), state
+    assert expect in state.message
+    logs = _logs(client, _run_id(state), "quantize-image failed:")
+    line = next(m for m in logs if m.startswith("quantize-image failed:"))
+    assert expect in line and "\n" not in line
+    # nothing complete-looking is left behind
+    if case == "target-exists":
+        assert (target / "keep.txt").read_text() == "user data"
+        assert _leftovers(tmp_path) == ["out.kquant"]
+    else:
+        assert _leftovers(tmp_path) == []
+        assert not (tmp_path / "no").exists()
+
+
+# --------------------------------------------------------------------------- quantize-batch
+
+def _tiles(folder: Path, n: int, *, seed: int = 7, age: float = 60.0) -> list[Path]:
+    """``n`` tiles cut from one picture (a mosaic)."""
+    big = photo(64, 48 * n, seed=seed)
+    return [write_png(folder / f"tile-{i:02d}.png", big[:, 48 * i:48 * (i + 1)], age_seconds=age)
+            for i in range(n)]
+
+
+def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
+    from flows.batch import quantize_batch
+    from kquant.store import open_store
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    _tiles(inbox, 3)
+    (inbox / "README.txt").write_text("not an image")
+    write_png(inbox / ".hidden.png", photo(16, 16))
+    write_png(inbox / "copying.png.part", photo(16, 16))
+
+    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=6, sample_size=4000,
+                           shared_palette=True, settle_seconds=5, return_state=True)
+    assert state.is_completed(), state.message
+    r = state.result()
+    assert r["processed"] == ["tile-00.png", "tile-01.png", "tile-02.png"]
+    assert r["skipped"] == [] and r["failed"] == {}
+    stores = [open_store(outbox / f"tile-{i:02d}.png.kquant") for i in range(3)]
+    for st in stores:
+        st.verify()
+    # every tile has the identical palette (entries and order): the shared one
+    assert all(np.array_equal(st.palette, stores[0].palette) for st in stores)
+    assert stores[0].palette.tolist() == r["shared_palette"] and len(r["shared_palette"]) == 6
+    # ... and it is not what each tile would get on its own
+    from kquant import pipeline
+    from kquant.params import QuantizeParams
+
+    own = pipeline.fit(str(inbox / "tile-00.png"), QuantizeParams(k=6, sample_size=4000)).palette
+    assert not np.array_equal(own, stores[0].palette)
+    arts = _artifacts(client, _run_id(state))
+    assert {"kquant-batch-out-summary", "kquant-batch-out-images", "kquant-batch-out-palette",
+            "tile-00-png-kquant-preview"} <= set(arts)
+    rows = json.loads(arts["kquant-batch-out-images"].data)
+    assert [row["status"] for row in rows] == ["written"] * 3
+
+    # a rerun skips every complete store and writes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in outbox.rglob("zarr.json")}
+    again = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=6, sample_size=4000,
+                           shared_palette=True, settle_seconds=5, return_state=True)
+    assert again.is_completed(), again.message
+    assert again.result()["processed"] == [] and len(again.result()["skipped"]) == 3
+    assert {p: p.stat().st_mtime_ns for p in outbox.rglob("zarr.json")} == stamps
+
+    # a new tile arrives (and one still being written is left for later): only it is processed,
+    # remapped onto the palette the existing stores share
+    new = _tiles(inbox, 4, age=60)[3]
+    write_png(inbox / "fresh.png", photo(20, 20, seed=3))  # modified just now
+    third = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=6, sample_size=4000,
+                           shared_palette=True, settle_seconds=5, return_state=True)
+    assert third.is_completed(), third.message
+    assert third.result()["processed"] == [new.name]
+    assert sorted(third.result()["skipped"]) == ["tile-00.png", "tile-01.png", "tile-02.png"]
+    assert np.array_equal(open_store(outbox / "tile-03.png.kquant").palette, stores[0].palette)
+    assert not (outbox / "fresh.png.kquant").exists()
+
+
+def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_path):
+    from flows.batch import quantize_batch
+    from kquant.store import open_store
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    (inbox / "sub").mkdir(parents=True)
+    write_png(inbox / "a.png", photo(50, 60, seed=11), age_seconds=60)
+    write_png(inbox / "sub" / "b.png", photo(40, 70, seed=12), age_seconds=60)
+    truncated_png(inbox / "broken.png")
+
+    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", k=5,
+                           sample_size=3000, settle_seconds=0, preview=False, return_state=True)
+    assert state.is_failed()
+    assert "1 of 3 images failed" in state.message and "broken.png" in state.message
+    assert "is not a readable image" in state.message
+    a, b = open_store(outbox / "a.png.kquant"), open_store(outbox / "sub" / "b.png.kquant")
+    a.verify()
+    b.verify()
+    assert not np.array_equal(a.palette, b.palette)  # each image its own palette
+    assert not any("broken" in p.name for p in outbox.rglob("*"))
+    logs = _logs(client, _run_id(state), "broken.png: ")
+    assert any(m.startswith("broken.png: ") and "is not a readable image" in m for m in logs)
+
+    # the good images are done; the rerun fails again only on the broken one
+    again = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", k=5,
+                           sample_size=3000, settle_seconds=0, preview=False, return_state=True)
+    assert again.is_failed() and "1 of 3 images failed" in again.message
+    rows = json.loads(_artifacts(client, _run_id(again))["kquant-batch-out-images"].data)
+    assert sorted((row["image"], row["status"].split(":")[0]) for row in rows) == [
+        ("a.png", "skipped (store exists)"), ("broken.png", "failed"),
+        ("sub/b.png", "skipped (store exists)")]
+
+
+def test_batch_fails_on_a_missing_inbox(harness, tmp_path):
+    from flows.batch import quantize_batch
+
+    state = quantize_batch(inbox=str(tmp_path / "nope"), outbox=str(tmp_path / "out"),
+                           return_state=True)
+    assert state.is_failed() and "is not a folder" in state.message
+    assert not (tmp_path / "out").exists()
