@@ -17,8 +17,10 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
+# the main job: the quantize-image Prefect flow, in-process (ephemeral Prefect API, no
+# server to start); `$(BIN)/kquant demo` runs the same job without Prefect
 demo: install
-	$(BIN)/kquant demo --out kquant-demo
+	$(BIN)/python -m flows.quantize --demo --out kquant-demo
 
 test: install-test
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
