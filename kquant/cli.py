@@ -199,6 +199,7 @@ def _decode(args) -> int:
 
 def _info(args) -> int:
     from . import store
+    from . import uri as uri_mod
 
     meta = store.read_meta(args.store)
     if args.json:
@@ -211,7 +212,7 @@ def _info(args) -> int:
     if not args.json:
         m = meta.metrics
         psnr = m.get("psnr")
-        print(f"store      {store.local_path(args.store)}  (kquant format {meta.format_version}, "
+        print(f"store      {uri_mod.normalise(args.store)}  (kquant format {meta.format_version}, "
               f"written by kquant {meta.library_version})")
         print(f"status     {meta.status}" + ("  (checksum verified)" if args.verify else ""))
         print(f"image      {meta.height} x {meta.width} px   source {meta.source.get('uri')}")

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from . import assign, cluster, histogram, lut, metrics, packing, readers, sampling, store
+from . import uri as uri_mod
 from .fit import FitResult, fit_palette
 from .params import QuantizeParams
 from .readers import ImageSource
@@ -254,5 +255,5 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
         written_preview = preview(src, result.palette, preview_path, params, max_pixels=max_pixels)
         timings["preview"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    return QuantizeResult(target=str(store.local_path(target)), meta=meta, fit=result,
+    return QuantizeResult(target=uri_mod.normalise(target), meta=meta, fit=result,
                           timings=timings, preview=written_preview)

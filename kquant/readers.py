@@ -20,11 +20,11 @@ import dataclasses
 import functools
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 
 from . import convert
+from . import uri as uri_mod
 from .errors import ImageTooLargeError, InputError
 
 #: Default limit on the pixels an image header may claim (about 4.3 gigapixels).
@@ -69,6 +69,10 @@ class ImageSource:
         Native (rows, cols) block of the file (TIFF tile or strip, zarr chunk).
     size_bytes, mtime_ns : int
         Identity of the file (for caching).
+    mode : str
+        Pixel mode of the decoder (Pillow mode, TIFF photometric).
+    etag : str
+        Object-store ETag (remote sources), part of the identity.
     """
 
     uri: str
@@ -82,6 +86,7 @@ class ImageSource:
     size_bytes: int = 0
     mtime_ns: int = 0
     mode: str = ""
+    etag: str = ""
 
     @property
     def n_pixels(self) -> int:
@@ -89,8 +94,8 @@ class ImageSource:
 
     @property
     def identity(self) -> str:
-        """A string that changes whenever the file changes (path, size, mtime)."""
-        return f"{self.uri}:{self.size_bytes}:{self.mtime_ns}"
+        """A string that changes whenever the file changes (URI, size, mtime, ETag)."""
+        return f"{self.uri}:{self.size_bytes}:{self.mtime_ns}:{self.etag}"
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -99,25 +104,40 @@ class ImageSource:
         return d
 
 
-def _local_path(uri: str | os.PathLike) -> Path:
-    text = os.fspath(uri)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    elif "://" in text:
-        raise InputError(f"unsupported source URL scheme: {text!r} (local paths and file:// only)")
-    return Path(text).expanduser().absolute()
+def _open(uri: str):
+    """A binary file object for a local path or an fsspec URL."""
+    if uri_mod.is_remote(uri):
+        fs, path = uri_mod.filesystem(uri)
+        return fs.open(path, "rb")
+    return open(uri, "rb")
 
 
-def _sniff(path: Path) -> str:
-    if path.is_dir():
-        if (path / "zarr.json").exists() or (path / ".zarray").exists():
-            return "ZARR"
-        raise InputError(f"{path} is a directory, not a zarr array")
+def _isdir(uri: str) -> bool:
+    if uri_mod.is_remote(uri):
+        fs, path = uri_mod.filesystem(uri)
+        return fs.isdir(path)
+    return os.path.isdir(uri)
+
+
+def _has(uri: str, name: str) -> bool:
+    if uri_mod.is_remote(uri):
+        fs, path = uri_mod.filesystem(uri)
+        return fs.exists(f"{path.rstrip('/')}/{name}")
+    return os.path.exists(os.path.join(uri, name))
+
+
+def _sniff(path: str) -> str:
     try:
-        with open(path, "rb") as fh:
+        if _isdir(path):
+            if _has(path, "zarr.json") or _has(path, ".zarray"):
+                return "ZARR"
+            raise InputError(f"{path} is a directory, not a zarr array")
+        with _open(path) as fh:
             head = fh.read(16)
     except FileNotFoundError:
         raise InputError(f"no such file: {path}") from None
+    except PermissionError:
+        raise InputError(f"cannot read {path}: permission denied") from None
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not head:
@@ -132,7 +152,7 @@ def _sniff(path: Path) -> str:
     raise InputError(f"{path} is not a recognised image (PNG, JPEG, BMP, GIF, WebP, PNM, TIFF or zarr)")
 
 
-def _check_size(path: Path, height: int, width: int, max_pixels: int | None) -> None:
+def _check_size(path: str, height: int, width: int, max_pixels: int | None) -> None:
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if height <= 0 or width <= 0:
         raise InputError(f"{path} has an empty image ({height}x{width})")
@@ -143,12 +163,23 @@ def _check_size(path: Path, height: int, width: int, max_pixels: int | None) -> 
         )
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    if path.is_dir():  # zarr: newest metadata file
-        meta = [p for p in (path / "zarr.json", path / ".zarray") if p.exists()]
-        st = meta[0].stat()
-    return st.st_size, st.st_mtime_ns
+def _stat(path: str) -> tuple[int, int, str]:
+    """Size, modification time (ns) and ETag (remote) of a file, or of a zarr's metadata."""
+    if uri_mod.is_remote(path):
+        fs, p = uri_mod.filesystem(path)
+        if fs.isdir(p):
+            p = next(f"{p.rstrip('/')}/{n}" for n in ("zarr.json", ".zarray")
+                     if fs.exists(f"{p.rstrip('/')}/{n}"))
+        info = fs.info(p)
+        modified = info.get("LastModified") or info.get("mtime") or 0
+        mtime = int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else int(float(modified) * 1e9)
+        return int(info.get("size") or 0), mtime, str(info.get("ETag") or "").strip('"')
+    st = os.stat(path)
+    if os.path.isdir(path):  # zarr: its metadata file
+        meta = [os.path.join(path, n) for n in ("zarr.json", ".zarray")
+                if os.path.exists(os.path.join(path, n))]
+        st = os.stat(meta[0])
+    return st.st_size, st.st_mtime_ns, ""
 
 
 def _oriented(h: int, w: int, orientation: int) -> tuple[int, int]:
@@ -161,11 +192,11 @@ _PIL_DIRECT = {"1", "L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N",
 _PIL_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV"}
 
 
-def _inspect_pillow(path: Path, max_pixels: int | None) -> ImageSource:
+def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with _open(path) as fh, Image.open(fh) as im:
             # the header is parsed; no pixel has been decoded yet
             w, h = im.size
             _check_size(path, h, w, max_pixels)
@@ -186,11 +217,11 @@ def _inspect_pillow(path: Path, max_pixels: int | None) -> ImageSource:
         raise InputError(f"{path}: unsupported {fmt} pixel mode {mode!r}")
     if orientation not in range(1, 9):
         orientation = 1
-    size, mtime = _stat(path)
+    size, mtime, etag = _stat(path)
     oh, ow = _oriented(h, w, orientation)
-    return ImageSource(uri=str(path), format=fmt, height=oh, width=ow, raw_shape=(h, w),
+    return ImageSource(uri=path, format=fmt, height=oh, width=ow, raw_shape=(h, w),
                        dtype="uint8", orientation=orientation, size_bytes=size,
-                       mtime_ns=mtime, mode=mode)
+                       mtime_ns=mtime, mode=mode, etag=etag)
 
 
 _decode_lock = threading.Lock()
@@ -205,7 +236,9 @@ def _decode_pillow(path: str, stamp: tuple[int, int], mode: str, max_pixels: int
     Image.MAX_IMAGE_PIXELS = None  # the header was checked against our own limit
     try:
         pilmode = "RGB" if mode in _PIL_TO_RGB else None
-        arr = iio.imread(path, plugin="pillow", index=0, mode=pilmode, rotate=True)
+        with _open(path) as fh:
+            data = fh.read()
+        arr = iio.imread(data, plugin="pillow", index=0, mode=pilmode, rotate=True)
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path} cannot be decoded: {exc}") from None
     if arr.dtype.kind == "i" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
@@ -224,7 +257,7 @@ class _DecodedImage:
 
     def __getitem__(self, key):
         with _decode_lock:
-            arr = _decode_pillow(self.src.uri, (self.src.size_bytes, self.src.mtime_ns),
+            arr = _decode_pillow(self.src.uri, (self.src.size_bytes, self.src.mtime_ns, self.src.etag),
                                  self.src.mode, self.max_pixels, self.background)
         if arr.shape != self.shape:
             raise InputError(f"{self.src.uri} decoded to {arr.shape}, header said {self.shape}")
@@ -233,11 +266,11 @@ class _DecodedImage:
 
 # --------------------------------------------------------------------------- TIFF via tifffile
 
-def _inspect_tiff(path: Path, max_pixels: int | None) -> ImageSource:
+def _inspect_tiff(path: str, max_pixels: int | None) -> ImageSource:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tf:
+        with _open(path) as fh, tifffile.TiffFile(fh) as tf:
             if not tf.series:
                 raise InputError(f"{path} holds no image")
             series = tf.series[0]
@@ -276,11 +309,11 @@ def _inspect_tiff(path: Path, max_pixels: int | None) -> ImageSource:
         raise InputError(f"{path} is not a readable TIFF: {exc}") from None
     if orientation not in range(1, 9):
         orientation = 1
-    size, mtime = _stat(path)
+    size, mtime, etag = _stat(path)
     oh, ow = _oriented(h, w, orientation)
-    return ImageSource(uri=str(path), format="TIFF", height=oh, width=ow, raw_shape=shape,
+    return ImageSource(uri=path, format="TIFF", height=oh, width=ow, raw_shape=shape,
                        dtype=str(dtype), orientation=orientation, tile=tile,
-                       size_bytes=size, mtime_ns=mtime, mode=mode)
+                       size_bytes=size, mtime_ns=mtime, mode=mode, etag=etag)
 
 
 _tiff_lock = threading.Lock()
@@ -292,7 +325,8 @@ def _tiff_zarr(path: str, stamp: tuple[int, int]):
     import tifffile
     import zarr
 
-    store = tifffile.imread(path, aszarr=True, series=0, level=0)
+    fh = _open(path)  # kept open for the life of the process (one per file)
+    store = tifffile.imread(fh, aszarr=True, series=0, level=0)
     return zarr.open_array(store, mode="r")
 
 
@@ -307,7 +341,7 @@ class _TiffArray:
 
     def __getitem__(self, key):
         with _tiff_lock:
-            z = _tiff_zarr(self.src.uri, (self.src.size_bytes, self.src.mtime_ns))
+            z = _tiff_zarr(self.src.uri, (self.src.size_bytes, self.src.mtime_ns, self.src.etag))
         try:
             return z[key]
         except Exception as exc:  # a damaged tile: name the file, keep one line
@@ -317,7 +351,7 @@ class _TiffArray:
 def _tiff_colormap(path: str) -> np.ndarray:
     import tifffile
 
-    with tifffile.TiffFile(path) as tf:
+    with _open(path) as fh, tifffile.TiffFile(fh) as tf:
         cmap = tf.series[0].levels[0].keyframe.colormap
     if cmap is None:
         raise InputError(f"{path}: palette TIFF without a colormap")
@@ -329,21 +363,21 @@ def _tiff_colormap(path: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- zarr arrays
 
-def _inspect_zarr(path: Path, max_pixels: int | None) -> ImageSource:
+def _inspect_zarr(path: str, max_pixels: int | None) -> ImageSource:
     import zarr
 
     try:
-        z = zarr.open_array(str(path), mode="r")
+        z = zarr.open_array(store=uri_mod.zarr_store(path, read_only=True), mode="r")
     except Exception as exc:
         raise InputError(f"{path} is not a readable zarr array: {exc}") from None
     convert.channel_layout(z.shape)
     convert.check_dtype(z.dtype)
     h, w = z.shape[:2]
     _check_size(path, h, w, max_pixels)
-    size, mtime = _stat(path)
-    return ImageSource(uri=str(path), format="ZARR", height=h, width=w,
+    size, mtime, etag = _stat(path)
+    return ImageSource(uri=path, format="ZARR", height=h, width=w,
                        raw_shape=tuple(z.shape), dtype=str(z.dtype),
-                       tile=tuple(z.chunks[:2]), size_bytes=size, mtime_ns=mtime)
+                       tile=tuple(z.chunks[:2]), size_bytes=size, mtime_ns=mtime, etag=etag)
 
 
 # --------------------------------------------------------------------------- public API
@@ -354,7 +388,8 @@ def inspect_image(uri: str | os.PathLike, *, max_pixels: int | None = None) -> I
     Parameters
     ----------
     uri : str or path-like
-        Local path (or ``file://`` URL) of an image file or zarr array.
+        Local path, ``file://`` URL or fsspec URL (``s3://bucket/key``) of an image
+        file or zarr array.
     max_pixels : int, optional, keyword-only
         Largest pixel count accepted (default :data:`DEFAULT_MAX_PIXELS`, or the
         ``KQUANT_MAX_PIXELS`` environment variable).
@@ -373,7 +408,7 @@ def inspect_image(uri: str | os.PathLike, *, max_pixels: int | None = None) -> I
     """
     if max_pixels is None and os.environ.get("KQUANT_MAX_PIXELS"):
         max_pixels = int(os.environ["KQUANT_MAX_PIXELS"])
-    path = _local_path(uri)
+    path = uri_mod.normalise(uri)
     kind = _sniff(path)
     if kind == "TIFF":
         return _inspect_tiff(path, max_pixels)
@@ -482,7 +517,7 @@ def open_source(src: ImageSource, *, chunks: int | None = None, max_pixels: int 
     elif src.format == "ZARR":
         rows, cols = normalise_chunk(chunks)
         rc = (rows, cols) + tuple(src.raw_shape[2:])
-        arr = da.from_zarr(src.uri, chunks=rc)
+        arr = da.from_zarr(uri_mod.zarr_store(src.uri, read_only=True), chunks=rc)
     else:
         rows, cols = normalise_chunk(chunks)
         limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)

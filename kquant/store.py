@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import packing
+from . import uri as uri_mod
 from .errors import IncompleteStoreError, ParameterError, StoreError, TargetExistsError
 
 FORMAT = "kquant-store"
@@ -120,37 +121,51 @@ class StoreMeta:
 # --------------------------------------------------------------------------- paths
 
 def local_path(uri: str | os.PathLike) -> Path:
-    """The local path of a store URI (plain path or ``file://``).
-
-    Raises
-    ------
-    StoreError
-        For URLs of other schemes.
-    """
-    text = os.fspath(uri)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    elif "://" in text:
-        raise StoreError(f"unsupported store URL {text!r} (local paths and file:// only)")
-    return Path(text).expanduser().absolute()
+    """The local path of a plain path or ``file://`` URL."""
+    return uri_mod.local_path(uri)
 
 
-def check_target(target: str | os.PathLike, *, overwrite: bool) -> Path:
-    """Refuse an existing target unless ``overwrite``; return its path.
+def _exists(uri: str) -> bool:
+    if uri_mod.is_remote(uri):
+        fs, path = uri_mod.filesystem(uri)
+        return bool(fs.exists(path) and (fs.isfile(path) or fs.ls(path)))
+    return os.path.lexists(uri)
+
+
+def _remove(uri: str) -> None:
+    if uri_mod.is_remote(uri):
+        fs, path = uri_mod.filesystem(uri)
+        if fs.exists(f"{path}/zarr.json"):  # first, so nothing complete-looking is left
+            fs.rm(f"{path}/zarr.json")
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    elif os.path.isdir(uri) and not os.path.islink(uri):
+        shutil.rmtree(uri, ignore_errors=True)
+    elif os.path.lexists(uri):
+        os.unlink(uri)
+
+
+def _sibling(uri: str, tag: str) -> str:
+    head, _, name = uri.rstrip("/").rpartition("/")
+    return f"{head}/.{name}.kquant-{tag}-{uuid.uuid4().hex[:12]}"
+
+
+def check_target(target: str | os.PathLike, *, overwrite: bool) -> str:
+    """Refuse an existing target unless ``overwrite``; return its canonical URI.
 
     Raises
     ------
     TargetExistsError
         If the target exists and ``overwrite`` is false.
     StoreError
-        If its parent folder does not exist.
+        If the parent folder of a local target does not exist.
     """
-    path = local_path(target)
-    if path.exists() and not overwrite:
-        raise TargetExistsError(f"{path} exists (use --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise StoreError(f"folder {path.parent} does not exist")
-    return path
+    uri = uri_mod.normalise(target)
+    if _exists(uri) and not overwrite:
+        raise TargetExistsError(f"{uri} exists (use --overwrite to replace it)")
+    if not uri_mod.is_remote(uri) and not os.path.isdir(os.path.dirname(uri)):
+        raise StoreError(f"folder {os.path.dirname(uri)} does not exist")
+    return uri
 
 
 # --------------------------------------------------------------------------- writing
@@ -159,7 +174,7 @@ def check_target(target: str | os.PathLike, *, overwrite: bool) -> Path:
 def _labels_array(root: str):
     import zarr
 
-    return zarr.open_array(store=root, path="labels", mode="r+")
+    return zarr.open_array(store=uri_mod.zarr_store(root), path="labels", mode="r+")
 
 
 def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
@@ -197,8 +212,11 @@ def combine_digests(digests: dict[tuple[int, int], str]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _dir_bytes(uri: str) -> int:
+    if uri_mod.is_remote(uri):
+        fs, path = uri_mod.filesystem(uri)
+        return int(fs.du(path, total=True))
+    return sum(p.stat().st_size for p in Path(uri).rglob("*") if p.is_file())
 
 
 class StoreWriter:
@@ -206,6 +224,14 @@ class StoreWriter:
 
     Use as a context manager: leaving it with an exception removes the
     temporary store, so nothing half-written is left behind.
+
+    On a local disk the final step is one ``rename``. On an object store (no
+    rename) a new target is written in place and its attributes turn
+    ``complete`` last; an existing target (with ``overwrite``) is replaced only
+    after the new store is complete under a temporary prefix: its
+    ``zarr.json`` is deleted first, then its objects, then the new store is
+    copied in with ``zarr.json`` last, so a reader sees either the old store,
+    no store, or the new one -- never a complete-looking mixture.
 
     Parameters
     ----------
@@ -226,14 +252,15 @@ class StoreWriter:
             raise ParameterError(f"palette shape {palette.shape} does not match {meta.n_colors} colours")
         self.meta = meta.replace(status=STATUS_WRITING)
         self.palette = palette
-        self.tmp = self.target.parent / f".{self.target.name}.kquant-tmp-{uuid.uuid4().hex[:12]}"
-        self.root = str(self.tmp)
+        self.remote = uri_mod.is_remote(self.target)
+        in_place = self.remote and not _exists(self.target)
+        self.root = self.target if in_place else _sibling(self.target, "tmp")
 
     def __enter__(self) -> "StoreWriter":
         import zarr
         from zarr.codecs import ZstdCodec
 
-        group = zarr.open_group(self.root, mode="w-", zarr_format=3)
+        group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="w-", zarr_format=3)
         group.attrs["kquant"] = self.meta.to_json()
         pal = group.create_array("palette", shape=self.palette.shape, dtype="uint8",
                                  chunks=self.palette.shape, compressors=None)
@@ -251,31 +278,45 @@ class StoreWriter:
             self.abort()
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        _remove(self.root)
 
     def commit(self, *, metrics: dict, checksum: str) -> StoreMeta:
         """Record metrics and checksum, mark complete, and move the store into place."""
         import zarr
 
         n_pixels = self.meta.height * self.meta.width
-        data_bytes = _dir_bytes(self.tmp)
+        data_bytes = _dir_bytes(self.root)
         metrics = dict(metrics, store_bytes=data_bytes,
                        store_bits_per_pixel=8.0 * data_bytes / n_pixels,
                        label_bits_per_pixel=self.meta.bits)
         final = self.meta.replace(status=STATUS_COMPLETE, metrics=metrics, checksum=checksum)
-        group = zarr.open_group(self.root, mode="r+")
+        group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="r+")
         group.attrs["kquant"] = final.to_json()
-        trash = None
-        if self.target.exists():
-            if not self.overwrite:  # appeared while we worked
+        if self.root != self.target:
+            if _exists(self.target) and not self.overwrite:  # appeared while we worked
                 raise TargetExistsError(f"{self.target} appeared during the run; not replaced")
-            trash = self.target.parent / f".{self.target.name}.kquant-old-{uuid.uuid4().hex[:12]}"
-            os.rename(self.target, trash)
-        os.rename(self.tmp, self.target)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True) if trash.is_dir() else trash.unlink()
+            if self.remote:
+                self._replace_remote()
+            else:
+                trash = None
+                if os.path.lexists(self.target):
+                    trash = _sibling(self.target, "old")
+                    os.rename(self.target, trash)
+                os.rename(self.root, self.target)
+                if trash is not None:
+                    _remove(trash)
+        self.root = self.target
         self.meta = final
         return final
+
+    def _replace_remote(self) -> None:
+        fs, src = uri_mod.filesystem(self.root)
+        _, dst = uri_mod.filesystem(self.target)
+        _remove(self.target)
+        for f in sorted(f for f in fs.find(src) if f != f"{src}/zarr.json"):
+            fs.copy(f, dst + f[len(src):])
+        fs.copy(f"{src}/zarr.json", f"{dst}/zarr.json")  # the group's attributes last
+        fs.rm(src, recursive=True)
 
 
 # --------------------------------------------------------------------------- reading
@@ -298,7 +339,7 @@ class KquantStore:
         from . import reconstruct
 
         self.root, self.meta, self.palette = root, meta, palette
-        self.packed = da.from_zarr(root, component="labels")
+        self.packed = da.from_zarr(uri_mod.zarr_store(root, read_only=True), component="labels")
         cols = meta.chunk_cols
         widths = tuple(min(cols, meta.width - x) for x in range(0, meta.width, cols))
         bits = meta.bits
@@ -346,21 +387,31 @@ def read_meta(uri: str | os.PathLike) -> StoreMeta:
     """
     import zarr
 
-    path = local_path(uri)
-    if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path} is not a kquant store (no zarr group)")
+    root = uri_mod.normalise(uri)
+    if uri_mod.is_remote(root):
+        fs, path = uri_mod.filesystem(root)
+        has_group = fs.exists(f"{path}/zarr.json")
+    else:
+        has_group = os.path.isfile(os.path.join(root, "zarr.json"))
+    if not has_group:
+        raise StoreError(f"{root} is not a kquant store (no zarr group)")
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(store=uri_mod.zarr_store(root, read_only=True), mode="r")
         attrs = group.attrs.asdict()
     except Exception as exc:
-        raise StoreError(f"{path} is not a readable zarr group: {exc}") from None
+        raise StoreError(f"{root} is not a readable zarr group: {exc}") from None
     if "kquant" not in attrs:
-        raise StoreError(f"{path} is not a kquant store (no kquant attributes)")
+        raise StoreError(f"{root} is not a kquant store (no kquant attributes)")
     return StoreMeta.from_json(attrs["kquant"])
 
 
 def open_store(uri: str | os.PathLike) -> KquantStore:
     """Open a complete kquant store: palette, lazy labels and lazy RGB.
+
+    Parameters
+    ----------
+    uri : str or path-like
+        Local path, ``file://`` or fsspec URL (``s3://bucket/prefix``).
 
     Raises
     ------
@@ -371,12 +422,13 @@ def open_store(uri: str | os.PathLike) -> KquantStore:
     """
     import zarr
 
-    path = local_path(uri)
-    meta = read_meta(path)
+    root = uri_mod.normalise(uri)
+    meta = read_meta(root)
     if not meta.complete:
-        raise IncompleteStoreError(f"{path} is incomplete (status {meta.status!r}): "
+        raise IncompleteStoreError(f"{root} is incomplete (status {meta.status!r}): "
                                    "its run crashed or is still writing")
-    palette = np.asarray(zarr.open_array(store=str(path), path="palette", mode="r")[...])
+    palette = np.asarray(zarr.open_array(store=uri_mod.zarr_store(root, read_only=True),
+                                         path="palette", mode="r")[...])
     if palette.shape != (meta.n_colors, 3) or palette.dtype != np.uint8:
-        raise StoreError(f"{path}: palette of shape {palette.shape} does not match the attributes")
-    return KquantStore(str(path), meta, palette)
+        raise StoreError(f"{root}: palette of shape {palette.shape} does not match the attributes")
+    return KquantStore(root, meta, palette)

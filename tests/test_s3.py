@@ -1,0 +1,131 @@
+"""Sources and stores on S3-compatible object storage (moto's server on 127.0.0.1)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+import kquant
+from conftest import photo_like
+from kquant import QuantizeParams, pipeline
+from kquant.errors import KquantError
+from oracles import nearest_oracle
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on loopback, with the environment pointing at it."""
+    import urllib.request
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("moto server did not start: " + log.read_text())
+                time.sleep(0.2)
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir("kqtest")
+        yield fs
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_store_on_s3_round_trips(s3, photo_png):
+    path, img = photo_png
+    res = kquant.quantize(path, "s3://kqtest/a/photo.kquant", QuantizeParams(k=8, chunk=64, restarts=1))
+    assert res.target == "s3://kqtest/a/photo.kquant"
+    assert s3.exists("kqtest/a/photo.kquant/zarr.json")
+    assert not [p for p in s3.ls("kqtest/a") if "kquant-tmp" in p]
+    st = kquant.open_store("s3://kqtest/a/photo.kquant")
+    assert np.array_equal(st.labels.compute(), nearest_oracle(img, st.palette))
+    assert np.array_equal(st.window(10, 50, 60, 130).compute(), st.rgb.compute()[10:50, 60:130])
+    st.verify()
+    p = subprocess.run([sys.executable, "-m", "kquant", "info", "s3://kqtest/a/photo.kquant", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with pytest.raises(KquantError, match="exists"):
+        kquant.quantize(path, "s3://kqtest/a/photo.kquant", QuantizeParams(k=8))
+
+
+@pytest.mark.parametrize("kind", ["tif", "png", "zarr"])
+def test_sources_on_s3_equal_local(s3, tmp_path, kind):
+    img = photo_like(90, 130, seed=21)
+    local = tmp_path / f"img.{kind}"
+    if kind == "tif":
+        tifffile.imwrite(local, img, tile=(32, 32), compression="zlib", photometric="rgb")
+        s3.put(str(local), f"kqtest/src/img.{kind}")
+    elif kind == "png":
+        iio.imwrite(local, img)
+        s3.put(str(local), f"kqtest/src/img.{kind}")
+    else:
+        import zarr
+
+        z = zarr.create_array(str(local), shape=img.shape, dtype="uint8", chunks=(32, 32, 3))
+        z[...] = img
+        s3.put(str(local), f"kqtest/src/img.{kind}", recursive=True)
+    remote = f"s3://kqtest/src/img.{kind}"
+    assert np.array_equal(kquant.open_image(remote, chunks=40).compute(), img)
+    src = kquant.inspect_image(remote)
+    assert src.etag and src.size_bytes > 0
+    p = QuantizeParams(k=6, chunk=40, restarts=1)
+    a = kquant.quantize(local, tmp_path / "local.kq", p)
+    b = kquant.quantize(remote, tmp_path / "remote.kq", p)
+    assert np.array_equal(a.palette, b.palette)
+    assert a.meta.checksum == b.meta.checksum
+
+
+def test_failed_overwrite_on_s3_keeps_the_old_store(s3, tmp_path, photo_png):
+    path, _ = photo_png
+    target = "s3://kqtest/b/photo.kquant"
+    kquant.quantize(path, target, QuantizeParams(k=4, restarts=0))
+    old = kquant.open_store(target).meta.checksum
+    # a tiled TIFF whose later tiles are garbage: the header reads, the write pass fails
+    bad = tmp_path / "bad.tif"
+    tifffile.imwrite(bad, photo_like(256, 256), tile=(64, 64), compression="zlib", photometric="rgb")
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4000] = os.urandom(4000)
+    bad.write_bytes(bytes(data))
+    with pytest.raises(KquantError):
+        pipeline.write(bad, target, np.zeros((4, 3), np.uint8), QuantizeParams(k=4, chunk=64),
+                       overwrite=True)
+    assert kquant.open_store(target).meta.checksum == old
+    assert not [p for p in s3.ls("kqtest/b") if "kquant-tmp" in p]
+    # and a successful overwrite replaces it
+    kquant.quantize(path, target, QuantizeParams(k=5, restarts=0), overwrite=True)
+    assert kquant.open_store(target).meta.n_colors == 5
