@@ -2,8 +2,8 @@
 
 For images much larger than 2**24 pixels, labelling each pixel by a table lookup is far
 cheaper than a distance computation. The table (16 MiB, one uint8 palette index per
-colour) is built with :func:`kquant.assign.nearest`, so labels are identical to direct
-assignment. :func:`label_pack_block` then does, in one compiled pass over a chunk, the
+colour) is built by exact integer distances with ties to the lowest index, so labels are
+identical to direct assignment (:func:`kquant.assign.nearest`). :func:`label_pack_block` then does, in one compiled pass over a chunk, the
 lookup, the exact squared error against the palette, the per-entry pixel counts and the
 bit packing (the layout of :mod:`kquant.packing`), releasing the GIL so that dask threads
 run in parallel.
@@ -18,24 +18,39 @@ import threading
 import numba
 import numpy as np
 
-from . import assign
 
 N_COLOURS = 1 << 24
-_SLAB = 1 << 20
+
+
+@numba.njit(nogil=True, cache=True)
+def _build(palette, table):  # pragma: no cover - compiled
+    n = palette.shape[0]
+    for code in range(table.shape[0]):
+        r = code >> 16
+        g = (code >> 8) & 255
+        b = code & 255
+        best = 0
+        best_d = 1 << 30
+        for i in range(n):
+            dr = r - palette[i, 0]
+            dg = g - palette[i, 1]
+            db = b - palette[i, 2]
+            d = dr * dr + dg * dg + db * db
+            if d < best_d:  # strict: ties keep the lowest index
+                best_d = d
+                best = i
+        table[code] = best
 
 
 def build(palette: np.ndarray) -> np.ndarray:
-    """The (2**24,) uint8 table of nearest palette indices, by colour code ``R<<16|G<<8|B``."""
-    palette = np.asarray(palette, np.uint8)
+    """The (2**24,) uint8 table of nearest palette indices, by colour code ``R<<16|G<<8|B``.
+
+    Exact integer distances, ties to the lowest index: the same labels as
+    :func:`kquant.assign.nearest`.
+    """
+    palette = np.ascontiguousarray(palette, np.int64)
     table = np.empty(N_COLOURS, np.uint8)
-    codes = np.arange(_SLAB, dtype=np.uint32)
-    rgb = np.empty((_SLAB, 3), np.uint8)
-    for start in range(0, N_COLOURS, _SLAB):
-        c = codes + np.uint32(start)
-        rgb[:, 0] = c >> 16
-        rgb[:, 1] = (c >> 8) & 255
-        rgb[:, 2] = c & 255
-        table[start:start + _SLAB] = assign.nearest(rgb, palette)
+    _build(palette, table)
     return table
 
 
