@@ -326,7 +326,10 @@ def _tiff_zarr(path: str, stamp: tuple[int, int]):
     import zarr
 
     fh = _open(path)  # kept open for the life of the process (one per file)
-    store = tifffile.imread(fh, aszarr=True, series=0, level=0)
+    # maxworkers > 1 makes tifffile decode tiles in threads (asyncio.to_thread) instead of on
+    # zarr's single event-loop thread; tifffile picks 1 on machines with fewer than 3 cores.
+    workers = max(2, os.cpu_count() or 2)
+    store = tifffile.imread(fh, aszarr=True, series=0, level=0, maxworkers=workers)
     return zarr.open_array(store, mode="r")
 
 
