@@ -84,6 +84,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help="pixels sampled for the fit")
     p.add_argument("--chunk", type=int, default=None, help="chunk edge in pixels")
+    p.add_argument("--shard", type=int, default=None,
+                   help="shard edge in pixels (whole chunks; one task writes one shard)")
     p.add_argument("--restarts", type=int, default=None, help="extra k-means++ restarts")
     p.add_argument("--mode", choices=("auto", "exact", "sample"), default="auto",
                    help="fit on every pixel's colour histogram (exact, a second pass) or on a "
@@ -100,7 +102,7 @@ def _params(args):
     if args.chunk is not None and args.chunk <= 0:
         raise ParameterError(f"chunk must be a positive integer, got {args.chunk}")
     return QuantizeParams(k=args.colors, seed=args.seed, sample_size=args.sample,
-                          chunk=args.chunk, mode=args.mode,
+                          chunk=args.chunk, mode=args.mode, shard=args.shard,
                           restarts=DEFAULT_RESTARTS if args.restarts is None else args.restarts)
 
 

@@ -52,6 +52,9 @@ class QuantizeParams:
     mode : {"auto", "exact", "sample"}
         Fit on the exact colour histogram of every pixel, or on a bounded
         sample only; "auto" picks exact up to :data:`EXACT_MAX_PIXELS` pixels.
+    shard : int or None
+        Shard edge in pixels (rounded down to whole chunks); each task then
+        writes one whole shard of many chunks. None: no sharding.
 
     Raises
     ------
@@ -67,6 +70,7 @@ class QuantizeParams:
     max_iter: int = 300
     background: tuple[int, int, int] = (255, 255, 255)
     mode: str = "auto"
+    shard: int | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731 - frozen dataclass
@@ -81,6 +85,8 @@ class QuantizeParams:
         if len(bg) != 3:
             raise ParameterError(f"background must have 3 components, got {self.background!r}")
         set_("background", tuple(_int("background component", c, 0, 255) for c in bg))
+        if self.shard is not None:
+            set_("shard", _int("shard", self.shard, 1, 1 << 22))
         if self.mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 

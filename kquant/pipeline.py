@@ -112,6 +112,14 @@ def store_chunks(image) -> tuple[int, int]:
     return rows, cols
 
 
+def store_shards(chunks: tuple[int, int], shard: int | None) -> tuple[int, int] | None:
+    """Shard (rows, cols) in pixels: ``shard`` rounded down to whole chunks, or None."""
+    if shard is None:
+        return None
+    rows, cols = chunks
+    return max(rows, shard // rows * rows), max(cols, shard // cols * cols)
+
+
 def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root: str,
                         row0: int, col0: int, packed_chunk: tuple[int, int], use_lut: bool):
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
@@ -146,24 +154,27 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     image = _image(src, params, max_pixels)
     rows, cols = store_chunks(image)
-    image = image.rechunk((rows, cols, 3))
+    shards = store_shards((rows, cols), params.shard)
     palette = np.asarray(palette, np.uint8)
     bits = packing.bits_for(len(palette))
     use_lut = src.n_pixels >= LUT_MIN_PIXELS
     meta = store.StoreMeta(
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=rows, chunk_cols=cols,
+        shard_rows=shards[0] if shards else None, shard_cols=shards[1] if shards else None,
         source={"uri": src.uri, "format": src.format, "size_bytes": src.size_bytes,
                 "orientation": src.orientation, "mode": src.mode},
         params=params.to_json())
+    brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
+    image = image.rechunk((brows, bcols, 3))
     with store.StoreWriter(target, meta, palette, overwrite=overwrite) as writer:
         blocks = image.to_delayed()
         keys, tasks = [], []
         for i, j, _ in np.ndindex(*blocks.shape):
             keys.append((i, j))
             tasks.append(dask.delayed(_assign_write_block, pure=True)(
-                blocks[i, j, 0], palette, bits, writer.root, i * rows, j * cols,
-                meta.packed_chunks, use_lut))
+                blocks[i, j, 0], palette, bits, writer.root, i * brows, j * bcols,
+                meta.packed_block, use_lut))
         with cluster.scheduler(address):
             results = cluster.compute(*tasks, progress=progress)
         sse = sum(int(r[0]) for r in results)

@@ -65,6 +65,8 @@ class StoreMeta:
     params: dict = dataclasses.field(default_factory=dict)
     metrics: dict = dataclasses.field(default_factory=dict)
     checksum: str | None = None
+    shard_rows: int | None = None
+    shard_cols: int | None = None
     library_version: str = dataclasses.field(default_factory=_version)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -86,6 +88,13 @@ class StoreMeta:
             raise StoreError(f"store bits {self.bits} do not match {self.n_colors} colours")
         if self.chunk_cols % packing.PIXEL_ALIGN and self.chunk_cols < self.width:
             raise StoreError(f"chunk width {self.chunk_cols} is not a multiple of {packing.PIXEL_ALIGN}")
+        if (self.shard_rows is None) != (self.shard_cols is None):
+            raise StoreError("shard_rows and shard_cols must be given together")
+        if self.shard_rows is not None:
+            if (self.shard_rows % self.chunk_rows
+                    or (self.shard_cols % self.chunk_cols and self.chunk_cols < self.width)):
+                raise StoreError(f"shard {self.shard_rows}x{self.shard_cols} is not a whole number "
+                                 f"of chunks {self.chunk_rows}x{self.chunk_cols}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -95,11 +104,34 @@ class StoreMeta:
     def complete(self) -> bool:
         return self.status == STATUS_COMPLETE
 
+    def _packed(self, rows: int, cols: int) -> tuple[int, int]:
+        if self.chunk_cols >= self.width:  # one chunk (and shard) spans every row
+            return rows, packing.packed_width(self.width, self.bits)
+        return rows, cols * self.bits // 8
+
     @property
     def packed_chunks(self) -> tuple[int, int]:
         """Chunk shape of the packed labels array (rows, bytes)."""
-        return (self.chunk_rows, self.chunk_cols * self.bits // 8
-                if self.chunk_cols < self.width else packing.packed_width(self.width, self.bits))
+        return self._packed(self.chunk_rows, self.chunk_cols)
+
+    @property
+    def packed_shards(self) -> tuple[int, int] | None:
+        """Shard shape of the packed labels array (rows, bytes), or None if unsharded."""
+        if self.shard_rows is None:
+            return None
+        return self._packed(self.shard_rows, self.shard_cols)
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """Pixels (rows, cols) written by one task: a shard if sharded, else a chunk."""
+        if self.shard_rows is None:
+            return self.chunk_rows, self.chunk_cols
+        return self.shard_rows, self.shard_cols
+
+    @property
+    def packed_block(self) -> tuple[int, int]:
+        """Packed shape of one write block (a whole shard, or a chunk)."""
+        return self.packed_shards or self.packed_chunks
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -179,23 +211,24 @@ def _labels_array(root: str):
 
 def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
                        chunk: tuple[int, int]) -> None:
-    """Write one packed chunk into ``root/labels``; it must cover whole zarr chunks.
+    """Write one packed block into ``root/labels``: exactly one zarr chunk, or one shard.
 
     Raises
     ------
     StoreError
-        If the write is not aligned to the array's chunk grid (a partial-chunk
-        write from concurrent tasks could lose data).
+        If the write is not aligned to the array's chunk (or shard) grid: a
+        partial write from concurrent tasks could lose data (for shards, zarr
+        rewrites the whole shard).
     """
     arr = _labels_array(root)
-    rows, cols = arr.chunks
+    rows, cols = arr.shards or arr.chunks
     h, w = packed.shape
     end_r, end_c = row0 + h, byte0 + w
     aligned = (row0 % rows == 0 and byte0 % cols == 0
                and (h == rows or end_r == arr.shape[0]) and (w == cols or end_c == arr.shape[1]))
     if not aligned or (rows, cols) != tuple(chunk):
         raise StoreError(f"write of {packed.shape} at ({row0}, {byte0}) is not aligned to "
-                         f"zarr chunks {arr.chunks}")
+                         f"zarr {'shards' if arr.shards else 'chunks'} {(rows, cols)}")
     arr[row0:end_r, byte0:end_c] = packed
 
 
@@ -268,7 +301,8 @@ class StoreWriter:
         group.create_array(
             "labels",
             shape=(self.meta.height, packing.packed_width(self.meta.width, self.meta.bits)),
-            dtype="uint8", chunks=self.meta.packed_chunks, fill_value=0,
+            dtype="uint8", chunks=self.meta.packed_chunks, shards=self.meta.packed_shards,
+            fill_value=0,
             compressors=ZstdCodec(level=ZSTD_LEVEL), dimension_names=("y", "packed_x"))
         return self
 
@@ -339,8 +373,10 @@ class KquantStore:
         from . import reconstruct
 
         self.root, self.meta, self.palette = root, meta, palette
-        self.packed = da.from_zarr(uri_mod.zarr_store(root, read_only=True), component="labels")
-        cols = meta.chunk_cols
+        # blocks of whole shards (from_zarr would pick the inner chunks), the unit of the checksum
+        self.packed = da.from_zarr(uri_mod.zarr_store(root, read_only=True), component="labels",
+                                   chunks=meta.packed_block)
+        cols = meta.block[1]
         widths = tuple(min(cols, meta.width - x) for x in range(0, meta.width, cols))
         bits = meta.bits
 

@@ -84,3 +84,32 @@ def test_preview_picture(photo_png, tmp_path):
     assert np.array_equal(right, res.palette[nearest_oracle(img, res.palette)])
     strip = pic[h + 8:, :, :].reshape(-1, 3)
     assert {tuple(c) for c in np.unique(strip, axis=0)} == {tuple(c) for c in res.palette}
+
+
+@pytest.mark.parametrize("chunk,shard", [(32, 64), (16, 1000), (64, 64), (8, 40)])
+def test_sharded_store_equals_unsharded(photo_png, tmp_path, chunk, shard):
+    import zarr
+
+    path, img = photo_png
+    p = QuantizeParams(k=16, chunk=chunk, restarts=0)
+    kquant.quantize(path, tmp_path / "plain.kq", p)
+    kquant.quantize(path, tmp_path / "sharded.kq", QuantizeParams(k=16, chunk=chunk, restarts=0,
+                                                                    shard=shard))
+    plain, sharded = kquant.open_store(tmp_path / "plain.kq"), kquant.open_store(tmp_path / "sharded.kq")
+    arr = zarr.open_array(str(tmp_path / "sharded.kq"), path="labels")
+    assert arr.shards is not None and arr.chunks == plain.meta.packed_chunks
+    assert np.array_equal(sharded.labels.compute(), plain.labels.compute())
+    assert np.array_equal(sharded.window(20, 90, 30, 170).compute(), plain.rgb.compute()[20:90, 30:170])
+    sharded.verify()
+
+
+def test_writes_smaller_than_a_shard_are_refused(tmp_path):
+    from kquant import store
+    from kquant.errors import StoreError
+
+    meta = store.StoreMeta(height=64, width=64, k=16, n_colors=16, bits=4, chunk_rows=16,
+                           chunk_cols=16, shard_rows=32, shard_cols=32)
+    with store.StoreWriter(tmp_path / "s.kq", meta, np.zeros((16, 3), np.uint8)) as w:
+        with pytest.raises(StoreError, match="shards"):  # one inner chunk of a shard
+            store.write_packed_chunk(w.root, np.zeros((16, 8), np.uint8), 0, 0, (16, 8))
+        store.write_packed_chunk(w.root, np.ones((32, 16), np.uint8), 32, 16, (32, 16))
