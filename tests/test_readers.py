@@ -186,3 +186,18 @@ def test_missing_and_directory(tmp_path):
         kquant.open_image(tmp_path / "nope.png")
     with pytest.raises(InputError, match="directory"):
         kquant.open_image(tmp_path)
+
+
+def test_bigtiff_tiled_and_striped_chunks_follow_the_file(tmp_path):
+    img = photo_like(200, 260)
+    tifffile.imwrite(tmp_path / "b.tif", img, tile=(48, 64), compression="zlib", bigtiff=True,
+                     photometric="rgb")
+    with open(tmp_path / "b.tif", "rb") as fh:
+        assert fh.read(4) == b"II+\x00"  # BigTIFF
+    arr = kquant.open_image(tmp_path / "b.tif", chunks=100)
+    assert arr.chunks[0][0] == 96 and arr.chunks[1][0] == 64  # whole tiles
+    assert np.array_equal(arr.compute(), img)
+    tifffile.imwrite(tmp_path / "s.tif", img, rowsperstrip=24, photometric="rgb", compression="zlib")
+    arr = kquant.open_image(tmp_path / "s.tif", chunks=100)
+    assert arr.chunks[0][0] == 96 and arr.chunks[1] == (260,)  # whole strips, full width
+    assert np.array_equal(arr.compute(), img)
