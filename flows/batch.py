@@ -1,7 +1,7 @@
 """Flow ``quantize-batch``: every image of a folder (or glob) into its own kquant store.
 
 * one store per image: ``<outbox>/<relative path>.kquant`` (e.g. ``tile-07.png``
-  -> ``tile-07.png.kquant``), plus ``<...>.preview.png``;
+  -> ``tile-07.png.kquant``), plus ``<...>-preview.png``;
 * images whose complete store already exists are skipped, so a rerun (and the
   scheduled ``inbox`` deployment) only processes newly arrived images;
 * files still being copied in are left for the next run: hidden and partial

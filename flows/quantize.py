@@ -51,7 +51,7 @@ def quantize_image(
         Palette size (2-256), seed, pixels sampled for the fit, chunk edge in
         pixels, extra k-means++ restarts (see :class:`kquant.params.QuantizeParams`).
     preview : bool
-        Also write ``<target stem>.preview.png`` next to the store and show it
+        Also write ``<target stem>-preview.png`` next to the store and show it
         as an image artifact.
     address : str, optional
         Dask scheduler address; default ``$DASK_SCHEDULER_ADDRESS`` (set through
@@ -141,6 +141,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # the ephemeral API server is a subprocess that reads this when it starts; with
+    # telemetry on, a fresh PREFECT_HOME logs a spurious "database is locked" error
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = _parser().parse_args(argv)
     overwrite = args.overwrite
     if args.demo:

@@ -129,10 +129,10 @@ def slug(text: str, limit: int = 48) -> str:
 
 
 def preview_path(target: str | os.PathLike) -> Path:
-    """Where the preview picture of a store goes: ``X.kquant`` -> ``X.preview.png``."""
+    """Where the preview picture of a store goes: ``X.kquant`` -> ``X-preview.png`` (as ``kquant demo``)."""
     path = store.local_path(target)
-    return path.with_name(path.name[:-len(STORE_SUFFIX)] + ".preview.png"
-                          if path.name.endswith(STORE_SUFFIX) else path.name + ".preview.png")
+    stem = path.name[:-len(STORE_SUFFIX)] if path.name.endswith(STORE_SUFFIX) else path.name
+    return path.with_name(stem + "-preview.png")
 
 
 def make_params(k: int, seed: int, sample_size: int, chunk: int | None, restarts: int) -> QuantizeParams:
@@ -170,13 +170,8 @@ def thumbnail_data_url(png: str | os.PathLike, width: int = THUMB_WIDTH) -> str:
 
 def _not_user_error(task, task_run, state) -> bool:
     """Retry condition: retry I/O hiccups, never a KquantError (bad input stays bad)."""
-    try:
-        state.result()
-    except KquantError:
-        return False
-    except Exception:
-        return True
-    return False
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and not isinstance(exc, KquantError)
 
 
 def _palette(palette: list | dict) -> list:

@@ -42,7 +42,7 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
-from flowkit import photo, write_png  # noqa: E402  (after PREFECT_HOME is set)
+from flowkit import photo, wait_for, write_png  # noqa: E402  (after PREFECT_HOME is set)
 
 
 # --------------------------------------------------------------------------- in-process
@@ -143,19 +143,6 @@ class PrefectStack:
             return ""
 
 
-def _wait(predicate, timeout: float, what: str, stack: PrefectStack | None = None,
-          interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n"
-                                 + (stack.log_tail() if stack else ""))
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="session")
 def prefect_stack(tmp_path_factory):
     """deploy/serve.sh (server on 127.0.0.1 + process worker), then deploy/deploy.sh."""
@@ -193,7 +180,7 @@ def prefect_stack(tmp_path_factory):
                 raise AssertionError(f"serve.sh exited with {proc.returncode}\n{stack.log_tail()}")
             return "started" in stack.log_tail(200) and "Worker" in stack.log_tail(200)
 
-        _wait(worker_ready, 120, "the Prefect server and worker", stack)
+        wait_for(worker_ready, 120, "the Prefect server and worker", stack)
         t0 = time.monotonic()
         out = subprocess.run([str(REPO / "deploy" / "deploy.sh")], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=240)
@@ -201,5 +188,5 @@ def prefect_stack(tmp_path_factory):
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         yield stack
     finally:
-        stop_tree(proc)
+        stop_tree(proc, timeout=8)
         log.close()

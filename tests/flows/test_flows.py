@@ -63,7 +63,7 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
     assert r["n_colors"] == 8 and r["fit_cached"] is False
     assert 15 < r["psnr"] < 60 and 0 < r["store_bits_per_pixel"] < 24
     assert r["palette"] == [f"#{a:02x}{b:02x}{c:02x}" for a, b, c in st.palette.tolist()]
-    assert Path(r["preview"]).is_file() and r["preview"].endswith("a.preview.png")
+    assert Path(r["preview"]).is_file() and r["preview"].endswith("a-preview.png")
 
     # artifacts: markdown summary, palette table, preview image (a data URL)
     arts = _artifacts(client, _run_id(state))
@@ -276,3 +276,31 @@ def test_batch_fails_on_a_missing_inbox(harness, tmp_path):
                            return_state=True)
     assert state.is_failed() and "is not a folder" in state.message
     assert not (tmp_path / "out").exists()
+
+
+def test_io_tasks_retry_io_errors_but_not_bad_input(harness):
+    from prefect import flow, task
+
+    from flows.tasks import IO_RETRIES
+    from kquant.errors import InputError
+
+    calls = {"io": 0, "user": 0}
+
+    @task(**dict(IO_RETRIES, retry_delay_seconds=0))
+    def flaky():
+        calls["io"] += 1
+        if calls["io"] < 3:
+            raise OSError("flaky disk")
+        return "ok"
+
+    @task(**dict(IO_RETRIES, retry_delay_seconds=0))
+    def bad():
+        calls["user"] += 1
+        raise InputError("bad input")
+
+    @flow
+    def both():
+        return flaky(), bad(return_state=True).is_failed()
+
+    assert both() == ("ok", True)
+    assert calls == {"io": 3, "user": 1}
