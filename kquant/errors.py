@@ -39,3 +39,7 @@ class IncompleteStoreError(StoreError):
 
 class TargetExistsError(KquantError):
     """The output exists and overwriting was not asked for."""
+
+
+class TargetLockedError(KquantError):
+    """Another run is writing the same target."""

@@ -235,14 +235,24 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
 
     Raises
     ------
+    TargetLockedError
+        If another run is writing ``target`` (checked before any work).
     KquantError
         Any user-facing failure (bad input, bad parameters, existing target);
         nothing is left at ``target`` or ``preview_path`` then.
     """
+    from . import locking
+
     params = params or QuantizeParams()
+    target = store.check_target(target, overwrite=overwrite)
+    with locking.hold(target):  # fail fast if another run writes the same target
+        return _quantize(source, target, params, overwrite=overwrite, preview_path=preview_path,
+                         max_pixels=max_pixels, address=address, progress=progress)
+
+
+def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, address, progress):
     timings = {}
     t0 = time.perf_counter()
-    store.check_target(target, overwrite=overwrite)
     if preview_path is not None and not overwrite:
         from pathlib import Path
 

@@ -290,9 +290,23 @@ class StoreWriter:
         self.root = self.target if in_place else _sibling(self.target, "tmp")
 
     def __enter__(self) -> "StoreWriter":
+        from . import locking
+
+        locking.acquire(self.target)
+        try:
+            self._create()
+        except BaseException:
+            self.abort()
+            locking.release(self.target)
+            raise
+        return self
+
+    def _create(self) -> None:
         import zarr
         from zarr.codecs import ZstdCodec
 
+        if not self.overwrite and _exists(self.target):  # appeared since check_target
+            raise TargetExistsError(f"{self.target} exists (use --overwrite to replace it)")
         group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="w-", zarr_format=3)
         group.attrs["kquant"] = self.meta.to_json()
         pal = group.create_array("palette", shape=self.palette.shape, dtype="uint8",
@@ -304,12 +318,16 @@ class StoreWriter:
             dtype="uint8", chunks=self.meta.packed_chunks, shards=self.meta.packed_shards,
             fill_value=0,
             compressors=ZstdCodec(level=ZSTD_LEVEL), dimension_names=("y", "packed_x"))
-        return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        from . import locking
+
         _labels_array.cache_clear()
-        if exc_type is not None:
-            self.abort()
+        try:
+            if exc_type is not None:
+                self.abort()
+        finally:
+            locking.release(self.target)
 
     def abort(self) -> None:
         _remove(self.root)

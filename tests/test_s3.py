@@ -129,3 +129,22 @@ def test_failed_overwrite_on_s3_keeps_the_old_store(s3, tmp_path, photo_png):
     # and a successful overwrite replaces it
     kquant.quantize(path, target, QuantizeParams(k=5, restarts=0), overwrite=True)
     assert kquant.open_store(target).meta.n_colors == 5
+
+
+def test_lock_on_s3_is_exclusive(s3):
+    from kquant import locking
+
+    target = "s3://kqtest/c/photo.kquant"
+    locking.acquire(target)
+    try:
+        assert s3.exists("kqtest/c/.photo.kquant.kquant-lock")
+        # another process's view: our in-process hold does not count for it
+        p = subprocess.run([sys.executable, "-c",
+                            "import sys; from kquant import locking\n"
+                            "try:\n    locking.acquire(sys.argv[1])\n"
+                            "except Exception as e:\n    print(type(e).__name__, e); sys.exit(3)",
+                            target], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 3 and "TargetLockedError" in p.stdout, p.stdout + p.stderr
+    finally:
+        locking.release(target)
+    assert not s3.exists("kqtest/c/.photo.kquant.kquant-lock")

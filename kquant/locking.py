@@ -1,0 +1,148 @@
+"""One writer per target: a lock file beside the store, naming its holder.
+
+``TARGET`` is locked by creating ``.TARGET-NAME.kquant-lock`` next to it with
+``O_CREAT | O_EXCL`` (atomic on local filesystems); the file holds the holder's host,
+pid and start time. A second run fails at once with a message naming the holder. A lock
+left by a process that died (same host, pid gone) is broken and taken over. The lock is
+re-entrant within a process, so the pipeline can hold it for a whole run while the store
+writer takes it again.
+
+On object storage the lock object is created with a conditional PUT
+(``If-None-Match: *``) where the fsspec implementation supports exclusive creation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+
+from . import uri as uri_mod
+from .errors import TargetLockedError
+
+_held: dict[str, int] = {}
+_held_lock = threading.Lock()
+
+
+def lock_path(target: str) -> str:
+    head, _, name = target.rstrip("/").rpartition("/")
+    return f"{head}/.{name}.kquant-lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(info: dict) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+    return f"pid {info.get('pid')} on {info.get('host')} since {started}"
+
+
+def _create_local(path: str, payload: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(payload)
+    return True
+
+
+def _create_remote(path: str, payload: bytes) -> bool:
+    fs, p = uri_mod.filesystem(path)
+    try:
+        with fs.open(p, "xb") as fh:  # exclusive create where supported
+            fh.write(payload)
+        return True
+    except FileExistsError:
+        return False
+    except (ValueError, NotImplementedError):  # no exclusive create: best effort
+        if fs.exists(p):
+            return False
+        fs.pipe(p, payload)
+        return True
+
+
+def _read(path: str) -> dict:
+    try:
+        if uri_mod.is_remote(path):
+            fs, p = uri_mod.filesystem(path)
+            return json.loads(fs.cat(p))
+        with open(path, "rb") as fh:
+            return json.loads(fh.read() or b"{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _remove(path: str) -> None:
+    try:
+        if uri_mod.is_remote(path):
+            fs, p = uri_mod.filesystem(path)
+            fs.rm(p)
+        else:
+            os.unlink(path)
+    except (OSError, FileNotFoundError):
+        pass
+
+
+def acquire(target: str) -> str:
+    """Take the lock of ``target`` (re-entrant in this process); return the lock's path.
+
+    Raises
+    ------
+    TargetLockedError
+        If another live process holds it.
+    """
+    path = lock_path(target)
+    with _held_lock:
+        if path in _held:
+            _held[path] += 1
+            return path
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                "target": target}
+        payload = json.dumps(info).encode()
+        create = _create_remote if uri_mod.is_remote(path) else _create_local
+        for _ in range(2):
+            if create(path, payload):
+                _held[path] = 1
+                return path
+            holder = _read(path)
+            stale = (holder.get("host") == info["host"] and isinstance(holder.get("pid"), int)
+                     and not _pid_alive(holder["pid"]))
+            if not stale:
+                raise TargetLockedError(f"{target} is being written by another run "
+                                        f"({_describe(holder) if holder else 'unknown holder'}); "
+                                        f"if that run is gone, delete {path}")
+            _remove(path)  # its holder died: take over
+        raise TargetLockedError(f"{target} is locked ({path})")
+
+
+def release(target: str) -> None:
+    """Release one hold of ``target``'s lock; the file goes with the last one."""
+    path = lock_path(target)
+    with _held_lock:
+        if path not in _held:
+            return
+        _held[path] -= 1
+        if _held[path] == 0:
+            del _held[path]
+            _remove(path)
+
+
+@contextlib.contextmanager
+def hold(target: str):
+    """Hold ``target``'s lock inside the block."""
+    acquire(target)
+    try:
+        yield
+    finally:
+        release(target)
