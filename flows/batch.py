@@ -98,9 +98,11 @@ def _existing_shared_palette(targets: list[Path], params: dict):
     """The palette all the complete stores share, if they do and were made with these parameters."""
     palettes = []
     for t in targets:
-        st = store.open_store(t)
-        made = st.meta.params
-        if made != params:
+        try:
+            st = store.open_store(t)
+        except KquantError:
+            return None
+        if st.meta.params != params:
             return None
         palettes.append(st.palette.tolist())
     if palettes and all(p == palettes[0] for p in palettes):
@@ -213,17 +215,20 @@ def quantize_batch(
             if done_targets:
                 logger.warning("existing stores do not share one palette made with these "
                                "parameters; new stores get a newly fitted palette")
+            # fitted on every image of the inbox (done ones too: the palette of the whole
+            # mosaic), except those whose header cannot be read
             infos = [tasks.inspect_source.submit(str(p), max_pixels) for p, _ in images]
             wait(infos)
-            bad = [(images[i][1], f) for i, f in enumerate(infos) if not f.state.is_completed()]
-            if bad:
-                for rel, f in bad:
+            good = []
+            for (_, rel), f in zip(images, infos):
+                if f.state.is_completed():
+                    good.append(f.result())
+                else:
                     failed[str(rel)] = _failure([f])
                     logger.error("%s: %s", rel, failed[str(rel)])
-                todo = []
-            else:
-                fit_f = tasks.fit_shared_palette.submit([f.result() for f in infos], params,
-                                                        max_pixels)
+            todo = [t for t in todo if str(t[1]) not in failed]
+            if good and todo:
+                fit_f = tasks.fit_shared_palette.submit(good, params, max_pixels)
                 fit_f.wait()
                 if fit_f.state.is_completed():
                     shared_fit = dict(fit_f.result(), reused=False,

@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 # Before Prefect is imported anywhere: a private PREFECT_HOME (profiles, the

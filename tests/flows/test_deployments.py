@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-
-import numpy as np
 import pytest
 from flowkit import photo, wait_for, write_png
 

@@ -304,3 +304,20 @@ def test_io_tasks_retry_io_errors_but_not_bad_input(harness):
 
     assert both() == ("ok", True)
     assert calls == {"io": 3, "user": 1}
+
+
+def test_batch_shared_palette_goes_on_without_a_corrupt_tile(harness, tmp_path):
+    from flows.batch import quantize_batch
+    from kquant.store import open_store
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    _tiles(inbox, 2, seed=8)
+    truncated_png(inbox / "tile-99.png")
+    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=4, sample_size=2000,
+                           shared_palette=True, settle_seconds=0, preview=False,
+                           return_state=True)
+    assert state.is_failed() and "1 of 3 images failed: tile-99.png" in state.message
+    a, b = (open_store(outbox / f"tile-0{i}.png.kquant") for i in range(2))
+    assert np.array_equal(a.palette, b.palette)
+    assert not (outbox / "tile-99.png.kquant").exists()
