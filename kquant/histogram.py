@@ -33,10 +33,21 @@ def block_histogram(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return colours.astype(np.uint32), counts.astype(np.int64)
 
 
+#: Above this many entries in total, parts are merged through a dense 2**24 array
+#: (a scatter-add per part and one scan) instead of sorting their concatenation.
+DENSE_MERGE = 1 << 21
+
+
 def merge_histograms(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Merge sparse histograms: the union of colours, counts added."""
     if len(parts) == 1:
         return parts[0]
+    if sum(len(p[0]) for p in parts) > DENSE_MERGE:
+        dense = np.zeros(1 << 24, np.int64)
+        for colours, counts in parts:
+            dense[colours] += counts  # colours are unique within a part
+        colours = np.flatnonzero(dense).astype(np.uint32)
+        return colours, dense[colours]
     colours = np.concatenate([p[0] for p in parts])
     counts = np.concatenate([p[1] for p in parts])
     order = np.argsort(colours, kind="stable")

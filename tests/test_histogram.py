@@ -45,3 +45,15 @@ def test_sampling_is_bounded_deterministic_and_chunk_proportional():
     assert (s1[:, 0] == 200).sum() == 500
     assert sampling.sample_pixels(lazy, 10**6, seed=5).compute().shape == (10000, 3)
     assert sum(sampling.allocate([5, 3, 2], 7)) == 7
+
+
+def test_dense_and_sorted_merges_agree(monkeypatch):
+    rng = np.random.default_rng(4)
+    parts = [histogram.block_histogram(rng.integers(0, 40, size=(50, 60, 3), dtype=np.uint8))
+             for _ in range(5)]
+    sorted_merge = histogram.merge_histograms(*parts)
+    monkeypatch.setattr(histogram, "DENSE_MERGE", 0)
+    dense_merge = histogram.merge_histograms(*parts)
+    assert np.array_equal(sorted_merge[0], dense_merge[0])
+    assert np.array_equal(sorted_merge[1], dense_merge[1])
+    assert dense_merge[1].sum() == 5 * 50 * 60
