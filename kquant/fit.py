@@ -28,6 +28,11 @@ from . import assign, histogram
 from .errors import ParameterError
 
 _ROWS = 1 << 16
+#: Seedings are compared on at most this many distinct colours.
+COMPARE_MAX = 1 << 18
+#: Up to this many distinct colours the final Lloyd runs until no assignment changes;
+#: above, until an iteration gains less than 1e-5 of the inertia.
+FULL_CONVERGENCE_MAX = 1 << 21
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,20 +330,29 @@ def fit_palette(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray, k: 
 
     x = rgb.astype(np.float64)
     w = counts.astype(np.float64)
+    # seedings are compared on at most COMPARE_MAX colours (a weighted draw from the
+    # histogram when it is larger: noisy gigapixel images have tens of millions)
+    if len(x) > COMPARE_MAX:
+        pick = np.random.default_rng([seed, 4]).choice(len(x), COMPARE_MAX, replace=False,
+                                                       p=w / w.sum())
+        xs, ws = x[pick], w[pick]
+    else:
+        xs, ws = x, w
     start, sample_inertia = fit_sample(sample, k, seed=seed)
     seeds = [("sample", start)]
     for r in range(restarts):
         rng = np.random.default_rng([seed, 2, r])
-        seeds.append((f"restart-{r}", kmeans_plusplus(x, w, k, seed=rng)))
+        seeds.append((f"restart-{r}", kmeans_plusplus(xs, ws, k, seed=rng)))
 
-    # compare the seedings on short runs, then run the best one to convergence
+    # compare the seedings on short runs, then run the best one to convergence on every colour
     best = None
     for name, init in seeds:
-        centers, _, inertia, _ = lloyd(x, w, init, max_iter=max_iter, rtol=1e-4)
+        centers, _, inertia, _ = lloyd(xs, ws, init, max_iter=max_iter, rtol=1e-4)
         if best is None or inertia < best[0]:
             best = (inertia, name, centers)
     _, name, centers = best
-    centers, _, _, n_iter = lloyd(x, w, centers, max_iter=max_iter)
+    final_rtol = 0.0 if len(x) <= FULL_CONVERGENCE_MAX else 1e-5
+    centers, _, _, n_iter = lloyd(x, w, centers, max_iter=max_iter, rtol=final_rtol)
     pal, labels, sse = integer_polish(x, w, centers)
     use = np.bincount(labels, weights=w, minlength=k)
     pal = pal[np.argsort(-use, kind="stable")]
