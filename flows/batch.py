@@ -33,6 +33,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows import tasks
 from kquant import store
+from kquant import uri as kuri
 from kquant.errors import InputError, KquantError
 from kquant.params import DEFAULT_K, DEFAULT_RESTARTS, DEFAULT_SAMPLE
 
@@ -58,43 +59,79 @@ def task_runner() -> DaskTaskRunner:
         "protocol": "tcp://", "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
 
 
+def _mtime(info: dict) -> float:
+    """Modification time (s since the epoch) from an fsspec info dict, 0 if unknown."""
+    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return 0.0
+
+
+def _candidates(inbox: str, pattern: str) -> list[tuple[str, str, bool, float]]:
+    """``(uri, relative path, is_dir, mtime)`` of everything matching ``pattern`` in the inbox."""
+    if kuri.is_remote(inbox):
+        fs, base = kuri.filesystem(inbox)
+        base = base.rstrip("/")
+        fs.invalidate_cache()  # a poll must see what arrived since the last listing
+        protocol = inbox.split("://", 1)[0]
+        out = []
+        for path, info in sorted(fs.glob(f"{base}/{pattern}", detail=True).items()):
+            rel = path[len(base):].lstrip("/")
+            if rel:
+                out.append((f"{protocol}://{path}", rel, info.get("type") == "directory",
+                            _mtime(info)))
+        return out
+    root = kuri.local_path(inbox)
+    if not root.is_dir():
+        raise InputError(f"inbox {root} is not a folder")
+    return [(str(p), p.relative_to(root).as_posix(), p.is_dir(), p.stat().st_mtime)
+            for p in sorted(root.glob(pattern))]
+
+
 def list_images(inbox: str, pattern: str = "*", settle_seconds: float = 0.0,
-                logger=None) -> list[tuple[Path, Path]]:
-    """``(absolute path, path relative to the inbox)`` of the images to consider, sorted.
+                logger=None) -> list[tuple[str, str]]:
+    """``(URI, path relative to the inbox)`` of the images to consider, sorted.
+
+    The inbox is a local folder (or ``file://`` URI) or an object-store prefix
+    (``s3://bucket/prefix``). Hidden and partial files, names without an image
+    extension and files modified less than ``settle_seconds`` ago are left out.
 
     Raises
     ------
     InputError
-        If the inbox is not a folder.
+        If a local inbox is not a folder, or the inbox was not set.
     """
     if "{{" in str(inbox):
         raise InputError(f"inbox is not set ({inbox}): set KQUANT_INBOX when deploying, "
                          "or pass --param inbox=FOLDER")
-    root = store.local_path(inbox)
-    if not root.is_dir():
-        raise InputError(f"inbox {root} is not a folder")
     now = time.time()
     found, unsettled = [], []
-    for path in sorted(root.glob(pattern)):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
+    for uri, rel, is_dir, mtime in _candidates(tasks.canonical(inbox), pattern):
+        if any(part.startswith(".") for part in rel.split("/")):
             continue
-        name = path.name.lower()
+        name = rel.rsplit("/", 1)[-1].lower()
         if name.endswith(PARTIAL_SUFFIXES) or not name.endswith(tasks.IMAGE_SUFFIXES):
             continue
-        if path.is_dir() and not name.endswith(".zarr"):
+        if is_dir != name.endswith(".zarr"):
             continue
-        if settle_seconds and now - path.stat().st_mtime < settle_seconds:
+        if settle_seconds and now - mtime < settle_seconds:
             unsettled.append(rel)
             continue
-        found.append((path, rel))
+        found.append((uri, rel))
     if unsettled and logger is not None:
         logger.info("left for the next run (modified less than %.0f s ago): %s", settle_seconds,
-                    ", ".join(map(str, unsettled)))
+                    ", ".join(unsettled))
     return found
 
 
-def _existing_shared_palette(targets: list[Path], params: dict):
+def _existing_shared_palette(targets: list[str], params: dict):
     """The palette all the complete stores share, if they do and were made with these parameters."""
     palettes = []
     for t in targets:
@@ -181,26 +218,28 @@ def quantize_batch(
         if "{{" in str(outbox):
             raise InputError(f"outbox is not set ({outbox}): set KQUANT_OUTBOX when deploying, "
                              "or pass --param outbox=FOLDER")
-        out_root = store.local_path(outbox)
-        out_root.mkdir(parents=True, exist_ok=True)
+        out_root = tasks.canonical(outbox)
+        if not kuri.is_remote(out_root):
+            Path(out_root).mkdir(parents=True, exist_ok=True)
     except KquantError as exc:
         logger.error("quantize-batch failed: %s", exc)
         raise
 
     todo, skipped, failed, done_targets = [], [], {}, []
     for path, rel in images:
-        target = out_root / rel.parent / (rel.name + tasks.STORE_SUFFIX)
+        target = tasks.join(out_root, rel + tasks.STORE_SUFFIX)
         status = tasks.store_status(target)
         if status == "complete":
-            skipped.append(str(rel))
+            skipped.append(rel)
             done_targets.append(target)
         elif status == "other":
-            failed[str(rel)] = f"{target} exists and is not a complete kquant store; remove it"
+            failed[rel] = f"{target} exists and is not a complete kquant store; remove it"
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not kuri.is_remote(target):
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
             todo.append((path, rel, target))
     logger.info("%d images in %s: %d new, %d already done (skipped)%s", len(images),
-                store.local_path(inbox), len(todo), len(skipped),
+                tasks.canonical(inbox), len(todo), len(skipped),
                 f", {len(failed)} blocked" if failed else "")
 
     # one palette for everyone, if asked
@@ -276,7 +315,7 @@ def quantize_batch(
                         else None),
         })
     seconds = time.perf_counter() - t0
-    out = {"inbox": str(store.local_path(inbox)), "outbox": str(out_root),
+    out = {"inbox": tasks.canonical(inbox), "outbox": out_root,
            "processed": [r["image"] for r in results], "skipped": skipped, "failed": failed,
            "results": results, "shared_palette": shared_fit["palette"] if shared_fit else None,
            "seconds": round(seconds, 3)}
@@ -290,7 +329,7 @@ def quantize_batch(
 
 
 def _batch_artifacts(out: dict, shared_fit: dict | None) -> None:
-    key = "kquant-batch-" + tasks.slug(Path(out["outbox"]).name, 32)
+    key = "kquant-batch-" + tasks.slug(tasks.name_of(out["outbox"]), 32)
     rows = [{"image": r["image"], "status": "written", "psnr_db": r["psnr"],
              "bits_per_pixel": r["bits_per_pixel"], "fit": r["fit"], "store": r["store"]}
             for r in out["results"]]
@@ -324,7 +363,7 @@ def _batch_artifacts(out: dict, shared_fit: dict | None) -> None:
         if r["preview"]:
             create_image_artifact(
                 image_url=tasks.thumbnail_data_url(r["preview"]),
-                key=tasks.slug(Path(r["store"]).name) + "-preview",
+                key=tasks.slug(tasks.name_of(r["store"])) + "-preview",
                 description=f"original | quantized of {r['image']}; full size: {r['preview']}")
 
 

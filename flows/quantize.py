@@ -74,9 +74,11 @@ def quantize_image(
         address = tasks.clean_address(address)
         params = tasks.make_params(k, seed, sample_size, chunk, restarts).to_json()
         t0 = time.perf_counter()
-        target_path = tasks.store.local_path(target)
-        if target_path.exists() and not overwrite:  # fail before any work
-            raise TargetExistsError(f"{target_path} exists (run with overwrite=true to replace it)")
+        target = tasks.canonical(target)
+        try:  # fail before any work: an existing target, a missing folder
+            tasks.store.check_target(target, overwrite=overwrite)
+        except TargetExistsError:
+            raise TargetExistsError(f"{target} exists (run with overwrite=true to replace it)") from None
         timings = {}
         src = tasks.inspect_source(source, max_pixels)
         timings["inspect"] = time.perf_counter() - t0
@@ -97,7 +99,7 @@ def quantize_image(
         shown = None
         if preview:
             try:
-                shown = tasks.write_preview(src, fit["palette"], str(tasks.preview_path(target)),
+                shown = tasks.write_preview(src, fit["palette"], tasks.preview_path(target),
                                             params, max_pixels)
                 timings["preview"] = shown["seconds"]
             except Exception as exc:  # the store is complete and verified; a preview is extra
@@ -106,7 +108,7 @@ def quantize_image(
         result = tasks.summary(src, target, fit, fit_cached, written, verified, shown, timings)
         if fit_cached:
             result["timings"]["fit_original"] = fit["seconds"]
-        tasks.report(result, tasks.slug(target_path.name))
+        tasks.report(result, tasks.slug(tasks.name_of(target)))
         psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f} dB"
         logger.info("done: %s, PSNR %s, %.3f bits/px, %.2f s", result["target"], psnr,
                     result["store_bits_per_pixel"], timings["total"])

@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 import kquant
 from kquant import cluster, pipeline, shared, store
+from kquant import uri as kuri
 from kquant.errors import KquantError, StoreError
 from kquant.params import QuantizeParams
 from kquant.readers import ImageSource
@@ -128,11 +129,60 @@ def slug(text: str, limit: int = 48) -> str:
     return s or "image"
 
 
-def preview_path(target: str | os.PathLike) -> Path:
+def canonical(u: str | os.PathLike) -> str:
+    """Absolute path of a local URI, the URL itself for object stores."""
+    return kuri.normalise(u)
+
+
+def name_of(u: str | os.PathLike) -> str:
+    """Last component of a path or URL."""
+    return canonical(u).rstrip("/").rsplit("/", 1)[-1]
+
+
+def display_uri(u: str | os.PathLike) -> str:
+    """``file://`` URI of a local path, the URL itself for object stores."""
+    u = canonical(u)
+    return u if kuri.is_remote(u) else Path(u).as_uri()
+
+
+def join(base: str | os.PathLike, rel: str) -> str:
+    """``base/rel`` for a folder path or an object-store prefix."""
+    base = canonical(base)
+    return f"{base.rstrip('/')}/{rel}" if kuri.is_remote(base) else str(Path(base) / rel)
+
+
+def exists(u: str | os.PathLike) -> bool:
+    u = canonical(u)
+    if kuri.is_remote(u):
+        fs, path = kuri.filesystem(u)
+        fs.invalidate_cache(path)
+        return bool(fs.exists(path))
+    return os.path.lexists(u)
+
+
+def remove_store(u: str | os.PathLike) -> None:
+    """Delete a store (its ``zarr.json`` first: nothing complete-looking is left meanwhile)."""
+    u = canonical(u)
+    if kuri.is_remote(u):
+        fs, path = kuri.filesystem(u)
+        if fs.exists(f"{path}/zarr.json"):
+            fs.rm(f"{path}/zarr.json")
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    else:
+        import shutil
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(u, "zarr.json"))
+        shutil.rmtree(u, ignore_errors=True)
+
+
+def preview_path(target: str | os.PathLike) -> str:
     """Where the preview picture of a store goes: ``X.kquant`` -> ``X-preview.png`` (as ``kquant demo``)."""
-    path = store.local_path(target)
-    stem = path.name[:-len(STORE_SUFFIX)] if path.name.endswith(STORE_SUFFIX) else path.name
-    return path.with_name(stem + "-preview.png")
+    target = canonical(target).rstrip("/")
+    head, _, name = target.rpartition("/")
+    stem = name[:-len(STORE_SUFFIX)] if name.endswith(STORE_SUFFIX) else name
+    return f"{head}/{stem}-preview.png"
 
 
 def make_params(k: int, seed: int, sample_size: int, chunk: int | None, restarts: int) -> QuantizeParams:
@@ -141,25 +191,30 @@ def make_params(k: int, seed: int, sample_size: int, chunk: int | None, restarts
 
 def store_status(target: str | os.PathLike) -> str:
     """``"missing"``, ``"complete"`` or ``"other"`` (something else is at ``target``)."""
-    path = store.local_path(target)
-    if not path.exists():
+    if not exists(target):
         return "missing"
     try:
-        return "complete" if store.read_meta(path).complete else "other"
+        return "complete" if store.read_meta(target).complete else "other"
     except KquantError:
         return "other"
 
 
 def thumbnail_data_url(png: str | os.PathLike, width: int = THUMB_WIDTH) -> str:
-    """A ``data:image/jpeg;base64,...`` URL of a reduced copy of a PNG.
+    """A ``data:image/jpeg;base64,...`` URL of a reduced copy of a PNG (path or URL).
 
     Prefect image artifacts take a URL; a data URL displays in the UI from any
     browser, with no file server (a ``file://`` URL does not load in a page
-    served over http).
+    served over http, an object-store URL may need credentials).
     """
     from PIL import Image
 
-    with Image.open(png) as im:
+    png = canonical(png)
+    if kuri.is_remote(png):
+        fs, path = kuri.filesystem(png)
+        data = io.BytesIO(fs.cat_file(path))
+    else:
+        data = png
+    with Image.open(data) as im:
         im = im.convert("RGB")
         if im.width > width:
             im = im.resize((width, max(1, round(im.height * width / im.width))), Image.LANCZOS)
@@ -268,7 +323,7 @@ def write_store(source: dict, target: str, palette: list | dict, params: dict,
                               max_pixels=max_pixels, address=addr)
     seconds = time.perf_counter() - t0
     m = meta.metrics
-    get_run_logger().info("wrote %s in %.2f s: PSNR %s, %.3f bits/px", store.local_path(target),
+    get_run_logger().info("wrote %s in %.2f s: PSNR %s, %.3f bits/px", canonical(target),
                           seconds, "inf" if m["psnr"] is None else f"{m['psnr']:.2f} dB",
                           m["store_bits_per_pixel"])
     return {"meta": meta.to_json(), "seconds": round(seconds, 3)}
@@ -287,9 +342,7 @@ def verify_store(target: str, address: str | None = None) -> dict:
             st = store.open_store(target)
             st.verify()
     except StoreError:
-        import shutil
-
-        shutil.rmtree(store.local_path(target), ignore_errors=True)
+        remove_store(target)
         raise
     seconds = time.perf_counter() - t0
     get_run_logger().info("verified %s (%s)", st.root, st.meta.checksum)
@@ -299,15 +352,28 @@ def verify_store(target: str, address: str | None = None) -> dict:
 @task(name="preview", cache_policy=NO_CACHE, **IO_RETRIES)
 def write_preview(source: dict, palette: list | dict, out: str, params: dict,
                   max_pixels: int | None = None) -> dict:
-    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide)."""
+    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide).
+
+    ``out`` may be an object-store URL: the picture is made locally, then uploaded.
+    """
     import numpy as np
 
     palette = _palette(palette)
-
     t0 = time.perf_counter()
-    path = pipeline.preview(source_from_json(source), np.asarray(palette, np.uint8), out,
-                            QuantizeParams.from_json(params), max_pixels=max_pixels)
-    return {"path": str(path), "seconds": round(time.perf_counter() - t0, 3)}
+    src, pal = source_from_json(source), np.asarray(palette, np.uint8)
+    prm = QuantizeParams.from_json(params)
+    out = canonical(out)
+    if kuri.is_remote(out):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="kquant-preview-") as tmp:
+            local = os.path.join(tmp, "preview.png")
+            pipeline.preview(src, pal, local, prm, max_pixels=max_pixels)
+            fs, path = kuri.filesystem(out)
+            fs.put_file(local, path)
+    else:
+        pipeline.preview(src, pal, out, prm, max_pixels=max_pixels)
+    return {"path": out, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 # --------------------------------------------------------------------------- reporting
@@ -338,7 +404,7 @@ def summary(source: dict, target: str, fit: dict, fit_cached: bool, written: dic
     meta = written["meta"]
     m = meta["metrics"]
     return {
-        "source": source["uri"], "target": str(store.local_path(target)),
+        "source": source["uri"], "target": canonical(target),
         "height": meta["height"], "width": meta["width"], "n_colors": meta["n_colors"],
         "bits": meta["bits"], "psnr": m["psnr"], "mse": m["mse"],
         "store_bytes": m["store_bytes"], "store_bits_per_pixel": m["store_bits_per_pixel"],
@@ -357,11 +423,11 @@ def markdown_report(s: dict) -> str:
            else f"fitted in {t.get('fit', 0):.2f} s")
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k != "total")
     lines = [
-        f"# kquant: `{Path(s['source']).name}` → `{Path(s['target']).name}`",
+        f"# kquant: `{name_of(s['source'])}` → `{name_of(s['target'])}`",
         "",
         "| | |",
         "|---|---|",
-        f"| store | `{Path(s['target']).as_uri()}` |",
+        f"| store | `{display_uri(s['target'])}` |",
         f"| source | `{s['source']}` ({s['height']} × {s['width']} px, {s['n_unique']:,} colours) |",
         f"| palette | {s['n_colors']} colours, labels packed at {s['bits']} bits/px |",
         f"| PSNR | {psnr} (MSE {s['mse']:.3f}) |",
@@ -372,7 +438,7 @@ def markdown_report(s: dict) -> str:
         f"| checksum | `{s['checksum']}` (verified) |",
     ]
     if s.get("preview"):
-        lines.append(f"| preview | `{Path(s['preview']).as_uri()}` |")
+        lines.append(f"| preview | `{display_uri(s['preview'])}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -389,10 +455,10 @@ def report(s: dict, key: str) -> dict:
     palette = [[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in s["palette"]]
     ids["palette"] = str(create_table_artifact(
         table=palette_rows(palette, s["palette_counts"]), key=f"{key}-palette",
-        description=f"palette of {Path(s['target']).name}: entry, hex, RGB, share of pixels"))
+        description=f"palette of {name_of(s['target'])}: entry, hex, RGB, share of pixels"))
     if s.get("preview"):
         ids["preview"] = str(create_image_artifact(
             image_url=thumbnail_data_url(s["preview"]), key=f"{key}-preview",
             description=f"original | quantized ({s['n_colors']} colours) of "
-                        f"{Path(s['source']).name}; full size: {s['preview']}"))
+                        f"{name_of(s['source'])}; full size: {s['preview']}"))
     return ids

@@ -148,7 +148,7 @@ def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
     elif case == "not-an-image":
         (tmp_path / "notes.png").write_text("not a picture\n")
         kwargs["source"] = str(tmp_path / "notes.png")
-    elif case == "missing-folder":  # fails in the write step, after the fit
+    elif case == "missing-folder":  # refused before any work
         kwargs["target"] = str(tmp_path / "no" / "such" / "out.kquant")
     elif case == "bad-k":
         kwargs["k"] = 1

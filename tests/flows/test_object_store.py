@@ -1,0 +1,125 @@
+"""The flows on S3-compatible object storage: moto's S3 server on 127.0.0.1 (no mocks in-process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flowkit import photo, write_png
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on loopback, the environment pointing at it, a bucket ``kqflows``."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("moto server did not start: " + log.read_text())
+                time.sleep(0.2)
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir("kqflows")
+        yield fs
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _artifacts(client, flow_run_id) -> dict:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    arts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {a.key: a for a in arts}
+
+
+def test_quantize_image_s3_to_s3_with_cached_rerun(harness, client, s3, tmp_path):
+    from flows.quantize import quantize_image
+    from kquant.store import open_store
+
+    s3.put_file(str(write_png(tmp_path / "p.png", photo(60, 90, seed=41))), "kqflows/src/p.png")
+    state = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
+                           k=6, sample_size=3000, return_state=True)
+    assert state.is_completed(), state.message
+    r = state.result()
+    assert r["target"] == "s3://kqflows/st/p.kquant" and r["fit_cached"] is False
+    st = open_store("s3://kqflows/st/p.kquant")
+    st.verify()
+    assert s3.exists("kqflows/st/p-preview.png") and r["preview"] == "s3://kqflows/st/p-preview.png"
+    arts = _artifacts(client, state.state_details.flow_run_id)
+    assert "s3://kqflows/st/p.kquant" in arts["p-kquant-summary"].data
+    assert arts["p-kquant-preview"].data.startswith("data:image/jpeg;base64,")
+
+    # same object (same ETag): no refit; the target exists: refused unless overwrite
+    again = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
+                           k=6, sample_size=3000, return_state=True)
+    assert again.is_failed() and "exists (run with overwrite=true" in again.message
+    over = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
+                          k=6, sample_size=3000, overwrite=True, return_state=True)
+    assert over.is_completed(), over.message
+    assert over.result()["fit_cached"] is True
+    assert np.array_equal(open_store("s3://kqflows/st/p.kquant").palette, st.palette)
+
+
+def test_batch_over_an_s3_prefix(harness, client, s3, tmp_path):
+    from flows.batch import quantize_batch
+    from kquant.store import open_store
+
+    big = photo(48, 120, seed=42)
+    for i in range(3):
+        s3.put_file(str(write_png(tmp_path / f"t{i}.png", big[:, 40 * i:40 * (i + 1)])),
+                    f"kqflows/inbox/t{i}.png")
+    s3.pipe_file("kqflows/inbox/notes.txt", b"not an image")
+    kw = dict(inbox="s3://kqflows/inbox", outbox="s3://kqflows/outbox", k=5, sample_size=3000,
+              shared_palette=True, settle_seconds=0)
+    state = quantize_batch(**kw, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["processed"] == ["t0.png", "t1.png", "t2.png"]
+    stores = [open_store(f"s3://kqflows/outbox/t{i}.png.kquant") for i in range(3)]
+    for st in stores:
+        st.verify()
+    assert all(np.array_equal(st.palette, stores[0].palette) for st in stores)
+    assert s3.exists("kqflows/outbox/t0.png-preview.png")
+
+    s3.put_file(str(write_png(tmp_path / "t3.png", photo(30, 40, seed=43))), "kqflows/inbox/t3.png")
+    again = quantize_batch(**kw, return_state=True)
+    assert again.is_completed(), again.message
+    assert again.result()["processed"] == ["t3.png"]
+    assert again.result()["skipped"] == ["t0.png", "t1.png", "t2.png"]
+    assert np.array_equal(open_store("s3://kqflows/outbox/t3.png.kquant").palette,
+                          stores[0].palette)
+    rows = json.loads(_artifacts(client, again.state_details.flow_run_id)
+                      ["kquant-batch-outbox-images"].data)
+    assert sorted(r["status"] for r in rows) == ["skipped (store exists)"] * 3 + ["written"]
