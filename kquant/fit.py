@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numba
 import numpy as np
 
 from . import assign, histogram
@@ -92,6 +93,36 @@ def _labels_and_dist(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np
         labels[s:s + _ROWS] = lab
         dist[s:s + _ROWS] = np.maximum(d[np.arange(len(xs)), lab] + (xs * xs).sum(axis=1), 0.0)
     return labels, dist
+
+
+@numba.njit(nogil=True, cache=True)
+def _assign_pass(x, w, centers):  # pragma: no cover - compiled
+    """Nearest centre, squared distance, and the weighted sums and mass of each cluster."""
+    n, k = x.shape[0], centers.shape[0]
+    labels = np.empty(n, np.intp)
+    dist = np.empty(n, np.float64)
+    sums = np.zeros((k, 3), np.float64)
+    mass = np.zeros(k, np.float64)
+    for i in range(n):
+        x0, x1, x2 = x[i, 0], x[i, 1], x[i, 2]
+        best = 0
+        best_d = np.inf
+        for j in range(k):
+            d0 = x0 - centers[j, 0]
+            d1 = x1 - centers[j, 1]
+            d2 = x2 - centers[j, 2]
+            d = d0 * d0 + d1 * d1 + d2 * d2
+            if d < best_d:
+                best_d = d
+                best = j
+        labels[i] = best
+        dist[i] = best_d
+        wi = w[i]
+        mass[best] += wi
+        sums[best, 0] += wi * x0
+        sums[best, 1] += wi * x1
+        sums[best, 2] += wi * x2
+    return labels, dist, sums, mass
 
 
 def _weighted_means(x: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int):
@@ -184,16 +215,15 @@ def lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter: int = 
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     centers = np.array(centers, np.float64, copy=True)
-    k = len(centers)
-    labels, dist = _labels_and_dist(x, centers)
+    x = np.ascontiguousarray(x)
+    labels, dist, sums, mass = _assign_pass(x, w, centers)
     inertia = float(np.dot(w, dist))
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        sums, mass = _weighted_means(x, w, labels, k)
         nonempty = mass > 0
         centers[nonempty] = sums[nonempty] / mass[nonempty, None]
         _repair_empty(centers, mass, x, w, dist)
-        new_labels, dist = _labels_and_dist(x, centers)
+        new_labels, dist, sums, mass = _assign_pass(x, w, centers)
         previous, inertia = inertia, float(np.dot(w, dist))
         if np.array_equal(new_labels, labels):
             break
