@@ -219,6 +219,11 @@ def quantize_batch(
             raise InputError(f"outbox is not set ({outbox}): set KQUANT_OUTBOX when deploying, "
                              "or pass --param outbox=FOLDER")
         out_root = tasks.canonical(outbox)
+        if out_root.rstrip("/") == tasks.canonical(inbox).rstrip("/"):
+            raise InputError(f"outbox and inbox are the same folder ({out_root}): the "
+                             "previews written there would be picked up as new images")
+        # an outbox inside the inbox: its files are outputs, not arrivals
+        images = [(u, r) for u, r in images if not u.startswith(out_root.rstrip("/") + "/")]
         if not kuri.is_remote(out_root):
             Path(out_root).mkdir(parents=True, exist_ok=True)
     except KquantError as exc:

@@ -321,3 +321,20 @@ def test_batch_shared_palette_goes_on_without_a_corrupt_tile(harness, tmp_path):
     a, b = (open_store(outbox / f"tile-0{i}.png.kquant") for i in range(2))
     assert np.array_equal(a.palette, b.palette)
     assert not (outbox / "tile-99.png.kquant").exists()
+
+
+def test_batch_outbox_inside_the_inbox_is_not_reprocessed(harness, tmp_path):
+    from flows.batch import quantize_batch
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    _tiles(inbox, 1)
+    kw = dict(inbox=str(inbox), outbox=str(inbox / "done"), pattern="**/*", k=4,
+              sample_size=1000, settle_seconds=0)
+    first = quantize_batch(**kw, return_state=True)
+    assert first.is_completed() and first.result()["processed"] == ["tile-00.png"]
+    assert (inbox / "done" / "tile-00.png-preview.png").is_file()
+    second = quantize_batch(**kw, return_state=True)  # the preview is not a new image
+    assert second.result()["processed"] == [] and second.result()["skipped"] == ["tile-00.png"]
+    same = quantize_batch(**dict(kw, outbox=str(inbox)), return_state=True)
+    assert same.is_failed() and "outbox and inbox are the same folder" in same.message

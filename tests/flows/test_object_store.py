@@ -33,6 +33,11 @@ def s3(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
                       AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    import s3fs
+
+    # fsspec caches filesystem instances (with the endpoint they were made with): start
+    # and end with an empty cache, so no instance outlives the server it points at
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         deadline = time.time() + 30
         while True:
@@ -43,12 +48,11 @@ def s3(tmp_path_factory):
                 if time.time() > deadline:
                     raise RuntimeError("moto server did not start: " + log.read_text())
                 time.sleep(0.2)
-        import s3fs
-
         fs = s3fs.S3FileSystem(skip_instance_cache=True)
         fs.mkdir("kqflows")
         yield fs
     finally:
+        s3fs.S3FileSystem.clear_instance_cache()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
         for k, v in saved.items():
