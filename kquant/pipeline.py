@@ -125,7 +125,7 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
     if use_lut:
-        packed, sse, counts = lut.label_pack_block(block, lut.table_for(palette), palette, bits)
+        packed, sse, counts = lut.label_pack_block(block, lut.tables_for(palette), palette, bits)
     else:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)

@@ -30,6 +30,16 @@ def test_lookup_table_equals_exact_argmin(palette, table):
     assert np.array_equal(table[codes], nearest_oracle(rgb, palette))
 
 
+def test_coarse_cells_agree_with_the_full_table(palette, table):
+    cells = lut.coarse(table)
+    codes = np.arange(1 << 24, dtype=np.uint32)
+    r, g, b = codes >> 16, (codes >> 8) & 255, codes & 255
+    c = cells[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)]
+    uniform = c != lut.MIXED
+    assert 0.5 < uniform.mean() < 1.0  # most cells decided, some straddle a boundary
+    assert np.array_equal(c[uniform], table[uniform])
+
+
 @pytest.mark.parametrize("n_colours", [2, 5, 16, 40, 100, 200])
 @pytest.mark.parametrize("width", [1, 7, 77])
 def test_compiled_label_pack_equals_numpy_oracles(n_colours, width):
@@ -43,7 +53,7 @@ def test_compiled_label_pack_equals_numpy_oracles(n_colours, width):
     codes = (img[..., 0].astype(np.int64) << 16) | (img[..., 1].astype(np.int64) << 8) | img[..., 2]
     table[codes] = nearest_oracle(img, pal)
     bits = packing.bits_for(n_colours)
-    packed, sse, counts = lut.label_pack_block(img, table, pal, bits)
+    packed, sse, counts = lut.label_pack_block(img, (lut.coarse(table), table), pal, bits)
     ref = nearest_oracle(img, pal)
     assert np.array_equal(lut.label_block(img, table), ref)
     assert np.array_equal(packed, packing.pack_rows(ref, bits))
