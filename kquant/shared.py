@@ -3,7 +3,9 @@
 :func:`fit_shared` fits a single palette on the *union* of several images: the
 exact colour histograms of all of them merged, and one pixel sample drawn
 across all of them (each image contributes in proportion to its pixel count).
-Each image is then written with :func:`kquant.pipeline.write`, which accepts
+Above ``EXACT_MAX_PIXELS`` in total (``params.mode == "auto"``) the full pass is
+replaced, as in :func:`kquant.pipeline.fit`, by a bounded number of tiles read
+from each image. Each image is then written with :func:`kquant.pipeline.write`, which accepts
 any palette, so every store gets the same palette entries in the same order.
 """
 
@@ -46,7 +48,8 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     Returns
     -------
     FitResult
-        ``sse``/``n_pixels``/``n_unique`` are over all images together.
+        ``sse``/``n_pixels``/``n_unique`` are over all images together (over the
+        sample in ``sample`` mode, as for :func:`kquant.pipeline.fit`).
 
     Raises
     ------
@@ -55,23 +58,47 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     InputError
         If any source cannot be read.
     """
-    from .pipeline import _image, inspect
+    import dataclasses
+    import time
+
+    import dask
+    import numpy as np
+
+    from . import readers
+    from .pipeline import _image, inspect, sample_chunks
 
     params = params or QuantizeParams()
     srcs = [s if isinstance(s, ImageSource) else inspect(s, max_pixels=max_pixels)
             for s in sources]
     if not srcs:
         raise ParameterError("no images to fit a shared palette on")
-    images = [_image(s, params, max_pixels) for s in srcs]
+    # the rule of pipeline.fit, on the pixels of all the images together
+    mode = params.fit_mode(sum(s.n_pixels for s in srcs))
     shares = sampling.allocate([s.n_pixels for s in srcs], params.sample_size)
-    hist = _merge_tree([histogram.colour_histogram(im) for im in images])
-    samples = [sampling.sample_pixels(im, n, seed=params.seed)
-               for im, n in zip(images, shares) if n > 0]
-    import dask
-    import numpy as np
-
-    sample = dask.delayed(np.concatenate)(samples, axis=0)
-    with cluster.scheduler(address):
-        (colours, counts), sample = cluster.compute(hist, sample, progress=progress)
-    return fit_palette(sample, colours, counts, params.k, seed=params.seed,
-                       restarts=params.restarts, max_iter=params.max_iter)
+    t0 = time.perf_counter()
+    if mode == "exact":  # one pass over every pixel: exact merged histogram + sample
+        images = [_image(s, params, max_pixels) for s in srcs]
+        hist = _merge_tree([histogram.colour_histogram(im) for im in images])
+        samples = [sampling.sample_pixels(im, n, seed=params.seed)
+                   for im, n in zip(images, shares) if n > 0]
+        sample = dask.delayed(np.concatenate)(samples, axis=0)
+        with cluster.scheduler(address):
+            (colours, counts), sample = cluster.compute(hist, sample, progress=progress)
+    else:  # too many pixels for a full pass: a bounded number of tiles of each image
+        samples = []
+        for s, n in zip(srcs, shares):
+            if n > 0:
+                image = readers.open_source(s, chunks=sample_chunks(s), max_pixels=max_pixels,
+                                            background=params.background)
+                samples.append(sampling.sample_windows(image, n, seed=params.seed))
+        with cluster.scheduler(address):
+            parts = cluster.compute(*samples, progress=progress)
+        sample = np.concatenate(parts, axis=0)
+        colours, counts = histogram.block_histogram(sample[None])
+    t1 = time.perf_counter()
+    result = fit_palette(sample, colours, counts, params.k, seed=params.seed,
+                         restarts=params.restarts, max_iter=params.max_iter)
+    timings = {"read" if mode == "exact" else "sample": t1 - t0, "fit": time.perf_counter() - t1}
+    if {"mode", "timings"} <= {f.name for f in dataclasses.fields(result)}:
+        result = dataclasses.replace(result, mode=mode, timings=timings)
+    return result

@@ -1,0 +1,57 @@
+"""kquant.shared.fit_shared: one palette over several images (no Prefect involved)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flowkit import photo, write_png
+
+
+@pytest.fixture
+def halves(tmp_path):
+    img = photo(96, 128, seed=51)
+    a = write_png(tmp_path / "top.png", img[:48])
+    b = write_png(tmp_path / "bottom.png", img[48:])
+    whole = write_png(tmp_path / "whole.png", img)
+    return a, b, whole
+
+
+def test_exact_mode_merges_the_histograms(halves):
+    from kquant import pipeline, shared
+    from kquant.params import QuantizeParams
+
+    a, b, whole = halves
+    params = QuantizeParams(k=6, sample_size=4000, mode="exact")
+    res = shared.fit_shared([a, b], params)
+    ref = pipeline.fit(whole, params)
+    assert res.n_pixels == 96 * 128 and res.n_unique == ref.n_unique  # exact union histogram
+    assert res.palette.shape == (6, 3) and res.palette.dtype == np.uint8
+    assert res.sse <= 1.02 * ref.sse  # as good as fitting the stitched image
+    # sse is the exact error of the palette over both images
+    from kquant import assign
+    from kquant.readers import open_image
+
+    err = 0
+    for p in (a, b):
+        px = np.asarray(open_image(p).compute()).reshape(-1, 3)
+        lab = assign.nearest_block(px[None], res.palette)[0]
+        err += int(((px.astype(np.int64) - res.palette[lab].astype(np.int64)) ** 2).sum())
+    assert err == res.sse
+
+
+def test_sample_mode_reads_a_bounded_sample(halves):
+    from kquant import shared
+    from kquant.params import QuantizeParams
+
+    a, b, _ = halves
+    res = shared.fit_shared([a, b], QuantizeParams(k=5, sample_size=3000, mode="sample"))
+    assert res.palette.shape == (5, 3) and res.mode == "sample"
+    assert res.n_pixels <= 3000
+
+
+def test_no_images_is_a_parameter_error():
+    from kquant import shared
+    from kquant.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="no images"):
+        shared.fit_shared([])
