@@ -58,11 +58,53 @@ def merge_histograms(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray,
     return colours[starts], np.add.reduceat(counts, starts)
 
 
-def colour_histogram(image, *, fan_in: int = 8):
-    """Delayed ``(colours, counts)`` of a dask image, merged by a tree of ``fan_in``."""
+#: Images with more pixels are counted by a few chains of dense accumulators instead of a
+#: tree of sparse merges: noisy gigapixel photos have millions of colours per chunk, and a
+#: tree holds many such sparse parts at once.
+CHAIN_MIN_PIXELS = 1 << 26
+N_COLOURS = 1 << 24
+
+
+def accumulate(dense: np.ndarray | None, block: np.ndarray) -> np.ndarray:
+    """Add one block's colour counts to a dense (2**24,) int64 array (in place; new if None)."""
+    if dense is None:
+        dense = np.zeros(N_COLOURS, np.int64)
+    dense += np.bincount(encode(np.asarray(block)).ravel(), minlength=N_COLOURS)
+    return dense
+
+
+def dense_to_sparse(*dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum dense accumulators and return the sparse ``(colours, counts)``."""
+    total = dense[0]
+    for d in dense[1:]:
+        total += d
+    colours = np.flatnonzero(total).astype(np.uint32)
+    return colours, total[colours]
+
+
+def colour_histogram(image, *, fan_in: int = 8, chains: int | None = None):
+    """Delayed ``(colours, counts)`` of a dask image.
+
+    Small images: block histograms merged by a tree of ``fan_in``. Above
+    :data:`CHAIN_MIN_PIXELS`: ``chains`` sequences (default: one per core) each
+    folding its blocks into one dense 2**24 accumulator, so memory stays at a
+    few hundred MiB whatever the image size and colour count.
+    """
+    import os
+
     import dask
 
-    level = [dask.delayed(block_histogram)(b) for b in image.to_delayed().reshape(-1)]
+    blocks = list(image.to_delayed().reshape(-1))
+    if image.shape[0] * image.shape[1] >= CHAIN_MIN_PIXELS and len(blocks) > 1:
+        n = max(1, min(len(blocks), chains or os.cpu_count() or 2))
+        ends = []
+        for c in range(n):
+            acc = None
+            for b in blocks[c::n]:
+                acc = dask.delayed(accumulate, pure=True)(acc, b)
+            ends.append(acc)
+        return dask.delayed(dense_to_sparse, pure=True)(*ends)
+    level = [dask.delayed(block_histogram)(b) for b in blocks]
     while len(level) > 1:
         level = [dask.delayed(merge_histograms)(*level[i:i + fan_in])
                  for i in range(0, len(level), fan_in)]

@@ -57,3 +57,16 @@ def test_dense_and_sorted_merges_agree(monkeypatch):
     assert np.array_equal(sorted_merge[0], dense_merge[0])
     assert np.array_equal(sorted_merge[1], dense_merge[1])
     assert dense_merge[1].sum() == 5 * 50 * 60
+
+
+@pytest.mark.parametrize("chains", [1, 2, 3])
+def test_dense_chains_equal_the_tree(monkeypatch, chains):
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 12, size=(64, 80, 3), dtype=np.uint8) * 20
+    lazy = da.from_array(img, chunks=(16, 16, 3))
+    tree = histogram.colour_histogram(lazy).compute()
+    monkeypatch.setattr(histogram, "CHAIN_MIN_PIXELS", 0)
+    chained = histogram.colour_histogram(lazy, chains=chains).compute()
+    assert np.array_equal(tree[0], chained[0]) and np.array_equal(tree[1], chained[1])
+    ref_c, ref_n = _oracle(img)
+    assert np.array_equal(chained[0], ref_c) and np.array_equal(chained[1], ref_n)
