@@ -6,6 +6,7 @@ pairs, so memory is bounded by the number of distinct colours, never by pixels.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 
@@ -65,11 +66,20 @@ CHAIN_MIN_PIXELS = 1 << 26
 N_COLOURS = 1 << 24
 
 
+@numba.njit(nogil=True, cache=True)
+def _count_into(dense, block):  # pragma: no cover - compiled
+    h, w = block.shape[0], block.shape[1]
+    for y in range(h):
+        for x in range(w):
+            dense[(np.int64(block[y, x, 0]) << 16) | (np.int64(block[y, x, 1]) << 8)
+                  | np.int64(block[y, x, 2])] += 1
+
+
 def accumulate(dense: np.ndarray | None, block: np.ndarray) -> np.ndarray:
     """Add one block's colour counts to a dense (2**24,) int64 array (in place; new if None)."""
     if dense is None:
         dense = np.zeros(N_COLOURS, np.int64)
-    dense += np.bincount(encode(np.asarray(block)).ravel(), minlength=N_COLOURS)
+    _count_into(dense, np.ascontiguousarray(block, np.uint8))
     return dense
 
 
