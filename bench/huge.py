@@ -11,7 +11,7 @@ same input (the I/O floor, measured in the same command) and the split by stage.
 
 Runs:
   read      decode every tile once, nothing else (2 threads)       -- the I/O floor
-  default   kquant quantize, default mode (sample fit above 2^27 px), local threads
+  default   kquant quantize, default mode (sample fit above 2^25 px), local threads
   exact     --mode exact (full colour histogram pass, then assign)
   threads1  default mode on a single thread (baseline for scaling)
   cluster1  default mode on a LocalCluster of 1 worker x 1 thread

@@ -89,7 +89,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restarts", type=int, default=None, help="extra k-means++ restarts")
     p.add_argument("--mode", choices=("auto", "exact", "sample"), default="auto",
                    help="fit on every pixel's colour histogram (exact, a second pass) or on a "
-                        "bounded sample of tiles (sample); auto: exact up to 2^27 pixels")
+                        "bounded sample of tiles (sample); auto: exact up to 2^25 pixels")
     p.add_argument("--address", default=None,
                    help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)")
     p.add_argument("--max-pixels", type=_positive_int, default=None,

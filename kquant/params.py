@@ -16,7 +16,7 @@ DEFAULT_RESTARTS = 4
 #: the pixels); "sample" fits on a bounded sample read from a subset of tiles; "auto" is
 #: exact up to EXACT_MAX_PIXELS and sample above.
 MODES = ("auto", "exact", "sample")
-EXACT_MAX_PIXELS = 1 << 27
+EXACT_MAX_PIXELS = 1 << 25
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
