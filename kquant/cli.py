@@ -244,7 +244,21 @@ def _demo(args) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """Keep stderr to our one line: library warnings and log chatter only with KQUANT_DEBUG."""
+    import logging
+    import warnings
+
+    if os.environ.get("KQUANT_DEBUG"):
+        return
+    warnings.simplefilter("ignore")
+    for name in ("tifffile", "imageio", "PIL", "zarr", "numcodecs", "distributed", "fsspec",
+                 "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     args = build_parser().parse_args(argv)
     handler = {"quantize": _quantize, "decode": _decode, "info": _info, "demo": _demo}[args.command]
     try:

@@ -12,6 +12,7 @@ grey + alpha, RGBA        composited over ``background`` (white by default):
 bool (bilevel)            False -> 0, True -> 255
 uint16                    ``round(v / 257)`` (65535 -> 255), after compositing
 float                     values must be finite and within [0, 1]: ``round(v * 255)``
+                          (in float64, half to even)
 palette                   expanded through the palette by the reader, then as above
 CMYK (JPEG)               converted to RGB by the decoder (Pillow)
 anything else             rejected with :class:`~kquant.errors.InputError`

@@ -29,6 +29,9 @@ from .errors import ImageTooLargeError, InputError
 
 #: Default limit on the pixels an image header may claim (about 4.3 gigapixels).
 DEFAULT_MAX_PIXELS = 2**32
+#: Default limit for formats that are decoded whole in memory (PNG, JPEG, ...): 2**28
+#: pixels is 0.8 GB of RGB. Tiled TIFF and zarr are read tile by tile and have no such limit.
+DEFAULT_MAX_DECODED_PIXELS = 2**28
 #: Default chunk edge in pixels.
 DEFAULT_CHUNK = 2048
 
@@ -152,14 +155,20 @@ def _sniff(path: str) -> str:
     raise InputError(f"{path} is not a recognised image (PNG, JPEG, BMP, GIF, WebP, PNM, TIFF or zarr)")
 
 
-def _check_size(path: str, height: int, width: int, max_pixels: int | None) -> None:
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+def _check_size(path: str, height: int, width: int, max_pixels: int | None, *,
+                whole: bool = False) -> None:
+    if max_pixels is not None:
+        limit = int(max_pixels)
+    else:
+        limit = DEFAULT_MAX_DECODED_PIXELS if whole else DEFAULT_MAX_PIXELS
     if height <= 0 or width <= 0:
         raise InputError(f"{path} has an empty image ({height}x{width})")
     if height * width > limit:
+        hint = ("; this format is decoded whole in memory: convert it to a tiled TIFF"
+                if whole and max_pixels is None else "")
         raise ImageTooLargeError(
             f"{path} claims {height}x{width} = {height * width} pixels, above the limit of "
-            f"{limit} (raise it with --max-pixels / KQUANT_MAX_PIXELS)"
+            f"{limit} (raise it with --max-pixels / KQUANT_MAX_PIXELS){hint}"
         )
 
 
@@ -192,6 +201,41 @@ _PIL_DIRECT = {"1", "L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N",
 _PIL_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV"}
 
 
+def _check_png_chunks(path: str) -> None:
+    """Verify every PNG chunk's CRC (Pillow does not check IDAT's); stream, O(file size).
+
+    Raises
+    ------
+    InputError
+        On a bad CRC, or a file that ends inside a chunk.
+    """
+    import zlib
+
+    with _open(path) as fh:
+        fh.read(8)
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise InputError(f"{path} is truncated (no IEND chunk)")
+            length = int.from_bytes(head[:4], "big")
+            tag = head[4:]
+            crc = zlib.crc32(tag)
+            left = length
+            while left:
+                part = fh.read(min(left, 1 << 20))
+                if not part:
+                    raise InputError(f"{path} is truncated inside a {tag.decode('latin-1')} chunk")
+                crc = zlib.crc32(part, crc)
+                left -= len(part)
+            stored = fh.read(4)
+            if len(stored) < 4:
+                raise InputError(f"{path} is truncated inside a {tag.decode('latin-1')} chunk")
+            if int.from_bytes(stored, "big") != crc:
+                raise InputError(f"{path} is corrupt: bad CRC in a {tag.decode('latin-1')} chunk")
+            if tag == b"IEND":
+                return
+
+
 def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
     from PIL import Image
 
@@ -199,7 +243,7 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
         with _open(path) as fh, Image.open(fh) as im:
             # the header is parsed; no pixel has been decoded yet
             w, h = im.size
-            _check_size(path, h, w, max_pixels)
+            _check_size(path, h, w, max_pixels, whole=True)
             mode, fmt = im.mode, im.format or "?"
             n_frames = getattr(im, "n_frames", 1)
             exif = im.getexif()
@@ -213,6 +257,8 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
     if n_frames > 1:
         raise InputError(f"{path} is an animated or multi-frame {fmt} ({n_frames} frames); "
                          "kquant reads single images")
+    if fmt == "PNG":
+        _check_png_chunks(path)
     if mode not in _PIL_DIRECT and mode not in _PIL_TO_RGB:
         raise InputError(f"{path}: unsupported {fmt} pixel mode {mode!r}")
     if orientation not in range(1, 9):
