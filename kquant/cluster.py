@@ -1,11 +1,24 @@
-"""Where dask work runs: an existing scheduler, or the embedded local default."""
+"""Where dask work runs: an existing scheduler, or the embedded local default.
+
+The embedded default is dask's local threads: measured on this project's 2-core machine,
+a LocalCluster was never faster (process start-up, and each worker builds its own lookup
+table), see bench/README.md. An address (argument or ``DASK_SCHEDULER_ADDRESS``) runs the
+same graphs on that cluster.
+
+The client is kept in a context variable, never installed as dask's process-wide default,
+so concurrent runs in one process (threads of a Prefect or dask worker) do not see each
+other's clients.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 
 ENV_ADDRESS = "DASK_SCHEDULER_ADDRESS"
+
+_client: contextvars.ContextVar = contextvars.ContextVar("kquant_dask_client", default=None)
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -15,7 +28,7 @@ def resolve_address(address: str | None) -> str | None:
 
 @contextlib.contextmanager
 def scheduler(address: str | None = None):
-    """Run the dask work inside on a cluster (``address``) or on local threads.
+    """Run the kquant work inside on a cluster (``address``) or on local threads.
 
     Yields the :class:`distributed.Client` when connected to a cluster, else None.
 
@@ -24,48 +37,50 @@ def scheduler(address: str | None = None):
     KquantError
         If the scheduler cannot be reached.
     """
-    import dask
-
     from .errors import KquantError
 
     address = resolve_address(address)
     if not address:
-        with dask.config.set(scheduler="threads"):
+        token = _client.set(None)
+        try:
             yield None
+        finally:
+            _client.reset(token)
         return
     from distributed import Client
 
     try:
-        client = Client(address, timeout="15s", set_as_default=True)
+        client = Client(address, timeout="15s", set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise KquantError(f"cannot reach dask scheduler {address}: {exc}") from None
+    token = _client.set(client)
     try:
         yield client
     finally:
+        _client.reset(token)
         client.close()
 
 
 def compute(*collections, progress: bool = False):
-    """``dask.compute`` on the active scheduler, with an optional progress bar on stderr."""
+    """Compute dask collections on this context's cluster, or on local threads.
+
+    With ``progress`` a progress bar goes to stderr.
+    """
     import sys
 
     import dask
 
-    if progress:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
-        if client is None:
+    client = _client.get()
+    if client is None:
+        if progress:
             from dask.diagnostics import ProgressBar
 
             with ProgressBar(out=sys.stderr, minimum=1.0):
-                return dask.compute(*collections)
+                return dask.compute(*collections, scheduler="threads")
+        return dask.compute(*collections, scheduler="threads")
+    futures = client.compute(list(collections))
+    if progress:
         from distributed import progress as dist_progress
 
-        futures = client.compute(list(collections))
         dist_progress(futures)
-        return tuple(client.gather(futures))
-    return dask.compute(*collections)
+    return tuple(client.gather(futures))

@@ -254,6 +254,7 @@ def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
     centers : ndarray (k, 3) float64
     inertia : float
     """
+    import dask
     import dask.array as da
     from dask_ml.cluster import KMeans
 
@@ -268,7 +269,9 @@ def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
     tol_abs = tol * float(np.mean(np.var(x, axis=0)))
     xd = da.from_array(x, chunks=(32768, 3))
     km = KMeans(n_clusters=k, init=init, max_iter=max_iter, tol=tol_abs, random_state=seed)
-    km.fit(xd)
+    # a sample is small: fit it in this thread, whatever scheduler the caller has around
+    with dask.config.set(scheduler="sync"):
+        km.fit(xd)
     centers = np.asarray(km.cluster_centers_, np.float64)
     labels, dist = _labels_and_dist(x, centers)
     mass = np.bincount(labels, minlength=k).astype(np.float64)

@@ -194,7 +194,7 @@ def check_target(target: str | os.PathLike, *, overwrite: bool) -> str:
     """
     uri = uri_mod.normalise(target)
     if _exists(uri) and not overwrite:
-        raise TargetExistsError(f"{uri} exists (use --overwrite to replace it)")
+        raise TargetExistsError(f"{uri} exists (use --overwrite, or overwrite=True, to replace it)")
     if not uri_mod.is_remote(uri) and not os.path.isdir(os.path.dirname(uri)):
         raise StoreError(f"folder {os.path.dirname(uri)} does not exist")
     return uri
@@ -306,7 +306,7 @@ class StoreWriter:
         from zarr.codecs import ZstdCodec
 
         if not self.overwrite and _exists(self.target):  # appeared since check_target
-            raise TargetExistsError(f"{self.target} exists (use --overwrite to replace it)")
+            raise TargetExistsError(f"{self.target} exists (use --overwrite, or overwrite=True, to replace it)")
         group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="w-", zarr_format=3)
         group.attrs["kquant"] = self.meta.to_json()
         pal = group.create_array("palette", shape=self.palette.shape, dtype="uint8",

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 import kquant
-from conftest import photo_like
+from helpers import photo_like
 
 
 def run(*args, cwd=None, env=None):

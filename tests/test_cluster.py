@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 import kquant
-from conftest import photo_like
+from helpers import photo_like
 from kquant import QuantizeParams
 
 pytestmark = pytest.mark.slow

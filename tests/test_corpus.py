@@ -23,7 +23,7 @@ import tifffile
 from PIL import Image, ImageOps
 
 import kquant
-from conftest import photo_like
+from helpers import photo_like
 
 MEMORY_CAP = 3 * 2**30  # address-space cap for each refused run
 TIME_CAP = 60.0

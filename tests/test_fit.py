@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import photo_like
+from helpers import photo_like
 from kquant import fit, histogram
 from oracles import pixel_lloyd
 

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 import kquant
-from conftest import photo_like
+from helpers import photo_like
 from kquant import QuantizeParams, lut, pipeline, sampling
 from oracles import nearest_oracle
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kquant
-from conftest import photo_like
+from helpers import photo_like
 from kquant import QuantizeParams, packing
 from oracles import nearest_oracle
 

@@ -9,7 +9,7 @@ import zarr
 from PIL import Image, ImageOps
 
 import kquant
-from conftest import photo_like
+from helpers import photo_like
 from kquant import convert, readers
 from kquant.errors import ImageTooLargeError, InputError
 

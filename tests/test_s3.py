@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 import kquant
-from conftest import photo_like
+from helpers import photo_like
 from kquant import QuantizeParams, pipeline
 from kquant.errors import KquantError
 from oracles import nearest_oracle
@@ -53,12 +53,16 @@ def s3(tmp_path_factory):
                 time.sleep(0.2)
         import s3fs
 
+        s3fs.S3FileSystem.clear_instance_cache()  # no connection of an earlier server
         fs = s3fs.S3FileSystem(skip_instance_cache=True)
         fs.mkdir("kqtest")
         yield fs
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -189,21 +189,3 @@ def prefect_stack(tmp_path_factory):
     finally:
         stop_tree(proc, timeout=8)
         log.close()
-
-
-def pytest_plugin_registered(plugin, manager):
-    """Leave the module name ``conftest`` to tests/conftest.py.
-
-    pytest imports every conftest.py outside a package as the module
-    ``conftest``, the last one loaded winning; the core tests do ``from conftest
-    import photo_like`` and would find this file instead (their modules are
-    collected after this folder). Once this file is registered, re-bind the name
-    to the core conftest that pytest loaded.
-    """
-    if getattr(plugin, "__file__", None) != __file__:
-        return
-    core = str(REPO / "tests" / "conftest.py")
-    for other in manager.get_plugins():
-        if getattr(other, "__file__", None) == core:
-            sys.modules["conftest"] = other
-            return
