@@ -179,6 +179,8 @@ def quantize_batch(
     preview: bool = True,
     settle_seconds: float = 10.0,
     max_pixels: int | None = None,
+    mode: str = "auto",
+    shard: int | None = None,
 ) -> dict:
     """Quantize every image in ``inbox`` matching ``pattern`` into ``outbox``, skipping done ones.
 
@@ -200,6 +202,8 @@ def quantize_batch(
         Ignore files modified less than this long ago (still arriving).
     max_pixels : int, optional
         Refuse images whose header claims more pixels.
+    mode, shard
+        As for ``quantize-image``.
 
     Returns
     -------
@@ -213,7 +217,7 @@ def quantize_batch(
     t0 = time.perf_counter()
     try:
         tasks.sanitise_scheduler_env()
-        params = tasks.make_params(k, seed, sample_size, chunk, restarts).to_json()
+        params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard).to_json()
         images = list_images(inbox, pattern, settle_seconds, logger)
         if "{{" in str(outbox):
             raise InputError(f"outbox is not set ({outbox}): set KQUANT_OUTBOX when deploying, "

@@ -39,6 +39,8 @@ def quantize_image(
     preview: bool = True,
     address: str | None = None,
     max_pixels: int | None = None,
+    mode: str = "auto",
+    shard: int | None = None,
 ) -> dict:
     """Quantize ``source`` (image file or zarr array) into a kquant store at ``target``.
 
@@ -58,6 +60,11 @@ def quantize_image(
         the deployment's job variables), else local threads.
     max_pixels : int, optional
         Refuse images whose header claims more pixels.
+    mode : {"auto", "exact", "sample"}
+        Fit on the exact colour histogram or on a bounded sample of tiles
+        ("auto": exact up to 2**25 pixels).
+    shard : int, optional
+        Shard edge in pixels (whole chunks) for the labels array.
 
     Returns
     -------
@@ -72,7 +79,7 @@ def quantize_image(
     try:
         tasks.sanitise_scheduler_env()
         address = tasks.clean_address(address)
-        params = tasks.make_params(k, seed, sample_size, chunk, restarts).to_json()
+        params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard).to_json()
         t0 = time.perf_counter()
         target = tasks.canonical(target)
         try:  # fail before any work: an existing target, a missing folder

@@ -185,8 +185,10 @@ def preview_path(target: str | os.PathLike) -> str:
     return f"{head}/{stem}-preview.png"
 
 
-def make_params(k: int, seed: int, sample_size: int, chunk: int | None, restarts: int) -> QuantizeParams:
-    return QuantizeParams(k=k, seed=seed, sample_size=sample_size, chunk=chunk, restarts=restarts)
+def make_params(k: int, seed: int, sample_size: int, chunk: int | None, restarts: int,
+                mode: str = "auto", shard: int | None = None) -> QuantizeParams:
+    return QuantizeParams(k=k, seed=seed, sample_size=sample_size, chunk=chunk, restarts=restarts,
+                          mode=mode, shard=shard)
 
 
 def store_status(target: str | os.PathLike) -> str:

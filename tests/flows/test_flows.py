@@ -338,3 +338,23 @@ def test_batch_outbox_inside_the_inbox_is_not_reprocessed(harness, tmp_path):
     assert second.result()["processed"] == [] and second.result()["skipped"] == ["tile-00.png"]
     same = quantize_batch(**dict(kw, outbox=str(inbox)), return_state=True)
     assert same.is_failed() and "outbox and inbox are the same folder" in same.message
+
+
+def test_mode_and_shard_reach_the_store(harness, tmp_path):
+    """The flow passes the fit mode and sharding to the library."""
+    import imageio.v3 as iio
+    import numpy as np
+    import zarr
+
+    import kquant
+    from flows.quantize import quantize_image
+
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "m.png", img)
+    out = quantize_image(str(tmp_path / "m.png"), str(tmp_path / "m.kquant"), k=8, restarts=0,
+                         chunk=32, shard=64, mode="sample", preview=False)
+    st = kquant.open_store(out["target"])
+    assert st.meta.params["mode"] == "sample" and st.meta.shard_rows == 64
+    assert zarr.open_array(out["target"], path="labels").shards is not None
+    st.verify()
