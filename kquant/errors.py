@@ -33,6 +33,12 @@ class StoreError(KquantError):
     """A path is not a kquant store, or the store is damaged."""
 
 
+class NoSpaceError(StoreError):
+    """The device holding the store ran out of space (or quota) during the write."""
+
+    exit_code = 1
+
+
 class IncompleteStoreError(StoreError):
     """The store was not completed by the pipeline (crashed or still being written)."""
 

@@ -1,8 +1,9 @@
 """One writer per target: a lock file beside the store, naming its holder.
 
-``TARGET`` is locked by creating ``.TARGET-NAME.kquant-lock`` next to it with
-``O_CREAT | O_EXCL`` (atomic on local filesystems); the file holds the holder's host,
-pid and start time. A second run fails at once with a message naming the holder. A lock
+``TARGET`` is locked by creating ``.TARGET-NAME.kquant-lock`` next to it: the holder's
+host, pid and start time are written to a private file that is then hard-linked to that
+name (atomic, and refused if the lock exists; ``O_CREAT | O_EXCL`` where hard links are
+not supported), so a crash or a full disk never leaves an empty lock. A second run fails at once with a message naming the holder. A lock
 left by a process that died (same host, pid gone) is broken and taken over. The lock is
 re-entrant within a process, so the pipeline can hold it for a whole run while the store
 writer takes it again.
@@ -14,6 +15,7 @@ On object storage the lock object is created with a conditional PUT
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -21,7 +23,7 @@ import threading
 import time
 
 from . import uri as uri_mod
-from .errors import TargetLockedError
+from .errors import NoSpaceError, TargetLockedError
 
 _held: dict[str, int] = {}
 _held_lock = threading.Lock()
@@ -48,12 +50,43 @@ def _describe(info: dict) -> str:
 
 
 def _create_local(path: str, payload: bytes) -> bool:
+    # the holder's record is written to a private file first, then hard-linked into place
+    # (atomic, fails if the lock exists): a crash or a full disk never leaves an empty lock
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:  # no hard links here: exclusive create of the lock itself
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            return _create_exclusive(path, payload)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(f"no space left on the device of {path} to take the lock "
+                               f"({os.strerror(exc.errno)})") from None
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _create_exclusive(path: str, payload: bytes) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(payload)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+    except BaseException:
+        os.unlink(path)
+        raise
     return True
 
 

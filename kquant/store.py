@@ -15,6 +15,7 @@ status is not ``complete``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import os
@@ -27,7 +28,8 @@ import numpy as np
 
 from . import packing
 from . import uri as uri_mod
-from .errors import IncompleteStoreError, ParameterError, StoreError, TargetExistsError
+from .errors import (IncompleteStoreError, NoSpaceError, ParameterError, StoreError,
+                     TargetExistsError)
 
 FORMAT = "kquant-store"
 FORMAT_VERSION = 1
@@ -295,11 +297,18 @@ class StoreWriter:
         locking.acquire(self.target)
         try:
             self._create()
-        except BaseException:
+        except BaseException as exc:
             self.abort()
             locking.release(self.target)
+            self._raise_if_no_space(exc)
             raise
         return self
+
+    def _raise_if_no_space(self, exc: BaseException | None) -> None:
+        """A full disk (or quota) becomes one clear line instead of an unexpected OSError."""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(f"no space left on the device of {self.target} "
+                               f"({os.strerror(exc.errno)}); the partial store was removed") from exc
 
     def _create(self) -> None:
         import zarr
@@ -326,6 +335,7 @@ class StoreWriter:
         try:
             if exc_type is not None:
                 self.abort()
+                self._raise_if_no_space(exc)
         finally:
             locking.release(self.target)
 

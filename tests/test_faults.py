@@ -1,0 +1,479 @@
+"""Faults injected into real processes, killed by PID (issue 6, items 2, 3 and 5).
+
+* kill -9 of the CLI during the fit and during the write pass, then a rerun;
+* kill -9 of one `dask worker` process while the write pass runs on a real cluster;
+* two CLI processes writing the same target at once;
+* Ctrl-C (SIGINT) of the CLI;
+* a full disk (a small tmpfs mounted for the test) in the middle of the write pass.
+
+In every case no complete-looking store may be left that the run did not finish, and
+every finished store must be byte-identical to a clean run's. ``FAULTS`` counts the
+faults injected and the stores found complete that should not be (printed at the end
+with ``-s``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+import kquant
+from kquant import locking
+from kquant.errors import IncompleteStoreError, StoreError
+from kquant.store import read_meta
+
+DASK = str(Path(sys.executable).parent / "dask")
+REPO = Path(__file__).resolve().parents[1]
+#: Parameters of every run here: a 4096 x 4096 image, exact fit, 64 write blocks.
+#: A run lasts about 10 s on 2 cores: ~6 s of reading and fitting, then ~3-4 s of writing.
+ARGS = ("-k", "16", "--restarts", "0", "--seed", "3")
+TILES = 8  # of 512 x 512 px
+
+FAULTS: collections.Counter = collections.Counter()
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    env.pop("KQUANT_DEBUG", None)
+    return env
+
+
+def spawn(log_dir: Path, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start ``kquant ARGS`` in its own session (stdout/stderr to files in ``log_dir``)."""
+    out = open(log_dir / f"{name}.out", "wb")
+    err = open(log_dir / f"{name}.err", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "kquant", *map(str, args)], stdout=out,
+                            stderr=err, env=env or _env(), start_new_session=True, cwd=log_dir)
+    out.close()
+    err.close()
+    proc.stderr_path = log_dir / f"{name}.err"
+    return proc
+
+
+def stderr_of(proc) -> str:
+    return proc.stderr_path.read_text(errors="replace")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a process started by :func:`spawn` (its whole group) if it is still alive."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
+def quantize_cli(src, target, *extra, timeout=300, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kquant", "quantize", str(src), str(target),
+                           *ARGS, *extra], capture_output=True, text=True, timeout=timeout,
+                          env=env or _env())
+
+
+def tmp_dirs(target: Path) -> list[Path]:
+    return sorted(target.parent.glob(f".{target.name}.kquant-tmp-*"))
+
+
+def chunk_files(root: Path) -> int:
+    return sum(1 for p in (root / "labels").rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None,
+               interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n"
+                                 + stderr_of(proc)[-2000:])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_write_pass(proc, target: Path, timeout: float = 180) -> Path:
+    """Poll until the hidden temporary store of ``target`` holds at least one label chunk."""
+    def writing():
+        for d in tmp_dirs(target):
+            try:
+                if chunk_files(d) >= 1:
+                    return d
+            except FileNotFoundError:
+                pass
+        return None
+
+    return wait_until(writing, timeout, f"the write pass of {target.name}", proc)
+
+
+def assert_nothing_complete(target: Path, *, kind: str) -> None:
+    """No store at ``target`` that opens as complete; every temporary store says ``writing``."""
+    bad = 0
+    if target.exists():
+        try:
+            kquant.open_store(target)
+            bad += 1
+        except (IncompleteStoreError, StoreError):
+            pass
+    for d in tmp_dirs(target):
+        if (d / "zarr.json").exists() and read_meta(d).status != "writing":
+            bad += 1
+    for d in target.parent.iterdir():  # nothing else complete-looking beside it either
+        if d.is_dir() and d.name.startswith(f".{target.name}") and (d / "zarr.json").exists():
+            if read_meta(d).complete:
+                bad += 1
+    FAULTS[f"complete-but-should-not ({kind})"] += bad
+    FAULTS["complete-but-should-not"] += bad
+    assert bad == 0, f"{bad} complete-looking store(s) left after {kind}"
+    assert not target.exists() or read_meta(target).status != "complete"
+
+
+def lock_holder(target: Path) -> dict:
+    return json.loads(Path(locking.lock_path(str(target))).read_text() or "{}")
+
+
+def assert_clean_finish(target: Path, reference: Path) -> None:
+    """A complete store, verified by the CLI, byte-identical to the clean run's; no lock left."""
+    assert files(target) == files(reference), "store differs from the clean run's"
+    p = subprocess.run([sys.executable, "-m", "kquant", "info", "--verify", str(target)],
+                       capture_output=True, text=True, timeout=120, env=_env())
+    assert p.returncode == 0 and "checksum verified" in p.stdout, p.stderr
+    assert not os.path.exists(locking.lock_path(str(target)))
+
+
+def one_error_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{text}"
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- inputs
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A 4096 x 4096 tiled TIFF of photo tiles with 4 bits per channel (a fast exact fit)."""
+    import tifffile
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from make_mosaic import TILE, tiles
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    path = tmp_path_factory.mktemp("faults-src") / "mosaic.tif"
+    tifffile.imwrite(path, (t & 0xF0 for t in tiles(TILES, TILES, seed=6)),
+                     shape=(TILES * TILE, TILES * TILE, 3), dtype=np.uint8, tile=(TILE, TILE),
+                     photometric="rgb", compression="zlib")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(source, tmp_path_factory) -> Path:
+    """The clean run's store."""
+    target = tmp_path_factory.mktemp("faults-ref") / "clean.kq"
+    p = quantize_cli(source, target)
+    assert p.returncode == 0, p.stderr
+    return target
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    print("\nfault injection (tests/test_faults.py):",
+          json.dumps(dict(sorted(FAULTS.items())), indent=1))
+
+
+# --------------------------------------------------------------------------- 1. kill -9 of the CLI
+
+@pytest.mark.slow
+def test_kill9_cli_during_fit_then_during_write_then_rerun(source, reference, tmp_path):
+    target = tmp_path / "s.kq"
+    lock = Path(locking.lock_path(str(target)))
+
+    # run 1, killed during the fit: the lock is held, no temporary store exists yet
+    p1 = spawn(tmp_path, "run1", "quantize", source, target, *ARGS)
+    try:
+        wait_until(lock.exists, 120, "run 1 to take the lock", p1)
+        time.sleep(1.0)  # well inside the ~6 s read + fit
+        assert p1.poll() is None and not tmp_dirs(target), "expected run 1 to be fitting"
+        os.kill(p1.pid, signal.SIGKILL)
+        FAULTS["kill -9 CLI (fit)"] += 1
+        assert p1.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        stop(p1)
+    assert not target.exists() and not tmp_dirs(target)
+    assert lock_holder(target)["pid"] == p1.pid  # stale: its holder is dead
+    assert_nothing_complete(target, kind="kill -9 CLI during fit")
+
+    # run 2 takes the stale lock over, and is killed during the write pass
+    p2 = spawn(tmp_path, "run2", "quantize", source, target, *ARGS)
+    try:
+        tmp = wait_for_write_pass(p2, target)
+        assert lock_holder(target)["pid"] == p2.pid
+        os.kill(p2.pid, signal.SIGKILL)
+        FAULTS["kill -9 CLI (write)"] += 1
+        assert p2.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        stop(p2)
+    n_written = chunk_files(tmp)
+    assert 1 <= n_written < len([f for f in files(reference) if f.startswith("labels/c/")])
+    assert not target.exists()
+    assert read_meta(tmp).status == "writing"
+    with pytest.raises(IncompleteStoreError):
+        kquant.open_store(tmp)
+    assert_nothing_complete(target, kind="kill -9 CLI during write")
+
+    # run 3: takes the lock of the dead run 2 over and gives the clean run's store
+    p3 = quantize_cli(source, target)
+    assert p3.returncode == 0, p3.stderr
+    assert_clean_finish(target, reference)
+    # the dead run's temporary store is left as it was: hidden, and never complete
+    assert [read_meta(d).status for d in tmp_dirs(target)] == ["writing"]
+
+
+# --------------------------------------------------------------------------- 2. kill -9 of a dask worker
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1."""
+    from distributed import Client
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = tmp_path / "dask"
+    logs.mkdir()
+    env = _env()
+    sched = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                              "--no-dashboard"], stdout=open(logs / "s.log", "w"),
+                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    worker = subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
+                               "--no-dashboard", "--host", "127.0.0.1",
+                               "--local-directory", str(logs)],
+                              stdout=open(logs / "w.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True, env=env)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with Client(address, timeout="2s") as c:
+                    if len(c.scheduler_info()["workers"]) == 2:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("dask cluster did not start:\n" + (logs / "w.log").read_text())
+            time.sleep(0.5)
+        yield address, worker
+    finally:
+        _stop_group(worker)
+        _stop_group(sched)
+
+
+@pytest.mark.slow
+def test_kill9_dask_worker_during_write(source, reference, tmp_path, dask_cluster):
+    from distributed import Client
+
+    address, worker_group = dask_cluster
+    target = tmp_path / "c.kq"
+    proc = spawn(tmp_path, "cluster-run", "quantize", source, target, *ARGS, "--address", address)
+    try:
+        with Client(address, timeout="10s") as client:
+            pids = client.run(os.getpid)  # worker address -> pid of its worker process
+            wait_for_write_pass(proc, target)
+
+            def busy_writer():  # a worker with a write task in flight
+                for addr, keys in client.processing().items():
+                    if any("_assign_write_block" in str(k) for k in keys):
+                        return addr
+                return None
+
+            victim = wait_until(busy_writer, 60, "a worker running a write task", proc,
+                                interval=0.01)
+            pid = pids[victim]
+            # the worker process, not its nanny: a child of the `dask worker` command
+            assert pid != worker_group.pid
+            assert psutil.Process(pid).ppid() in {worker_group.pid} | {
+                c.pid for c in psutil.Process(worker_group.pid).children()}
+            os.kill(pid, signal.SIGKILL)
+            FAULTS["kill -9 dask worker (write)"] += 1
+            killed_during_run = proc.poll() is None
+            wait_until(lambda: not psutil.pid_exists(pid)
+                       or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30,
+                       "the worker to die")
+        rc = proc.wait(timeout=300)
+    finally:
+        stop(proc)
+    assert killed_during_run, "the run ended before the worker was killed"
+    err = stderr_of(proc)
+    if rc == 0:
+        # dask recomputed the lost tasks (each write task rewrites exactly one chunk)
+        FAULTS["dask worker kill -> completed identical"] += 1
+        assert_clean_finish(target, reference)
+    else:
+        FAULTS["dask worker kill -> failed cleanly"] += 1
+        assert one_error_line(err).startswith("kquant: error:")
+        assert_nothing_complete(target, kind="kill -9 dask worker")
+        assert not tmp_dirs(target)
+        assert not os.path.exists(locking.lock_path(str(target)))
+    assert not tmp_dirs(target)
+
+
+# --------------------------------------------------------------------------- 4. two writers at once
+
+@pytest.mark.slow
+def test_two_concurrent_cli_writers(source, reference, tmp_path):
+    target = tmp_path / "both.kq"
+    procs = [spawn(tmp_path, f"writer{i}", "quantize", source, target, *ARGS) for i in range(2)]
+    FAULTS["concurrent writers"] += 1
+    try:
+        # the loser stops at the lock, long before the winner has written anything
+        loser = wait_until(lambda: next((p for p in procs if p.poll() is not None), None), 120,
+                           "one writer to give up")
+        winner = next(p for p in procs if p is not loser)
+        assert winner.poll() is None, "both writers ended: no contention was seen"
+        assert loser.returncode == 2
+        line = one_error_line(stderr_of(loser))
+        assert line.startswith("kquant: error:") and "being written by another run" in line
+        assert f"pid {winner.pid} " in line and socket.gethostname() in line
+        assert winner.wait(timeout=300) == 0, stderr_of(winner)
+    finally:
+        for p in procs:
+            stop(p)
+    assert_clean_finish(target, reference)  # never mixed: exactly the clean run's bytes
+    assert not tmp_dirs(target)
+
+
+# --------------------------------------------------------------------------- 5. Ctrl-C
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["fit", "write"])
+def test_ctrl_c_exits_130_and_leaves_nothing(source, tmp_path, phase):
+    target = tmp_path / "i.kq"
+    lock = Path(locking.lock_path(str(target)))
+    proc = spawn(tmp_path, "interrupted", "quantize", source, target, *ARGS)
+    try:
+        if phase == "fit":
+            wait_until(lock.exists, 120, "the run to take the lock", proc)
+            time.sleep(1.0)
+            assert not tmp_dirs(target), "expected the run to be fitting"
+        else:
+            wait_for_write_pass(proc, target)
+        me = psutil.Process(proc.pid)
+        before = me.children(recursive=True)
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the foreground group
+        FAULTS[f"SIGINT CLI ({phase})"] += 1
+        rc = proc.wait(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        stop(proc)
+    assert rc == 130, stderr_of(proc)
+    assert seconds < 30, f"took {seconds:.1f} s to stop"
+    assert one_error_line(stderr_of(proc)) == "kquant: interrupted"
+    assert not target.exists() and not tmp_dirs(target) and not lock.exists()
+    orphans = [p for p in before if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not orphans, f"orphan processes: {orphans}"
+    # nothing left in the process's session either (children re-parented elsewhere)
+    left = [p for p in psutil.process_iter(["pid"]) if _sid(p.pid) == proc.pid]
+    assert not left, f"processes left in the run's session: {left}"
+    assert_nothing_complete(target, kind=f"SIGINT during {phase}")
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+# --------------------------------------------------------------------------- 6. full disk
+
+@pytest.fixture
+def small_tmpfs(tmp_path, reference):
+    """A tmpfs about half the size of the clean store, mounted for this test only."""
+    size = sum(len(b) for b in files(reference).values()) // 2
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode}): "
+                    "the full-disk test needs root or CAP_SYS_ADMIN")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_full_disk_mid_write_fails_in_one_line(source, tmp_path, small_tmpfs):
+    target = small_tmpfs / "full.kq"
+    FAULTS["full disk (write)"] += 1
+    p = quantize_cli(source, target)
+    assert p.returncode != 0
+    line = one_error_line(p.stderr)
+    assert line.startswith("kquant: error:") and "no space left" in line.lower(), line
+    assert "unexpected" not in line
+    assert not target.exists() and not tmp_dirs(target)
+    assert not os.path.exists(locking.lock_path(str(target)))
+    assert_nothing_complete(target, kind="full disk")
+    assert not [p for p in small_tmpfs.iterdir()], "the failed run left files on the full disk"
+
+
+@pytest.mark.slow
+def test_full_disk_before_start_leaves_no_lock(source, tmp_path, small_tmpfs):
+    """A disk already full: one line, and no empty lock that would block every later run."""
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as fh:
+        with pytest.raises(OSError):
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+    target = small_tmpfs / "full.kq"
+    FAULTS["full disk (start)"] += 1
+    p = quantize_cli(source, target)
+    assert p.returncode == 1
+    line = one_error_line(p.stderr)
+    assert line.startswith("kquant: error: no space left on the device"), line
+    assert sorted(x.name for x in small_tmpfs.iterdir()) == ["filler"]
+    filler.unlink()
+    with locking.hold(str(target)):  # the lock is free
+        assert lock_holder(target)["pid"] == os.getpid()
