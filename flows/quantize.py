@@ -98,7 +98,7 @@ def quantize_image(
             logger.info("palette taken from the cache (same source identity, k, seed, sample "
                         "size): no refit")
 
-        written = tasks.write_store(src, target, fit["palette"], params, overwrite,
+        written = tasks.write_store(src, target, fit, params, overwrite,
                                     max_pixels, address)
         timings["assign_write"] = written["seconds"]
         verified = tasks.verify_store(target, address)

@@ -31,6 +31,7 @@ import kquant
 from kquant import cluster, pipeline, shared, store
 from kquant import uri as kuri
 from kquant.errors import KquantError, StoreError
+from kquant.metrics import format_bytes
 from kquant.params import QuantizeParams
 from kquant.readers import ImageSource
 
@@ -235,6 +236,19 @@ def _palette(palette: list | dict) -> list:
     return palette["palette"] if isinstance(palette, dict) else palette
 
 
+def _fit_info(fit: list | dict):
+    """The FitResult of a fit task's JSON (what :func:`kquant.pipeline.write` records), or None."""
+    if not isinstance(fit, dict) or not fit.get("mode"):
+        return None
+    import numpy as np
+
+    from kquant.fit import FitResult
+
+    return FitResult(palette=np.asarray(fit["palette"], np.uint8), sse=fit["sse"],
+                     n_pixels=fit["n_pixels"], n_unique=fit["n_unique"], lossless=fit["lossless"],
+                     refined_from=fit.get("refined_from", "sample"), mode=fit["mode"])
+
+
 IO_RETRIES = dict(retries=2, retry_delay_seconds=1, retry_condition_fn=_not_user_error)
 
 
@@ -260,7 +274,7 @@ def _fit_json(result, seconds: float) -> dict:
     return {"palette": result.palette.tolist(), "sse": int(result.sse), "mse": float(result.mse),
             "n_pixels": int(result.n_pixels), "n_unique": int(result.n_unique),
             "lossless": bool(result.lossless), "refined_from": result.refined_from,
-            "seconds": round(seconds, 3)}
+            "mode": result.mode, "seconds": round(seconds, 3)}
 
 
 # --------------------------------------------------------------------------- tasks
@@ -312,17 +326,19 @@ def write_store(source: dict, target: str, palette: list | dict, params: dict,
                 address: str | None = None) -> dict:
     """Assign every pixel to the palette and write the store (atomically: temp dir + rename).
 
-    ``palette`` is a list of ``[r, g, b]`` or a fit result (its ``"palette"``).
+    ``palette`` is a list of ``[r, g, b]`` or a fit result (its ``"palette"``; its fit
+    mode is then recorded in the store's metrics, as the CLI does).
     """
     import numpy as np
 
+    fit_info = _fit_info(palette)
     palette = _palette(palette)
 
     t0 = time.perf_counter()
     with dask_address(address) as addr:
         meta = pipeline.write(source_from_json(source), target, np.asarray(palette, np.uint8),
                               QuantizeParams.from_json(params), overwrite=overwrite,
-                              max_pixels=max_pixels, address=addr)
+                              max_pixels=max_pixels, address=addr, fit_info=fit_info)
     seconds = time.perf_counter() - t0
     m = meta.metrics
     get_run_logger().info("wrote %s in %.2f s: PSNR %s, %.3f bits/px", canonical(target),
@@ -380,14 +396,6 @@ def write_preview(source: dict, palette: list | dict, out: str, params: dict,
 
 # --------------------------------------------------------------------------- reporting
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def palette_rows(palette: list, counts: list | None) -> list[dict]:
     """Rows of the palette table: entry, hex, RGB, share of pixels (%)."""
     total = sum(counts) if counts else 0
@@ -433,7 +441,7 @@ def markdown_report(s: dict) -> str:
         f"| source | `{s['source']}` ({s['height']} × {s['width']} px, {s['n_unique']:,} colours) |",
         f"| palette | {s['n_colors']} colours, labels packed at {s['bits']} bits/px |",
         f"| PSNR | {psnr} (MSE {s['mse']:.3f}) |",
-        f"| size | {_fmt_bytes(s['store_bytes'])}: {s['store_bits_per_pixel']:.3f} bits/px "
+        f"| size | {format_bytes(s['store_bytes'])}: {s['store_bits_per_pixel']:.3f} bits/px "
         f"(raw RGB: 24 bits/px) |",
         f"| fit | {fit} |",
         f"| timings | {steps}; total {t.get('total', 0):.2f} s |",
