@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import IncompleteStoreError, KquantError, ParameterError, TargetExistsError
+from .metrics import format_bytes
 
 EXIT_INCOMPLETE = 3
 
@@ -106,14 +107,6 @@ def _params(args):
                           restarts=DEFAULT_RESTARTS if args.restarts is None else args.restarts)
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _summary(result) -> str:
     m = result.meta.metrics
     psnr = "inf (lossless)" if m["psnr"] is None else f"{m['psnr']:.2f} dB"
@@ -122,7 +115,7 @@ def _summary(result) -> str:
         f"image      {result.meta.height} x {result.meta.width} px, {result.fit.n_unique} colours",
         f"palette    {result.meta.n_colors} colours ({result.meta.bits} bits/px)",
         f"quality    PSNR {psnr}, MSE {m['mse']:.3f}",
-        f"size       {_fmt_bytes(m['store_bytes'])} on disk, {m['store_bits_per_pixel']:.3f} bits/px",
+        f"size       {format_bytes(m['store_bytes'])} on disk, {m['store_bits_per_pixel']:.3f} bits/px",
         f"time       {result.timings['total']:.2f} s",
     ]
     if result.preview:
@@ -222,7 +215,7 @@ def _info(args) -> int:
               f"chunks {meta.chunk_rows} x {meta.chunk_cols} px")
         print(f"quality    PSNR {'inf (lossless)' if psnr is None else f'{psnr:.2f} dB'}, "
               f"MSE {m.get('mse', math.nan):.3f}")
-        print(f"size       {_fmt_bytes(m.get('store_bytes', 0))}, "
+        print(f"size       {format_bytes(m.get('store_bytes', 0))}, "
               f"{m.get('store_bits_per_pixel', math.nan):.3f} bits/px on disk")
         print(f"params     {json.dumps(meta.params, sort_keys=True)}")
     return 0

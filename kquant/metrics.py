@@ -28,3 +28,12 @@ def weighted_inertia(colours: np.ndarray, weights: np.ndarray, palette: np.ndarr
     """Sum over colours of weight x squared distance to the assigned palette entry."""
     diff = np.asarray(colours, np.float64) - np.asarray(palette, np.float64)[labels]
     return float(np.dot(np.asarray(weights, np.float64), (diff * diff).sum(axis=1)))
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for people: ``"512 B"``, ``"40.1 KiB"``, ``"1.3 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

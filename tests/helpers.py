@@ -12,3 +12,72 @@ def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
     b = 128 + 110 * np.sin(y / max(h, 1) * 5.0 - x / max(w, 1) * 2.0)
     img = np.stack([r, g, b], axis=2) + rng.normal(0, 6, (h, w, 3))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def moto_s3(log_dir, bucket: str):
+    """Context manager: a moto S3 server on 127.0.0.1, the environment pointing at it.
+
+    Yields an ``s3fs.S3FileSystem`` with ``bucket`` created. fsspec caches filesystem
+    instances with the endpoint they were made with: the cache is emptied at start and
+    end, so no instance outlives the server it points at. The server is stopped and the
+    environment restored on exit.
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def _run():
+        import os
+        import signal
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        from pathlib import Path
+
+        import s3fs
+
+        port = free_port()
+        log = Path(log_dir) / "moto.log"
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
+                                 "127.0.0.1", "-p", str(port)], stdout=open(log, "w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        endpoint = f"http://127.0.0.1:{port}"
+        keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_DEFAULT_REGION")
+        saved = {k: os.environ.get(k) for k in keys}
+        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                          AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            deadline = time.time() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(endpoint, timeout=1)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise RuntimeError("moto server did not start: " + log.read_text())
+                    time.sleep(0.2)
+            fs = s3fs.S3FileSystem(skip_instance_cache=True)
+            fs.mkdir(bucket)
+            yield fs
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return _run()

@@ -1,12 +1,8 @@
 """Sources and stores on S3-compatible object storage (moto's server on 127.0.0.1)."""
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -14,60 +10,17 @@ import pytest
 import tifffile
 
 import kquant
-from helpers import photo_like
+from helpers import moto_s3, photo_like
 from kquant import QuantizeParams, pipeline
 from kquant.errors import KquantError
 from oracles import nearest_oracle
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A moto S3 server on loopback, with the environment pointing at it."""
-    import urllib.request
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("moto server did not start: " + log.read_text())
-                time.sleep(0.2)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()  # no connection of an earlier server
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir("kqtest")
+    """A moto S3 server on loopback, with the environment pointing at it; bucket ``kqtest``."""
+    with moto_s3(tmp_path_factory.mktemp("moto"), "kqtest") as fs:
         yield fs
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_store_on_s3_round_trips(s3, photo_png):

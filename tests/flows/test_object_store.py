@@ -3,63 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from flowkit import photo, write_png
+from helpers import moto_s3
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on loopback, the environment pointing at it, a bucket ``kqflows``."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    import s3fs
-
-    # fsspec caches filesystem instances (with the endpoint they were made with): start
-    # and end with an empty cache, so no instance outlives the server it points at
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("moto server did not start: " + log.read_text())
-                time.sleep(0.2)
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir("kqflows")
+    with moto_s3(tmp_path_factory.mktemp("moto"), "kqflows") as fs:
         yield fs
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _artifacts(client, flow_run_id) -> dict:
