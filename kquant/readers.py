@@ -365,6 +365,22 @@ def _inspect_tiff(path: str, max_pixels: int | None) -> ImageSource:
 _tiff_lock = threading.Lock()
 
 
+def _decode_threads() -> int:
+    """Threads tifffile may decode tiles in.
+
+    maxworkers > 1 makes tifffile decode tiles in threads (asyncio.to_thread) instead of on
+    zarr's single event-loop thread, which all dask threads of a process share (tifffile
+    itself picks 1 below 3 cores). Inside a dask worker, its thread count: the worker's
+    share of the machine, so that N single-threaded workers use N cores, not N x cores.
+    """
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return max(2, os.cpu_count() or 2)
+
+
 @functools.lru_cache(maxsize=8)
 def _tiff_zarr(path: str, stamp: tuple[int, int]):
     """The level-0 zarr array of a TIFF's first series (one open file per process)."""
@@ -372,10 +388,7 @@ def _tiff_zarr(path: str, stamp: tuple[int, int]):
     import zarr
 
     fh = _open(path)  # kept open for the life of the process (one per file)
-    # maxworkers > 1 makes tifffile decode tiles in threads (asyncio.to_thread) instead of on
-    # zarr's single event-loop thread; tifffile picks 1 on machines with fewer than 3 cores.
-    workers = max(2, os.cpu_count() or 2)
-    store = tifffile.imread(fh, aszarr=True, series=0, level=0, maxworkers=workers)
+    store = tifffile.imread(fh, aszarr=True, series=0, level=0, maxworkers=_decode_threads())
     return zarr.open_array(store, mode="r")
 
 
