@@ -3,10 +3,11 @@
 ``TARGET`` is locked by creating ``.TARGET-NAME.kquant-lock`` next to it: the holder's
 host, pid and start time are written to a private file that is then hard-linked to that
 name (atomic, and refused if the lock exists; ``O_CREAT | O_EXCL`` where hard links are
-not supported), so a crash or a full disk never leaves an empty lock. A second run fails at once with a message naming the holder. A lock
-left by a process that died (same host, pid gone) is broken and taken over. The lock is
-re-entrant within a process, so the pipeline can hold it for a whole run while the store
-writer takes it again.
+not supported), so a crash or a full disk never leaves an empty lock. A second run fails
+at once with a message naming the holder. A lock left by a process that died (same host,
+pid gone) is broken and taken over, and the temporary stores that process left beside
+the target are removed. The lock is re-entrant within a process, so the pipeline can hold
+it for a whole run while the store writer takes it again.
 
 On object storage the lock object is created with a conditional PUT
 (``If-None-Match: *``) where the fsspec implementation supports exclusive creation.
@@ -127,6 +128,23 @@ def _remove(path: str) -> None:
         pass
 
 
+def _remove_leftovers(target: str) -> None:
+    """Remove the temporary stores a dead holder left beside a local ``target``.
+
+    Called only when a stale lock is taken over: a temporary store is written only under
+    the lock, so any left beside the target belongs to a run that died. Never complete.
+    """
+    if uri_mod.is_remote(target):
+        return
+    import glob
+    import shutil
+
+    head, _, name = target.rstrip("/").rpartition("/")
+    for tmp in glob.glob(f"{glob.escape(head)}/.{glob.escape(name)}.kquant-tmp-*"):
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def acquire(target: str) -> str:
     """Take the lock of ``target`` (re-entrant in this process); return the lock's path.
 
@@ -156,6 +174,7 @@ def acquire(target: str) -> str:
                                         f"({_describe(holder) if holder else 'unknown holder'}); "
                                         f"if that run is gone, delete {path}")
             _remove(path)  # its holder died: take over
+            _remove_leftovers(target)
         raise TargetLockedError(f"{target} is locked ({path})")
 
 

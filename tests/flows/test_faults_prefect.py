@@ -19,7 +19,7 @@ import psutil
 import pytest
 from flowkit import wait_for
 
-import test_faults as tf  # helpers of tests/test_faults.py (a plain import of tests/)
+import faultkit as tf
 
 pytestmark = pytest.mark.slow
 
@@ -145,8 +145,10 @@ def test_kill9_prefect_worker_and_flow_process_then_rerun(prefect_stack, fault_d
             assert state3 == "COMPLETED", (tmp_path / "worker2.log").read_text()[-3000:]
             assert _state(client, run1.id) != "COMPLETED"
         tf.assert_clean_finish(target, reference)
+        assert not tf.tmp_dirs(target)  # the killed runs' temporary stores were removed
         print(f"\nPrefect faults: flow-run process alive after its worker's kill -9: "
-              f"{flow1_alive_after_worker}; killed run states: {_state_names(prefect_stack, run1, run2)}")
+              f"{flow1_alive_after_worker}; killed run states: {_state_names(prefect_stack, run1, run2)}; "
+              f"counts: {dict(sorted(tf.FAULTS.items()))}")
     finally:
         stop_tree = type(prefect_stack).__init__.__globals__["stop_tree"]  # tests/flows/conftest.py
         for w in workers:
