@@ -4,7 +4,7 @@ Layout (see ``docs/format.md``)::
 
     STORE/                 zarr v3 group, attributes {"kquant": StoreMeta}
       palette              (n, 3) uint8, one chunk
-      labels               (H, ceil(W * bits / 8)) uint8, packed rows, zstd level 3
+      labels               (H, ceil(W * bits / 8)) uint8, packed rows, zstd (level 17 up to 16 Mpx, else 3)
 
 A store is written under a hidden sibling name and moved into place by one
 rename after every chunk and the final attributes (``status: "complete"`` and
@@ -37,6 +37,17 @@ PACKING = "row-major; each row packed MSB-first at `bits` bits per pixel and pad
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"
 ZSTD_LEVEL = 3
+#: zstd level of images up to :data:`ZSTD_SMALL_PIXELS` pixels: 17 uses zstd's
+#: optimal parsing ("btultra") and makes the labels 8-12 % smaller than level 3
+#: (smaller than pngquant's PNGs, bench/quality) at ~7 MB/s of packed labels;
+#: larger images keep level 3 (~300 MB/s), where writing time matters more.
+ZSTD_LEVEL_SMALL = 17
+ZSTD_SMALL_PIXELS = 1 << 24
+
+
+def zstd_level(n_pixels: int) -> int:
+    """zstd level of the labels of an image of ``n_pixels`` pixels (readers need not know it)."""
+    return ZSTD_LEVEL_SMALL if n_pixels <= ZSTD_SMALL_PIXELS else ZSTD_LEVEL
 
 
 def _version() -> str:
@@ -326,7 +337,8 @@ class StoreWriter:
             shape=(self.meta.height, packing.packed_width(self.meta.width, self.meta.bits)),
             dtype="uint8", chunks=self.meta.packed_chunks, shards=self.meta.packed_shards,
             fill_value=0,
-            compressors=ZstdCodec(level=ZSTD_LEVEL), dimension_names=("y", "packed_x"))
+            compressors=ZstdCodec(level=zstd_level(self.meta.height * self.meta.width)),
+            dimension_names=("y", "packed_x"))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         from . import locking
