@@ -455,7 +455,7 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
 
 
 def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = None,
-                     coords: np.ndarray | None = None):
+                     coords: np.ndarray | None = None, heavy: float | None = None):
     """Merge colours into cells of ``bits`` bits per RGB channel, each at its weighted mean.
 
     For any centre, the cost of a cell's pixels is ``W |m - c|^2`` plus a constant
@@ -470,19 +470,32 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
         Bits per channel of the cells (default :data:`COARSE_BITS`).
     coords : ndarray (n, 3), optional, keyword-only
         Coordinates to average (default ``rgb``; e.g. OKLab coordinates).
+    heavy : float, optional, keyword-only
+        Cells holding more than this fraction of the pixels are split into
+        cells of ``bits + 2`` bits: a dense region (a dark sky, a white page)
+        must be able to hold several centres already at the coarse level.
 
     Returns
     -------
     points : ndarray (m, 3) float64
     weights : ndarray (m,) float64
     """
-    shift = 8 - int(COARSE_BITS if bits is None else bits)
-    q = np.asarray(rgb, np.int64) >> shift
+    b = int(COARSE_BITS if bits is None else bits)
+    q = np.asarray(rgb, np.int64) >> (8 - b)
     cell = (q[:, 0] << 16) | (q[:, 1] << 8) | q[:, 2]
-    _, inv = np.unique(cell, return_inverse=True)
-    w = np.bincount(inv, weights=np.asarray(counts, np.float64))
-    pf = np.asarray(rgb if coords is None else coords, np.float64)
     cw = np.asarray(counts, np.float64)
+    _, inv = np.unique(cell, return_inverse=True)
+    if heavy is not None and b < 8:
+        w = np.bincount(inv, weights=cw)
+        dense = w[inv] > heavy * cw.sum()
+        if dense.any():
+            fine = min(8, b + 2)
+            qf = np.asarray(rgb[dense], np.int64) >> (8 - fine)
+            # fine cells get codes above every coarse one
+            cell[dense] = (1 << 24) + ((qf[:, 0] << 16) | (qf[:, 1] << 8) | qf[:, 2])
+            _, inv = np.unique(cell, return_inverse=True)
+    w = np.bincount(inv, weights=cw)
+    pf = np.asarray(rgb if coords is None else coords, np.float64)
     pts = np.stack([np.bincount(inv, weights=cw * pf[:, j]) for j in range(3)], axis=1)
     return pts / w[:, None], w
 
@@ -534,6 +547,8 @@ def swap_moves(x: np.ndarray, w: np.ndarray, centers: np.ndarray, inertia: float
 SAMPLE_FIT_MIN_PIXELS = 1 << 23
 #: Channel bits of the coarse histogram used for seeding, restarts and swap moves.
 COARSE_BITS = 5
+#: Coarse cells holding more than HEAVY_CELL / K of the pixels are split finer.
+HEAVY_CELL = 0.25
 SAMPLE_FIT_MODES = ("auto", "always", "never")
 #: Lloyd iterations after each swap trial before it is judged (random-swap style).
 SWAP_TRIAL_ITER = 4
@@ -664,7 +679,7 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
 
     x = colorspace.from_rgb(rgb, space)
     w = counts.astype(np.float64)
-    xc, wc = coarse_histogram(rgb, counts, coords=x)
+    xc, wc = coarse_histogram(rgb, counts, coords=x, heavy=HEAVY_CELL / k)
     if len(xc) <= 2 * k:  # too few cells to seed from: seed on the colours themselves
         xc, wc = x, w
     seeds = []

@@ -119,3 +119,19 @@ def test_target_psnr_lossless_when_few_colours():
     colours, counts = _hist(img)
     res, met = fit.fit_for_psnr(None, colours, counts, 60.0, k_max=256, seed=0)
     assert met and res.lossless and len(res.palette) == 5
+
+
+def test_coarse_histogram_splits_heavy_cells():
+    """A dense dark region (one 5-bit cell) must offer several points to seed from."""
+    rng = np.random.default_rng(3)
+    dark = rng.integers(0, 8, size=(5000, 3))          # all in the cell (0, 0, 0)
+    rest = rng.integers(0, 256, size=(500, 3))
+    rgb = np.concatenate([dark, rest]).astype(np.uint8)
+    colours, counts = np.unique(histogram.encode(rgb), return_counts=True)
+    rgb_u = histogram.decode(colours)
+    plain, _ = fit.coarse_histogram(rgb_u, counts)
+    split, w = fit.coarse_histogram(rgb_u, counts, heavy=0.1)
+    in_dark = lambda p: int(np.sum(np.all(p < 8, axis=1)))  # noqa: E731
+    assert in_dark(plain) == 1 and in_dark(split) > 1
+    assert w.sum() == counts.sum()
+    assert np.allclose((split * w[:, None]).sum(0), (rgb_u * counts[:, None]).sum(0))
