@@ -186,7 +186,7 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     rows, cols = store_chunks(image)
     shards = store_shards((rows, cols), params.shard)
     palette = np.asarray(palette, np.uint8)
-    bits = packing.bits_for(len(palette))
+    bits = packing.storage_bits(len(palette))
     label_options = _label_options(params, palette)
     use_lut = src.n_pixels >= LUT_MIN_PIXELS and label_options is None
     meta = store.StoreMeta(

@@ -32,7 +32,10 @@ from .errors import (IncompleteStoreError, NoSpaceError, ParameterError, StoreEr
                      TargetExistsError)
 
 FORMAT = "kquant-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions this kquant reads: 1 packs ceil(log2 n) bits per pixel, 2 packs
+#: 1, 2, 4 or 8 (see :func:`kquant.packing.storage_bits`); everything else is the same.
+READABLE_VERSIONS = (1, 2)
 PACKING = "row-major; each row packed MSB-first at `bits` bits per pixel and padded to a whole byte"
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"
@@ -97,8 +100,13 @@ class StoreMeta:
                              f"kquant ({FORMAT_VERSION}); upgrade kquant")
         if self.status not in (STATUS_WRITING, STATUS_COMPLETE):
             raise StoreError(f"unknown store status {self.status!r}")
-        if self.bits != packing.bits_for(self.n_colors):
-            raise StoreError(f"store bits {self.bits} do not match {self.n_colors} colours")
+        if self.format_version not in READABLE_VERSIONS:
+            raise StoreError(f"unknown store format version {self.format_version!r}")
+        expected = (packing.bits_for(self.n_colors) if self.format_version == 1
+                    else packing.storage_bits(self.n_colors))
+        if self.bits != expected:
+            raise StoreError(f"store bits {self.bits} do not match {self.n_colors} colours "
+                             f"(format {self.format_version})")
         if self.chunk_cols % packing.PIXEL_ALIGN and self.chunk_cols < self.width:
             raise StoreError(f"chunk width {self.chunk_cols} is not a multiple of {packing.PIXEL_ALIGN}")
         if (self.shard_rows is None) != (self.shard_cols is None):
@@ -323,6 +331,12 @@ class StoreWriter:
 
     def _create(self) -> None:
         import zarr
+
+        with zarr.config.set({"json_indent": None}):  # compact metadata: ~1 KB less a store
+            self._create_arrays()
+
+    def _create_arrays(self) -> None:
+        import zarr
         from zarr.codecs import ZstdCodec
 
         if not self.overwrite and _exists(self.target):  # appeared since check_target
@@ -364,8 +378,9 @@ class StoreWriter:
                        store_bits_per_pixel=8.0 * data_bytes / n_pixels,
                        label_bits_per_pixel=self.meta.bits)
         final = self.meta.replace(status=STATUS_COMPLETE, metrics=metrics, checksum=checksum)
-        group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="r+")
-        group.attrs["kquant"] = final.to_json()
+        with zarr.config.set({"json_indent": None}):
+            group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="r+")
+            group.attrs["kquant"] = final.to_json()
         if self.root != self.target:
             if _exists(self.target) and not self.overwrite:  # appeared while we worked
                 raise TargetExistsError(f"{self.target} appeared during the run; not replaced")
