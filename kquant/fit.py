@@ -482,8 +482,18 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
     """
     b = int(COARSE_BITS if bits is None else bits)
     q = np.asarray(rgb, np.int64) >> (8 - b)
-    cell = (q[:, 0] << 16) | (q[:, 1] << 8) | q[:, 2]
+    cell = (q[:, 0] << (2 * b)) | (q[:, 1] << b) | q[:, 2]  # lexicographic, dense in 2^(3b)
     cw = np.asarray(counts, np.float64)
+    pf = np.asarray(rgb if coords is None else coords, np.float64)
+    if b <= 7:
+        dense = np.bincount(cell, weights=cw, minlength=1 << (3 * b))
+        occupied = np.flatnonzero(dense)
+        if heavy is None or dense[occupied].max() <= heavy * cw.sum():
+            # counting, not sorting: the cells in the order np.unique would give
+            w = dense[occupied]
+            pts = np.stack([np.bincount(cell, weights=cw * pf[:, j],
+                                        minlength=1 << (3 * b))[occupied] for j in range(3)], 1)
+            return pts / w[:, None], w
     _, inv = np.unique(cell, return_inverse=True)
     if heavy is not None and b < 8:
         w = np.bincount(inv, weights=cw)
@@ -495,7 +505,6 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
             cell[dense] = (1 << 24) + ((qf[:, 0] << 16) | (qf[:, 1] << 8) | qf[:, 2])
             _, inv = np.unique(cell, return_inverse=True)
     w = np.bincount(inv, weights=cw)
-    pf = np.asarray(rgb if coords is None else coords, np.float64)
     pts = np.stack([np.bincount(inv, weights=cw * pf[:, j]) for j in range(3)], axis=1)
     return pts / w[:, None], w
 
@@ -724,16 +733,16 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
         for xm, wm in levels:
             centers = lloyd_bounded(xm, wm, centers, max_iter=max_iter)[0]
         if len(x) <= FULL_CONVERGENCE_MAX:
-            centers, _, _, n_iter = lloyd_bounded(x, w, centers, max_iter=max_iter)
+            centers, _, inertia, n_iter = lloyd_bounded(x, w, centers, max_iter=max_iter)
         else:  # tens of millions of colours: stop once an iteration gains < 1e-5
-            centers, _, _, n_iter = lloyd(x, w, centers, max_iter=max_iter, rtol=1e-5)
-        if space == "rgb":
-            pal, labels, sse = integer_polish(x, w, centers)
-        else:
-            pal, labels, sse = _space_polish(rgb, x, w, centers, space)
-        if best is None or sse < best[0]:
-            best = (sse, name, pal, labels, n_iter)
-    sse, name, pal, labels, n_iter = best
+            centers, _, inertia, n_iter = lloyd(x, w, centers, max_iter=max_iter, rtol=1e-5)
+        if best is None or inertia < best[0]:
+            best = (inertia, name, centers, n_iter)
+    _, name, centers, n_iter = best
+    if space == "rgb":
+        pal, labels, sse = integer_polish(x, w, centers)
+    else:
+        pal, labels, sse = _space_polish(rgb, x, w, centers, space)
     use = np.bincount(labels, weights=w, minlength=k)
     pal = pal[np.argsort(-use, kind="stable")]
     return FitResult(palette=pal, sse=int(sse), n_pixels=n_pixels, n_unique=len(colours),
