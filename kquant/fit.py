@@ -1,20 +1,25 @@
-"""Palette fitting: dask-ml KMeans on a pixel sample, refined on the exact colour histogram.
+"""Palette fitting: K-means on the exact colour histogram, seeded on a coarse one.
 
-The pipeline is
+The pipeline (:func:`fit_palette`) is
 
-1. **sample fit** -- dask-ml's scalable :class:`dask_ml.cluster.KMeans` on a
-   bounded sample of pixels, guarded against its known defects (see
-   :func:`fit_sample`);
-2. **histogram refinement** -- weighted Lloyd on the image's unique colours
-   with their counts (identical to Lloyd on every pixel, at the cost of the
-   unique colours), from the sample fit and from ``restarts`` weighted
-   k-means++ seedings; the lowest inertia wins;
+1. **seeding** -- on a *coarse histogram* (colours merged into 5-bit cells at
+   their weighted means, dense cells split finer: :func:`coarse_histogram`),
+   ``restarts + 1`` weighted k-means++ seedings run to convergence, plus, for
+   large images, dask-ml's scalable :class:`dask_ml.cluster.KMeans` on a
+   bounded pixel sample, guarded against its known defects
+   (:func:`fit_sample`); the best is improved by merge/split swap moves
+   (:func:`swap_moves`);
+2. **refinement** -- weighted Lloyd with Hamerly's bounds
+   (:func:`lloyd_bounded`) through 6- and 7-bit cells to the image's unique
+   colours with their counts (identical to Lloyd on every pixel, at the cost of
+   the unique colours), for the best and the runner-up seeding;
 3. **integer polish** -- the palette is rounded to the nearest uint8 and Lloyd
    continues in integers (exact nearest-entry assignment, rounded means) while
    the true reconstruction error drops.
 
-An image with at most ``k`` colours gets exactly those colours. Everything is
-deterministic for a given seed.
+In a perceptual space (``space="lab"`` or ``"oklab"``) the same runs on the
+colours' coordinates there. An image with at most ``k`` colours gets exactly
+those colours. Everything is deterministic for a given seed.
 """
 
 from __future__ import annotations
