@@ -1,4 +1,4 @@
-"""The ``kquant`` command line: quantize, decode, info, demo.
+"""The ``kquant`` command line: quantize, decode, export, info, demo.
 
 Every failure meant for a user ends with one line on stderr,
 ``kquant: error: <reason>``, and a non-zero exit status (2 for bad input or
@@ -22,7 +22,7 @@ EXIT_INCOMPLETE = 3
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other error
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"kquant: error: {message}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("source", help="image file (PNG, JPEG, TIFF, ...) or zarr array")
     q.add_argument("target", help="store to write (a zarr v3 group)")
     _add_run_options(q)
+    q.add_argument("--palette", metavar="FILE|STORE",
+                   help="remap onto this palette (a store, .gpl, .npy, hex/RGB text, or image) "
+                        "instead of fitting one")
     q.add_argument("--overwrite", action="store_true", help="replace an existing store/preview")
     q.add_argument("--preview", metavar="P.png", help="also write original | reconstruction + palette")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -71,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("store")
     i.add_argument("--json", action="store_true")
     i.add_argument("--verify", action="store_true", help="also recompute the labels' checksum")
+
+    e = sub.add_parser("export", help="write a store as an indexed PNG or a palette TIFF")
+    e.add_argument("store")
+    e.add_argument("out", help="output image, .png (indexed) or .tif/.tiff (palette colormap)")
+    e.add_argument("--overwrite", action="store_true")
 
     m = sub.add_parser("demo", help="quantize the bundled sample image")
     m.add_argument("--out", default="kquant-demo", help="folder for the store and preview")
@@ -91,6 +99,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("auto", "exact", "sample"), default="auto",
                    help="fit on every pixel's colour histogram (exact, a second pass) or on a "
                         "bounded sample of tiles (sample); auto: exact up to 2^25 pixels")
+    p.add_argument("--target-psnr", type=float, default=None, metavar="DB",
+                   help="use the smallest K (up to -k) whose PSNR reaches DB")
+    p.add_argument("--space", choices=("rgb", "oklab", "lab"), default="rgb",
+                   help="colour space of the fit and assignment (lab, oklab: perceptual)")
+    p.add_argument("--dither", choices=("none", "bayer"), default="none",
+                   help="ordered dithering (chunk-parallel, seamless)")
     p.add_argument("--address", default=None,
                    help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)")
     p.add_argument("--max-pixels", type=_positive_int, default=None,
@@ -104,20 +118,26 @@ def _params(args):
         raise ParameterError(f"chunk must be a positive integer, got {args.chunk}")
     return QuantizeParams(k=args.colors, seed=args.seed, sample_size=args.sample,
                           chunk=args.chunk, mode=args.mode, shard=args.shard,
-                          restarts=DEFAULT_RESTARTS if args.restarts is None else args.restarts)
+                          restarts=DEFAULT_RESTARTS if args.restarts is None else args.restarts,
+                          target_psnr=args.target_psnr, space=args.space, dither=args.dither)
 
 
 def _summary(result) -> str:
     m = result.meta.metrics
     psnr = "inf (lossless)" if m["psnr"] is None else f"{m['psnr']:.2f} dB"
+    colours = f", {result.fit.n_unique} colours" if result.fit.n_unique else ""
     lines = [
         f"store      {result.target}",
-        f"image      {result.meta.height} x {result.meta.width} px, {result.fit.n_unique} colours",
+        f"image      {result.meta.height} x {result.meta.width} px{colours}",
         f"palette    {result.meta.n_colors} colours ({result.meta.bits} bits/px)",
         f"quality    PSNR {psnr}, MSE {m['mse']:.3f}",
         f"size       {format_bytes(m['store_bytes'])} on disk, {m['store_bits_per_pixel']:.3f} bits/px",
         f"time       {result.timings['total']:.2f} s",
     ]
+    if "target_psnr_met" in m:
+        target = result.meta.params.get("target_psnr")
+        lines.append(f"target     PSNR {target:.2f} dB "
+                     + ("met" if m["target_psnr_met"] else f"NOT met even at K={result.meta.k}"))
     if result.preview:
         lines.append(f"preview    {result.preview}")
     return "\n".join(lines)
@@ -128,7 +148,8 @@ def _quantize(args) -> int:
 
     result = pipeline.quantize(args.source, args.target, _params(args), overwrite=args.overwrite,
                                preview_path=args.preview, max_pixels=args.max_pixels,
-                               address=args.address, progress=sys.stderr.isatty())
+                               address=args.address, progress=sys.stderr.isatty(),
+                               palette=args.palette)
     if args.json:
         print(json.dumps({"target": result.target, "meta": result.meta.to_json(),
                           "timings": result.timings, "preview": result.preview}, indent=2))
@@ -192,6 +213,14 @@ def _decode(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from . import export
+
+    out = export.export(args.store, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
 def _info(args) -> int:
     from . import store
     from . import uri as uri_mod
@@ -250,10 +279,31 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _skip_sparse_import() -> None:
+    """Import dask.array without pydata/sparse (and numba): ~1 s of start-up saved.
+
+    dask.array imports ``sparse`` only to register its array type as a chunk
+    type, which kquant never makes. The block is lifted right after, so a later
+    ``import sparse`` (dask-ml's dependencies) works as usual.
+    """
+    if "dask.array" in sys.modules or "sparse" in sys.modules:
+        return
+    sys.modules["sparse"] = None  # makes `import sparse` raise ImportError
+    try:
+        import dask.array  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        del sys.modules["sparse"]
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
-    handler = {"quantize": _quantize, "decode": _decode, "info": _info, "demo": _demo}[args.command]
+    if args.command in ("quantize", "demo", "decode", "export"):
+        _skip_sparse_import()
+    handler = {"quantize": _quantize, "decode": _decode, "info": _info, "demo": _demo,
+               "export": _export}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -72,12 +72,16 @@ def compute(*collections, progress: bool = False):
 
     client = _client.get()
     if client is None:
+        import dask.threaded
+
+        # the function, not the name "threads": naming it makes dask import
+        # distributed (~0.5 s of start-up) just to look for a client
         if progress:
             from dask.diagnostics import ProgressBar
 
             with ProgressBar(out=sys.stderr, minimum=1.0):
-                return dask.compute(*collections, scheduler="threads")
-        return dask.compute(*collections, scheduler="threads")
+                return dask.compute(*collections, scheduler=dask.threaded.get)
+        return dask.compute(*collections, scheduler=dask.threaded.get)
     futures = client.compute(list(collections))
     if progress:
         from distributed import progress as dist_progress

@@ -1,20 +1,25 @@
-"""Palette fitting: dask-ml KMeans on a pixel sample, refined on the exact colour histogram.
+"""Palette fitting: K-means on the exact colour histogram, seeded on a coarse one.
 
-The pipeline is
+The pipeline (:func:`fit_palette`) is
 
-1. **sample fit** -- dask-ml's scalable :class:`dask_ml.cluster.KMeans` on a
-   bounded sample of pixels, guarded against its known defects (see
-   :func:`fit_sample`);
-2. **histogram refinement** -- weighted Lloyd on the image's unique colours
-   with their counts (identical to Lloyd on every pixel, at the cost of the
-   unique colours), from the sample fit and from ``restarts`` weighted
-   k-means++ seedings; the lowest inertia wins;
+1. **seeding** -- on a *coarse histogram* (colours merged into 5-bit cells at
+   their weighted means, dense cells split finer: :func:`coarse_histogram`),
+   ``restarts + 1`` weighted k-means++ seedings run to convergence, plus, for
+   large images, dask-ml's scalable :class:`dask_ml.cluster.KMeans` on a
+   bounded pixel sample, guarded against its known defects
+   (:func:`fit_sample`); the best is improved by merge/split swap moves
+   (:func:`swap_moves`);
+2. **refinement** -- weighted Lloyd with Hamerly's bounds
+   (:func:`lloyd_bounded`) through 6- and 7-bit cells to the image's unique
+   colours with their counts (identical to Lloyd on every pixel, at the cost of
+   the unique colours), for the best and the runner-up seeding;
 3. **integer polish** -- the palette is rounded to the nearest uint8 and Lloyd
    continues in integers (exact nearest-entry assignment, rounded means) while
    the true reconstruction error drops.
 
-An image with at most ``k`` colours gets exactly those colours. Everything is
-deterministic for a given seed.
+In a perceptual space (``space="lab"`` or ``"oklab"``) the same runs on the
+colours' coordinates there. An image with at most ``k`` colours gets exactly
+those colours. Everything is deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -22,15 +27,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numba
 import numpy as np
 
 from . import assign, histogram
 from .errors import ParameterError
 
 _ROWS = 1 << 16
-#: Seedings are compared on at most this many distinct colours.
-COMPARE_MAX = 1 << 18
 #: Up to this many distinct colours the final Lloyd runs until no assignment changes;
 #: above, until an iteration gains less than 1e-5 of the inertia.
 FULL_CONVERGENCE_MAX = 1 << 21
@@ -53,11 +55,18 @@ class FitResult:
     sample_inertia : float or None
         Sum of squared distances of the sample to the dask-ml centres.
     refined_from : str
-        ``"sample"`` or ``"restart-i"``: which seeding gave the best refinement.
+        Which seeding gave the best refinement (``"sample"``: dask-ml's fit;
+        ``"kmeans++-i"``: a seeding on the coarse histogram; ``+Nswaps``: swap
+        moves kept), ``"exact"`` (lossless) or ``"imposed"`` (a given palette).
+    n_iter : int
+        Lloyd iterations of the final refinement on the exact histogram.
+    target_met : bool or None
+        With a target PSNR: whether the fit reaches it.
     mode : str
         ``"exact"`` (refined on the whole image's histogram; ``sse`` is the
         image's) or ``"sample"`` (refined on the sample's histogram; ``sse``,
-        ``n_pixels`` and ``n_unique`` are the sample's).
+        ``n_pixels`` and ``n_unique`` are the sample's); ``"imposed"`` for a
+        given palette.
     timings : dict
         Seconds spent per stage.
     """
@@ -70,6 +79,7 @@ class FitResult:
     sample_inertia: float | None = None
     refined_from: str = "sample"
     n_iter: int = 0
+    target_met: bool | None = None
     mode: str = "exact"
     timings: dict = dataclasses.field(default_factory=dict)
 
@@ -95,8 +105,21 @@ def _labels_and_dist(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np
     return labels, dist
 
 
-@numba.njit(nogil=True, cache=True)
-def _assign_pass(x, w, centers):  # pragma: no cover - compiled
+_COMPILED: dict = {}
+
+
+def _assign_pass(x, w, centers):
+    """:func:`_assign_pass_py` compiled by numba on first use (numba is imported only then:
+    the small-image path never needs it, and importing it costs ~0.5 s)."""
+    fn = _COMPILED.get("assign_pass")
+    if fn is None:
+        import numba
+
+        fn = _COMPILED["assign_pass"] = numba.njit(nogil=True, cache=True)(_assign_pass_py)
+    return fn(x, w, centers)
+
+
+def _assign_pass_py(x, w, centers):  # pragma: no cover - compiled
     """Nearest centre, squared distance, and the weighted sums and mass of each cluster."""
     n, k = x.shape[0], centers.shape[0]
     labels = np.empty(n, np.intp)
@@ -174,7 +197,8 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, *, seed: int | np.rand
     centers = np.empty((k, x.shape[1]), np.float64)
     first = rng.choice(n, p=w / w.sum())
     centers[0] = x[first]
-    closest = ((x - centers[0]) ** 2).sum(axis=1)
+    diff0 = x - centers[0]
+    closest = np.einsum('ij,ij->i', diff0, diff0)
     pot = float(np.dot(w, closest))
     for c in range(1, k):
         if pot <= 0:  # fewer distinct points than centres: duplicate the first
@@ -183,7 +207,8 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, *, seed: int | np.rand
         cum = np.cumsum(w * closest)
         cand = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
         cand = np.minimum(cand, n - 1)
-        d = ((x[None, :, :] - x[cand][:, None, :]) ** 2).sum(axis=2)
+        diff = x[None, :, :] - x[cand][:, None, :]
+        d = np.einsum('tij,tij->ti', diff, diff)
         d = np.minimum(closest[None, :], d)
         pots = d @ w
         best = int(np.argmin(pots))
@@ -299,7 +324,7 @@ def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_ite
     def cost(pal):
         lab = assign.nearest(xi, pal)
         diff = xi - pal.astype(np.int64)[lab]
-        return lab, int(np.dot(wi, (diff * diff).sum(axis=1)))
+        return lab, int(np.dot(wi, np.einsum('ij,ij->i', diff, diff)))
 
     pal = np.clip(np.rint(centers), 0, 255).astype(np.uint8)
     labels, sse = cost(pal)
@@ -321,14 +346,293 @@ def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_ite
     return pal, labels, sse
 
 
+def _two_nearest(x: np.ndarray, centers: np.ndarray):
+    """Nearest and second-nearest centre of each point, with squared distances.
+
+    The two centres are chosen on float32 distances (half the memory traffic);
+    the returned distances are recomputed in float64 from the points.
+    """
+    c = np.asarray(centers, np.float64)
+    c32 = c.astype(np.float32)
+    norms = (c32 * c32).sum(axis=1)
+    twice = (2.0 * c32).T
+    n, k = len(x), len(c)
+    lab = np.empty(n, np.intp)
+    second = np.empty(n, np.intp)
+    for s in range(0, n, _ROWS):
+        xs = x[s:s + _ROWS].astype(np.float32)
+        d = xs @ twice
+        np.subtract(norms, d, out=d)
+        a = d.argmin(axis=1)
+        lab[s:s + _ROWS] = a
+        if k > 1:
+            np.put_along_axis(d, a[:, None], np.inf, axis=1)
+            second[s:s + _ROWS] = d.argmin(axis=1)
+    diff = x - c[lab]
+    d1 = np.einsum('ij,ij->i', diff, diff)
+    if k > 1:
+        diff = x - c[second]
+        d2 = np.einsum('ij,ij->i', diff, diff)
+    else:
+        d2 = np.full(n, np.inf)
+    return lab, d1, np.maximum(d2, d1)
+
+
+def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter: int = 300):
+    """Weighted Lloyd with Hamerly's bounds: the assignments of :func:`lloyd`, less work.
+
+    Each point keeps an upper bound on the distance to its centre and a lower
+    bound on the distance to any other; after the centres move, only points
+    whose bounds overlap are re-assigned, and the cluster sums are updated by
+    the points that changed cluster only. The stopping rule is that of
+    :func:`lloyd` (the assignment no longer changes); the final centres are
+    recomputed exactly from the final assignment.
+
+    Returns
+    -------
+    centers : ndarray (k, 3) float64
+    labels : ndarray (n,) intp
+    inertia : float
+    n_iter : int
+    """
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    c = np.array(centers, np.float64, copy=True)
+    k = len(c)
+    wx = x * w[:, None]
+    lab, d1, d2 = _two_nearest(x, c)
+    u, lo = np.sqrt(d1), np.sqrt(d2)
+
+    def exact_sums(lab):
+        mass = np.bincount(lab, weights=w, minlength=k)
+        sums = np.stack([np.bincount(lab, weights=wx[:, j], minlength=k) for j in range(3)], 1)
+        return sums, mass
+
+    sums, mass = exact_sums(lab)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        new = c.copy()
+        nonempty = mass > 0
+        new[nonempty] = sums[nonempty] / mass[nonempty, None]
+        if not nonempty.all():  # repair, then start the bounds afresh
+            _repair_empty(new, mass, x, w, u * u)
+            c = new
+            new_lab, d1, d2 = _two_nearest(x, c)
+            u, lo = np.sqrt(d1), np.sqrt(d2)
+            changed = not np.array_equal(new_lab, lab)
+            lab = new_lab
+            sums, mass = exact_sums(lab)
+            if not changed:
+                break
+            continue
+        delta = np.sqrt(((new - c) ** 2).sum(axis=1))
+        c = new
+        if not delta.any():
+            break
+        order = np.argsort(delta)
+        big, second = order[-1], (delta[order[-2]] if k > 1 else 0.0)
+        u += delta[lab]
+        lo -= np.where(lab == big, second, delta[big])
+        cand = np.flatnonzero(u >= lo - 1e-3 * (1.0 + u))
+        if not len(cand):
+            break
+        nl, nd1, nd2 = _two_nearest(x[cand], c)
+        old = lab[cand]
+        moved = nl != old
+        u[cand], lo[cand] = np.sqrt(nd1), np.sqrt(nd2)
+        if not moved.any():
+            break
+        idx, src, dst = cand[moved], old[moved], nl[moved]
+        lab[idx] = dst
+        mass -= np.bincount(src, weights=w[idx], minlength=k)
+        mass += np.bincount(dst, weights=w[idx], minlength=k)
+        for j in range(3):
+            sums[:, j] -= np.bincount(src, weights=wx[idx, j], minlength=k)
+            sums[:, j] += np.bincount(dst, weights=wx[idx, j], minlength=k)
+        if n_iter % 16 == 0:  # bound the drift of the running sums
+            sums, mass = exact_sums(lab)
+    sums, mass = exact_sums(lab)
+    nonempty = mass > 0
+    c[nonempty] = sums[nonempty] / mass[nonempty, None]
+    diff = x - c[lab]
+    inertia = float(np.dot(w, np.einsum('ij,ij->i', diff, diff)))
+    return c, lab, inertia, n_iter
+
+
+def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = None,
+                     coords: np.ndarray | None = None, heavy: float | None = None):
+    """Merge colours into cells of ``bits`` bits per RGB channel, each at its weighted mean.
+
+    For any centre, the cost of a cell's pixels is ``W |m - c|^2`` plus a constant
+    (their scatter about the mean ``m``), so K-means on the cells is K-means on
+    the pixels with each cell assigned as a whole.
+
+    Parameters
+    ----------
+    rgb : ndarray of uint8, shape (n, 3)
+    counts : ndarray, shape (n,)
+    bits : int, optional, keyword-only
+        Bits per channel of the cells (default :data:`COARSE_BITS`).
+    coords : ndarray (n, 3), optional, keyword-only
+        Coordinates to average (default ``rgb``; e.g. OKLab coordinates).
+    heavy : float, optional, keyword-only
+        Cells holding more than this fraction of the pixels are split into
+        cells of ``bits + 2`` bits: a dense region (a dark sky, a white page)
+        must be able to hold several centres already at the coarse level.
+
+    Returns
+    -------
+    points : ndarray (m, 3) float64
+    weights : ndarray (m,) float64
+    """
+    b = int(COARSE_BITS if bits is None else bits)
+    q = np.asarray(rgb, np.int64) >> (8 - b)
+    cell = (q[:, 0] << (2 * b)) | (q[:, 1] << b) | q[:, 2]  # lexicographic, dense in 2^(3b)
+    cw = np.asarray(counts, np.float64)
+    pf = np.asarray(rgb if coords is None else coords, np.float64)
+    if b <= 7:
+        dense = np.bincount(cell, weights=cw, minlength=1 << (3 * b))
+        occupied = np.flatnonzero(dense)
+        if heavy is None or dense[occupied].max() <= heavy * cw.sum():
+            # counting, not sorting: the cells in the order np.unique would give
+            w = dense[occupied]
+            pts = np.stack([np.bincount(cell, weights=cw * pf[:, j],
+                                        minlength=1 << (3 * b))[occupied] for j in range(3)], 1)
+            return pts / w[:, None], w
+    _, inv = np.unique(cell, return_inverse=True)
+    if heavy is not None and b < 8:
+        w = np.bincount(inv, weights=cw)
+        dense = w[inv] > heavy * cw.sum()
+        if dense.any():
+            fine = min(8, b + 2)
+            qf = np.asarray(rgb[dense], np.int64) >> (8 - fine)
+            # fine cells get codes above every coarse one
+            cell[dense] = (1 << 24) + ((qf[:, 0] << 16) | (qf[:, 1] << 8) | qf[:, 2])
+            _, inv = np.unique(cell, return_inverse=True)
+    w = np.bincount(inv, weights=cw)
+    pts = np.stack([np.bincount(inv, weights=cw * pf[:, j]) for j in range(3)], axis=1)
+    return pts / w[:, None], w
+
+
+def swap_moves(x: np.ndarray, w: np.ndarray, centers: np.ndarray, inertia: float, *,
+               trials: int, seed, max_iter: int = 300, trial_iter: int | None = None):
+    """Improve a Lloyd solution by merge/split swaps, keeping only improvements.
+
+    Each trial removes one of the three centres whose removal costs least (their
+    points would move to their second-nearest centre) and re-inserts it inside
+    one of the three clusters with the largest error, at a point drawn in
+    proportion to its cost there; Lloyd then runs (to convergence, or for
+    ``trial_iter`` iterations) and the swap is kept if the inertia dropped.
+
+    Returns
+    -------
+    centers : ndarray (k, 3) float64
+    inertia : float
+    accepted : int
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    k = len(centers)
+    accepted = 0
+    lab, d1, d2 = _two_nearest(x, centers)
+    for _ in range(trials):
+        removal = np.bincount(lab, weights=w * (d2 - d1), minlength=k)
+        sse = np.bincount(lab, weights=w * d1, minlength=k)
+        j = int(rng.choice(np.argsort(removal, kind="stable")[:min(3, k)]))
+        sse[j] = -1.0
+        tgt = int(rng.choice(np.argsort(-sse, kind="stable")[:min(3, k - 1)]))
+        idx = np.flatnonzero(lab == tgt)
+        p = w[idx] * d1[idx]
+        if not len(idx) or p.sum() <= 0:
+            continue
+        trial = centers.copy()
+        trial[j] = x[idx[rng.choice(len(idx), p=p / p.sum())]]
+        c2, _, in2, _ = lloyd_bounded(x, w, trial, max_iter=min(max_iter, trial_iter or max_iter))
+        if in2 < inertia * (1 - 1e-9):
+            centers, inertia = c2, in2
+            accepted += 1
+            lab, d1, d2 = _two_nearest(x, centers)
+    return centers, inertia, accepted
+
+
+#: Images with at least this many pixels also seed from dask-ml's KMeans on the
+#: pixel sample (the scalable path of the design). Below it the sample fit does not
+#: pay: it costs ~1.7 s of imports plus ~1 s of fitting and never won against the
+#: coarse-histogram seedings on the benchmark images (bench/quality, up to 2 Mpx).
+SAMPLE_FIT_MIN_PIXELS = 1 << 23
+#: Channel bits of the coarse histogram used for seeding, restarts and swap moves.
+COARSE_BITS = 5
+#: Coarse cells holding more than HEAVY_CELL / K of the pixels are split finer.
+HEAVY_CELL = 0.25
+SAMPLE_FIT_MODES = ("auto", "always", "never")
+#: Lloyd iterations after each swap trial before it is judged (random-swap style).
+SWAP_TRIAL_ITER = 4
+#: Coarse solutions refined on the exact histogram (RGB): the best after swaps and
+#: the runner-up seeding; the lowest exact error wins.
+FINALISTS = 2
+
+
+def _space_polish(rgb: np.ndarray, x: np.ndarray, w: np.ndarray, centers: np.ndarray,
+                  space: str, *, max_iter: int = 10):
+    """Round perceptual centres to uint8 RGB and continue Lloyd while the perceptual error drops.
+
+    Returns
+    -------
+    palette : ndarray (k, 3) uint8
+    labels : ndarray (n,) uint8, nearest entry in ``space``
+    sse : int, RGB sum of squared errors of that assignment
+    """
+    from . import colorspace
+
+    k = len(centers)
+
+    def state(pal):
+        pc = colorspace.from_rgb(pal, space)
+        lab, dist = _labels_and_dist(x, pc)
+        return lab, float(np.dot(w, dist))
+
+    pal = np.clip(np.rint(colorspace.to_rgb(centers, space)), 0, 255).astype(np.uint8)
+    labels, cost = state(pal)
+    for _ in range(max_iter):
+        sums, mass = _weighted_means(x, w, labels, k)
+        new = colorspace.from_rgb(pal, space)
+        nonempty = mass > 0
+        new[nonempty] = sums[nonempty] / mass[nonempty, None]
+        new = np.clip(np.rint(colorspace.to_rgb(new, space)), 0, 255).astype(np.uint8)
+        if np.array_equal(new, pal):
+            break
+        new_labels, new_cost = state(new)
+        if new_cost >= cost:
+            break
+        pal, labels, cost = new, new_labels, new_cost
+    diff = np.asarray(rgb, np.int64) - pal.astype(np.int64)[labels]
+    sse = int(np.dot(np.asarray(w, np.int64), np.einsum("ij,ij->i", diff, diff)))
+    return pal, labels.astype(np.uint8), sse
+
+
 def fit_palette(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray, k: int, *,
-                seed: int = 0, restarts: int = 4, max_iter: int = 300) -> FitResult:
+                seed: int = 0, restarts: int = 4, max_iter: int = 300,
+                sample_fit: str = "auto", swaps: int | None = None,
+                space: str = "rgb") -> FitResult:
     """Fit a K-colour palette from a pixel sample and the image's exact histogram.
+
+    1. **Seed** on the coarse histogram (:func:`coarse_histogram`, 5 bits per
+       channel: a few thousand cells): ``restarts + 1`` weighted k-means++
+       seedings, each run to convergence (:func:`lloyd_bounded`), plus, for
+       images of at least :data:`SAMPLE_FIT_MIN_PIXELS` pixels (or
+       ``sample_fit="always"``), dask-ml's KMeans on the pixel sample; the
+       lowest inertia wins and is improved by ``swaps`` merge/split moves
+       (:func:`swap_moves`).
+    2. **Refine** by Lloyd (with Hamerly's bounds) to convergence on 6-bit,
+       then 7-bit cells (while they are markedly fewer than the colours), then
+       on the exact histogram: the assignments and centres of Lloyd on every
+       pixel.
+    3. **Polish** in integers (:func:`integer_polish`).
 
     Parameters
     ----------
     sample : ndarray of uint8, shape (m, 3)
-        Pixels drawn from the image (see :mod:`kquant.sampling`).
+        Pixels drawn from the image (see :mod:`kquant.sampling`); used by the
+        dask-ml stage only.
     colours : ndarray of uint32
         Unique colour codes of the whole image (see :mod:`kquant.histogram`).
     counts : ndarray of int64
@@ -336,8 +640,16 @@ def fit_palette(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray, k: 
     k : int
         Palette size, 2 to 256.
     seed, restarts, max_iter : int, keyword-only
-        Seed of every random choice; extra k-means++ seedings tried on the
-        histogram; iteration cap of each Lloyd run.
+        Seed of every random choice; extra k-means++ seedings; iteration cap
+        of each Lloyd run.
+    sample_fit : {"auto", "always", "never"}, keyword-only
+        Whether dask-ml's sample fit is one of the seedings.
+    swaps : int, optional, keyword-only
+        Merge/split trials on the coarse histogram (default ``8 + k // 4``).
+    space : {"rgb", "oklab", "lab"}, keyword-only
+        Space the squared error is minimised in (see :mod:`kquant.colorspace`).
+        In a perceptual space the palette is fitted and pixels are assigned by
+        perceptual distance; ``sse`` is still the RGB error of that assignment.
 
     Returns
     -------
@@ -346,10 +658,28 @@ def fit_palette(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray, k: 
     Raises
     ------
     ParameterError
-        If ``k`` is out of range or the histogram is empty.
+        If ``k`` is out of range, ``sample_fit`` or ``space`` unknown or the
+        histogram empty.
     """
+    from threadpoolctl import threadpool_limits
+
+    # the products here are thin (n x 3 by 3 x k): one BLAS thread is fastest, and
+    # leaves the other cores to dask
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_palette(sample, colours, counts, k, seed=seed, restarts=restarts,
+                            max_iter=max_iter, sample_fit=sample_fit, swaps=swaps, space=space)
+
+
+def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, swaps,
+                 space) -> FitResult:
+    from . import colorspace
+
+    colorspace.check_space(space)
     if not 2 <= int(k) <= 256:
         raise ParameterError(f"k must be between 2 and 256, got {k}")
+    if sample_fit not in SAMPLE_FIT_MODES:
+        raise ParameterError(f"sample_fit must be one of {', '.join(SAMPLE_FIT_MODES)}, "
+                             f"got {sample_fit!r}")
     colours = np.asarray(colours, np.uint32)
     counts = np.asarray(counts, np.int64)
     if not colours.size:
@@ -361,34 +691,130 @@ def fit_palette(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray, k: 
         return FitResult(palette=rgb[order], sse=0, n_pixels=n_pixels, n_unique=len(colours),
                          lossless=True, refined_from="exact")
 
-    x = rgb.astype(np.float64)
+    x = colorspace.from_rgb(rgb, space)
     w = counts.astype(np.float64)
-    # seedings are compared on at most COMPARE_MAX colours (a weighted draw from the
-    # histogram when it is larger: noisy gigapixel images have tens of millions)
-    if len(x) > COMPARE_MAX:
-        pick = np.random.default_rng([seed, 4]).choice(len(x), COMPARE_MAX, replace=False,
-                                                       p=w / w.sum())
-        xs, ws = x[pick], w[pick]
-    else:
-        xs, ws = x, w
-    start, sample_inertia = fit_sample(sample, k, seed=seed)
-    seeds = [("sample", start)]
-    for r in range(restarts):
+    xc, wc = coarse_histogram(rgb, counts, coords=x, heavy=HEAVY_CELL / k)
+    if len(xc) <= 2 * k:  # too few cells to seed from: seed on the colours themselves
+        xc, wc = x, w
+    seeds = []
+    sample_inertia = None
+    if sample is not None and (sample_fit == "always" or (
+            sample_fit == "auto" and n_pixels >= SAMPLE_FIT_MIN_PIXELS)):
+        start, sample_inertia = fit_sample(sample, k, seed=seed)
+        start = colorspace.from_rgb(start, space)
+        seeds.append(("sample", start))
+    for r in range(restarts + 1):
         rng = np.random.default_rng([seed, 2, r])
-        seeds.append((f"restart-{r}", kmeans_plusplus(xs, ws, k, seed=rng)))
+        seeds.append((f"kmeans++-{r}", kmeans_plusplus(xc, wc, k, seed=rng)))
 
-    # compare the seedings on short runs, then run the best one to convergence on every colour
-    best = None
+    runs = []
     for name, init in seeds:
-        centers, _, inertia, _ = lloyd(xs, ws, init, max_iter=max_iter, rtol=1e-4)
+        centers, _, inertia, _ = lloyd_bounded(xc, wc, init, max_iter=max_iter)
+        runs.append((inertia, name, centers))
+    runs.sort(key=lambda r: r[0])
+    inertia, name, centers = runs[0]
+    n_swaps = 8 + k // 4 if swaps is None else int(swaps)
+    if n_swaps > 0:
+        centers, inertia, accepted = swap_moves(xc, wc, centers, inertia, trials=n_swaps,
+                                                seed=np.random.default_rng([seed, 3]),
+                                                max_iter=max_iter, trial_iter=SWAP_TRIAL_ITER)
+        if accepted:
+            name += f"+{accepted}swaps"
+    # the coarse optimum is not always the fine one: refine the runner-up seeding too
+    n_final = FINALISTS if space == "rgb" and len(x) <= FULL_CONVERGENCE_MAX else 1
+    finalists = [(name, centers)] + [(r[1], r[2]) for r in runs[1:n_final]]
+    # converge on ever finer cells first: far fewer iterations on every colour
+    levels, size = [], len(xc)
+    for bits in range(COARSE_BITS + 1, 8):
+        if size >= 0.7 * len(x):
+            break
+        xm, wm = coarse_histogram(rgb, counts, bits=bits, coords=x)
+        if len(xm) >= 0.7 * len(x):
+            break
+        levels.append((xm, wm))
+        size = len(xm)
+    best = None
+    for name, centers in finalists:
+        for xm, wm in levels:
+            centers = lloyd_bounded(xm, wm, centers, max_iter=max_iter)[0]
+        if len(x) <= FULL_CONVERGENCE_MAX:
+            centers, _, inertia, n_iter = lloyd_bounded(x, w, centers, max_iter=max_iter)
+        else:  # tens of millions of colours: stop once an iteration gains < 1e-5
+            centers, _, inertia, n_iter = lloyd(x, w, centers, max_iter=max_iter, rtol=1e-5)
         if best is None or inertia < best[0]:
-            best = (inertia, name, centers)
-    _, name, centers = best
-    final_rtol = 0.0 if len(x) <= FULL_CONVERGENCE_MAX else 1e-5
-    centers, _, _, n_iter = lloyd(x, w, centers, max_iter=max_iter, rtol=final_rtol)
-    pal, labels, sse = integer_polish(x, w, centers)
+            best = (inertia, name, centers, n_iter)
+    _, name, centers, n_iter = best
+    if space == "rgb":
+        pal, labels, sse = integer_polish(x, w, centers)
+    else:
+        pal, labels, sse = _space_polish(rgb, x, w, centers, space)
     use = np.bincount(labels, weights=w, minlength=k)
     pal = pal[np.argsort(-use, kind="stable")]
     return FitResult(palette=pal, sse=int(sse), n_pixels=n_pixels, n_unique=len(colours),
                      lossless=False, sample_inertia=sample_inertia, refined_from=name,
                      n_iter=n_iter)
+
+
+def sse_for_psnr(psnr_db: float, n_pixels: int) -> float:
+    """Largest sum of squared channel errors whose PSNR still reaches ``psnr_db``."""
+    return 3.0 * n_pixels * 255.0 ** 2 / 10.0 ** (psnr_db / 10.0)
+
+
+def fit_for_psnr(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray,
+                 target_psnr: float, *, k_max: int = 256, seed: int = 0, restarts: int = 4,
+                 max_iter: int = 300, sample_fit: str = "auto",
+                 space: str = "rgb") -> tuple[FitResult, bool]:
+    """The smallest palette whose PSNR reaches ``target_psnr`` (as pngquant's ``--quality``).
+
+    K is searched by bisection on quick fits (no restarts, no swaps), assuming
+    the PSNR grows with K; the chosen K is then fitted with the full settings,
+    grown one by one while it misses the target, and shrunk one by one while
+    the full fit of ``K - 1`` still reaches it.
+
+    Returns
+    -------
+    result : FitResult
+        The fit at the chosen K (``k_max`` if no K reaches the target).
+    met : bool
+        Whether the target is reached.
+
+    Raises
+    ------
+    ParameterError
+        If ``k_max`` is out of range or the target is not positive.
+    """
+    if not 2 <= int(k_max) <= 256:
+        raise ParameterError(f"k must be between 2 and 256, got {k_max}")
+    if not target_psnr > 0:
+        raise ParameterError(f"target PSNR must be positive, got {target_psnr}")
+    counts = np.asarray(counts, np.int64)
+    limit = sse_for_psnr(target_psnr, int(counts.sum()))
+    n_unique = len(colours)
+    full = dict(seed=seed, restarts=restarts, max_iter=max_iter, sample_fit=sample_fit,
+                space=space)
+
+    def quick(k):
+        return fit_palette(sample, colours, counts, k, seed=seed, restarts=0, swaps=0,
+                           max_iter=max_iter, sample_fit="never", space=space)
+
+    lo, hi = 2, min(int(k_max), max(2, n_unique))
+    if quick(hi).sse > limit:  # not even the largest palette: give the best we can
+        res = fit_palette(sample, colours, counts, hi, **full)
+        return res, res.sse <= limit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if quick(mid).sse <= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    k = lo
+    res = fit_palette(sample, colours, counts, k, **full)
+    while res.sse > limit and k < hi:  # the quick fit was luckier: grow
+        k += 1
+        res = fit_palette(sample, colours, counts, k, **full)
+    while k > 2:  # the full fit may reach the target with fewer colours
+        smaller = fit_palette(sample, colours, counts, k - 1, **full)
+        if smaller.sse > limit:
+            break
+        k, res = k - 1, smaller
+    return res, res.sse <= limit

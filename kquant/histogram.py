@@ -6,7 +6,6 @@ pairs, so memory is bounded by the number of distinct colours, never by pixels.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 
@@ -66,8 +65,21 @@ CHAIN_MIN_PIXELS = 1 << 26
 N_COLOURS = 1 << 24
 
 
-@numba.njit(nogil=True, cache=True)
-def _count_into(dense, block):  # pragma: no cover - compiled
+_COMPILED: dict = {}
+
+
+def _count_into(dense, block):
+    """:func:`_count_into_py` compiled by numba on first use (numba is imported only
+    then: small images never need it, and importing it costs ~0.5 s of start-up)."""
+    fn = _COMPILED.get("count_into")
+    if fn is None:
+        import numba
+
+        fn = _COMPILED["count_into"] = numba.njit(nogil=True, cache=True)(_count_into_py)
+    return fn(dense, block)
+
+
+def _count_into_py(dense, block):  # pragma: no cover - compiled
     h, w = block.shape[0], block.shape[1]
     for y in range(h):
         for x in range(w):

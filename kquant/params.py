@@ -29,6 +29,11 @@ def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     return value
 
 
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ParameterError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizeParams:
     """Parameters of a run; validated on construction, stored in the store's attributes.
@@ -55,6 +60,17 @@ class QuantizeParams:
     shard : int or None
         Shard edge in pixels (rounded down to whole chunks); each task then
         writes one whole shard of many chunks. None: no sharding.
+    space : {"rgb", "oklab", "lab"}
+        Space the palette is fitted and pixels assigned in ("lab" and "oklab"
+        are perceptual; see :mod:`kquant.colorspace`).
+    dither : {"none", "bayer"}
+        Ordered dithering of the assignment (see :mod:`kquant.dither`).
+    target_psnr : float or None
+        If set, ``k`` is the largest palette allowed and the smallest K whose
+        PSNR (dB) reaches this target is used.
+    sample_fit : {"auto", "always", "never"}
+        Whether dask-ml's KMeans on the pixel sample seeds the fit ("auto":
+        images of at least :data:`kquant.fit.SAMPLE_FIT_MIN_PIXELS` pixels).
 
     Raises
     ------
@@ -71,6 +87,10 @@ class QuantizeParams:
     background: tuple[int, int, int] = (255, 255, 255)
     mode: str = "auto"
     shard: int | None = None
+    space: str = "rgb"
+    dither: str = "none"
+    target_psnr: float | None = None
+    sample_fit: str = "auto"
 
     def __post_init__(self) -> None:
         set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731 - frozen dataclass
@@ -89,6 +109,15 @@ class QuantizeParams:
             set_("shard", _int("shard", self.shard, 1, 1 << 22))
         if self.mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        _choice("space", self.space, ("rgb", "oklab", "lab"))
+        _choice("dither", self.dither, ("none", "bayer"))
+        _choice("sample_fit", self.sample_fit, ("auto", "always", "never"))
+        if self.target_psnr is not None:
+            t = self.target_psnr
+            if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) \
+                    or not 1.0 <= float(t) <= 100.0:
+                raise ParameterError(f"target PSNR must be a number of dB between 1 and 100, got {t!r}")
+            set_("target_psnr", float(t))
 
     def fit_mode(self, n_pixels: int) -> str:
         """The mode used for an image of ``n_pixels``: "exact" or "sample"."""

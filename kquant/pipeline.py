@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import assign, cluster, histogram, lut, metrics, packing, readers, sampling, store
+from . import assign, cluster, dither, histogram, metrics, packing, readers, sampling, store
 from . import uri as uri_mod
 from .fit import FitResult, fit_palette
 from .params import QuantizeParams
@@ -78,17 +78,25 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
     InputError, ParameterError
         On a bad source or bad parameters.
     """
+    from . import fit as fit_mod
+
     params = params or QuantizeParams()
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     mode = params.fit_mode(src.n_pixels)
+    # dask-ml's sample fit seeds only large images (see kquant.fit.SAMPLE_FIT_MIN_PIXELS);
+    # otherwise the exact pass skips drawing the sample
+    use_sample = params.sample_fit == "always" or (
+        params.sample_fit == "auto" and src.n_pixels >= fit_mod.SAMPLE_FIT_MIN_PIXELS)
     t0 = time.perf_counter()
     with cluster.scheduler(address):
         if mode == "exact":
             image = _image(src, params, max_pixels)
-            (colours, counts), sample = cluster.compute(
-                histogram.colour_histogram(image),
-                sampling.sample_pixels(image, params.sample_size, seed=params.seed),
-                progress=progress)
+            work = [histogram.colour_histogram(image)]
+            if use_sample:
+                work.append(sampling.sample_pixels(image, params.sample_size, seed=params.seed))
+            computed = cluster.compute(*work, progress=progress)
+            colours, counts = computed[0]
+            sample = computed[1] if use_sample else None
         else:
             image = readers.open_source(src, chunks=sample_chunks(src), max_pixels=max_pixels,
                                         background=params.background)
@@ -97,8 +105,14 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
                 progress=progress)
             colours, counts = histogram.block_histogram(sample[None])
     t1 = time.perf_counter()
-    result = fit_palette(sample, colours, counts, params.k, seed=params.seed,
-                         restarts=params.restarts, max_iter=params.max_iter)
+    options = dict(seed=params.seed, restarts=params.restarts, max_iter=params.max_iter,
+                   sample_fit="always" if use_sample else "never", space=params.space)
+    if params.target_psnr is not None:
+        result, met = fit_mod.fit_for_psnr(sample, colours, counts, params.target_psnr,
+                                           k_max=params.k, **options)
+        result = dataclasses.replace(result, target_met=met)
+    else:
+        result = fit_palette(sample, colours, counts, params.k, **options)
     timings = {"read" if mode == "exact" else "sample": t1 - t0,
                "fit": time.perf_counter() - t1}
     return dataclasses.replace(result, mode=mode, timings=timings)
@@ -121,10 +135,18 @@ def store_shards(chunks: tuple[int, int], shard: int | None) -> tuple[int, int] 
 
 
 def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root: str,
-                        row0: int, col0: int, packed_chunk: tuple[int, int], use_lut: bool):
+                        row0: int, col0: int, packed_chunk: tuple[int, int], use_lut: bool,
+                        label_options: dict | None = None):
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
-    if use_lut:
+    if label_options:  # perceptual space or dithering (global coordinates: no seams)
+        labels = dither.label_block(block, palette, y0=row0, x0=col0, **label_options)
+        sse = metrics.sse_block(block, labels, palette)
+        packed = packing.pack_rows(labels, bits)
+        counts = np.bincount(labels.ravel(), minlength=len(palette))
+    elif use_lut:
+        from . import lut  # compiled with numba: imported only where it is used
+
         packed, sse, counts = lut.label_pack_block(block, lut.tables_for(palette), palette, bits)
     else:
         labels = assign.nearest_block(block, palette)
@@ -133,6 +155,14 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
         counts = np.bincount(labels.ravel(), minlength=len(palette))
     store.write_packed_chunk(root, packed, row0, col0 * bits // 8, packed_chunk)
     return sse, counts, store.chunk_digest(packed)
+
+
+def _label_options(params: QuantizeParams, palette: np.ndarray) -> dict | None:
+    """Options of :func:`kquant.dither.label_block`; None for the plain RGB assignment."""
+    if params.space == "rgb" and params.dither == "none":
+        return None
+    return {"space": params.space, "dither": params.dither,
+            "dither_amount": dither.amount(palette) if params.dither != "none" else 0.0}
 
 
 def write(source, target, palette: np.ndarray, params: QuantizeParams | None = None, *,
@@ -156,8 +186,9 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     rows, cols = store_chunks(image)
     shards = store_shards((rows, cols), params.shard)
     palette = np.asarray(palette, np.uint8)
-    bits = packing.bits_for(len(palette))
-    use_lut = src.n_pixels >= LUT_MIN_PIXELS
+    bits = packing.storage_bits(len(palette))
+    label_options = _label_options(params, palette)
+    use_lut = src.n_pixels >= LUT_MIN_PIXELS and label_options is None
     meta = store.StoreMeta(
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=rows, chunk_cols=cols,
@@ -174,7 +205,7 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
             keys.append((i, j))
             tasks.append(dask.delayed(_assign_write_block, pure=True)(
                 blocks[i, j, 0], palette, bits, writer.root, i * brows, j * bcols,
-                meta.packed_block, use_lut))
+                meta.packed_block, use_lut, label_options))
         with cluster.scheduler(address):
             results = cluster.compute(*tasks, progress=progress)
         sse = sum(int(r[0]) for r in results)
@@ -182,12 +213,17 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
         n_pixels = src.height * src.width
         mse = metrics.mse(sse, n_pixels)
         psnr = metrics.psnr(mse)
+        extra = {}
+        if label_options and label_options.get("dither") != "none":
+            extra["dither_amount"] = label_options["dither_amount"]
+        if params.target_psnr is not None:
+            extra["target_psnr_met"] = bool(not np.isfinite(psnr) or psnr >= params.target_psnr)
         return writer.commit(
             metrics={"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
                      "lossless": sse == 0, "n_pixels": n_pixels,
                      "palette_counts": [int(c) for c in counts],
                      "assign": "lut" if use_lut else "direct",
-                     "fit_mode": fit_info.mode if fit_info else None},
+                     "fit_mode": fit_info.mode if fit_info else None, **extra},
             checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))))
 
 
@@ -201,14 +237,33 @@ def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = No
     image = _image(src, params, max_pixels)
     step = pv.stride_for(src.height, src.width, max_width)
     small = np.asarray(image[::step, ::step].compute(scheduler="threads"))
-    recon = np.asarray(palette, np.uint8)[assign.nearest_block(small, palette)]
+    options = _label_options(params, np.asarray(palette, np.uint8))
+    labels = (dither.label_block(small, palette, **options) if options
+              else assign.nearest_block(small, palette))
+    recon = np.asarray(palette, np.uint8)[labels]
     pv.write_png(out, pv.compose(small, recon, palette))
     return str(out)
 
 
+def _imposed_palette(palette) -> np.ndarray:
+    import os
+
+    from .errors import ParameterError
+
+    if isinstance(palette, (str, os.PathLike)):
+        from . import palette_io
+
+        return palette_io.read_palette(palette)
+    arr = np.asarray(palette)
+    if arr.ndim != 2 or arr.shape[1] != 3 or not 1 <= len(arr) <= 256 \
+            or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
+        raise ParameterError("an imposed palette must be 1-256 RGB colours of integers 0-255")
+    return arr.astype(np.uint8)
+
+
 def quantize(source, target, params: QuantizeParams | None = None, *, overwrite: bool = False,
              preview_path=None, max_pixels: int | None = None, address: str | None = None,
-             progress: bool = False) -> QuantizeResult:
+             progress: bool = False, palette=None) -> QuantizeResult:
     """Quantize ``source`` into a kquant store at ``target`` (the whole job).
 
     Parameters
@@ -228,6 +283,10 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
         Dask scheduler address; default ``$DASK_SCHEDULER_ADDRESS`` or local threads.
     progress : bool, keyword-only
         Show a progress bar on stderr.
+    palette : array-like (n, 3) or path-like, optional, keyword-only
+        Impose this palette (1-256 colours; or a palette file or store, see
+        :func:`kquant.palette_io.read_palette`) instead of fitting one; ``params.k``
+        and ``params.target_psnr`` are then ignored.
 
     Returns
     -------
@@ -247,10 +306,12 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
     target = store.check_target(target, overwrite=overwrite)
     with locking.hold(target):  # fail fast if another run writes the same target
         return _quantize(source, target, params, overwrite=overwrite, preview_path=preview_path,
-                         max_pixels=max_pixels, address=address, progress=progress)
+                         max_pixels=max_pixels, address=address, progress=progress,
+                         palette=palette)
 
 
-def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, address, progress):
+def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, address, progress,
+              palette=None):
     timings = {}
     t0 = time.perf_counter()
     if preview_path is not None and not overwrite:
@@ -260,16 +321,27 @@ def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, ad
             from .errors import TargetExistsError
 
             raise TargetExistsError(f"{preview_path} exists (use --overwrite to replace it)")
+    imposed = None
+    if palette is not None:
+        imposed = _imposed_palette(palette)
+        params = dataclasses.replace(params, k=max(2, len(imposed)), target_psnr=None)
     src = inspect(source, max_pixels=max_pixels)
     timings["inspect"] = time.perf_counter() - t0
     t = time.perf_counter()
-    result = fit(src, params, max_pixels=max_pixels, address=address, progress=progress)
+    if imposed is None:
+        result = fit(src, params, max_pixels=max_pixels, address=address, progress=progress)
+    else:
+        result = FitResult(palette=imposed, sse=0, n_pixels=src.height * src.width, n_unique=0,
+                           lossless=False, refined_from="imposed", mode="imposed")
     timings["fit"] = time.perf_counter() - t
     timings.update({f"fit.{k}": v for k, v in result.timings.items()})
     t = time.perf_counter()
     meta = write(src, target, result.palette, params, overwrite=overwrite,
                  max_pixels=max_pixels, address=address, progress=progress, fit_info=result)
     timings["assign_write"] = time.perf_counter() - t
+    if imposed is not None:
+        result = dataclasses.replace(result, sse=int(meta.metrics["sse"]),
+                                     lossless=bool(meta.metrics["lossless"]))
     written_preview = None
     if preview_path is not None:
         t = time.perf_counter()

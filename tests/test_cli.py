@@ -36,7 +36,7 @@ def test_quantize_info_decode(photo_png, tmp_path):
     info = run("info", tmp_path / "s.kq", "--json", "--verify")
     assert info.returncode == 0, info.stderr
     meta = json.loads(info.stdout)
-    assert meta["status"] == "complete" and meta["bits"] == 3 and meta["height"] == 150
+    assert meta["status"] == "complete" and meta["bits"] == 4 and meta["height"] == 150
     assert meta["metrics"]["psnr"] > 20 and meta["params"]["k"] == 8
     d = run("decode", tmp_path / "s.kq", tmp_path / "full.png")
     assert d.returncode == 0, d.stderr

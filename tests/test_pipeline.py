@@ -39,7 +39,7 @@ def test_window_decode_equals_slice_of_full(photo_png, tmp_path):
     full = st.rgb.compute()
     for y0, y1, x0, x1 in [(0, 150, 0, 213), (17, 90, 33, 70), (140, 150, 200, 213), (5, 6, 9, 10)]:
         assert np.array_equal(st.window(y0, y1, x0, x1).compute(), full[y0:y1, x0:x1])
-    assert st.meta.bits == packing.bits_for(5) == 3
+    assert st.meta.bits == packing.storage_bits(5) == 4  # format 2: byte-friendly widths
 
 
 def test_same_seed_gives_byte_identical_store(photo_png, tmp_path):
@@ -60,7 +60,7 @@ def test_few_colours_are_lossless(tmp_path):
     st = kquant.open_store(tmp_path / "s.kq")
     assert np.array_equal(st.rgb.compute(), img)
     assert st.meta.metrics["lossless"] and st.meta.metrics["psnr"] is None
-    assert st.meta.n_colors == 6 and st.meta.bits == 3
+    assert st.meta.n_colors == 6 and st.meta.bits == 4  # format 2: 1, 2, 4 or 8 bits
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1)])
