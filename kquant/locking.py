@@ -145,6 +145,36 @@ def _remove_leftovers(target: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _bury(path: str, host: str) -> bool:
+    """Remove a stale lock so that exactly one of several racing runs does it.
+
+    Locally the lock is renamed to a unique name first (atomic: one renamer wins); if what
+    was renamed turns out to belong to a live process (a run that took over in between),
+    it is linked back and the caller does not take over. Returns True when the stale lock
+    is gone and the caller may create its own.
+    """
+    if uri_mod.is_remote(path):
+        _remove(path)
+        return True
+    grave = f"{path}.stale-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        os.rename(path, grave)
+    except FileNotFoundError:
+        return False  # someone else buried it; try to create ours
+    holder = _read(grave)
+    alive = not (holder.get("host") == host and isinstance(holder.get("pid"), int)
+                 and not _pid_alive(holder["pid"]))
+    if alive:  # we displaced a fresh lock: put it back (never over another one)
+        try:
+            os.link(grave, path)
+        except FileExistsError:
+            pass
+        _remove(grave)
+        return False
+    _remove(grave)
+    return True
+
+
 def acquire(target: str) -> str:
     """Take the lock of ``target`` (re-entrant in this process); return the lock's path.
 
@@ -173,7 +203,8 @@ def acquire(target: str) -> str:
                 raise TargetLockedError(f"{target} is being written by another run "
                                         f"({_describe(holder) if holder else 'unknown holder'}); "
                                         f"if that run is gone, delete {path}")
-            _remove(path)  # its holder died: take over
+            if not _bury(path, info["host"]):  # another run took it over first
+                continue
             _remove_leftovers(target)
         raise TargetLockedError(f"{target} is locked ({path})")
 

@@ -59,3 +59,20 @@ def test_lock_of_another_host_is_respected(tmp_path, photo_png):
         json.dump({"host": "elsewhere", "pid": 1, "started": time.time()}, fh)
     with pytest.raises(TargetLockedError, match="elsewhere"):
         kquant.quantize(path, target, QuantizeParams(k=4, restarts=0))
+
+
+def test_racing_takeovers_of_a_stale_lock_leave_one_holder(tmp_path):
+    """Several runs that find the same dead holder at once: exactly one takes over."""
+    target = str(tmp_path / "r.kq")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(locking.lock_path(target), "w") as fh:
+        json.dump({"host": socket.gethostname(), "pid": dead.pid, "started": time.time()}, fh)
+    code = ("import sys, time\nfrom kquant import locking\n"
+            "try:\n    locking.acquire(sys.argv[1])\nexcept Exception as e:\n"
+            "    print('lost', e); sys.exit(3)\nprint('won'); sys.stdout.flush(); time.sleep(3)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, target], stdout=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert sum(o.startswith("won") for o in outs) == 1, outs
+    assert all(o.startswith(("won", "lost")) for o in outs), outs
