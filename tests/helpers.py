@@ -81,3 +81,68 @@ def moto_s3(log_dir, bucket: str):
                     os.environ[k] = v
 
     return _run()
+
+
+def stop_group(proc, timeout: float = 10) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything in its group."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+
+
+def dask_processes(log_dir, *, env=None, nworkers: int = 2, timeout: float = 90):
+    """Context manager: real `dask scheduler` and `dask worker --nworkers N --nthreads 1`
+    processes on 127.0.0.1; yields ``(address, worker_process)`` and stops both on exit."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _run():
+        import os
+        import subprocess
+        import sys
+        import time
+        from pathlib import Path
+
+        from distributed import Client
+
+        dask_bin = str(Path(sys.executable).parent / "dask")
+        port = free_port()
+        address = f"tcp://127.0.0.1:{port}"
+        logs = Path(log_dir)
+        run_env = dict(os.environ, OMP_NUM_THREADS="1") if env is None else env
+        sched = subprocess.Popen([dask_bin, "scheduler", "--host", "127.0.0.1", "--port",
+                                  str(port), "--no-dashboard"], stdout=open(logs / "s.log", "w"),
+                                 stderr=subprocess.STDOUT, start_new_session=True, env=run_env)
+        worker = subprocess.Popen([dask_bin, "worker", address, "--nworkers", str(nworkers),
+                                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                                   "--local-directory", str(logs)],
+                                  stdout=open(logs / "w.log", "w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True, env=run_env)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    with Client(address, timeout="2s") as c:
+                        if len(c.scheduler_info()["workers"]) == nworkers:
+                            break
+                except OSError:
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError("dask cluster did not start:\n" + (logs / "w.log").read_text())
+                time.sleep(0.5)
+            yield address, worker
+        finally:
+            stop_group(worker)
+            stop_group(sched)
+
+    return _run()

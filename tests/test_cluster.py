@@ -1,11 +1,8 @@
 """The same job on real `dask scheduler` / `dask worker` processes gives the same store."""
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,61 +10,16 @@ import pytest
 import tifffile
 
 import kquant
-from helpers import photo_like
+from helpers import dask_processes, free_port, photo_like
 from kquant import QuantizeParams
 
 pytestmark = pytest.mark.slow
-DASK = str(Path(sys.executable).parent / "dask")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
 def scheduler_address(tmp_path_factory):
-    from distributed import Client
-
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs = tmp_path_factory.mktemp("dask")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    sched = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                              "--no-dashboard"], stdout=open(logs / "s.log", "w"),
-                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    worker = subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
-                               "--no-dashboard", "--host", "127.0.0.1",
-                               "--local-directory", str(logs)],
-                              stdout=open(logs / "w.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True, env=env)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with Client(address, timeout="2s") as c:
-                    if len(c.scheduler_info()["workers"]) == 2:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("dask cluster did not start:\n" + (logs / "w.log").read_text())
-            time.sleep(0.5)
+    with dask_processes(tmp_path_factory.mktemp("dask"), timeout=60) as (address, _):
         yield address
-    finally:
-        _stop(worker)
-        _stop(sched)
 
 
 def _files(root: Path) -> dict:
@@ -108,7 +60,7 @@ def test_cli_uses_dask_scheduler_address(tmp_path, scheduler_address, photo_png)
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, photo_png):
     path, _ = photo_png
     p = subprocess.run([sys.executable, "-m", "kquant", "quantize", str(path), str(tmp_path / "s.kq"),
-                        "--address", f"tcp://127.0.0.1:{_free_port()}"],
+                        "--address", f"tcp://127.0.0.1:{free_port()}"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("kquant: error: cannot reach dask scheduler")

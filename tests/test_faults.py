@@ -27,9 +27,10 @@ import psutil
 import pytest
 
 import kquant
-from faultkit import (ARGS, DASK, FAULTS, assert_clean_finish, assert_nothing_complete,
+from faultkit import (ARGS, FAULTS, assert_clean_finish, assert_nothing_complete,
                       chunk_files, files, lock_holder, make_source, one_error_line, quantize_cli,
                       run_env, spawn, stderr_of, stop, tmp_dirs, wait_for_write_pass, wait_until)
+from helpers import dask_processes
 from kquant import locking
 from kquant.errors import IncompleteStoreError
 from kquant.store import read_meta
@@ -106,58 +107,13 @@ def test_kill9_cli_during_fit_then_during_write_then_rerun(source, reference, tm
 
 # --------------------------------------------------------------------------- 2. kill -9 of a dask worker
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_group(proc: subprocess.Popen, timeout: float = 10) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A real `dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1."""
-    from distributed import Client
-
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path / "dask"
     logs.mkdir()
-    env = run_env()
-    sched = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                              "--no-dashboard"], stdout=open(logs / "s.log", "w"),
-                             stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    worker = subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
-                               "--no-dashboard", "--host", "127.0.0.1",
-                               "--local-directory", str(logs)],
-                              stdout=open(logs / "w.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True, env=env)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with Client(address, timeout="2s") as c:
-                    if len(c.scheduler_info()["workers"]) == 2:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("dask cluster did not start:\n" + (logs / "w.log").read_text())
-            time.sleep(0.5)
+    with dask_processes(logs, env=run_env()) as (address, worker):
         yield address, worker
-    finally:
-        _stop_group(worker)
-        _stop_group(sched)
 
 
 @pytest.mark.slow
