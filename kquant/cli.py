@@ -307,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
         print("kquant: interrupted", file=sys.stderr)
         return 130
     except IncompleteStoreError as exc:
@@ -327,5 +330,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """Console entry point: ``sys.exit(main())``, except after Ctrl-C.
+
+    Interrupted, the run's cleanup is already done (temporary store removed, writes gated
+    off, lock released): exit 130 at once rather than wait for dask threads that are still
+    finishing a computation.
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

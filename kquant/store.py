@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -230,9 +231,45 @@ def _labels_array(root: str):
     return zarr.open_array(store=uri_mod.zarr_store(root), path="labels", mode="r+")
 
 
+class _Gate:
+    """Lets chunk writes into a store being written in this process in, until it is aborted.
+
+    ``close`` refuses new writes and waits for those in flight, so that after an abort
+    (an error, Ctrl-C) no task still running in a dask thread writes into (and so
+    re-creates) the temporary store that the abort removed.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    def enter(self) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            self._active += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 120.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: self._active == 0, timeout=timeout)
+
+
+_gates: dict[str, _Gate] = {}
+
+
 def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
                        chunk: tuple[int, int]) -> None:
     """Write one packed block into ``root/labels``: exactly one zarr chunk, or one shard.
+
+    A write into a store whose writer (in this process) has aborted is skipped.
 
     Raises
     ------
@@ -241,16 +278,23 @@ def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
         partial write from concurrent tasks could lose data (for shards, zarr
         rewrites the whole shard).
     """
-    arr = _labels_array(root)
-    rows, cols = arr.shards or arr.chunks
-    h, w = packed.shape
-    end_r, end_c = row0 + h, byte0 + w
-    aligned = (row0 % rows == 0 and byte0 % cols == 0
-               and (h == rows or end_r == arr.shape[0]) and (w == cols or end_c == arr.shape[1]))
-    if not aligned or (rows, cols) != tuple(chunk):
-        raise StoreError(f"write of {packed.shape} at ({row0}, {byte0}) is not aligned to "
-                         f"zarr {'shards' if arr.shards else 'chunks'} {(rows, cols)}")
-    arr[row0:end_r, byte0:end_c] = packed
+    gate = _gates.get(root)
+    if gate is not None and not gate.enter():
+        return
+    try:
+        arr = _labels_array(root)
+        rows, cols = arr.shards or arr.chunks
+        h, w = packed.shape
+        end_r, end_c = row0 + h, byte0 + w
+        aligned = (row0 % rows == 0 and byte0 % cols == 0
+                   and (h == rows or end_r == arr.shape[0]) and (w == cols or end_c == arr.shape[1]))
+        if not aligned or (rows, cols) != tuple(chunk):
+            raise StoreError(f"write of {packed.shape} at ({row0}, {byte0}) is not aligned to "
+                             f"zarr {'shards' if arr.shards else 'chunks'} {(rows, cols)}")
+        arr[row0:end_r, byte0:end_c] = packed
+    finally:
+        if gate is not None:
+            gate.leave()
 
 
 def chunk_digest(packed: np.ndarray) -> str:
@@ -314,6 +358,7 @@ class StoreWriter:
         from . import locking
 
         locking.acquire(self.target)
+        _gates[self.root] = _Gate()
         try:
             self._create()
         except BaseException as exc:
@@ -366,10 +411,14 @@ class StoreWriter:
             locking.release(self.target)
 
     def abort(self) -> None:
+        gate = _gates.get(self.root)  # stays registered, closed: late tasks skip their write
+        if gate is not None:
+            gate.close()  # no write lands after this
         _remove(self.root)
 
     def commit(self, *, metrics: dict, checksum: str) -> StoreMeta:
         """Record metrics and checksum, mark complete, and move the store into place."""
+        _gates.pop(self.root, None)  # every block is written
         import zarr
 
         n_pixels = self.meta.height * self.meta.width

@@ -107,3 +107,28 @@ def test_verify_detects_tampering(tmp_path):
     arr[0, 0] = 0xFF
     with pytest.raises(StoreError, match="checksum"):
         store.open_store(tmp_path / "s.kq").verify()
+
+
+def test_writes_after_an_abort_do_not_resurrect_the_temporary_store(tmp_path):
+    """A dask task still running after Ctrl-C must not write into the removed temp store."""
+    import threading
+
+    meta = _meta()
+    started, release = threading.Event(), threading.Event()
+    with pytest.raises(RuntimeError):
+        with store.StoreWriter(tmp_path / "s.kq", meta, np.zeros((16, 3), np.uint8)) as w:
+            root = w.root
+            store._labels_array(root)  # opened before the abort, as a running task has it
+
+            def late_task():
+                started.set()
+                release.wait(10)
+                store.write_packed_chunk(root, np.ones((8, 4), np.uint8), 0, 0, (8, 4))
+
+            t = threading.Thread(target=late_task)
+            t.start()
+            started.wait(10)
+            raise RuntimeError("interrupted")
+    release.set()
+    t.join(10)
+    assert list(tmp_path.iterdir()) == []
