@@ -23,13 +23,6 @@ def psnr(mse_value: float, *, peak: float = 255.0) -> float:
     return math.inf if mse_value <= 0 else 10.0 * math.log10(peak * peak / mse_value)
 
 
-def weighted_inertia(colours: np.ndarray, weights: np.ndarray, palette: np.ndarray,
-                     labels: np.ndarray) -> float:
-    """Sum over colours of weight x squared distance to the assigned palette entry."""
-    diff = np.asarray(colours, np.float64) - np.asarray(palette, np.float64)[labels]
-    return float(np.dot(np.asarray(weights, np.float64), (diff * diff).sum(axis=1)))
-
-
 def format_bytes(n: float) -> str:
     """A byte count for people: ``"512 B"``, ``"40.1 KiB"``, ``"1.3 GiB"``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
