@@ -126,7 +126,14 @@ def colour_histogram(image, *, fan_in: int = 8, chains: int | None = None):
                 acc = dask.delayed(accumulate, pure=True)(acc, b)
             ends.append(acc)
         return dask.delayed(dense_to_sparse, pure=True)(*ends)
-    level = [dask.delayed(block_histogram)(b) for b in blocks]
+    return merge_tree([dask.delayed(block_histogram)(b) for b in blocks], fan_in=fan_in)
+
+
+def merge_tree(parts: list, *, fan_in: int = 8):
+    """Delayed merge of delayed ``(colours, counts)`` parts by a tree of ``fan_in``."""
+    import dask
+
+    level = list(parts)
     while len(level) > 1:
         level = [dask.delayed(merge_histograms)(*level[i:i + fan_in])
                  for i in range(0, len(level), fan_in)]

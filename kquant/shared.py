@@ -18,16 +18,6 @@ from .params import QuantizeParams
 from .readers import ImageSource
 
 
-def _merge_tree(parts: list, fan_in: int = 8):
-    import dask
-
-    level = list(parts)
-    while len(level) > 1:
-        level = [dask.delayed(histogram.merge_histograms)(*level[i:i + fan_in])
-                 for i in range(0, len(level), fan_in)]
-    return level[0]
-
-
 def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int | None = None,
                address: str | None = None, progress: bool = False) -> FitResult:
     """Fit one palette on several images together.
@@ -78,7 +68,7 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     t0 = time.perf_counter()
     if mode == "exact":  # one pass over every pixel: exact merged histogram + sample
         images = [_image(s, params, max_pixels) for s in srcs]
-        hist = _merge_tree([histogram.colour_histogram(im) for im in images])
+        hist = histogram.merge_tree([histogram.colour_histogram(im) for im in images])
         samples = [sampling.sample_pixels(im, n, seed=params.seed)
                    for im, n in zip(images, shares) if n > 0]
         sample = dask.delayed(np.concatenate)(samples, axis=0)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from helpers import files  # noqa: F401  (re-exported for the fault tests)
 
 import kquant
 from kquant import locking
@@ -79,11 +80,6 @@ def tmp_dirs(target: Path) -> list[Path]:
 
 def chunk_files(root: Path) -> int:
     return sum(1 for p in (root / "labels").rglob("*") if p.is_file() and p.name != "zarr.json")
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None,

@@ -146,3 +146,12 @@ def dask_processes(log_dir, *, env=None, nworkers: int = 2, timeout: float = 90)
             stop_group(sched)
 
     return _run()
+
+
+def files(root) -> dict:
+    """Every file of a folder (a store) by relative path, with its bytes: for byte-identity checks."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}

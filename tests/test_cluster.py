@@ -3,14 +3,13 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
 import kquant
-from helpers import dask_processes, free_port, photo_like
+from helpers import files, dask_processes, free_port, photo_like
 from kquant import QuantizeParams
 
 pytestmark = pytest.mark.slow
@@ -22,11 +21,6 @@ def scheduler_address(tmp_path_factory):
         yield address
 
 
-def _files(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
-
-
 @pytest.mark.parametrize("mode", ["exact", "sample"])
 def test_cluster_store_is_byte_identical_to_local(tmp_path, scheduler_address, mode):
     img = photo_like(300, 356, seed=11)
@@ -36,7 +30,7 @@ def test_cluster_store_is_byte_identical_to_local(tmp_path, scheduler_address, m
     kquant.quantize(src, tmp_path / "local.kq", params)
     res = kquant.quantize(src, tmp_path / "cluster.kq", params, address=scheduler_address)
     assert res.meta.complete
-    assert _files(tmp_path / "local.kq") == _files(tmp_path / "cluster.kq")
+    assert files(tmp_path / "local.kq") == files(tmp_path / "cluster.kq")
 
 
 def test_cli_uses_dask_scheduler_address(tmp_path, scheduler_address, photo_png):

@@ -5,14 +5,9 @@ import numpy as np
 import pytest
 
 import kquant
-from helpers import photo_like
+from helpers import files, photo_like
 from kquant import QuantizeParams, packing
 from oracles import nearest_oracle
-
-
-def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("chunk", [None, 8, 40, 64])
@@ -47,7 +42,7 @@ def test_same_seed_gives_byte_identical_store(photo_png, tmp_path):
     p = QuantizeParams(k=8, seed=3, chunk=64, restarts=1)
     kquant.quantize(path, tmp_path / "a.kq", p)
     kquant.quantize(path, tmp_path / "b.kq", p)
-    a, b = _files(tmp_path / "a.kq"), _files(tmp_path / "b.kq")
+    a, b = files(tmp_path / "a.kq"), files(tmp_path / "b.kq")
     assert a.keys() == b.keys() and a == b
 
 
