@@ -147,7 +147,7 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
     elif use_lut:
         from . import lut  # compiled with numba: imported only where it is used
 
-        packed, sse, counts = lut.label_pack_block(block, lut.tables_for(palette), palette, bits)
+        packed, sse, counts = lut.label_pack_block(block, lut.table_for(palette), palette, bits)
     else:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)

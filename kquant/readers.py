@@ -392,6 +392,14 @@ def _tiff_zarr(path: str, stamp: tuple[int, int]):
     return zarr.open_array(store, mode="r")
 
 
+@functools.lru_cache(maxsize=8)
+def _tile_reader(path: str, stamp: tuple[int, int]):
+    """Direct tile decoder of a local TIFF (:mod:`kquant.tiff_tiles`), None if not usable."""
+    from . import tiff_tiles
+
+    return tiff_tiles.open_reader(path)
+
+
 class _TiffArray:
     """Array-like over a TIFF's samples; opened lazily in each process, pickles as a path."""
 
@@ -402,8 +410,14 @@ class _TiffArray:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key):
+        stamp = (self.src.size_bytes, self.src.mtime_ns, self.src.etag)
+        if not uri_mod.is_remote(self.src.uri):
+            with _tiff_lock:
+                tiles = _tile_reader(self.src.uri, stamp)
+            if tiles is not None:
+                return tiles[key]
         with _tiff_lock:
-            z = _tiff_zarr(self.src.uri, (self.src.size_bytes, self.src.mtime_ns, self.src.etag))
+            z = _tiff_zarr(self.src.uri, stamp)
         try:
             return z[key]
         except Exception as exc:  # a damaged tile: name the file, keep one line

@@ -30,18 +30,26 @@ def test_lookup_table_equals_exact_argmin(palette, table):
     assert np.array_equal(table[codes], nearest_oracle(rgb, palette))
 
 
-def test_coarse_cells_agree_with_the_full_table(palette, table):
-    cells = lut.coarse(table)
-    codes = np.arange(1 << 24, dtype=np.uint32)
-    r, g, b = codes >> 16, (codes >> 8) & 255, codes & 255
-    c = cells[((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)]
-    uniform = c != lut.MIXED
-    assert 0.5 < uniform.mean() < 1.0  # most cells decided, some straddle a boundary
-    assert np.array_equal(c[uniform], table[uniform])
+@pytest.mark.parametrize("pal", [
+    [[0, 0, 0], [2, 0, 0], [1, 5, 0], [1, -5 % 256, 0]],  # ties on whole planes
+    [[10, 10, 10], [10, 10, 10], [250, 3, 7], [9, 11, 10]],  # a duplicate entry
+    "random16", "random256"])
+def test_cell_pruned_table_equals_exact_argmin_with_ties(pal):
+    rng = np.random.default_rng(3)
+    if isinstance(pal, str):
+        pal = rng.integers(0, 256, size=(int(pal[6:]), 3))
+    pal = np.asarray(pal, np.uint8)
+    table = lut.build(pal)
+    planes = np.arange(1 << 16)
+    codes = np.concatenate([(r << 16) | planes for r in (0, 1, 2, 7, 8, 100, 255)]
+                           + [rng.integers(0, 1 << 24, size=100_000)])
+    rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], 1).astype(np.uint8)
+    ref = np.concatenate([nearest_oracle(rgb[i:i + 8192], pal) for i in range(0, len(rgb), 8192)])
+    assert np.array_equal(table[codes], ref)
 
 
-@pytest.mark.parametrize("n_colours", [2, 5, 16, 40, 100, 200])
-@pytest.mark.parametrize("width", [1, 7, 77])
+@pytest.mark.parametrize("n_colours", [2, 3, 5, 16, 40, 100, 200])
+@pytest.mark.parametrize("width", [1, 2, 7, 77, 80])
 def test_compiled_label_pack_equals_numpy_oracles(n_colours, width):
     from kquant import packing
 
@@ -52,8 +60,15 @@ def test_compiled_label_pack_equals_numpy_oracles(n_colours, width):
     table = np.zeros(1 << 24, np.uint8)
     codes = (img[..., 0].astype(np.int64) << 16) | (img[..., 1].astype(np.int64) << 8) | img[..., 2]
     table[codes] = nearest_oracle(img, pal)
-    bits = packing.bits_for(n_colours)
-    packed, sse, counts = lut.label_pack_block(img, (lut.coarse(table), table), pal, bits)
+    for bits in sorted({packing.bits_for(n_colours), packing.storage_bits(n_colours)}):
+        _check_label_pack(img, table, pal, bits)
+
+
+def _check_label_pack(img, table, pal, bits):
+    from kquant import packing
+
+    n_colours = len(pal)
+    packed, sse, counts = lut.label_pack_block(img, table, pal, bits)
     ref = nearest_oracle(img, pal)
     assert np.array_equal(lut.label_block(img, table), ref)
     assert np.array_equal(packed, packing.pack_rows(ref, bits))

@@ -1,0 +1,126 @@
+"""Rectangles of a local TIFF, decoded tile by tile (or strip by strip) straight into place.
+
+For tiled and striped single-page TIFFs on a local disk: each tile's bytes are read with
+``os.pread`` and decoded by tifffile's own decoder for the page (compression, predictor,
+byte order), then copied into the requested rectangle. This is about twice as fast as
+tifffile's zarr interface on a 2-core machine (no event loop, no per-tile coroutine,
+no intermediate chunk), measured on a deflate-tiled gigapixel BigTIFF (bench/README.md);
+the zarr interface stays the reader for everything else (remote files, planar and
+unusual layouts). The decoder is thread-safe: dask threads call it concurrently.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import InputError
+
+
+class TileReader:
+    """Reads ``[y0:y1, x0:x1]`` rectangles of the first page of a local TIFF.
+
+    Use :func:`open_reader`, which returns None for layouts this reader does not handle.
+    """
+
+    def __init__(self, path: str, tf, page, shape: tuple[int, ...]):
+        self.path = path
+        self._tf = tf  # keeps the page's file open for tifffile
+        self._fd = os.open(path, os.O_RDONLY)
+        self._page = page
+        self._decode = page.decode
+        self._offsets = tuple(page.dataoffsets)
+        self._counts = tuple(page.databytecounts)
+        self._jpegtables = page.jpegtables
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(page.dtype)
+        self._seg = (int(page.chunks[0]), int(page.chunks[1]))
+        self._per_row = int(page.chunked[1])
+        self._samples = int(page.samplesperpixel)
+
+    def __del__(self):
+        try:
+            os.close(self._fd)
+        except (OSError, AttributeError):
+            pass
+
+    def _segment(self, index: int) -> np.ndarray | None:
+        """The decoded (rows, cols, samples) segment ``index``, or None for a missing one."""
+        count = self._counts[index]
+        if not count:
+            return None
+        data = os.pread(self._fd, count, self._offsets[index])
+        if len(data) != count:
+            raise InputError(f"{self.path}: TIFF data ends early (truncated file?)")
+        try:
+            seg, _, _ = self._decode(data, index, jpegtables=self._jpegtables)
+        except Exception as exc:  # zlib.error, imagecodecs' errors, ValueError...
+            raise InputError(f"{self.path}: cannot decode TIFF data: {exc}") from None
+        return seg.reshape(seg.shape[-3], seg.shape[-2], self._samples)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The rectangle ``[y0:y1, x0:x1]`` in the page's dtype and sample layout.
+
+        Raises
+        ------
+        InputError
+            If a tile cannot be read or decoded (truncated or corrupt file).
+        """
+        out = np.zeros((y1 - y0, x1 - x0, self._samples), self.dtype)
+        th, tw = self._seg
+        for ty in range(y0 // th, (y1 - 1) // th + 1 if y1 > y0 else 0):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1 if x1 > x0 else 0):
+                seg = self._segment(ty * self._per_row + tx)
+                if seg is None:
+                    continue
+                sy0, sx0 = ty * th, tx * tw
+                a0, a1 = max(y0, sy0), min(y1, sy0 + seg.shape[0])
+                b0, b1 = max(x0, sx0), min(x1, sx0 + seg.shape[1])
+                if a1 > a0 and b1 > b0:
+                    out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = seg[a0 - sy0:a1 - sy0, b0 - sx0:b1 - sx0]
+        return out if len(self.shape) == 3 else out[..., 0]
+
+    def __getitem__(self, key):
+        """Basic slicing with unit steps (what ``dask.array.from_array(fancy=False)`` asks)."""
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (len(self.shape) - len(key))
+        spans = [k.indices(n) if isinstance(k, slice) else None for k, n in zip(key, self.shape)]
+        if any(s is None or s[2] != 1 for s in spans[:2]):
+            raise TypeError("TileReader takes slices with unit steps")
+        (y0, y1, _), (x0, x1, _) = spans[0], spans[1]
+        block = self.read(y0, max(y0, y1), x0, max(x0, x1))
+        return block[(slice(None), slice(None)) + tuple(key[2:])]
+
+
+def open_reader(path: str) -> TileReader | None:
+    """A :class:`TileReader` for a local single-page, chunky (not planar) TIFF; else None.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be opened as a TIFF.
+    """
+    import tifffile
+
+    try:
+        tf = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable TIFF: {exc}") from None
+    try:
+        series = tf.series[0]
+        level = series.levels[0]
+        page = level.keyframe
+        shape = tuple(level.shape)
+        ok = (len(level.pages) == 1 and page.shape == shape
+              and len(page.chunks) in (2, 3) and len(page.chunked) in (2, 3)
+              and (page.samplesperpixel == 1 or int(page.planarconfig) == 1)
+              and page.bitspersample in (8, 16, 32, 64)
+              and (len(shape) == 2) == (page.samplesperpixel == 1)
+              and len(page.dataoffsets) == int(np.prod(page.chunked)))
+    except (AttributeError, IndexError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        tf.close()
+        return None
+    return TileReader(path, tf, page, shape)
