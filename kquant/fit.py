@@ -685,15 +685,25 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
     if not colours.size:
         raise ParameterError("cannot fit a palette to an image with no pixels")
     n_pixels = int(counts.sum())
-    rgb = histogram.decode(colours)
-    order = np.argsort(-counts, kind="stable")
-    if len(colours) <= k:  # lossless: exactly the image's colours, most used first
-        return FitResult(palette=rgb[order], sse=0, n_pixels=n_pixels, n_unique=len(colours),
-                         lossless=True, refined_from="exact")
+    n_colours = len(colours)
+    if n_colours <= k:  # lossless: exactly the image's colours, most used first
+        order = np.argsort(-counts, kind="stable")
+        return FitResult(palette=histogram.decode(colours)[order], sse=0, n_pixels=n_pixels,
+                         n_unique=n_colours, lossless=True, refined_from="exact")
 
-    x = colorspace.from_rgb(rgb, space)
-    w = counts.astype(np.float64)
-    xc, wc = coarse_histogram(rgb, counts, coords=x, heavy=HEAVY_CELL / k)
+    # millions of colours (a gigapixel's exact histogram): compiled kernels over the codes,
+    # nothing kept per colour (kquant.fit_large)
+    large = space == "rgb" and n_colours > FULL_CONVERGENCE_MAX
+    if large:
+        from . import fit_large
+
+        rgb = x = w = None
+        xc, wc = fit_large.cells(colours, counts, COARSE_BITS, heavy=HEAVY_CELL / k)
+    else:
+        rgb = histogram.decode(colours)
+        x = colorspace.from_rgb(rgb, space)
+        w = counts.astype(np.float64)
+        xc, wc = coarse_histogram(rgb, counts, coords=x, heavy=HEAVY_CELL / k)
     if len(xc) <= 2 * k:  # too few cells to seed from: seed on the colours themselves
         xc, wc = x, w
     seeds = []
@@ -721,15 +731,16 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
         if accepted:
             name += f"+{accepted}swaps"
     # the coarse optimum is not always the fine one: refine the runner-up seeding too
-    n_final = FINALISTS if space == "rgb" and len(x) <= FULL_CONVERGENCE_MAX else 1
+    n_final = FINALISTS if space == "rgb" and n_colours <= FULL_CONVERGENCE_MAX else 1
     finalists = [(name, centers)] + [(r[1], r[2]) for r in runs[1:n_final]]
     # converge on ever finer cells first: far fewer iterations on every colour
     levels, size = [], len(xc)
     for bits in range(COARSE_BITS + 1, 8):
-        if size >= 0.7 * len(x):
+        if size >= 0.7 * n_colours:
             break
-        xm, wm = coarse_histogram(rgb, counts, bits=bits, coords=x)
-        if len(xm) >= 0.7 * len(x):
+        xm, wm = (fit_large.cells(colours, counts, bits) if large
+                  else coarse_histogram(rgb, counts, bits=bits, coords=x))
+        if len(xm) >= 0.7 * n_colours:
             break
         levels.append((xm, wm))
         size = len(xm)
@@ -737,20 +748,26 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
     for name, centers in finalists:
         for xm, wm in levels:
             centers = lloyd_bounded(xm, wm, centers, max_iter=max_iter)[0]
-        if len(x) <= FULL_CONVERGENCE_MAX:
+        if n_colours <= FULL_CONVERGENCE_MAX:
             centers, _, inertia, n_iter = lloyd_bounded(x, w, centers, max_iter=max_iter)
+        elif large:
+            centers, inertia, n_iter = fit_large.lloyd(colours, counts, centers,
+                                                       max_iter=max_iter, rtol=1e-5)
         else:  # tens of millions of colours: stop once an iteration gains < 1e-5
             centers, _, inertia, n_iter = lloyd(x, w, centers, max_iter=max_iter, rtol=1e-5)
         if best is None or inertia < best[0]:
             best = (inertia, name, centers, n_iter)
     _, name, centers, n_iter = best
-    if space == "rgb":
-        pal, labels, sse = integer_polish(x, w, centers)
+    if large:
+        pal, sse, use = fit_large.integer_polish(colours, counts, centers)
     else:
-        pal, labels, sse = _space_polish(rgb, x, w, centers, space)
-    use = np.bincount(labels, weights=w, minlength=k)
+        if space == "rgb":
+            pal, labels, sse = integer_polish(x, w, centers)
+        else:
+            pal, labels, sse = _space_polish(rgb, x, w, centers, space)
+        use = np.bincount(labels, weights=w, minlength=k)
     pal = pal[np.argsort(-use, kind="stable")]
-    return FitResult(palette=pal, sse=int(sse), n_pixels=n_pixels, n_unique=len(colours),
+    return FitResult(palette=pal, sse=int(sse), n_pixels=n_pixels, n_unique=n_colours,
                      lossless=False, sample_inertia=sample_inertia, refined_from=name,
                      n_iter=n_iter)
 

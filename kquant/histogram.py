@@ -104,29 +104,57 @@ def dense_to_sparse(*dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return colours, total[colours]
 
 
-def colour_histogram(image, *, fan_in: int = 8, chains: int | None = None):
+def _chain_step(state, block, index, per_block):
+    """One link of a dense chain: count ``block``; also keep ``per_block[index](block)``."""
+    dense, parts = state if state is not None else (None, ())
+    dense = accumulate(dense, block)
+    fn = per_block[index] if per_block is not None else None
+    if fn is not None:
+        parts = parts + ((index, fn(block)),)
+    return dense, parts
+
+
+def _chain_end(*states):
+    colours, counts = dense_to_sparse(*(s[0] for s in states))
+    parts = sorted((p for s in states for p in s[1]), key=lambda p: p[0])
+    return (colours, counts), [p[1] for p in parts]
+
+
+def colour_histogram(image, *, fan_in: int = 8, chains: int | None = None, per_block=None):
     """Delayed ``(colours, counts)`` of a dask image.
 
     Small images: block histograms merged by a tree of ``fan_in``. Above
     :data:`CHAIN_MIN_PIXELS`: ``chains`` sequences (default: one per core) each
     folding its blocks into one dense 2**24 accumulator, so memory stays at a
     few hundred MiB whatever the image size and colour count.
+
+    ``per_block``, a list with one callable (or None) per block in the order of
+    ``image.to_delayed().ravel()``, is applied to each block in the same task that
+    counts it (a block read once, never held for a second consumer); the result is
+    then ``((colours, counts), [results of the callables, in block order]))``.
     """
     import os
 
     import dask
 
     blocks = list(image.to_delayed().reshape(-1))
+    if per_block is not None and len(per_block) != len(blocks):
+        raise ValueError("per_block needs one entry per block")
     if image.shape[0] * image.shape[1] >= CHAIN_MIN_PIXELS and len(blocks) > 1:
         n = max(1, min(len(blocks), chains or os.cpu_count() or 2))
         ends = []
         for c in range(n):
-            acc = None
-            for b in blocks[c::n]:
-                acc = dask.delayed(accumulate, pure=True)(acc, b)
-            ends.append(acc)
-        return dask.delayed(dense_to_sparse, pure=True)(*ends)
-    return merge_tree([dask.delayed(block_histogram)(b) for b in blocks], fan_in=fan_in)
+            state = None
+            for i in range(c, len(blocks), n):
+                state = dask.delayed(_chain_step, pure=True)(state, blocks[i], i, per_block)
+            ends.append(state)
+        end = dask.delayed(_chain_end, pure=True)(*ends)
+        return end if per_block is not None else end[0]
+    hist = merge_tree([dask.delayed(block_histogram)(b) for b in blocks], fan_in=fan_in)
+    if per_block is None:
+        return hist
+    parts = [dask.delayed(fn)(b) for fn, b in zip(per_block, blocks) if fn is not None]
+    return dask.delayed(lambda h, p: (h, list(p)), pure=True)(hist, parts)
 
 
 def merge_tree(parts: list, *, fan_in: int = 8):

@@ -91,12 +91,15 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
     with cluster.scheduler(address):
         if mode == "exact":
             image = _image(src, params, max_pixels)
-            work = [histogram.colour_histogram(image)]
-            if use_sample:
-                work.append(sampling.sample_pixels(image, params.sample_size, seed=params.seed))
-            computed = cluster.compute(*work, progress=progress)
-            colours, counts = computed[0]
-            sample = computed[1] if use_sample else None
+            sample = None
+            if use_sample:  # drawn in the tasks that count each block: read once, not held
+                samplers = sampling.block_samplers(image, params.sample_size, seed=params.seed)
+                ((colours, counts), parts), = cluster.compute(
+                    histogram.colour_histogram(image, per_block=samplers), progress=progress)
+                sample = np.concatenate(parts, axis=0)
+            else:
+                ((colours, counts),) = cluster.compute(histogram.colour_histogram(image),
+                                                       progress=progress)
         else:
             image = readers.open_source(src, chunks=sample_chunks(src), max_pixels=max_pixels,
                                         background=params.background)

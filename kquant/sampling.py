@@ -36,6 +36,18 @@ def sample_block(block: np.ndarray, n: int, *, seed: int, block_id: tuple[int, .
     return flat[idx]
 
 
+def block_samplers(image, n: int, *, seed: int = 0) -> list:
+    """One callable per block (None where it draws nothing), in the order of
+    ``image.to_delayed().ravel()``: concatenated in that order, their draws are
+    :func:`sample_pixels`'s. For drawing in tasks that read the blocks anyway."""
+    import functools
+
+    locs = list(np.ndindex(*image.numblocks))
+    sizes = [int(np.prod([image.chunks[d][i] for d, i in enumerate(loc[:2])])) for loc in locs]
+    return [functools.partial(sample_block, n=c, seed=seed, block_id=loc) if c else None
+            for c, loc in zip(allocate(sizes, int(n)), locs)]
+
+
 def sample_pixels(image, n: int, *, seed: int = 0):
     """A delayed (m, 3) uint8 array of ``m = min(n, H*W)`` pixels drawn from ``image``.
 

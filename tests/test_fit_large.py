@@ -1,0 +1,95 @@
+"""Compact kernels for histograms of millions of colours, against the numpy fitter."""
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from helpers import photo_like
+from kquant import fit, fit_large, histogram, sampling
+from oracles import nearest_oracle
+
+
+def _histogram(n_colours, seed=0, heavy_colour=None):
+    rng = np.random.default_rng(seed)
+    codes = np.unique(rng.integers(0, 1 << 24, size=n_colours, dtype=np.uint32))
+    counts = rng.integers(1, 50, size=len(codes)).astype(np.int64)
+    if heavy_colour is not None:  # one colour holding most pixels: its cell is split finer
+        counts[np.searchsorted(codes, codes[len(codes) // 2])] = counts.sum() * 4
+    return codes, counts
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6, 7])
+@pytest.mark.parametrize("heavy", [None, 0.05])
+def test_cells_equal_coarse_histogram(bits, heavy):
+    codes, counts = _histogram(30_000, seed=bits, heavy_colour=heavy)
+    pts, w = fit_large.cells(codes, counts, bits, heavy=heavy)
+    ref_pts, ref_w = fit.coarse_histogram(histogram.decode(codes), counts, bits=bits, heavy=heavy)
+    order, ref_order = np.lexsort(pts.T), np.lexsort(ref_pts.T)
+    assert len(pts) == len(ref_pts)
+    assert np.allclose(pts[order], ref_pts[ref_order]) and np.array_equal(w[order], ref_w[ref_order])
+
+
+def test_threaded_pass_equals_one_slice():
+    codes, counts = _histogram(3_000_000, seed=1)
+    centers = np.random.default_rng(2).uniform(0, 255, size=(16, 3))
+    assert fit_large._threads(len(codes)) >= 2 or __import__("os").cpu_count() == 1
+    sums, mass, inertia, worst = fit_large.assign_pass(codes, counts, centers)
+    x = histogram.decode(codes).astype(np.float64)
+    d = ((x[:, None, :] - centers[None]) ** 2).sum(axis=2)
+    lab = d.argmin(axis=1)
+    assert np.array_equal(mass, np.bincount(lab, weights=counts, minlength=16))
+    assert np.isclose(inertia, float(np.dot(counts, d[np.arange(len(x)), lab])), rtol=1e-12)
+    cost = counts * d[np.arange(len(x)), lab]
+    assert cost[worst] == cost.max()
+    for j in range(3):
+        assert np.allclose(sums[:, j], np.bincount(lab, weights=counts * x[:, j], minlength=16))
+
+
+def test_lloyd_and_integer_polish_match_the_numpy_fitter():
+    img = photo_like(300, 400, seed=3)
+    codes, counts = histogram.block_histogram(img)
+    x = histogram.decode(codes).astype(np.float64)
+    w = counts.astype(np.float64)
+    start = fit.kmeans_plusplus(x, w, 12, seed=0)
+    c_ref, _, in_ref, _ = fit.lloyd(x, w, start, rtol=0.0)
+    c, inertia, n_iter = fit_large.lloyd(codes, counts, start, rtol=0.0)
+    assert n_iter > 1 and np.isclose(inertia, in_ref, rtol=1e-9)
+    assert np.allclose(c, c_ref, atol=1e-6)
+    pal_ref, lab_ref, sse_ref = fit.integer_polish(x, w, c_ref)
+    pal, sse, use = fit_large.integer_polish(codes, counts, c)
+    assert np.array_equal(pal, pal_ref) and sse == sse_ref
+    assert np.array_equal(use, np.bincount(lab_ref, weights=w, minlength=12))
+    # the sse is that of the exact nearest-entry labels (those the write pass gives)
+    rgb = histogram.decode(codes).astype(np.int64)
+    lab = nearest_oracle(histogram.decode(codes), pal)
+    assert sse == int((counts * ((rgb - pal.astype(np.int64)[lab]) ** 2).sum(axis=1)).sum())
+
+
+def test_fit_palette_uses_the_compact_path_above_the_limit(monkeypatch):
+    img = photo_like(200, 300, seed=4)
+    codes, counts = histogram.block_histogram(img)
+    monkeypatch.setattr(fit, "FULL_CONVERGENCE_MAX", len(codes) // 4)
+    used = []
+    real = fit_large.integer_polish
+    monkeypatch.setattr(fit_large, "integer_polish",
+                        lambda *a, **k: used.append(1) or real(*a, **k))
+    res = fit.fit_palette(None, codes, counts, 16, seed=0)
+    assert used and len(res.palette) == 16
+    lab = nearest_oracle(img, res.palette)
+    assert res.sse == int(((img.astype(np.int64) - res.palette[lab].astype(np.int64)) ** 2).sum())
+    use = np.bincount(lab.ravel(), minlength=16)
+    assert np.all(np.diff(use) <= 0)  # most used first
+
+
+@pytest.mark.parametrize("chain", [True, False])
+def test_histogram_draws_the_sample_in_the_counting_tasks(monkeypatch, chain):
+    img = photo_like(256, 192, seed=6)
+    image = da.from_array(img, chunks=(64, 48, 3))
+    if chain:
+        monkeypatch.setattr(histogram, "CHAIN_MIN_PIXELS", 1)
+    (colours, counts), parts = histogram.colour_histogram(
+        image, per_block=sampling.block_samplers(image, 5000, seed=3)).compute(scheduler="threads")
+    ref_colours, ref_counts = histogram.block_histogram(img)
+    assert np.array_equal(colours, ref_colours) and np.array_equal(counts, ref_counts)
+    ref_sample = sampling.sample_pixels(image, 5000, seed=3).compute(scheduler="threads")
+    assert np.array_equal(np.concatenate(parts), ref_sample)
