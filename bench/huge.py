@@ -6,8 +6,11 @@ Usage:
 
 Each run is a fresh subprocess (so imports, caches and peak memory do not carry over);
 peak RSS is the sum over the process and its children (LocalCluster workers), sampled
-every 0.1 s. Reported: seconds, Mpx/s, peak RSS, the ratio to the read-only pass of the
-same input (the I/O floor, measured in the same command) and the split by stage.
+every 0.1 s. Reported: seconds, Mpx/s, CPU seconds (process and children: steadier than
+wall time on a shared machine), peak RSS, the ratios to the read-only pass of the same
+input (the I/O floor, measured in the same command) and the split by stage. The
+LocalCluster runs start their cluster before the clock (as with --address, the cluster
+exists before the job); its start-up time is reported apart.
 
 Runs:
   read      decode every tile once, nothing else (2 threads)       -- the I/O floor
@@ -67,6 +70,22 @@ class PeakRSS:
         self._t.join()
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its live and reaped children."""
+    import psutil
+
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in me.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def _one(what: str, src: str, k: int, chunk: int) -> dict:
     import dask
     import numpy as np
@@ -75,6 +94,18 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
     from kquant import pipeline
 
     out = {"run": what}
+    cluster = None
+    address = None
+    if what.startswith("cluster"):  # the cluster exists before the job (as with --address)
+        from distributed import LocalCluster
+
+        t = time.perf_counter()
+        cluster = LocalCluster(n_workers=int(what[-1]), threads_per_worker=1,
+                               processes=True, dashboard_address=None,
+                               host="127.0.0.1", memory_limit="4GiB")
+        address = cluster.scheduler_address
+        out["cluster_start_s"] = round(time.perf_counter() - t, 2)
+    cpu0 = _cpu_seconds()
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         if what == "read":
@@ -87,15 +118,6 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
         else:
             mode = "exact" if what == "exact" else "auto"
             params = kquant.QuantizeParams(k=k, mode=mode, chunk=chunk)
-            cluster = None
-            address = None
-            if what.startswith("cluster"):
-                from distributed import LocalCluster
-
-                cluster = LocalCluster(n_workers=int(what[-1]), threads_per_worker=1,
-                                       processes=True, dashboard_address=None,
-                                       host="127.0.0.1", memory_limit="4GiB")
-                address = cluster.scheduler_address
             with tempfile.TemporaryDirectory(dir=os.environ.get("KQ_BENCH_TMP")) as d:
                 ctx = (dask.config.set(scheduler="threads", num_workers=1) if what == "threads1"
                        else dask.config.set(num_workers=2))
@@ -104,11 +126,12 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
                 out["store_bytes"] = res.meta.metrics["store_bytes"]
                 out["psnr"] = res.meta.metrics["psnr"]
                 out["fit_mode"] = res.fit.mode
-            if cluster is not None:
-                cluster.close()
             out["stages"] = {k: round(v, 2) for k, v in res.timings.items()}
             n = res.meta.height * res.meta.width
         out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = _cpu_seconds() - cpu0
+    if cluster is not None:
+        cluster.close()
     out["peak_rss_gib"] = rss.peak / 2**30
     out["mpx_per_s"] = n / 1e6 / out["seconds"]
     out["gigapixels"] = n / 1e9
@@ -138,14 +161,18 @@ def main() -> None:
         results.append(r)
         print(json.dumps(r), flush=True)
     floor = next((r["seconds"] for r in results if r["run"] == "read"), None)
-    print("\n| run | Gpx | seconds | Mpx/s | x read pass | peak RSS GiB | PSNR | stages (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    cpu_floor = next((r["cpu_seconds"] for r in results if r["run"] == "read"), None)
+    print("\n| run | Gpx | seconds | Mpx/s | x read pass | CPU s | x read CPU | peak RSS GiB "
+          "| PSNR | stages (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         ratio = f"{r['seconds'] / floor:.2f}" if floor else "-"
         psnr = f"{r['psnr']:.2f}" if r.get("psnr") else "-"
         stages = ", ".join(f"{k} {v}" for k, v in r["stages"].items() if k != "total")
+        cratio = f"{r['cpu_seconds'] / cpu_floor:.2f}" if cpu_floor else "-"
         print(f"| {r['run']} | {r['gigapixels']:.2f} | {r['seconds']:.1f} | {r['mpx_per_s']:.1f} | "
-              f"{ratio} | {r['peak_rss_gib']:.2f} | {psnr} | {stages} |")
+              f"{ratio} | {r['cpu_seconds']:.1f} | {cratio} | {r['peak_rss_gib']:.2f} | {psnr} "
+              f"| {stages} |")
     c1 = next((r for r in results if r["run"] == "cluster1"), None)
     c2 = next((r for r in results if r["run"] == "cluster2"), None)
     if c1 and c2:
