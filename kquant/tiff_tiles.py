@@ -59,6 +59,35 @@ class TileReader:
             raise InputError(f"{self.path}: cannot decode TIFF data: {exc}") from None
         return seg.reshape(seg.shape[-3], seg.shape[-2], self._samples)
 
+    def tiles(self, y0: int, y1: int, x0: int, x1: int):
+        """The parts of ``[y0:y1, x0:x1]`` tile by tile, in file order, decoded one at a time.
+
+        Yields ``(row, col, part)``: ``part`` (rows, cols, samples) is the rectangle's
+        piece at ``[row:row + rows, col:col + cols]`` relative to ``(y0, x0)``, a view
+        of the freshly decoded tile (zeros for a tile missing from the file).
+
+        Raises
+        ------
+        InputError
+            If a tile cannot be read or decoded (truncated or corrupt file).
+        """
+        th, tw = self._seg
+        if y1 <= y0 or x1 <= x0:
+            return
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                sy0, sx0 = ty * th, tx * tw
+                a0, a1 = max(y0, sy0), min(y1, sy0 + th, self.shape[0])
+                b0, b1 = max(x0, sx0), min(x1, sx0 + tw, self.shape[1])
+                if a1 <= a0 or b1 <= b0:
+                    continue
+                seg = self._segment(ty * self._per_row + tx)
+                if seg is None:
+                    part = np.zeros((a1 - a0, b1 - b0, self._samples), self.dtype)
+                else:
+                    part = seg[a0 - sy0:a1 - sy0, b0 - sx0:b1 - sx0]
+                yield a0 - y0, b0 - x0, part
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The rectangle ``[y0:y1, x0:x1]`` in the page's dtype and sample layout.
 
@@ -67,18 +96,9 @@ class TileReader:
         InputError
             If a tile cannot be read or decoded (truncated or corrupt file).
         """
-        out = np.zeros((y1 - y0, x1 - x0, self._samples), self.dtype)
-        th, tw = self._seg
-        for ty in range(y0 // th, (y1 - 1) // th + 1 if y1 > y0 else 0):
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1 if x1 > x0 else 0):
-                seg = self._segment(ty * self._per_row + tx)
-                if seg is None:
-                    continue
-                sy0, sx0 = ty * th, tx * tw
-                a0, a1 = max(y0, sy0), min(y1, sy0 + seg.shape[0])
-                b0, b1 = max(x0, sx0), min(x1, sx0 + seg.shape[1])
-                if a1 > a0 and b1 > b0:
-                    out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = seg[a0 - sy0:a1 - sy0, b0 - sx0:b1 - sx0]
+        out = np.empty((max(0, y1 - y0), max(0, x1 - x0), self._samples), self.dtype)
+        for r, c, part in self.tiles(y0, y1, x0, x1):
+            out[r:r + part.shape[0], c:c + part.shape[1]] = part
         return out if len(self.shape) == 3 else out[..., 0]
 
     def __getitem__(self, key):

@@ -78,3 +78,4 @@ def test_a_corrupt_tile_is_one_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot decode TIFF data") as exc:
         reader[64:128, 64:128]
     assert "\n" not in str(exc.value)
+
