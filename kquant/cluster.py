@@ -88,3 +88,27 @@ def compute(*collections, progress: bool = False):
 
         dist_progress(futures)
     return tuple(client.gather(futures))
+
+
+def active_client():
+    """The distributed client of this context, or None on local threads."""
+    return _client.get()
+
+
+def compute_alongside(work, *collections, progress: bool = False):
+    """:func:`compute` the collections in a helper thread while ``work()`` runs in this one.
+
+    For overlapping work that runs elsewhere (on a cluster's workers) with Python-heavy
+    work in this process (imports, compilation). The helper thread runs in a copy of this
+    context, so it uses this context's cluster. Returns what :func:`compute` returns.
+    """
+    import concurrent.futures
+
+    ctx = contextvars.copy_context()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kquant-compute")
+    try:
+        future = pool.submit(ctx.run, compute, *collections, progress=progress)
+        work()
+        return future.result()
+    finally:
+        pool.shutdown(wait=False)  # an error or Ctrl-C here does not wait for the compute

@@ -33,6 +33,27 @@ def test_cluster_store_is_byte_identical_to_local(tmp_path, scheduler_address, m
     assert files(tmp_path / "local.kq") == files(tmp_path / "cluster.kq")
 
 
+@pytest.mark.parametrize("mode", ["exact", "sample"])
+def test_sample_fit_on_a_cluster_overlaps_dask_ml_import_and_is_identical(
+        tmp_path, scheduler_address, monkeypatch, mode):
+    """With dask-ml's sample fit, the client prepares dask-ml while the workers read."""
+    from kquant import fit as fit_mod
+
+    img = photo_like(256, 300, seed=12)
+    src = tmp_path / "t.tif"
+    tifffile.imwrite(src, img, tile=(64, 64), compression="zlib", photometric="rgb")
+    params = QuantizeParams(k=8, chunk=128, mode=mode, sample_size=3000, restarts=0,
+                            sample_fit="always")
+    calls = []
+    real = fit_mod.prepare_sample_fit
+    monkeypatch.setattr(fit_mod, "prepare_sample_fit", lambda: calls.append(1) or real())
+    kquant.quantize(src, tmp_path / "local.kq", params)
+    assert not calls  # local threads: no overlap (GIL contention measured slower)
+    res = kquant.quantize(src, tmp_path / "cluster.kq", params, address=scheduler_address)
+    assert calls == [1] and res.fit.sample_inertia is not None
+    assert files(tmp_path / "local.kq") == files(tmp_path / "cluster.kq")
+
+
 def test_cli_uses_dask_scheduler_address(tmp_path, scheduler_address, photo_png):
     from distributed import Client
 
