@@ -79,3 +79,16 @@ def test_a_corrupt_tile_is_one_input_error(tmp_path):
         reader[64:128, 64:128]
     assert "\n" not in str(exc.value)
 
+
+
+@pytest.mark.parametrize("compression", ["jpeg", "webp", "zstd", "packbits"])
+def test_other_codecs_equal_tifffile(tmp_path, compression):
+    img = photo_like(140, 150, seed=9)
+    path = tmp_path / "j.tif"
+    try:
+        tifffile.imwrite(path, img, photometric="rgb", tile=(64, 64), compression=compression)
+    except Exception as exc:  # pragma: no cover - codec missing from imagecodecs
+        pytest.fail(f"imagecodecs cannot write {compression}: {exc}")
+    reader = tiff_tiles.open_reader(str(path))
+    assert reader is not None
+    assert np.array_equal(reader[5:133, 7:150], tifffile.imread(path)[5:133, 7:150])
