@@ -108,3 +108,24 @@ def test_writes_smaller_than_a_shard_are_refused(tmp_path):
         with pytest.raises(StoreError, match="shards"):  # one inner chunk of a shard
             store.write_packed_chunk(w.root, np.zeros((16, 8), np.uint8), 0, 0, (16, 8))
         store.write_packed_chunk(w.root, np.ones((32, 16), np.uint8), 32, 16, (32, 16))
+
+
+def test_compute_alongside_returns_the_compute_and_propagates_errors_at_once():
+    import time
+
+    import dask
+
+    from kquant import cluster
+
+    ran = []
+    slow = dask.delayed(lambda: time.sleep(0.2) or 42)()
+    assert cluster.compute_alongside(lambda: ran.append(1), slow) == (42,) and ran == [1]
+
+    def boom():
+        raise RuntimeError("work failed")
+
+    t = time.perf_counter()
+    very_slow = dask.delayed(lambda: time.sleep(3) or 0)()
+    with pytest.raises(RuntimeError, match="work failed"):
+        cluster.compute_alongside(boom, very_slow)
+    assert time.perf_counter() - t < 2.5  # did not wait for the compute
