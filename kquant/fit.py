@@ -283,8 +283,12 @@ def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
     import dask.array as da
     from dask_ml.cluster import KMeans
 
+    sample = np.asarray(sample, np.uint8)
+    if len(sample) > SAMPLE_FIT_MAX:  # a seeding: a bounded subsample is enough
+        pick = np.random.default_rng([seed, 4]).choice(len(sample), SAMPLE_FIT_MAX, replace=False)
+        sample = sample[np.sort(pick)]
     x = np.asarray(sample, np.float64)
-    codes, counts = np.unique(histogram.encode(np.asarray(sample, np.uint8)), return_counts=True)
+    codes, counts = np.unique(histogram.encode(sample), return_counts=True)
     ux = histogram.decode(codes).astype(np.float64)
     if init is None:
         init = kmeans_plusplus(ux, counts, k, seed=np.random.default_rng([seed, 1]))
@@ -572,6 +576,10 @@ def swap_moves(x: np.ndarray, w: np.ndarray, centers: np.ndarray, inertia: float
 #: pay: it costs ~1.7 s of imports plus ~1 s of fitting and never won against the
 #: coarse-histogram seedings on the benchmark images (bench/quality, up to 2 Mpx).
 SAMPLE_FIT_MIN_PIXELS = 1 << 23
+#: Pixels of the sample that dask-ml's fit sees at most (a subsample of larger samples,
+#: which still refine the palette through their histogram): its Lloyd takes ~1 s per
+#: 10**5 pixels, the histogram refinement much less.
+SAMPLE_FIT_MAX = 1 << 16
 #: Channel bits of the coarse histogram used for seeding, restarts and swap moves.
 COARSE_BITS = 5
 #: Coarse cells holding more than HEAVY_CELL / K of the pixels are split finer.

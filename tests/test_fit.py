@@ -113,3 +113,18 @@ def test_china_beats_the_notebook(china):
     res = fit.fit_palette(pixels[rng.choice(len(pixels), 50000, replace=False)], c, n, 16, seed=0)
     assert res.mse <= notebook_mse
     assert len(res.palette) == 16
+
+
+def test_dask_ml_sees_a_bounded_deterministic_subsample(monkeypatch):
+    from dask_ml.cluster import KMeans
+
+    seen = []
+    real_fit = KMeans.fit
+    monkeypatch.setattr(KMeans, "fit", lambda self, x, *a, **k: seen.append(x.shape[0])
+                        or real_fit(self, x, *a, **k))
+    monkeypatch.setattr(fit, "SAMPLE_FIT_MAX", 1500)
+    sample = photo_like(80, 90, seed=2).reshape(-1, 3)
+    c1, i1 = fit.fit_sample(sample, 6, seed=3)
+    c2, i2 = fit.fit_sample(sample, 6, seed=3)
+    assert seen == [1500, 1500]
+    assert np.array_equal(c1, c2) and i1 == i2
