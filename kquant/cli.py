@@ -279,22 +279,34 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _skip_sparse_import() -> None:
-    """Import dask.array without pydata/sparse (and numba): ~1 s of start-up saved.
+class _NoSparseForDaskArray:
+    """Import finder: ``import sparse`` fails while dask.array initialises, and only then.
 
-    dask.array imports ``sparse`` only to register its array type as a chunk
-    type, which kquant never makes. The block is lifted right after, so a later
-    ``import sparse`` (dask-ml's dependencies) works as usual.
+    dask.array imports pydata/sparse (and with it numba, ~1 s of start-up) only to
+    register its array type as a chunk type, which kquant never makes. Installed once,
+    the finder lets dask.array be imported later, when (and if) a run needs it: a small
+    image never imports dask at all. ``import sparse`` elsewhere (dask-ml's
+    dependencies) works as usual.
     """
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "sparse" and _initialising("dask.array"):
+            raise ModuleNotFoundError("sparse is not imported by kquant's command line",
+                                      name=name)
+        return None
+
+
+def _initialising(module: str) -> bool:
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+def _skip_sparse_import() -> None:
+    """Install :class:`_NoSparseForDaskArray` (once), unless dask.array is already imported."""
     if "dask.array" in sys.modules or "sparse" in sys.modules:
         return
-    sys.modules["sparse"] = None  # makes `import sparse` raise ImportError
-    try:
-        import dask.array  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        del sys.modules["sparse"]
+    if not any(isinstance(f, _NoSparseForDaskArray) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoSparseForDaskArray())
 
 
 def main(argv: list[str] | None = None) -> int:

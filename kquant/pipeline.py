@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import assign, cluster, dither, histogram, metrics, packing, readers, sampling, store
+from . import assign, cluster, dither, histogram, inmemory, metrics, packing, readers, sampling, store
 from . import uri as uri_mod
 from .fit import FitResult, fit_palette
 from .params import QuantizeParams
@@ -103,7 +103,10 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
         params.sample_fit == "auto" and src.n_pixels >= fit_mod.SAMPLE_FIT_MIN_PIXELS)
     t0 = time.perf_counter()
     with cluster.scheduler(address):
-        if mode == "exact":
+        if mode == "exact" and not use_sample and inmemory.eligible(src, params, address=address):
+            colours, counts = inmemory.colour_histogram(src, params, max_pixels=max_pixels)
+            sample = None
+        elif mode == "exact":
             image = _image(src, params, max_pixels)
             sample = None
             if use_sample:  # drawn in the tasks that count each block: read once, not held
@@ -194,11 +197,16 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     InputError, StoreError
         On a bad source or a failed write; no store is left behind.
     """
-    import dask
-
     params = params or QuantizeParams()
     store.check_target(target, overwrite=overwrite)
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
+    if inmemory.eligible(src, params, address=address, target=target):  # one chunk: no dask
+        palette = np.asarray(palette, np.uint8)
+        return inmemory.write(src, target, palette, params, overwrite=overwrite,
+                              max_pixels=max_pixels, fit_info=fit_info,
+                              label_options=_label_options(params, palette))
+    import dask
+
     image = _image(src, params, max_pixels)
     rows, cols = store_chunks(image)
     shards = store_shards((rows, cols), params.shard)
@@ -251,9 +259,12 @@ def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = No
 
     params = params or QuantizeParams()
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
-    image = _image(src, params, max_pixels)
     step = pv.stride_for(src.height, src.width, max_width)
-    small = np.asarray(image[::step, ::step].compute(scheduler="threads"))
+    if inmemory.eligible(src, params):
+        small = np.ascontiguousarray(inmemory.image(src, params, max_pixels=max_pixels)[::step, ::step])
+    else:
+        image = _image(src, params, max_pixels)
+        small = np.asarray(image[::step, ::step].compute(scheduler="threads"))
     options = _label_options(params, np.asarray(palette, np.uint8))
     labels = (dither.label_block(small, palette, **options) if options
               else assign.nearest_block(small, palette))

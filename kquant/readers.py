@@ -310,6 +310,14 @@ class _DecodedImage:
         return arr[key]
 
 
+def decode_whole(src: ImageSource, *, max_pixels: int | None = None,
+                 background: tuple[int, int, int] = convert.WHITE) -> np.ndarray:
+    """The whole (H, W, 3) uint8 RGB of a source Pillow decodes (the array
+    :func:`open_source` serves in chunks; decoded once per process)."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    return _DecodedImage(src, limit, tuple(int(c) for c in background))[...]
+
+
 # --------------------------------------------------------------------------- TIFF via tifffile
 
 def _inspect_tiff(path: str, max_pixels: int | None) -> ImageSource:

@@ -1,0 +1,143 @@
+"""The in-memory path: an image of one chunk, quantized without dask and zarr.
+
+A PNG, JPEG, ... (decoded whole by Pillow anyway) whose pixels fit in one chunk makes a
+dask graph of one task and a store of one chunk; building the graph and importing dask
+and zarr (~0.8 s) cost more than quantizing a photo. Here the same kernels run on the
+decoded array and the store's files are written directly
+(:class:`kquant.store.DirectStoreWriter`): the stores are byte-identical to those of the
+dask path (``tests/test_inmemory.py``). :mod:`kquant.pipeline` routes here when
+:func:`eligible` says so.
+
+Labels in RGB are assigned per distinct colour (the assignment is a function of the
+colour: :func:`kquant.assign.nearest` is exact) and gathered through a colour-indexed
+table; error and palette counts come from the colour histogram, exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import assign, cluster, histogram, metrics, packing, readers, store
+from . import uri as uri_mod
+from .params import QuantizeParams
+from .readers import ImageSource
+
+#: Pillow decodes these whole in memory (TIFF and zarr sources are read tile by tile).
+_WHOLE_FORMATS_EXCLUDED = ("TIFF", "ZARR")
+
+
+def eligible(src: ImageSource, params: QuantizeParams, *, address: str | None = None,
+             target=None) -> bool:
+    """Whether ``src`` goes through the in-memory path with these parameters.
+
+    It does when the image is decoded whole by Pillow, fits in one chunk (unsharded),
+    is fitted in exact mode without the sample-fit seeding, is below the lookup-table
+    size of the write pass, and runs on local threads (no ``address`` nor
+    ``$DASK_SCHEDULER_ADDRESS``); with a ``target``, only if it is local.
+    """
+    from .pipeline import LUT_MIN_PIXELS  # noqa: PLC0415 - pipeline imports this module
+
+    if src.format in _WHOLE_FORMATS_EXCLUDED or params.shard is not None:
+        return False
+    if cluster.resolve_address(address) is not None:
+        return False
+    if target is not None and uri_mod.is_remote(uri_mod.normalise(target)):
+        return False
+    rows, cols = readers.normalise_chunk(params.chunk)
+    if rows < src.height or cols < src.width or src.n_pixels >= LUT_MIN_PIXELS:
+        return False
+    return (params.fit_mode(src.n_pixels) == "exact" and params.sample_fit != "always")
+
+
+def image(src: ImageSource, params: QuantizeParams, *, max_pixels: int | None = None) -> np.ndarray:
+    """The decoded (H, W, 3) uint8 image (cached per process by :mod:`kquant.readers`)."""
+    return readers.decode_whole(src, max_pixels=max_pixels, background=params.background)
+
+
+@functools.lru_cache(maxsize=2)
+def _histogram(src: ImageSource, max_pixels: int | None, background: tuple[int, ...]):
+    arr = readers.decode_whole(src, max_pixels=max_pixels, background=background)
+    return histogram.block_histogram(arr)
+
+
+def colour_histogram(src: ImageSource, params: QuantizeParams, *,
+                     max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique colour codes (uint32) and counts (int64) of the image (cached)."""
+    return _histogram(src, max_pixels, tuple(int(c) for c in params.background))
+
+
+def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
+          max_pixels: int | None = None, label_options: dict | None = None):
+    """Labels of every pixel, exact squared error and pixels per palette entry.
+
+    ``label_options`` (a perceptual space, dithering) are those of
+    :func:`kquant.dither.label_block`; without them the labels are the nearest entry
+    in RGB (:func:`kquant.assign.nearest`), computed once per distinct colour.
+
+    Returns
+    -------
+    labels : ndarray (H, W) uint8
+    sse : int
+    counts : ndarray (n,) int64
+    """
+    palette = np.asarray(palette, np.uint8)
+    arr = image(src, params, max_pixels=max_pixels)
+    if label_options:
+        from . import dither
+
+        labels = dither.label_block(arr, palette, y0=0, x0=0, **label_options)
+        return (labels, metrics.sse_block(arr, labels, palette),
+                np.bincount(labels.ravel(), minlength=len(palette)))
+    colours, counts = colour_histogram(src, params, max_pixels=max_pixels)
+    rgb = histogram.decode(colours)
+    per_colour = assign.nearest(rgb, palette)
+    table = np.empty(histogram.N_COLOURS, np.uint8)  # read only where the image has colours
+    table[colours] = per_colour
+    labels = table[histogram.encode(arr)]
+    diff = rgb.astype(np.int64) - palette.astype(np.int64)[per_colour]
+    sse = int(np.dot(counts, np.einsum("ij,ij->i", diff, diff)))
+    used = np.zeros(len(palette), np.int64)
+    np.add.at(used, per_colour, counts)
+    return labels, sse, used
+
+
+def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams, *,
+          overwrite: bool = False, max_pixels: int | None = None, fit_info=None,
+          label_options: dict | None = None) -> store.StoreMeta:
+    """Label, pack and write the store of a one-chunk image (see :func:`kquant.pipeline.write`).
+
+    Raises
+    ------
+    TargetExistsError, InputError, StoreError
+        As :func:`kquant.pipeline.write`; no store is left behind on failure.
+    """
+    palette = np.asarray(palette, np.uint8)
+    bits = packing.storage_bits(len(palette))
+    meta = store.StoreMeta(
+        height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
+        chunk_rows=src.height, chunk_cols=src.width,
+        source={"uri": src.uri, "format": src.format, "size_bytes": src.size_bytes,
+                "orientation": src.orientation, "mode": src.mode},
+        params=params.to_json())
+    with store.DirectStoreWriter(target, meta, palette, overwrite=overwrite) as writer:
+        labels, sse, counts = label(src, palette, params, max_pixels=max_pixels,
+                                    label_options=label_options)
+        packed = packing.pack_rows(labels, bits)
+        writer.write_labels(packed)
+        n_pixels = src.height * src.width
+        mse = metrics.mse(sse, n_pixels)
+        psnr = metrics.psnr(mse)
+        extra = {}
+        if label_options and label_options.get("dither") != "none":
+            extra["dither_amount"] = label_options["dither_amount"]
+        if params.target_psnr is not None:
+            extra["target_psnr_met"] = bool(not np.isfinite(psnr) or psnr >= params.target_psnr)
+        return writer.commit(
+            metrics={"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
+                     "lossless": sse == 0, "n_pixels": n_pixels,
+                     "palette_counts": [int(c) for c in counts],
+                     "assign": "direct",
+                     "fit_mode": fit_info.mode if fit_info else None, **extra},
+            checksum=store.combine_digests({(0, 0): store.chunk_digest(packed)}))

@@ -1,0 +1,62 @@
+"""The store's zarr v3 files, made without zarr-python: metadata documents and chunk bytes.
+
+Used by :class:`kquant.store.DirectStoreWriter` (the in-memory path for images of one
+chunk, which must not pay zarr's import). Every function returns exactly the bytes
+zarr-python 3 writes for the store's arrays (compact JSON, ``json_indent=None``; the
+``bytes`` codec, then ``zstd`` for the labels; chunks equal to the fill value 0 are not
+written, zarr's ``write_empty_chunks=False``); ``tests/test_inmemory.py`` compares the
+files of both writers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+ZARR_JSON = "zarr.json"
+
+
+def _dumps(doc: dict) -> bytes:
+    return json.dumps(doc, allow_nan=True, indent=None).encode()
+
+
+def group_document(attributes: dict) -> bytes:
+    """``zarr.json`` of a group with these attributes."""
+    return _dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"})
+
+
+def array_document(shape: tuple[int, ...], chunks: tuple[int, ...], *,
+                   zstd_level: int | None = None,
+                   dimension_names: tuple[str, ...] | None = None) -> bytes:
+    """``zarr.json`` of a uint8 array (fill value 0), uncompressed or zstd-compressed."""
+    codecs: list[dict] = [{"name": "bytes"}]
+    if zstd_level is not None:
+        codecs.append({"name": "zstd", "configuration": {"level": int(zstd_level),
+                                                           "checksum": False}})
+    doc = {"shape": [int(s) for s in shape], "data_type": "uint8",
+           "chunk_grid": {"name": "regular",
+                          "configuration": {"chunk_shape": [int(c) for c in chunks]}},
+           "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+           "fill_value": 0, "codecs": codecs, "attributes": {}}
+    if dimension_names is not None:
+        doc["dimension_names"] = list(dimension_names)
+    doc.update(zarr_format=3, node_type="array", storage_transformers=[])
+    return _dumps(doc)
+
+
+def chunk_key(*index: int) -> str:
+    """Path of a chunk inside its array (the default ``/``-separated key encoding)."""
+    return "/".join(("c",) + tuple(str(int(i)) for i in index))
+
+
+def chunk_bytes(chunk: np.ndarray, *, zstd_level: int | None = None) -> bytes | None:
+    """Encoded bytes of one whole uint8 chunk; None when zarr would not write it (all 0)."""
+    chunk = np.ascontiguousarray(chunk, np.uint8)
+    if not chunk.any():
+        return None
+    if zstd_level is None:
+        return chunk.tobytes()
+    from numcodecs.zstd import Zstd
+
+    return bytes(Zstd(level=int(zstd_level), checksum=False).encode(chunk.reshape(-1)))
