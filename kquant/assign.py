@@ -14,7 +14,7 @@ import numpy as np
 _ROWS = 1 << 18  # pixels per GEMM slab: bounds temporary memory to ~N*K*4 bytes
 
 
-def nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+def nearest(pixels: np.ndarray, palette: np.ndarray, *, blas: bool = False) -> np.ndarray:
     """Index of the nearest palette entry for each of (m, 3) pixels, as uint8.
 
     Parameters
@@ -22,6 +22,9 @@ def nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     pixels : ndarray, shape (m, 3)
         Integer RGB values 0-255 (any integer or float dtype holding integers).
     palette : ndarray of uint8, shape (n, 3), 1 <= n <= 256
+    blas : bool, keyword-only
+        Compute the product with BLAS (~4x faster than ``einsum``; the same labels, as
+        the arithmetic is exact): for callers that run alone, not inside dask tasks.
 
     Returns
     -------
@@ -39,7 +42,11 @@ def nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     twice = (2.0 * pal).T
     for start in range(0, len(pixels), _ROWS):
         x = pixels[start:start + _ROWS].astype(np.float32)
-        d = norms - np.einsum("ij,jk->ik", x, twice)  # no BLAS threads inside dask tasks
+        if blas:
+            d = x @ twice
+            np.subtract(norms, d, out=d)
+        else:
+            d = norms - np.einsum("ij,jk->ik", x, twice)  # no BLAS threads inside dask tasks
         out[start:start + _ROWS] = d.argmin(axis=1)
     return out
 

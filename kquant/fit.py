@@ -339,7 +339,7 @@ def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_ite
     k = len(centers)
 
     def cost(pal):
-        lab = assign.nearest(xi, pal)
+        lab = assign.nearest(xi, pal, blas=True)
         diff = xi - pal.astype(np.int64)[lab]
         return lab, int(np.dot(wi, np.einsum('ij,ij->i', diff, diff)))
 
@@ -383,7 +383,7 @@ def _two_nearest(x: np.ndarray, centers: np.ndarray):
         a = d.argmin(axis=1)
         lab[s:s + _ROWS] = a
         if k > 1:
-            np.put_along_axis(d, a[:, None], np.inf, axis=1)
+            d[np.arange(len(a)), a] = np.inf
             second[s:s + _ROWS] = d.argmin(axis=1)
     diff = x - c[lab]
     d1 = np.einsum('ij,ij->i', diff, diff)
@@ -448,9 +448,15 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
             break
         order = np.argsort(delta)
         big, second = order[-1], (delta[order[-2]] if k > 1 else 0.0)
+        # every other centre moved at most delta[big] (second for points of big's cluster)
+        drop = np.full(k, delta[big])
+        drop[big] = second
         u += delta[lab]
-        lo -= np.where(lab == big, second, delta[big])
-        cand = np.flatnonzero(u >= lo - 1e-3 * (1.0 + u))
+        lo -= drop[lab]
+        slack = 1.0 + u  # candidates: u >= lo - 1e-3 (1 + u), with fewer temporaries
+        slack *= 1e-3
+        np.subtract(lo, slack, out=slack)
+        cand = np.flatnonzero(u >= slack)
         if not len(cand):
             break
         nl, nd1, nd2 = _two_nearest(x[cand], c)
@@ -507,6 +513,19 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
     cell = (q[:, 0] << (2 * b)) | (q[:, 1] << b) | q[:, 2]  # lexicographic, dense in 2^(3b)
     cw = np.asarray(counts, np.float64)
     pf = np.asarray(rgb if coords is None else coords, np.float64)
+    if b <= 7 and heavy is None and (1 << (3 * b)) > 2 * len(cell):
+        # few colours for the cells: number the occupied cells (in cell order) and sum
+        # per cell in input order, exactly the dense bincounts below, in less memory
+        occupied_mask = np.zeros(1 << (3 * b), bool)
+        occupied_mask[cell] = True
+        occupied = np.flatnonzero(occupied_mask)
+        number = np.empty(1 << (3 * b), np.intp)
+        number[occupied] = np.arange(len(occupied))
+        inv = number[cell]
+        w = np.bincount(inv, weights=cw, minlength=len(occupied))
+        pts = np.stack([np.bincount(inv, weights=cw * pf[:, j], minlength=len(occupied))
+                        for j in range(3)], 1)
+        return pts / w[:, None], w
     if b <= 7:
         dense = np.bincount(cell, weights=cw, minlength=1 << (3 * b))
         occupied = np.flatnonzero(dense)

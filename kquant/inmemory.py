@@ -92,7 +92,7 @@ def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
                 np.bincount(labels.ravel(), minlength=len(palette)))
     colours, counts = colour_histogram(src, params, max_pixels=max_pixels)
     rgb = histogram.decode(colours)
-    per_colour = assign.nearest(rgb, palette)
+    per_colour = assign.nearest(rgb, palette, blas=True)  # exact: the labels of the dask path
     table = np.empty(histogram.N_COLOURS, np.uint8)  # read only where the image has colours
     table[colours] = per_colour
     labels = table[histogram.encode(arr)]

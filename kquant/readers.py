@@ -201,8 +201,25 @@ _PIL_DIRECT = {"1", "L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N",
 _PIL_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV"}
 
 
-def _check_png_chunks(path: str) -> None:
+#: PNG chunks after the pixels that can hold EXIF (or XMP) orientation.
+_PNG_LATE_EXIF = frozenset({"eXIf", "tEXt", "zTXt", "iTXt"})
+
+
+def _png_orientation(path: str) -> int:
+    """EXIF orientation of a PNG whose metadata follows its pixels (Pillow decodes them)."""
+    from PIL import Image
+
+    try:
+        with _open(path) as fh, Image.open(fh) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable image: {exc}") from None
+
+
+def _check_png_chunks(path: str) -> set[str]:
     """Verify every PNG chunk's CRC (Pillow does not check IDAT's); stream, O(file size).
+
+    Returns the names of the chunks that follow the first IDAT.
 
     Raises
     ------
@@ -211,6 +228,8 @@ def _check_png_chunks(path: str) -> None:
     """
     import zlib
 
+    late: set[str] = set()
+    seen_idat = False
     with _open(path) as fh:
         fh.read(8)
         while True:
@@ -232,8 +251,12 @@ def _check_png_chunks(path: str) -> None:
                 raise InputError(f"{path} is truncated inside a {tag.decode('latin-1')} chunk")
             if int.from_bytes(stored, "big") != crc:
                 raise InputError(f"{path} is corrupt: bad CRC in a {tag.decode('latin-1')} chunk")
+            name = tag.decode("latin-1")
+            if seen_idat:
+                late.add(name)
+            seen_idat = seen_idat or name == "IDAT"
             if tag == b"IEND":
-                return
+                return late
 
 
 def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
@@ -246,7 +269,12 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
             _check_size(path, h, w, max_pixels, whole=True)
             mode, fmt = im.mode, im.format or "?"
             n_frames = getattr(im, "n_frames", 1)
-            exif = im.getexif()
+            if fmt == "PNG" and "exif" not in im.info:
+                # Pillow decodes every pixel to look for EXIF after the pixels; the chunk
+                # walk below says whether there is any (then it is read as before)
+                exif = Image.Image.getexif(im)
+            else:
+                exif = im.getexif()
             orientation = int(exif.get(0x0112, 1) or 1)
     except InputError:
         raise
@@ -257,8 +285,8 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
     if n_frames > 1:
         raise InputError(f"{path} is an animated or multi-frame {fmt} ({n_frames} frames); "
                          "kquant reads single images")
-    if fmt == "PNG":
-        _check_png_chunks(path)
+    if fmt == "PNG" and _check_png_chunks(path) & _PNG_LATE_EXIF:
+        orientation = _png_orientation(path)
     if mode not in _PIL_DIRECT and mode not in _PIL_TO_RGB:
         raise InputError(f"{path}: unsupported {fmt} pixel mode {mode!r}")
     if orientation not in range(1, 9):

@@ -201,3 +201,28 @@ def test_bigtiff_tiled_and_striped_chunks_follow_the_file(tmp_path):
     arr = kquant.open_image(tmp_path / "s.tif", chunks=100)
     assert arr.chunks[0][0] == 96 and arr.chunks[1] == (260,)  # whole strips, full width
     assert np.array_equal(arr.compute(), img)
+
+
+def test_png_exif_after_the_pixels_is_applied(tmp_path):
+    """Orientation in an eXIf chunk after IDAT (Pillow finds it only by decoding): still read."""
+    img = photo_like(30, 50)
+    pil = Image.fromarray(img)
+    exif = pil.getexif()
+    exif[0x0112] = 6
+    pil.save(tmp_path / "early.png", exif=exif)
+    data = (tmp_path / "early.png").read_bytes()
+    chunks, pos = [], 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        chunks.append(data[pos:pos + 12 + length])
+        pos += 12 + length
+    tags = [c[4:8] for c in chunks]
+    exif_chunk = chunks[tags.index(b"eXIf")]
+    rest = [c for c in chunks if c[4:8] != b"eXIf"]
+    late = rest[:-1] + [exif_chunk, rest[-1]]  # ... IDAT, eXIf, IEND
+    assert [c[4:8] for c in late].index(b"eXIf") > [c[4:8] for c in late].index(b"IDAT")
+    (tmp_path / "late.png").write_bytes(data[:8] + b"".join(late))
+    for name in ("early.png", "late.png"):
+        src = kquant.inspect_image(tmp_path / name)
+        assert src.orientation == 6 and (src.height, src.width) == (50, 30)
+        assert np.array_equal(_read(tmp_path / name), np.rot90(img, -1))
