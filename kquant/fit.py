@@ -374,9 +374,17 @@ def _two_nearest(x: np.ndarray, centers: np.ndarray):
     norms = (c32 * c32).sum(axis=1)
     twice = (2.0 * c32).T
     n, k = len(x), len(c)
-    lab = np.empty(n, np.intp)
-    second = np.empty(n, np.intp)
-    for s in range(0, n, _ROWS):
+    if n <= _ROWS:  # one slab (the common case: Lloyd's candidates)
+        d = x.astype(np.float32) @ twice
+        np.subtract(norms, d, out=d)
+        lab = d.argmin(axis=1)
+        if k > 1:
+            d[np.arange(n), lab] = np.inf
+            second = d.argmin(axis=1)
+    else:
+        lab = np.empty(n, np.intp)
+        second = np.empty(n, np.intp)
+    for s in range(0, n if n > _ROWS else 0, _ROWS):
         xs = x[s:s + _ROWS].astype(np.float32)
         d = xs @ twice
         np.subtract(norms, d, out=d)
@@ -416,21 +424,34 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
     w = np.asarray(w, np.float64)
     c = np.array(centers, np.float64, copy=True)
     k = len(c)
-    wx = x * w[:, None]
+    wxw = np.empty((len(x), 4))  # weight, then weighted coordinates
+    wxw[:, 0] = w
+    np.multiply(x, w[:, None], out=wxw[:, 1:])
+    wx = wxw[:, 1:]
     lab, d1, d2 = _two_nearest(x, c)
     u, lo = np.sqrt(d1), np.sqrt(d2)
+    columns = np.arange(4)
 
     def exact_sums(lab):
         mass = np.bincount(lab, weights=w, minlength=k)
         sums = np.stack([np.bincount(lab, weights=wx[:, j], minlength=k) for j in range(3)], 1)
         return sums, mass
 
+    def moved_sums(clusters, points):
+        """Per cluster: weight and weighted coordinates of ``points`` (in point order, as
+        four bincounts would add them, in one)."""
+        keys = (clusters[:, None] * 4 + columns).ravel()
+        return np.bincount(keys, weights=wxw[points].ravel(), minlength=4 * k).reshape(k, 4)
+
     sums, mass = exact_sums(lab)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        new = c.copy()
         nonempty = mass > 0
-        new[nonempty] = sums[nonempty] / mass[nonempty, None]
+        if nonempty.all():
+            new = sums / mass[:, None]
+        else:
+            new = c.copy()
+            new[nonempty] = sums[nonempty] / mass[nonempty, None]
         if not nonempty.all():  # repair, then start the bounds afresh
             _repair_empty(new, mass, x, w, u * u)
             c = new
@@ -446,8 +467,8 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
         c = new
         if not delta.any():
             break
-        order = np.argsort(delta)
-        big, second = order[-1], (delta[order[-2]] if k > 1 else 0.0)
+        big = int(np.argmax(delta))  # in a tie, either: then second == delta[big]
+        second = np.partition(delta, k - 2)[k - 2] if k > 1 else 0.0
         # every other centre moved at most delta[big] (second for points of big's cluster)
         drop = np.full(k, delta[big])
         drop[big] = second
@@ -467,11 +488,11 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
             break
         idx, src, dst = cand[moved], old[moved], nl[moved]
         lab[idx] = dst
-        mass -= np.bincount(src, weights=w[idx], minlength=k)
-        mass += np.bincount(dst, weights=w[idx], minlength=k)
-        for j in range(3):
-            sums[:, j] -= np.bincount(src, weights=wx[idx, j], minlength=k)
-            sums[:, j] += np.bincount(dst, weights=wx[idx, j], minlength=k)
+        out, into = moved_sums(src, idx), moved_sums(dst, idx)
+        mass -= out[:, 0]
+        mass += into[:, 0]
+        sums -= out[:, 1:]
+        sums += into[:, 1:]
         if n_iter % 16 == 0:  # bound the drift of the running sums
             sums, mass = exact_sums(lab)
     sums, mass = exact_sums(lab)
@@ -480,6 +501,23 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
     diff = x - c[lab]
     inertia = float(np.dot(w, np.einsum('ij,ij->i', diff, diff)))
     return c, lab, inertia, n_iter
+
+
+#: Largest key range :func:`_rank` numbers through a table (4 MiB of flags).
+_RANK_MAX = 1 << 22
+
+
+def _rank(keys: np.ndarray, size: int) -> np.ndarray:
+    """Rank of each key among the distinct keys (0 <= keys < size): ``np.unique``'s
+    inverse, by a table of flags instead of a sort when ``size`` is at most _RANK_MAX."""
+    if size > _RANK_MAX:
+        return np.unique(keys, return_inverse=True)[1]
+    present = np.zeros(size, bool)
+    present[keys] = True
+    occupied = np.flatnonzero(present)
+    number = np.empty(size, np.intp)
+    number[occupied] = np.arange(len(occupied))
+    return number[keys]
 
 
 def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = None,
@@ -513,20 +551,9 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
     cell = (q[:, 0] << (2 * b)) | (q[:, 1] << b) | q[:, 2]  # lexicographic, dense in 2^(3b)
     cw = np.asarray(counts, np.float64)
     pf = np.asarray(rgb if coords is None else coords, np.float64)
-    if b <= 7 and heavy is None and (1 << (3 * b)) > 2 * len(cell):
-        # few colours for the cells: number the occupied cells (in cell order) and sum
-        # per cell in input order, exactly the dense bincounts below, in less memory
-        occupied_mask = np.zeros(1 << (3 * b), bool)
-        occupied_mask[cell] = True
-        occupied = np.flatnonzero(occupied_mask)
-        number = np.empty(1 << (3 * b), np.intp)
-        number[occupied] = np.arange(len(occupied))
-        inv = number[cell]
-        w = np.bincount(inv, weights=cw, minlength=len(occupied))
-        pts = np.stack([np.bincount(inv, weights=cw * pf[:, j], minlength=len(occupied))
-                        for j in range(3)], 1)
-        return pts / w[:, None], w
-    if b <= 7:
+    if b <= 7 and (heavy is None or (1 << (3 * b)) > 2 * len(cell)):
+        inv = _rank(cell, 1 << (3 * b))  # few colours for the cells: no dense counters
+    elif b <= 7:
         dense = np.bincount(cell, weights=cw, minlength=1 << (3 * b))
         occupied = np.flatnonzero(dense)
         if heavy is None or dense[occupied].max() <= heavy * cw.sum():
@@ -535,16 +562,25 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
             pts = np.stack([np.bincount(cell, weights=cw * pf[:, j],
                                         minlength=1 << (3 * b))[occupied] for j in range(3)], 1)
             return pts / w[:, None], w
-    _, inv = np.unique(cell, return_inverse=True)
+        inv = _rank(cell, 1 << (3 * b))
+    else:
+        _, inv = np.unique(cell, return_inverse=True)
     if heavy is not None and b < 8:
         w = np.bincount(inv, weights=cw)
         dense = w[inv] > heavy * cw.sum()
         if dense.any():
             fine = min(8, b + 2)
             qf = np.asarray(rgb[dense], np.int64) >> (8 - fine)
-            # fine cells get codes above every coarse one
-            cell[dense] = (1 << 24) + ((qf[:, 0] << 16) | (qf[:, 1] << 8) | qf[:, 2])
-            _, inv = np.unique(cell, return_inverse=True)
+            size = (1 << (3 * b)) + (1 << (3 * fine))
+            if size <= _RANK_MAX:  # fine cells numbered above every coarse one
+                key = cell.copy()
+                key[dense] = (1 << (3 * b)) + ((qf[:, 0] << (2 * fine)) | (qf[:, 1] << fine)
+                                               | qf[:, 2])
+                inv = _rank(key, size)
+            else:
+                # fine cells get codes above every coarse one
+                cell[dense] = (1 << 24) + ((qf[:, 0] << 16) | (qf[:, 1] << 8) | qf[:, 2])
+                _, inv = np.unique(cell, return_inverse=True)
     w = np.bincount(inv, weights=cw)
     pts = np.stack([np.bincount(inv, weights=cw * pf[:, j]) for j in range(3)], axis=1)
     return pts / w[:, None], w

@@ -98,9 +98,8 @@ def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
     labels = table[histogram.encode(arr)]
     diff = rgb.astype(np.int64) - palette.astype(np.int64)[per_colour]
     sse = int(np.dot(counts, np.einsum("ij,ij->i", diff, diff)))
-    used = np.zeros(len(palette), np.int64)
-    np.add.at(used, per_colour, counts)
-    return labels, sse, used
+    used = np.bincount(per_colour, weights=counts, minlength=len(palette))  # exact below 2**53
+    return labels, sse, used.astype(np.int64)
 
 
 def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams, *,
