@@ -173,3 +173,34 @@ def test_cli_dask_path_still_skips_sparse(tmp_path, photo_png):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "0 dask.array zarr"
     kquant.open_store(tmp_path / "q.kq").verify()
+
+
+def _input(kind: str, path):
+    from PIL import Image
+
+    img = photo_like(70, 90, seed=11)
+    if kind == "rgba":
+        alpha = np.linspace(0, 255, 70 * 90).reshape(70, 90, 1).astype(np.uint8)
+        iio.imwrite(path, np.concatenate([img, alpha], axis=2))
+    elif kind == "grey":
+        iio.imwrite(path, img[..., 1])
+    elif kind == "grey16":
+        iio.imwrite(path, (img[..., 0].astype(np.uint16) * 257))
+    elif kind == "palette":
+        Image.fromarray(img).quantize(40).save(path)
+    elif kind == "oriented-jpeg":
+        pil = Image.fromarray(img)
+        exif = pil.getexif()
+        exif[0x0112] = 6
+        pil.save(path, exif=exif, quality=92)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["rgba", "grey", "grey16", "palette", "oriented-jpeg"])
+def test_input_kinds_are_byte_identical(kind, tmp_path, monkeypatch):
+    src = _input(kind, tmp_path / ("in.jpg" if kind.endswith("jpeg") else "in.png"))
+    fast, slow, res, _ = _both(src, tmp_path, monkeypatch, QuantizeParams(k=12, restarts=1))
+    assert fast == slow
+    if kind == "oriented-jpeg":
+        assert (res.meta.height, res.meta.width) == (90, 70)
+    kquant.open_store(tmp_path / "fast.kq").verify()
