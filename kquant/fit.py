@@ -340,7 +340,8 @@ def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_ite
 
     def cost(pal):
         lab = assign.nearest(xi, pal, blas=True)
-        diff = xi - pal.astype(np.int64)[lab]
+        diff = np.take(pal.astype(np.int64), lab, axis=0)
+        np.subtract(xi, diff, out=diff)
         return lab, int(np.dot(wi, np.einsum('ij,ij->i', diff, diff)))
 
     pal = np.clip(np.rint(centers), 0, 255).astype(np.uint8)
@@ -351,7 +352,8 @@ def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_ite
         new = pal.astype(np.float64)
         nonempty = mass > 0
         new[nonempty] = sums[nonempty] / mass[nonempty, None]
-        diff = xi - pal.astype(np.int64)[labels]
+        diff = np.take(pal.astype(np.int64), labels, axis=0)
+        np.subtract(xi, diff, out=diff)
         _repair_empty(new, mass, xf, wf, (diff * diff).sum(axis=1).astype(np.float64))
         new = np.clip(np.rint(new), 0, 255).astype(np.uint8)
         if np.array_equal(new, pal):
@@ -393,10 +395,12 @@ def _two_nearest(x: np.ndarray, centers: np.ndarray):
         if k > 1:
             d[np.arange(len(a)), a] = np.inf
             second[s:s + _ROWS] = d.argmin(axis=1)
-    diff = x - c[lab]
+    diff = np.take(c, lab, axis=0)  # take + in place: ~5x faster than x - c[lab]
+    np.subtract(x, diff, out=diff)
     d1 = np.einsum('ij,ij->i', diff, diff)
     if k > 1:
-        diff = x - c[second]
+        diff = np.take(c, second, axis=0)
+        np.subtract(x, diff, out=diff)
         d2 = np.einsum('ij,ij->i', diff, diff)
     else:
         d2 = np.full(n, np.inf)
@@ -424,24 +428,24 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
     w = np.asarray(w, np.float64)
     c = np.array(centers, np.float64, copy=True)
     k = len(c)
-    wxw = np.empty((len(x), 4))  # weight, then weighted coordinates
-    wxw[:, 0] = w
-    np.multiply(x, w[:, None], out=wxw[:, 1:])
-    wx = wxw[:, 1:]
+    wxw = np.empty((4, len(x)))  # rows: weight, then weighted coordinates (contiguous)
+    wxw[0] = w
+    np.multiply(x.T, w, out=wxw[1:])
     lab, d1, d2 = _two_nearest(x, c)
     u, lo = np.sqrt(d1), np.sqrt(d2)
-    columns = np.arange(4)
+    rows = np.arange(4)[:, None]
 
     def exact_sums(lab):
         mass = np.bincount(lab, weights=w, minlength=k)
-        sums = np.stack([np.bincount(lab, weights=wx[:, j], minlength=k) for j in range(3)], 1)
+        sums = np.stack([np.bincount(lab, weights=wxw[1 + j], minlength=k) for j in range(3)], 1)
         return sums, mass
 
     def moved_sums(clusters, points):
         """Per cluster: weight and weighted coordinates of ``points`` (in point order, as
         four bincounts would add them, in one)."""
-        keys = (clusters[:, None] * 4 + columns).ravel()
-        return np.bincount(keys, weights=wxw[points].ravel(), minlength=4 * k).reshape(k, 4)
+        keys = (clusters * 4 + rows).ravel()
+        return np.bincount(keys, weights=np.take(wxw, points, axis=1).ravel(),
+                           minlength=4 * k).reshape(k, 4)
 
     sums, mass = exact_sums(lab)
     n_iter = 0
@@ -472,8 +476,8 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
         # every other centre moved at most delta[big] (second for points of big's cluster)
         drop = np.full(k, delta[big])
         drop[big] = second
-        u += delta[lab]
-        lo -= drop[lab]
+        u += np.take(delta, lab)
+        lo -= np.take(drop, lab)
         slack = 1.0 + u  # candidates: u >= lo - 1e-3 (1 + u), with fewer temporaries
         slack *= 1e-3
         np.subtract(lo, slack, out=slack)
@@ -498,7 +502,8 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
     sums, mass = exact_sums(lab)
     nonempty = mass > 0
     c[nonempty] = sums[nonempty] / mass[nonempty, None]
-    diff = x - c[lab]
+    diff = np.take(c, lab, axis=0)
+    np.subtract(x, diff, out=diff)
     inertia = float(np.dot(w, np.einsum('ij,ij->i', diff, diff)))
     return c, lab, inertia, n_iter
 

@@ -96,7 +96,8 @@ def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
     table = np.empty(histogram.N_COLOURS, np.uint8)  # read only where the image has colours
     table[colours] = per_colour
     labels = table[histogram.encode(arr)]
-    diff = rgb.astype(np.int64) - palette.astype(np.int64)[per_colour]
+    diff = np.take(palette.astype(np.int64), per_colour, axis=0)
+    np.subtract(rgb, diff, out=diff)
     sse = int(np.dot(counts, np.einsum("ij,ij->i", diff, diff)))
     used = np.bincount(per_colour, weights=counts, minlength=len(palette))  # exact below 2**53
     return labels, sse, used.astype(np.int64)
