@@ -90,9 +90,12 @@ def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
         labels = dither.label_block(arr, palette, y0=0, x0=0, **label_options)
         return (labels, metrics.sse_block(arr, labels, palette),
                 np.bincount(labels.ravel(), minlength=len(palette)))
+    from threadpoolctl import threadpool_limits
+
     colours, counts = colour_histogram(src, params, max_pixels=max_pixels)
     rgb = histogram.decode(colours)
-    per_colour = assign.nearest(rgb, palette, blas=True)  # exact: the labels of the dask path
+    with threadpool_limits(limits=1, user_api="blas"):  # a thin product: threads only wait
+        per_colour = assign.nearest(rgb, palette, blas=True)  # exact: the dask path's labels
     table = np.empty(histogram.N_COLOURS, np.uint8)  # read only where the image has colours
     table[colours] = per_colour
     labels = table[histogram.encode(arr)]
