@@ -200,6 +200,7 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, *, seed: int | np.rand
     diff0 = x - centers[0]
     closest = np.einsum('ij,ij->i', diff0, diff0)
     pot = float(np.dot(w, closest))
+    xt = np.ascontiguousarray(x.T)  # channels as rows: the differences vectorise along points
     for c in range(1, k):
         if pot <= 0:  # fewer distinct points than centres: duplicate the first
             centers[c:] = centers[0]
@@ -207,8 +208,11 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, *, seed: int | np.rand
         cum = np.cumsum(w * closest)
         cand = np.searchsorted(cum, rng.random(trials) * cum[-1], side="right")
         cand = np.minimum(cand, n - 1)
-        diff = x[None, :, :] - x[cand][:, None, :]
-        d = np.einsum('tij,tij->ti', diff, diff)
+        diff = xt[None, :, :] - x[cand][:, :, None]  # (trials, 3, n)
+        np.multiply(diff, diff, out=diff)
+        # (d0^2 + d2^2) + d1^2: the sum einsum("tij,tij->ti") makes, bit for bit
+        d = diff[:, 0] + diff[:, 2]
+        d += diff[:, 1]
         d = np.minimum(closest[None, :], d)
         pots = d @ w
         best = int(np.argmin(pots))
@@ -365,11 +369,26 @@ def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_ite
     return pal, labels, sse
 
 
-def _two_nearest(x: np.ndarray, centers: np.ndarray):
+def _sq_dist(xt: np.ndarray, ct: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Squared distance of each point to centre ``lab``, from channel rows (3, n) and (3, k).
+
+    The sum is ``(d0^2 + d2^2) + d1^2``: bit for bit what ``einsum("ij,ij->i")`` makes
+    of the (n, 3) differences, ~3x faster.
+    """
+    g = np.take(ct, lab, axis=1)
+    np.subtract(xt, g, out=g)
+    np.multiply(g, g, out=g)
+    d = g[0] + g[2]
+    d += g[1]
+    return d
+
+
+def _two_nearest(x: np.ndarray, centers: np.ndarray, xt: np.ndarray | None = None):
     """Nearest and second-nearest centre of each point, with squared distances.
 
     The two centres are chosen on float32 distances (half the memory traffic);
-    the returned distances are recomputed in float64 from the points.
+    the returned distances are recomputed in float64 from the points (``xt``: the
+    points as channel rows, ``x.T`` contiguous, if the caller has it).
     """
     c = np.asarray(centers, np.float64)
     c32 = c.astype(np.float32)
@@ -395,13 +414,11 @@ def _two_nearest(x: np.ndarray, centers: np.ndarray):
         if k > 1:
             d[np.arange(len(a)), a] = np.inf
             second[s:s + _ROWS] = d.argmin(axis=1)
-    diff = np.take(c, lab, axis=0)  # take + in place: ~5x faster than x - c[lab]
-    np.subtract(x, diff, out=diff)
-    d1 = np.einsum('ij,ij->i', diff, diff)
+    xt = np.ascontiguousarray(x.T) if xt is None else xt
+    ct = np.ascontiguousarray(c.T)
+    d1 = _sq_dist(xt, ct, lab)
     if k > 1:
-        diff = np.take(c, second, axis=0)
-        np.subtract(x, diff, out=diff)
-        d2 = np.einsum('ij,ij->i', diff, diff)
+        d2 = _sq_dist(xt, ct, second)
     else:
         d2 = np.full(n, np.inf)
     return lab, d1, np.maximum(d2, d1)
@@ -431,7 +448,8 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
     wxw = np.empty((4, len(x)))  # rows: weight, then weighted coordinates (contiguous)
     wxw[0] = w
     np.multiply(x.T, w, out=wxw[1:])
-    lab, d1, d2 = _two_nearest(x, c)
+    xt = np.ascontiguousarray(x.T)
+    lab, d1, d2 = _two_nearest(x, c, xt)
     u, lo = np.sqrt(d1), np.sqrt(d2)
     rows = np.arange(4)[:, None]
 
@@ -459,7 +477,7 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
         if not nonempty.all():  # repair, then start the bounds afresh
             _repair_empty(new, mass, x, w, u * u)
             c = new
-            new_lab, d1, d2 = _two_nearest(x, c)
+            new_lab, d1, d2 = _two_nearest(x, c, xt)
             u, lo = np.sqrt(d1), np.sqrt(d2)
             changed = not np.array_equal(new_lab, lab)
             lab = new_lab
@@ -484,7 +502,7 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
         cand = np.flatnonzero(u >= slack)
         if not len(cand):
             break
-        nl, nd1, nd2 = _two_nearest(x[cand], c)
+        nl, nd1, nd2 = _two_nearest(x[cand], c, np.take(xt, cand, axis=1))
         old = lab[cand]
         moved = nl != old
         u[cand], lo[cand] = np.sqrt(nd1), np.sqrt(nd2)
@@ -502,9 +520,7 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
     sums, mass = exact_sums(lab)
     nonempty = mass > 0
     c[nonempty] = sums[nonempty] / mass[nonempty, None]
-    diff = np.take(c, lab, axis=0)
-    np.subtract(x, diff, out=diff)
-    inertia = float(np.dot(w, np.einsum('ij,ij->i', diff, diff)))
+    inertia = float(np.dot(w, _sq_dist(xt, np.ascontiguousarray(c.T), lab)))
     return c, lab, inertia, n_iter
 
 
