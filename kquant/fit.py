@@ -356,9 +356,10 @@ def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_ite
         new = pal.astype(np.float64)
         nonempty = mass > 0
         new[nonempty] = sums[nonempty] / mass[nonempty, None]
-        diff = np.take(pal.astype(np.int64), labels, axis=0)
-        np.subtract(xi, diff, out=diff)
-        _repair_empty(new, mass, xf, wf, (diff * diff).sum(axis=1).astype(np.float64))
+        if not nonempty.all():  # the errors are only needed to repair empty clusters
+            diff = np.take(pal.astype(np.int64), labels, axis=0)
+            np.subtract(xi, diff, out=diff)
+            _repair_empty(new, mass, xf, wf, (diff * diff).sum(axis=1).astype(np.float64))
         new = np.clip(np.rint(new), 0, 255).astype(np.uint8)
         if np.array_equal(new, pal):
             break
