@@ -376,7 +376,7 @@ def _sq_dist(xt: np.ndarray, ct: np.ndarray, lab: np.ndarray) -> np.ndarray:
     The sum is ``(d0^2 + d2^2) + d1^2``: bit for bit what ``einsum("ij,ij->i")`` makes
     of the (n, 3) differences, ~3x faster.
     """
-    g = np.take(ct, lab, axis=1)
+    g = ct.take(lab, axis=1)
     np.subtract(xt, g, out=g)
     np.multiply(g, g, out=g)
     d = g[0] + g[2]
@@ -463,7 +463,7 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
         """Per cluster: weight and weighted coordinates of ``points`` (in point order, as
         four bincounts would add them, in one)."""
         keys = (clusters * 4 + rows).ravel()
-        return np.bincount(keys, weights=np.take(wxw, points, axis=1).ravel(),
+        return np.bincount(keys, weights=wxw.take(points, axis=1).ravel(),
                            minlength=4 * k).reshape(k, 4)
 
     sums, mass = exact_sums(lab)
@@ -495,15 +495,15 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
         # every other centre moved at most delta[big] (second for points of big's cluster)
         drop = np.full(k, delta[big])
         drop[big] = second
-        u += np.take(delta, lab)
-        lo -= np.take(drop, lab)
+        u += delta.take(lab)
+        lo -= drop.take(lab)
         slack = 1.0 + u  # candidates: u >= lo - 1e-3 (1 + u), with fewer temporaries
         slack *= 1e-3
         np.subtract(lo, slack, out=slack)
         cand = np.flatnonzero(u >= slack)
         if not len(cand):
             break
-        nl, nd1, nd2 = _two_nearest(x[cand], c, np.take(xt, cand, axis=1))
+        nl, nd1, nd2 = _two_nearest(x[cand], c, xt.take(cand, axis=1))
         old = lab[cand]
         moved = nl != old
         u[cand], lo[cand] = np.sqrt(nd1), np.sqrt(nd2)
