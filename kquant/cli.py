@@ -343,18 +343,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console entry point: ``sys.exit(main())``, except after Ctrl-C.
+    """Console entry point: ``main()``, then the process ends at once with its status.
 
-    Interrupted, the run's cleanup is already done (temporary store removed, writes gated
-    off, lock released): exit 130 at once rather than wait for dask threads that are still
-    finishing a computation.
+    By the time ``main`` returns, the run's work and cleanup are done (stores committed or
+    removed, files closed, locks released, a cluster client closed). The interpreter's own
+    teardown (finalising every imported module: ~30 ms, a tenth of quantizing a photo) is
+    skipped with ``os._exit`` once stdout and stderr are flushed. Interrupted (130), this
+    also means not waiting for dask threads still finishing a computation.
     """
     code = main()
-    if code == 130:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`kquant info | head`): nothing to keep
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
