@@ -285,8 +285,14 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
     if n_frames > 1:
         raise InputError(f"{path} is an animated or multi-frame {fmt} ({n_frames} frames); "
                          "kquant reads single images")
-    if fmt == "PNG" and _check_png_chunks(path) & _PNG_LATE_EXIF:
-        orientation = _png_orientation(path)
+    if fmt == "PNG":
+        try:
+            late = _check_png_chunks(path)
+        except InputError:
+            _png_orientation(path)  # Pillow's reading error first, as when it decoded here
+            raise
+        if late & _PNG_LATE_EXIF:
+            orientation = _png_orientation(path)
     if mode not in _PIL_DIRECT and mode not in _PIL_TO_RGB:
         raise InputError(f"{path}: unsupported {fmt} pixel mode {mode!r}")
     if orientation not in range(1, 9):
