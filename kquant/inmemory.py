@@ -26,6 +26,8 @@ from .readers import ImageSource
 
 #: Pillow decodes these whole in memory (TIFF and zarr sources are read tile by tile).
 _WHOLE_FORMATS_EXCLUDED = ("TIFF", "ZARR")
+#: Larger images (one chunk only with a huge ``chunk``) stay on the dask path.
+MAX_PIXELS = 1 << 25
 
 
 def eligible(src: ImageSource, params: QuantizeParams, *, address: str | None = None,
@@ -33,12 +35,10 @@ def eligible(src: ImageSource, params: QuantizeParams, *, address: str | None = 
     """Whether ``src`` goes through the in-memory path with these parameters.
 
     It does when the image is decoded whole by Pillow, fits in one chunk (unsharded),
-    is fitted in exact mode without the sample-fit seeding, is below the lookup-table
-    size of the write pass, and runs on local threads (no ``address`` nor
+    has fewer than :data:`MAX_PIXELS` pixels, is fitted in exact mode without the
+    sample-fit seeding, and runs on local threads (no ``address`` nor
     ``$DASK_SCHEDULER_ADDRESS``); with a ``target``, only if it is local.
     """
-    from .pipeline import LUT_MIN_PIXELS  # noqa: PLC0415 - pipeline imports this module
-
     if src.format in _WHOLE_FORMATS_EXCLUDED or params.shard is not None:
         return False
     if cluster.resolve_address(address) is not None:
@@ -46,7 +46,7 @@ def eligible(src: ImageSource, params: QuantizeParams, *, address: str | None = 
     if target is not None and uri_mod.is_remote(uri_mod.normalise(target)):
         return False
     rows, cols = readers.normalise_chunk(params.chunk)
-    if rows < src.height or cols < src.width or src.n_pixels >= LUT_MIN_PIXELS:
+    if rows < src.height or cols < src.width or src.n_pixels >= MAX_PIXELS:
         return False
     return (params.fit_mode(src.n_pixels) == "exact" and params.sample_fit != "always")
 
@@ -116,8 +116,14 @@ def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams,
     TargetExistsError, InputError, StoreError
         As :func:`kquant.pipeline.write`; no store is left behind on failure.
     """
+    from .pipeline import LUT_MIN_PIXELS  # pipeline imports this module
+
     palette = np.asarray(palette, np.uint8)
     bits = packing.storage_bits(len(palette))
+    # the dask path's record of how pixels were labelled (its lookup table from
+    # LUT_MIN_PIXELS on, with the same labels): here always through a table of the
+    # image's colours, recorded the same way so that both paths write the same store
+    assigned = "lut" if src.n_pixels >= LUT_MIN_PIXELS and not label_options else "direct"
     meta = store.StoreMeta(
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=src.height, chunk_cols=src.width,
@@ -141,6 +147,6 @@ def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams,
             metrics={"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
                      "lossless": sse == 0, "n_pixels": n_pixels,
                      "palette_counts": [int(c) for c in counts],
-                     "assign": "direct",
+                     "assign": assigned,
                      "fit_mode": fit_info.mode if fit_info else None, **extra},
             checksum=store.combine_digests({(0, 0): store.chunk_digest(packed)}))

@@ -50,6 +50,19 @@ def test_inmemory_store_is_byte_identical_to_dask_store(case, tmp_path, monkeypa
         ((img.astype(np.int64) - st.palette[np.asarray(st.labels)].astype(np.int64)) ** 2).sum())
 
 
+@pytest.mark.parametrize("options", [dict(k=16), dict(k=256, restarts=0), dict(k=8, space="lab")])
+def test_lookup_table_sizes_are_byte_identical(options, tmp_path, monkeypatch):
+    """From pipeline.LUT_MIN_PIXELS on, the dask path labels through kquant.lut (numba)."""
+    monkeypatch.setattr(pipeline, "LUT_MIN_PIXELS", 0)
+    img = photo_like(96, 140, seed=12)
+    src = tmp_path / "lut.png"
+    iio.imwrite(src, img)
+    fast, slow, res, _ = _both(src, tmp_path, monkeypatch, QuantizeParams(**options))
+    assert fast == slow
+    assert res.meta.metrics["assign"] == ("direct" if "space" in options else "lut")
+    kquant.open_store(tmp_path / "fast.kq").verify()
+
+
 @pytest.mark.parametrize("colour", [(0, 0, 0), (200, 10, 30)])
 def test_flat_images_skip_empty_chunks_as_zarr_does(colour, tmp_path, monkeypatch):
     """One colour: labels all 0 (zarr writes no such chunk); black: palette all 0 too."""
