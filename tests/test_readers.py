@@ -226,3 +226,36 @@ def test_png_exif_after_the_pixels_is_applied(tmp_path):
         src = kquant.inspect_image(tmp_path / name)
         assert src.orientation == 6 and (src.height, src.width) == (50, 30)
         assert np.array_equal(_read(tmp_path / name), np.rot90(img, -1))
+
+
+@pytest.mark.parametrize("kind", ["rgb.png", "rgba.png", "l.png", "la.png", "rgb.jpg", "l.jpg",
+                                  "rgb.bmp", "rgb.webp", "p.png", "p.gif", "i16.png",
+                                  "oriented.jpg", "cmyk.jpg"])
+def test_plain_decode_equals_imageio(tmp_path, kind):
+    """Plain modes are decoded by Pillow directly: the same array as imageio's plugin."""
+    img = photo_like(33, 47, seed=4)
+    name, ext = kind.split(".")
+    pil = {"rgb": lambda: Image.fromarray(img), "rgba": lambda: Image.fromarray(img).convert("RGBA"),
+           "l": lambda: Image.fromarray(img).convert("L"), "la": lambda: Image.fromarray(img).convert("LA"),
+           "p": lambda: Image.fromarray(img).quantize(30),
+           "i16": lambda: Image.fromarray((img[..., 0].astype(np.uint16) * 257)),
+           "oriented": lambda: Image.fromarray(img), "cmyk": lambda: Image.fromarray(img).convert("CMYK"),
+           }[name]()
+    path = tmp_path / kind
+    if name == "oriented":
+        exif = pil.getexif()
+        exif[0x0112] = 8
+        pil.save(path, exif=exif)
+    else:
+        pil.save(path)
+    data = path.read_bytes()
+    plain = readers._decode_plain(data)
+    with Image.open(path) as im:
+        expect_plain = im.mode in ("RGB", "RGBA", "L", "LA") and name != "oriented"
+    assert (plain is not None) == expect_plain
+    if plain is not None:
+        ref = iio.imread(data, plugin="pillow", index=0, rotate=True)
+        assert plain.dtype == ref.dtype and np.array_equal(plain, ref)
+        assert np.array_equal(_read(path), convert.to_rgb8(ref))
+    src = readers.inspect_image(path)
+    assert _read(path).shape == (src.height, src.width, 3)
