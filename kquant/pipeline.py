@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from . import assign, cluster, dither, histogram, inmemory, metrics, packing, readers, sampling, store
+from . import (assign, cluster, dither, histogram, inmemory, metrics, packing, readers, sampling,
+               store)
 from . import uri as uri_mod
 from .fit import FitResult, fit_palette
 from .params import QuantizeParams
@@ -261,7 +262,8 @@ def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = No
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     step = pv.stride_for(src.height, src.width, max_width)
     if inmemory.eligible(src, params):
-        small = np.ascontiguousarray(inmemory.image(src, params, max_pixels=max_pixels)[::step, ::step])
+        whole = inmemory.image(src, params, max_pixels=max_pixels)
+        small = np.ascontiguousarray(whole[::step, ::step])
     else:
         image = _image(src, params, max_pixels)
         small = np.asarray(image[::step, ::step].compute(scheduler="threads"))

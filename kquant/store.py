@@ -484,7 +484,8 @@ class DirectStoreWriter(StoreWriter):
         from . import storefiles
 
         if not self.overwrite and _exists(self.target):  # appeared since check_target
-            raise TargetExistsError(f"{self.target} exists (use --overwrite, or overwrite=True, to replace it)")
+            raise TargetExistsError(f"{self.target} exists (use --overwrite, or overwrite=True, "
+                                    "to replace it)")
         root = Path(self.root)
         root.mkdir()
         self._write_attributes(self.meta)

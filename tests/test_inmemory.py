@@ -169,7 +169,8 @@ def test_cli_small_image_imports_neither_dask_nor_zarr(tmp_path, photo_png):
             "import dask.array, sparse\nprint('dask.array and sparse importable afterwards')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip().splitlines()[-2:] == ["0", "dask.array and sparse importable afterwards"]
+    assert p.stdout.strip().splitlines()[-2:] == [
+        "0", "dask.array and sparse importable afterwards"]
     st = kquant.open_store(tmp_path / "q.kq")
     st.verify()
     assert st.labels.shape == img.shape[:2]
@@ -181,7 +182,8 @@ def test_cli_dask_path_still_skips_sparse(tmp_path, photo_png):
     code = ("import sys\nfrom kquant import cli\n"
             f"rc = cli.main(['quantize', {str(path)!r}, {str(tmp_path / 'q.kq')!r}, '-k', '8',"
             " '--chunk', '64'])\n"
-            "print(rc, *[m for m in ('dask.array', 'zarr', 'numba', 'sparse') if m in sys.modules])")
+            "print(rc, *[m for m in ('dask.array', 'zarr', 'numba', 'sparse')"
+            " if m in sys.modules])")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "0 dask.array zarr"
