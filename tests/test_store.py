@@ -132,3 +132,36 @@ def test_writes_after_an_abort_do_not_resurrect_the_temporary_store(tmp_path):
     release.set()
     t.join(10)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("k,shard", [(16, None), (3, None), (200, None), (16, 128)])
+def test_direct_chunk_writes_equal_zarr_writes(tmp_path, monkeypatch, k, shard):
+    """Label chunks written as files are the bytes zarr writes: edge chunks padded, chunks
+    of label 0 only left out; sharded stores stay with zarr."""
+    import tifffile
+
+    import kquant
+    from helpers import files, photo_like
+    from kquant import pipeline, store
+
+    img = photo_like(300, 250, seed=k)
+    img[:140, :130] = img[0, 0]  # a flat corner: chunks of label 0 only (the most used)
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, img, photometric="rgb", tile=(32, 32))
+    monkeypatch.setattr(pipeline, "LUT_MIN_PIXELS", 0)
+    params = kquant.QuantizeParams(k=k, chunk=64, shard=shard, mode="exact")
+    pal = kquant.quantize(path, tmp_path / "direct.kq", params).palette
+    monkeypatch.setattr(store, "DIRECT_CHUNK_WRITES", False)
+    kquant.quantize(path, tmp_path / "zarr.kq", params, palette=pal)
+    monkeypatch.setattr(store, "DIRECT_CHUNK_WRITES", True)
+    kquant.quantize(path, tmp_path / "direct2.kq", params, palette=pal)
+    direct, via_zarr = files(tmp_path / "direct2.kq"), files(tmp_path / "zarr.kq")
+    assert direct == via_zarr
+    if shard is None:
+        chunks = [n for n in direct if n.startswith("labels/c/")]
+        assert 0 < len(chunks) < 5 * 8  # some all-zero chunks were left out
+    st = kquant.open_store(tmp_path / "direct.kq")
+    st.verify()
+    from oracles import nearest_oracle
+
+    assert np.array_equal(st.labels.compute(), nearest_oracle(img, st.palette))
