@@ -127,7 +127,8 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
             colours, counts = histogram.block_histogram(sample[None])
     t1 = time.perf_counter()
     options = dict(seed=params.seed, restarts=params.restarts, max_iter=params.max_iter,
-                   sample_fit="always" if use_sample else "never", space=params.space)
+                   sample_fit="always" if use_sample else "never", space=params.space,
+                   sampled=mode == "sample")
     if params.target_psnr is not None:
         result, met = fit_mod.fit_for_psnr(sample, colours, counts, params.target_psnr,
                                            k_max=params.k, **options)

@@ -93,3 +93,17 @@ def test_histogram_draws_the_sample_in_the_counting_tasks(monkeypatch, chain):
     assert np.array_equal(colours, ref_colours) and np.array_equal(counts, ref_counts)
     ref_sample = sampling.sample_pixels(image, 5000, seed=3).compute(scheduler="threads")
     assert np.array_equal(np.concatenate(parts), ref_sample)
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_a_sample_histogram_takes_the_compact_path_from_a_lower_size(monkeypatch, sampled):
+    img = photo_like(150, 200, seed=8)
+    codes, counts = histogram.block_histogram(img)
+    monkeypatch.setattr(fit, "SAMPLED_LARGE_MIN", len(codes) // 2)
+    used = []
+    real = fit_large.lloyd
+    monkeypatch.setattr(fit_large, "lloyd", lambda *a, **k: used.append(1) or real(*a, **k))
+    res = fit.fit_palette(None, codes, counts, 8, seed=1, sampled=sampled)
+    assert bool(used) == sampled
+    lab = nearest_oracle(img, res.palette)
+    assert res.sse == int(((img.astype(np.int64) - res.palette[lab].astype(np.int64)) ** 2).sum())
