@@ -122,7 +122,8 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
             image = readers.open_source(src, chunks=sample_chunks(src), max_pixels=max_pixels,
                                         background=params.background)
             (sample,) = _compute_reading(
-                [sampling.sample_windows(image, params.sample_size, seed=params.seed)],
+                [sampling.sample_windows(image, params.sample_size, seed=params.seed,
+                                         n_windows=sampling.windows_for(src.n_pixels))],
                 use_sample, progress)
             colours, counts = histogram.block_histogram(sample[None])
     t1 = time.perf_counter()

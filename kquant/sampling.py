@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -75,7 +77,21 @@ def choose_blocks(numblocks: tuple[int, int], n_windows: int, *, seed: int) -> l
     return [(int(f // numblocks[1]), int(f % numblocks[1])) for f in flat]
 
 
-def sample_windows(image, n: int, *, seed: int = 0, n_windows: int = 128):
+#: Windows (tiles) read for the sample of an image up to 2**30 pixels; larger images read
+#: more, as the square root of their size, up to MAX_WINDOWS. Measured on the 4 Gpx
+#: mosaic (whose colour cast drifts across the image), against the full histogram's
+#: 24.87 dB: 128 windows 24.786 dB, 256 24.862, 512 24.864, 1024 24.866 (+0.6 s of
+#: reading per 256 windows).
+WINDOWS = 128
+MAX_WINDOWS = 1024
+
+
+def windows_for(n_pixels: int) -> int:
+    """Windows :func:`sample_windows` reads for an image of ``n_pixels`` pixels."""
+    return int(min(MAX_WINDOWS, max(WINDOWS, round(WINDOWS * math.sqrt(n_pixels / 2**30)))))
+
+
+def sample_windows(image, n: int, *, seed: int = 0, n_windows: int = WINDOWS):
     """A delayed (m, 3) sample of about ``n`` pixels read from ``n_windows`` chunks only.
 
     For images too large for a full pass: with ``image`` chunked at the file's

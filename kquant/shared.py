@@ -80,14 +80,16 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
             if n > 0:
                 image = readers.open_source(s, chunks=sample_chunks(s), max_pixels=max_pixels,
                                             background=params.background)
-                samples.append(sampling.sample_windows(image, n, seed=params.seed))
+                samples.append(sampling.sample_windows(
+                    image, n, seed=params.seed, n_windows=sampling.windows_for(s.n_pixels)))
         with cluster.scheduler(address):
             parts = cluster.compute(*samples, progress=progress)
         sample = np.concatenate(parts, axis=0)
         colours, counts = histogram.block_histogram(sample[None])
     t1 = time.perf_counter()
     result = fit_palette(sample, colours, counts, params.k, seed=params.seed,
-                         restarts=params.restarts, max_iter=params.max_iter)
+                         restarts=params.restarts, max_iter=params.max_iter,
+                         sampled=mode == "sample")
     timings = {"read" if mode == "exact" else "sample": t1 - t0, "fit": time.perf_counter() - t1}
     if {"mode", "timings"} <= {f.name for f in dataclasses.fields(result)}:
         result = dataclasses.replace(result, mode=mode, timings=timings)

@@ -122,3 +122,11 @@ def test_auto_mode_thresholds():
     assert QuantizeParams(mode="exact").fit_mode(10**10) == "exact"
     with pytest.raises(kquant.KquantError):
         QuantizeParams(mode="fast")
+
+
+def test_sample_windows_grow_with_the_square_root_of_the_size():
+    g = 1 << 30
+    assert sampling.windows_for(100) == sampling.windows_for(g) == sampling.WINDOWS
+    assert sampling.windows_for(4 * g) == 2 * sampling.WINDOWS
+    assert sampling.windows_for(16 * g) == 4 * sampling.WINDOWS
+    assert sampling.windows_for(10**15) == sampling.MAX_WINDOWS
