@@ -456,7 +456,7 @@ def _tiff_zarr(path: str, stamp: tuple[int, int]):
 
 @functools.lru_cache(maxsize=8)
 def _tile_reader(path: str, stamp: tuple[int, int]):
-    """Direct tile decoder of a local TIFF (:mod:`kquant.tiff_tiles`), None if not usable."""
+    """Direct tile decoder of a TIFF (:mod:`kquant.tiff_tiles`), None if not usable."""
     from . import tiff_tiles
 
     return tiff_tiles.open_reader(path)
@@ -473,11 +473,10 @@ class _TiffArray:
 
     def __getitem__(self, key):
         stamp = (self.src.size_bytes, self.src.mtime_ns, self.src.etag)
-        if not uri_mod.is_remote(self.src.uri):
-            with _tiff_lock:
-                tiles = _tile_reader(self.src.uri, stamp)
-            if tiles is not None:
-                return tiles[key]
+        with _tiff_lock:
+            tiles = _tile_reader(self.src.uri, stamp)
+        if tiles is not None:
+            return tiles[key]
         with _tiff_lock:
             z = _tiff_zarr(self.src.uri, stamp)
         try:
