@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from . import assign, histogram
+from . import assign, histogram, jit
 from .errors import ParameterError
 
 _ROWS = 1 << 16
@@ -105,18 +105,10 @@ def _labels_and_dist(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np
     return labels, dist
 
 
-_COMPILED: dict = {}
-
-
 def _assign_pass(x, w, centers):
-    """:func:`_assign_pass_py` compiled by numba on first use (numba is imported only then:
-    the small-image path never needs it, and importing it costs ~0.5 s)."""
-    fn = _COMPILED.get("assign_pass")
-    if fn is None:
-        import numba
-
-        fn = _COMPILED["assign_pass"] = numba.njit(nogil=True, cache=True)(_assign_pass_py)
-    return fn(x, w, centers)
+    """:func:`_assign_pass_py` compiled on first use (:mod:`kquant.jit`: the small-image
+    path never imports numba)."""
+    return jit.compiled(_assign_pass_py)(x, w, centers)
 
 
 def _assign_pass_py(x, w, centers):  # pragma: no cover - compiled

@@ -21,17 +21,7 @@ import threading
 
 import numpy as np
 
-_COMPILED: dict = {}
-
-
-def _jit(name, fn):
-    kernel = _COMPILED.get(name)
-    if kernel is None:
-        import numba
-
-        kernel = _COMPILED[name] = numba.njit(nogil=True, cache=True)(fn)
-    return kernel
-
+from .jit import compiled
 
 def _cells_py(codes, counts, bits, heavy, fine_bits, w, s, wf, sf):  # pragma: no cover
     sh = 8 - bits
@@ -111,7 +101,7 @@ def cells(codes: np.ndarray, counts: np.ndarray, bits: int, *,
     points : ndarray (m, 3) float64
     weights : ndarray (m,) float64
     """
-    kernel = _jit("cells", _cells_py)
+    kernel = compiled(_cells_py)
     bits = int(bits)
     codes = np.ascontiguousarray(codes, np.uint32)
     counts = np.ascontiguousarray(counts)
@@ -147,7 +137,7 @@ def assign_pass(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray):
     worst : int
         Index of the colour with the largest weighted squared distance.
     """
-    kernel = _jit("pass", _pass_py)
+    kernel = compiled(_pass_py)
     centers = np.ascontiguousarray(centers, np.float64)
     k, n = len(centers), len(codes)
     t = _threads(n)

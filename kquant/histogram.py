@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .jit import compiled
+
 
 def encode(rgb: np.ndarray) -> np.ndarray:
     """Pack (..., 3) uint8 RGB into uint32 codes ``R << 16 | G << 8 | B``."""
@@ -65,18 +67,10 @@ CHAIN_MIN_PIXELS = 1 << 26
 N_COLOURS = 1 << 24
 
 
-_COMPILED: dict = {}
-
-
 def _count_into(dense, block):
-    """:func:`_count_into_py` compiled by numba on first use (numba is imported only
-    then: small images never need it, and importing it costs ~0.5 s of start-up)."""
-    fn = _COMPILED.get("count_into")
-    if fn is None:
-        import numba
-
-        fn = _COMPILED["count_into"] = numba.njit(nogil=True, cache=True)(_count_into_py)
-    return fn(dense, block)
+    """:func:`_count_into_py` compiled on first use (:mod:`kquant.jit`: small images never
+    import numba)."""
+    return compiled(_count_into_py)(dense, block)
 
 
 def _count_into_py(dense, block):  # pragma: no cover - compiled
