@@ -116,7 +116,7 @@ def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams,
     TargetExistsError, InputError, StoreError
         As :func:`kquant.pipeline.write`; no store is left behind on failure.
     """
-    from .pipeline import LUT_MIN_PIXELS  # pipeline imports this module
+    from .pipeline import LUT_MIN_PIXELS, source_record, write_metrics  # pipeline imports us
 
     palette = np.asarray(palette, np.uint8)
     bits = packing.storage_bits(len(palette))
@@ -127,26 +127,13 @@ def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams,
     meta = store.StoreMeta(
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=src.height, chunk_cols=src.width,
-        source={"uri": src.uri, "format": src.format, "size_bytes": src.size_bytes,
-                "orientation": src.orientation, "mode": src.mode},
-        params=params.to_json())
+        source=source_record(src), params=params.to_json())
     with store.DirectStoreWriter(target, meta, palette, overwrite=overwrite) as writer:
         labels, sse, counts = label(src, palette, params, max_pixels=max_pixels,
                                     label_options=label_options)
         packed = packing.pack_rows(labels, bits)
         writer.write_labels(packed)
-        n_pixels = src.height * src.width
-        mse = metrics.mse(sse, n_pixels)
-        psnr = metrics.psnr(mse)
-        extra = {}
-        if label_options and label_options.get("dither") != "none":
-            extra["dither_amount"] = label_options["dither_amount"]
-        if params.target_psnr is not None:
-            extra["target_psnr_met"] = bool(not np.isfinite(psnr) or psnr >= params.target_psnr)
         return writer.commit(
-            metrics={"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
-                     "lossless": sse == 0, "n_pixels": n_pixels,
-                     "palette_counts": [int(c) for c in counts],
-                     "assign": assigned,
-                     "fit_mode": fit_info.mode if fit_info else None, **extra},
+            metrics=write_metrics(sse, counts, src.height * src.width, params, label_options,
+                                  assigned, fit_info),
             checksum=store.combine_digests({(0, 0): store.chunk_digest(packed)}))

@@ -180,6 +180,29 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
     return sse, counts, store.chunk_digest(packed)
 
 
+def source_record(src: ImageSource) -> dict:
+    """The ``source`` attribute of a store written from ``src``."""
+    return {"uri": src.uri, "format": src.format, "size_bytes": src.size_bytes,
+            "orientation": src.orientation, "mode": src.mode}
+
+
+def write_metrics(sse: int, counts, n_pixels: int, params: QuantizeParams,
+                  label_options: dict | None, assigned: str,
+                  fit_info: FitResult | None) -> dict:
+    """The ``metrics`` attribute of a store: error, PSNR, palette use and how it was made."""
+    mse = metrics.mse(sse, n_pixels)
+    psnr = metrics.psnr(mse)
+    extra = {}
+    if label_options and label_options.get("dither") != "none":
+        extra["dither_amount"] = label_options["dither_amount"]
+    if params.target_psnr is not None:
+        extra["target_psnr_met"] = bool(not np.isfinite(psnr) or psnr >= params.target_psnr)
+    return {"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
+            "lossless": sse == 0, "n_pixels": n_pixels,
+            "palette_counts": [int(c) for c in counts], "assign": assigned,
+            "fit_mode": fit_info.mode if fit_info else None, **extra}
+
+
 def _label_options(params: QuantizeParams, palette: np.ndarray) -> dict | None:
     """Options of :func:`kquant.dither.label_block`; None for the plain RGB assignment."""
     if params.space == "rgb" and params.dither == "none":
@@ -221,9 +244,7 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=rows, chunk_cols=cols,
         shard_rows=shards[0] if shards else None, shard_cols=shards[1] if shards else None,
-        source={"uri": src.uri, "format": src.format, "size_bytes": src.size_bytes,
-                "orientation": src.orientation, "mode": src.mode},
-        params=params.to_json())
+        source=source_record(src), params=params.to_json())
     brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
     image = image.rechunk((brows, bcols, 3))
     with store.StoreWriter(target, meta, palette, overwrite=overwrite) as writer:
@@ -238,20 +259,9 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
             results = cluster.compute(*tasks, progress=progress)
         sse = sum(int(r[0]) for r in results)
         counts = np.sum([r[1] for r in results], axis=0)
-        n_pixels = src.height * src.width
-        mse = metrics.mse(sse, n_pixels)
-        psnr = metrics.psnr(mse)
-        extra = {}
-        if label_options and label_options.get("dither") != "none":
-            extra["dither_amount"] = label_options["dither_amount"]
-        if params.target_psnr is not None:
-            extra["target_psnr_met"] = bool(not np.isfinite(psnr) or psnr >= params.target_psnr)
         return writer.commit(
-            metrics={"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
-                     "lossless": sse == 0, "n_pixels": n_pixels,
-                     "palette_counts": [int(c) for c in counts],
-                     "assign": "lut" if use_lut else "direct",
-                     "fit_mode": fit_info.mode if fit_info else None, **extra},
+            metrics=write_metrics(sse, counts, src.height * src.width, params, label_options,
+                                  "lut" if use_lut else "direct", fit_info),
             checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))))
 
 

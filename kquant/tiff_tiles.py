@@ -35,7 +35,6 @@ class TileReader:
             def read_range(offset, count):
                 return os.pread(fd, count, offset)
         self._read_range = read_range
-        self._page = page
         self._decode = page.decode
         self._offsets = tuple(page.dataoffsets)
         self._counts = tuple(page.databytecounts)
