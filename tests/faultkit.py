@@ -12,11 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from helpers import files  # noqa: F401  (re-exported for the fault tests)
+from helpers import poll
 
 import kquant
 from kquant import locking
@@ -84,17 +84,13 @@ def chunk_files(root: Path) -> int:
 
 def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None,
                interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
+    def died():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n"
-                                 + stderr_of(proc)[-2000:])
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+            return (f"process exited ({proc.returncode}) before {what}:\n"
+                    + stderr_of(proc)[-2000:])
+        return None
+
+    return poll(pred, timeout, what, interval=interval, abort=died)
 
 
 def wait_for_write_pass(proc, target: Path, timeout: float = 180, ignore=()) -> Path:

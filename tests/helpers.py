@@ -155,3 +155,41 @@ def files(root) -> dict:
     root = Path(root)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
+
+
+def poll(predicate, timeout: float, what: str, *, interval: float, abort=None, detail=None):
+    """Call ``predicate()`` every ``interval`` s until it returns something truthy (returned).
+
+    ``abort()`` may return a message to fail with at once (a process that died);
+    ``detail()`` adds text (logs) to the failure after ``timeout`` s.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if abort is not None:
+            message = abort()
+            if message:
+                raise AssertionError(message)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                                 + (f"\n{detail()}" if detail is not None else ""))
+        time.sleep(interval)
+
+
+def run_cli_listing_modules(args: list[str], modules: tuple[str, ...], *, after: str = ""):
+    """Run ``kquant.cli.main(args)`` in a fresh interpreter that then prints its exit code
+    and which of ``modules`` it had imported (one line), then runs ``after``.
+
+    Returns the :class:`subprocess.CompletedProcess`.
+    """
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom kquant import cli\n"
+            f"rc = cli.main({[str(a) for a in args]!r})\n"
+            f"print(rc, *[m for m in {tuple(modules)!r} if m in sys.modules])\n" + after)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

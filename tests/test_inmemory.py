@@ -1,12 +1,9 @@
 """The in-memory path (one-chunk images, no dask, no zarr) against the dask/zarr path."""
 
-import subprocess
-import sys
-
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from helpers import files, photo_like
+from helpers import files, photo_like, run_cli_listing_modules
 
 import kquant
 from kquant import errors, inmemory, pipeline, readers, store
@@ -163,11 +160,9 @@ def test_direct_writer_refuses_other_layouts(tmp_path):
 
 def test_cli_small_image_imports_neither_dask_nor_zarr(tmp_path, photo_png):
     path, img = photo_png
-    code = ("import sys\nfrom kquant import cli\n"
-            f"rc = cli.main(['quantize', {str(path)!r}, {str(tmp_path / 'q.kq')!r}, '-k', '8'])\n"
-            "print(rc, *[m for m in ('dask', 'zarr', 'numba', 'sparse') if m in sys.modules])\n"
-            "import dask.array, sparse\nprint('dask.array and sparse importable afterwards')")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    p = run_cli_listing_modules(
+        ["quantize", path, tmp_path / "q.kq", "-k", "8"], ("dask", "zarr", "numba", "sparse"),
+        after="import dask.array, sparse\nprint('dask.array and sparse importable afterwards')")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-2:] == [
         "0", "dask.array and sparse importable afterwards"]
@@ -179,12 +174,8 @@ def test_cli_small_image_imports_neither_dask_nor_zarr(tmp_path, photo_png):
 def test_cli_dask_path_still_skips_sparse(tmp_path, photo_png):
     """Two chunks: the dask path, still without pydata/sparse (nor numba)."""
     path, _ = photo_png
-    code = ("import sys\nfrom kquant import cli\n"
-            f"rc = cli.main(['quantize', {str(path)!r}, {str(tmp_path / 'q.kq')!r}, '-k', '8',"
-            " '--chunk', '64'])\n"
-            "print(rc, *[m for m in ('dask.array', 'zarr', 'numba', 'sparse')"
-            " if m in sys.modules])")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    p = run_cli_listing_modules(["quantize", path, tmp_path / "q.kq", "-k", "8", "--chunk", "64"],
+                                ("dask.array", "zarr", "numba", "sparse"))
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "0 dask.array zarr"
     kquant.open_store(tmp_path / "q.kq").verify()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kquant
-from helpers import photo_like
+from helpers import photo_like, run_cli_listing_modules
 from kquant import colorspace, dither, palette_io
 from kquant.errors import InputError, ParameterError
 from kquant.params import QuantizeParams
@@ -324,12 +324,9 @@ def test_cli_export_errors(tmp_path, photo_png):
 def test_cli_quantize_imports_only_what_it_needs(tmp_path, photo_png):
     """No distributed, numba, dask-ml or scikit-learn on the local path of a small image."""
     path, _ = photo_png
-    code = ("import sys\nfrom kquant import cli\n"
-            f"rc = cli.main(['quantize', {str(path)!r}, {str(tmp_path / 'q.kq')!r}, '-k', '8'])\n"
-            "print(rc, *[m for m in ('distributed', 'numba', 'sparse', 'dask_ml', 'sklearn')"
-            " if m in sys.modules])\n"
-            "import sparse\nprint('sparse importable afterwards')")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    p = run_cli_listing_modules(["quantize", path, tmp_path / "q.kq", "-k", "8"],
+                                ("distributed", "numba", "sparse", "dask_ml", "sklearn"),
+                                after="import sparse\nprint('sparse importable afterwards')")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-2:] == ["0", "sparse importable afterwards"]
 

@@ -41,12 +41,7 @@ def truncated_png(path: Path) -> Path:
 
 def wait_for(predicate, timeout: float, what: str, stack=None,
              interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n"
-                                 + (stack.log_tail() if stack is not None else ""))
-        time.sleep(interval)
+    from helpers import poll
+
+    return poll(predicate, timeout, what, interval=interval,
+                detail=stack.log_tail if stack is not None else None)
