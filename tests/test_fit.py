@@ -128,3 +128,29 @@ def test_dask_ml_sees_a_bounded_deterministic_subsample(monkeypatch):
     c2, i2 = fit.fit_sample(sample, 6, seed=3)
     assert seen == [1500, 1500]
     assert np.array_equal(c1, c2) and i1 == i2
+
+
+def test_dask_ml_kernel_is_cached_on_disk_in_a_fresh_process(tmp_path):
+    """dask-ml compiles its kernel without numba's disk cache; kquant turns the cache on
+    (here in NUMBA_CACHE_DIR), so a second process loads the kernel instead of compiling
+    it, with the same centres."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, numpy as np\n"
+        "from kquant import fit\n"
+        "from dask_ml.cluster import k_means\n"
+        "x = np.random.default_rng(0).integers(0, 256, size=(5000, 3)).astype(np.uint8)\n"
+        "c, _ = fit.fit_sample(x, 4, seed=1)\n"
+        "st = k_means._centers_dense.stats\n"
+        "print(json.dumps([sum(st.cache_hits.values()), sum(st.cache_misses.values()),\n"
+        "                  c.tolist()]))\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                      text=True, check=True).stdout) for _ in range(2)]
+    assert runs[0][:2] == [0, 1]  # compiled, and saved
+    assert runs[1][:2] == [1, 0]  # loaded
+    assert runs[0][2] == runs[1][2]

@@ -45,6 +45,35 @@ def test_threaded_pass_equals_one_slice():
         assert np.allclose(sums[:, j], np.bincount(lab, weights=counts * x[:, j], minlength=16))
 
 
+@pytest.mark.parametrize("k", [2, 16, 64, 256])
+def test_cell_pruned_pass_equals_brute_force_with_ties(k):
+    """Each colour tries only its cell's candidate centres: the labels (ties to the lowest
+    index), sums, masses and inertia of trying every centre. Centres on integer colours,
+    on cell boundaries and duplicated make exact ties; colours fill whole cells."""
+    rng = np.random.default_rng(k)
+    base = rng.integers(0, 1 << 24, size=40_000, dtype=np.uint32)
+    edge = rng.integers(0, 32, size=(3000, 3)) * 8 + rng.choice([0, 7], size=(3000, 3))
+    codes = np.unique(np.concatenate([base, histogram.encode(edge.astype(np.uint8))]))
+    counts = rng.integers(1, 9, size=len(codes)).astype(np.int64)
+    centers = np.concatenate([rng.integers(0, 256, size=(k - k // 4, 3)).astype(np.float64),
+                              rng.uniform(0, 255, size=(k // 4, 3))])
+    if k >= 4:
+        centers[1] = centers[0]  # duplicate: index 1 never wins
+        centers[3] = [8.0, 16.0, 31.5]  # on cell boundaries
+    sums, mass, inertia, worst = fit_large.assign_pass(codes, counts, centers)
+    x = histogram.decode(codes).astype(np.float64)
+    d = ((x[:, None, :] - centers[None]) ** 2).sum(axis=2)
+    lab = d.argmin(axis=1)  # first minimum: the lowest index
+    assert np.array_equal(mass, np.bincount(lab, weights=counts, minlength=k))
+    assert np.isclose(inertia, float(np.dot(counts, d[np.arange(len(x)), lab])), rtol=1e-12)
+    for j in range(3):
+        assert np.allclose(sums[:, j], np.bincount(lab, weights=counts * x[:, j], minlength=k))
+    occupied = fit_large.occupied_cells(codes)
+    assert 0 < occupied.sum() < occupied.size
+    again = fit_large.assign_pass(codes, counts, centers, occupied)
+    assert np.array_equal(again[1], mass) and again[2] == inertia
+
+
 def test_lloyd_and_integer_polish_match_the_numpy_fitter():
     img = photo_like(300, 400, seed=3)
     codes, counts = histogram.block_histogram(img)
