@@ -21,6 +21,7 @@ import threading
 
 import numpy as np
 
+from . import nearcells
 from .jit import compiled
 
 def _cells_py(codes, counts, bits, heavy, fine_bits, w, s, wf, sf):  # pragma: no cover
@@ -46,50 +47,13 @@ def _cells_py(codes, counts, bits, heavy, fine_bits, w, s, wf, sf):  # pragma: n
             s[cell, 2] += n * b
 
 
-#: Cells of 8x8x8 colours: each colour tries only the centres that can be nearest
-#: somewhere in its cell (as :mod:`kquant.lut` builds its table).
-_CELL_SHIFT = 3
-
-
-def _candidates_py(centers, occupied, cand, ncand):  # pragma: no cover
-    """Per occupied cell of 8x8x8 colours, in index order, the centres that can be nearest
-    to some colour of the cell (ties included): within the nearest distance from the cell's
-    centre plus twice its half-diagonal."""
-    k = centers.shape[0]
-    side = 1 << _CELL_SHIFT
-    per = 256 // side
-    half = (side - 1) / 2.0
-    reach = 2.0 * np.sqrt(3.0) * half + 1e-6
-    dist = np.empty(k, np.float64)
-    for cell in range(per * per * per):
-        if not occupied[cell]:
-            ncand[cell] = 0
-            continue
-        r = (cell // (per * per)) * side + half
-        g = ((cell // per) % per) * side + half
-        b = (cell % per) * side + half
-        dmin = np.inf
-        for j in range(k):
-            dr = r - centers[j, 0]
-            dg = g - centers[j, 1]
-            db = b - centers[j, 2]
-            dist[j] = np.sqrt(dr * dr + dg * dg + db * db)
-            dmin = min(dmin, dist[j])
-        m = 0
-        for j in range(k):
-            if dist[j] <= dmin + reach:
-                cand[cell, m] = j
-                m += 1
-        ncand[cell] = m
-
-
 def _pass_py(codes, counts, centers, cand, ncand, lo, hi, sums, mass, worst):  # pragma: no cover
     """Nearest centre of codes[lo:hi] (among its cell's candidates): cluster sums and
     masses (added), inertia, and the colour of largest weighted cost (for repairing an
     empty cluster)."""
     inertia = 0.0
     worst_cost = -1.0
-    sh = _CELL_SHIFT
+    sh = nearcells.SHIFT
     per = 8 - sh
     for i in range(lo, hi):
         c = np.int64(codes[i])
@@ -170,25 +134,14 @@ def _threads(n: int) -> int:
     return max(1, min(os.cpu_count() or 1, n // (1 << 20) or 1))
 
 
-def occupied_cells(codes: np.ndarray) -> np.ndarray:
-    """Flags of the 8x8x8 cells that hold at least one of ``codes`` (for :func:`assign_pass`)."""
-    codes = np.asarray(codes, np.uint32)
-    sh, per = _CELL_SHIFT, 8 - _CELL_SHIFT
-    cell = ((codes >> (16 + sh)) << (2 * per)) | (((codes >> (8 + sh)) & ((1 << per) - 1)) << per)
-    cell |= (codes & 255) >> sh
-    flags = np.zeros(1 << (3 * per), np.bool_)
-    flags[cell] = True
-    return flags
-
-
 def assign_pass(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
                 occupied: np.ndarray | None = None):
     """One pass: per-cluster weighted sums and masses, the inertia, and the costliest colour.
 
     Each colour tries only the centres that can be nearest in its cell of 8x8x8 colours
     (5 on average at K=256 on a photo mosaic): the same result as trying all of them.
-    ``occupied`` (:func:`occupied_cells` of ``codes``, computed here if not given) limits
-    that work to the cells that hold colours.
+    ``occupied`` (:func:`kquant.nearcells.occupied_cells` of ``codes``, computed here if not
+    given) limits that work to the cells that hold colours.
 
     Returns
     -------
@@ -201,11 +154,8 @@ def assign_pass(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
     kernel = compiled(_pass_py)
     centers = np.ascontiguousarray(centers, np.float64)
     k, n = len(centers), len(codes)
-    cells_n = 1 << (3 * (8 - _CELL_SHIFT))
-    cand = np.empty((cells_n, k), np.uint8 if k <= 256 else np.int64)
-    ncand = np.empty(cells_n, np.int64)
-    compiled(_candidates_py)(centers, occupied_cells(codes) if occupied is None else occupied,
-                             cand, ncand)
+    cand, ncand = nearcells.candidates(
+        centers, nearcells.occupied_cells(codes) if occupied is None else occupied)
     t = _threads(n)
     bounds = np.linspace(0, n, t + 1).astype(np.int64)
     sums = np.zeros((t, k, 3))
@@ -260,7 +210,7 @@ def lloyd(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *, max_ite
     n_iter : int
     """
     c = np.array(centers, np.float64, copy=True)
-    occupied = occupied_cells(codes)
+    occupied = nearcells.occupied_cells(codes)
     sums, mass, inertia, worst = assign_pass(codes, counts, c, occupied)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -288,7 +238,7 @@ def integer_polish(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *
         Pixels per entry.
     """
     pal = np.clip(np.rint(centers), 0, 255).astype(np.uint8)
-    occupied = occupied_cells(codes)
+    occupied = nearcells.occupied_cells(codes)
     sums, mass, sse, worst = assign_pass(codes, counts, pal.astype(np.float64), occupied)
     for _ in range(max_iter):
         new = np.clip(np.rint(_update(pal.astype(np.float64), sums, mass, codes, worst)),

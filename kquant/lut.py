@@ -18,55 +18,37 @@ import threading
 import numba
 import numpy as np
 
+from . import nearcells
+
 
 N_COLOURS = 1 << 24
 
 
-#: Cells of 8x8x8 colours: the table is filled cell by cell, each colour trying only the
-#: entries that can be nearest somewhere in its cell.
-_CELL = 8
-
-
 @numba.njit(nogil=True, cache=True)
-def _build(palette, table):  # pragma: no cover - compiled
-    n = palette.shape[0]
-    half = (_CELL - 1) / 2.0
-    reach = 2.0 * np.sqrt(3.0) * half + 1e-6  # twice the distance from a cell's centre to a corner
-    dist = np.empty(n, np.float64)
-    cand = np.empty(n, np.int64)
-    for r0 in range(0, 256, _CELL):
-        for g0 in range(0, 256, _CELL):
-            for b0 in range(0, 256, _CELL):
-                # an entry nearest to some colour x of the cell (ties included) is within
-                # dmin(centre) + 2 * half-diagonal of the centre: keep those, in index order
-                dmin = np.inf
-                for i in range(n):
-                    dr = r0 + half - palette[i, 0]
-                    dg = g0 + half - palette[i, 1]
-                    db = b0 + half - palette[i, 2]
-                    dist[i] = np.sqrt(dr * dr + dg * dg + db * db)
-                    dmin = min(dmin, dist[i])
-                m = 0
-                for i in range(n):
-                    if dist[i] <= dmin + reach:
-                        cand[m] = i
-                        m += 1
-                for r in range(r0, r0 + _CELL):
-                    for g in range(g0, g0 + _CELL):
-                        base = (r << 16) | (g << 8)
-                        for b in range(b0, b0 + _CELL):
-                            best = cand[0]
-                            best_d = 1 << 30
-                            for c in range(m):
-                                i = cand[c]
-                                dr = r - palette[i, 0]
-                                dg = g - palette[i, 1]
-                                db = b - palette[i, 2]
-                                d = dr * dr + dg * dg + db * db
-                                if d < best_d:  # strict, in index order: ties keep the lowest
-                                    best_d = d
-                                    best = i
-                            table[base | b] = best
+def _build(palette, cand, ncand, table):  # pragma: no cover - compiled
+    side = 1 << nearcells.SHIFT
+    per = nearcells.PER
+    for cell in range(per * per * per):
+        r0 = (cell // (per * per)) * side
+        g0 = ((cell // per) % per) * side
+        b0 = (cell % per) * side
+        m = ncand[cell]
+        for r in range(r0, r0 + side):
+            for g in range(g0, g0 + side):
+                base = (r << 16) | (g << 8)
+                for b in range(b0, b0 + side):
+                    best = cand[cell, 0]
+                    best_d = 1 << 30
+                    for c in range(m):
+                        i = cand[cell, c]
+                        dr = r - palette[i, 0]
+                        dg = g - palette[i, 1]
+                        db = b - palette[i, 2]
+                        d = dr * dr + dg * dg + db * db
+                        if d < best_d:  # strict, in index order: ties keep the lowest
+                            best_d = d
+                            best = i
+                    table[base | b] = best
 
 
 def build(palette: np.ndarray) -> np.ndarray:
@@ -77,7 +59,8 @@ def build(palette: np.ndarray) -> np.ndarray:
     """
     palette = np.ascontiguousarray(palette, np.int64)
     table = np.empty(N_COLOURS, np.uint8)
-    _build(palette, table)
+    cand, ncand = nearcells.candidates(palette)  # the table is filled cell by cell
+    _build(palette, cand, ncand, table)
     return table
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import photo_like
-from kquant import fit, fit_large, histogram, sampling
+from kquant import fit, fit_large, histogram, nearcells, sampling
 from oracles import nearest_oracle
 
 
@@ -68,7 +68,7 @@ def test_cell_pruned_pass_equals_brute_force_with_ties(k):
     assert np.isclose(inertia, float(np.dot(counts, d[np.arange(len(x)), lab])), rtol=1e-12)
     for j in range(3):
         assert np.allclose(sums[:, j], np.bincount(lab, weights=counts * x[:, j], minlength=k))
-    occupied = fit_large.occupied_cells(codes)
+    occupied = nearcells.occupied_cells(codes)
     assert 0 < occupied.sum() < occupied.size
     again = fit_large.assign_pass(codes, counts, centers, occupied)
     assert np.array_equal(again[1], mass) and again[2] == inertia
