@@ -29,20 +29,28 @@ def test_cells_equal_coarse_histogram(bits, heavy):
     assert np.allclose(pts[order], ref_pts[ref_order]) and np.array_equal(w[order], ref_w[ref_order])
 
 
-def test_threaded_pass_equals_one_slice():
-    codes, counts = _histogram(3_000_000, seed=1)
-    centers = np.random.default_rng(2).uniform(0, 255, size=(16, 3))
-    assert fit_large._threads(len(codes)) >= 2 or __import__("os").cpu_count() == 1
-    sums, mass, inertia, worst = fit_large.assign_pass(codes, counts, centers)
+def _assert_brute_force(codes, counts, centers, result):
+    """``result`` of :func:`fit_large.assign_pass` is that of trying every centre (ties to
+    the lowest index: argmin's first minimum); returns it."""
+    sums, mass, inertia, worst = result
+    k = len(centers)
     x = histogram.decode(codes).astype(np.float64)
     d = ((x[:, None, :] - centers[None]) ** 2).sum(axis=2)
     lab = d.argmin(axis=1)
-    assert np.array_equal(mass, np.bincount(lab, weights=counts, minlength=16))
+    assert np.array_equal(mass, np.bincount(lab, weights=counts, minlength=k))
     assert np.isclose(inertia, float(np.dot(counts, d[np.arange(len(x)), lab])), rtol=1e-12)
     cost = counts * d[np.arange(len(x)), lab]
     assert cost[worst] == cost.max()
     for j in range(3):
-        assert np.allclose(sums[:, j], np.bincount(lab, weights=counts * x[:, j], minlength=16))
+        assert np.allclose(sums[:, j], np.bincount(lab, weights=counts * x[:, j], minlength=k))
+    return result
+
+
+def test_threaded_pass_equals_one_slice():
+    codes, counts = _histogram(3_000_000, seed=1)
+    centers = np.random.default_rng(2).uniform(0, 255, size=(16, 3))
+    assert fit_large._threads(len(codes)) >= 2 or __import__("os").cpu_count() == 1
+    _assert_brute_force(codes, counts, centers, fit_large.assign_pass(codes, counts, centers))
 
 
 @pytest.mark.parametrize("k", [2, 16, 64, 256])
@@ -60,14 +68,8 @@ def test_cell_pruned_pass_equals_brute_force_with_ties(k):
     if k >= 4:
         centers[1] = centers[0]  # duplicate: index 1 never wins
         centers[3] = [8.0, 16.0, 31.5]  # on cell boundaries
-    sums, mass, inertia, worst = fit_large.assign_pass(codes, counts, centers)
-    x = histogram.decode(codes).astype(np.float64)
-    d = ((x[:, None, :] - centers[None]) ** 2).sum(axis=2)
-    lab = d.argmin(axis=1)  # first minimum: the lowest index
-    assert np.array_equal(mass, np.bincount(lab, weights=counts, minlength=k))
-    assert np.isclose(inertia, float(np.dot(counts, d[np.arange(len(x)), lab])), rtol=1e-12)
-    for j in range(3):
-        assert np.allclose(sums[:, j], np.bincount(lab, weights=counts * x[:, j], minlength=k))
+    _, mass, inertia, _ = _assert_brute_force(codes, counts, centers,
+                                              fit_large.assign_pass(codes, counts, centers))
     occupied = nearcells.occupied_cells(codes)
     assert 0 < occupied.sum() < occupied.size
     again = fit_large.assign_pass(codes, counts, centers, occupied)
