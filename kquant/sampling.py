@@ -100,11 +100,15 @@ def sample_windows(image, n: int, *, seed: int = 0, n_windows: int = WINDOWS):
     from each chosen chunk in proportion to its size.
     """
     import dask
+    from dask.delayed import Delayed
 
     chosen = choose_blocks(image.numblocks[:2], n_windows, seed=seed)
     sizes = [image.chunks[0][i] * image.chunks[1][j] for i, j in chosen]
     counts = allocate(sizes, int(n))
-    blocks = image.to_delayed()
-    parts = [dask.delayed(sample_block)(blocks[i, j, 0], c, seed=seed, block_id=(i, j))
-             for (i, j), c in zip(chosen, counts) if c]
+    keys = [(image.name, i, j) + (0,) * (image.ndim - 2) for i, j in chosen]
+    # the graph of the chosen blocks only: ``image.to_delayed()`` would build and optimise
+    # the tasks of every block (0.19 s at 1 Gpx, 0.8 s at 4 Gpx, against 0.03 / 0.07 s)
+    graph = dict(image.__dask_graph__().cull(set(keys)))
+    parts = [dask.delayed(sample_block)(Delayed(key, graph), c, seed=seed, block_id=(i, j))
+             for key, (i, j), c in zip(keys, chosen, counts) if c]
     return dask.delayed(np.concatenate)(parts, axis=0)

@@ -96,6 +96,27 @@ def test_sample_windows_reads_only_the_chosen_blocks():
     assert {tuple(p) for p in sample} <= allowed
 
 
+@pytest.mark.parametrize("chunks,rechunk", [((32, 32, 3), None), ((48, 40, 3), None),
+                                             ((64, 64, 3), (40, 56, 3))])
+def test_sample_windows_match_a_numpy_oracle(chunks, rechunk):
+    img = photo_like(256, 320, seed=3)
+    lazy = da.from_array(img, chunks=chunks)
+    if rechunk:  # as an oriented TIFF is: the chosen blocks depend on several source blocks
+        lazy = lazy.rechunk(rechunk)
+    sample = sampling.sample_windows(lazy, 2000, seed=2, n_windows=6)
+    chosen = sampling.choose_blocks(lazy.numblocks[:2], 6, seed=2)
+    graph = dict(sample.__dask_graph__())
+    own = {k[1:3] for k in graph if isinstance(k, tuple) and k[0] == lazy.name}
+    assert own == set(chosen)  # tasks for the chosen blocks only, not one per block
+    rows, cols = np.cumsum((0,) + lazy.chunks[0]), np.cumsum((0,) + lazy.chunks[1])
+    sizes = [lazy.chunks[0][i] * lazy.chunks[1][j] for i, j in chosen]
+    oracle = np.concatenate([
+        sampling.sample_block(img[rows[i]:rows[i + 1], cols[j]:cols[j + 1]], c, seed=2,
+                              block_id=(i, j))
+        for (i, j), c in zip(chosen, sampling.allocate(sizes, 2000)) if c])
+    assert np.array_equal(sample.compute(scheduler="threads"), oracle)
+
+
 @pytest.mark.parametrize("chunk", [64, 200])
 def test_sample_mode_with_lookup_table(tmp_path, monkeypatch, chunk):
     img = photo_like(300, 410, seed=5)
