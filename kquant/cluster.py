@@ -90,6 +90,26 @@ def compute(*collections, progress: bool = False):
     return tuple(client.gather(futures))
 
 
+def warm_workers(fn) -> int:
+    """Run ``fn()`` once on every worker of this context's cluster, in the background.
+
+    For loading what a later pass needs (modules, compiled kernels) while the workers are
+    idle, e.g. while the client fits. Fire and forget: nothing waits for it, its result
+    and errors are dropped (a failure only means the later pass loads it itself).
+    Returns the number of workers it was sent to (0 on local threads).
+    """
+    client = _client.get()
+    if client is None:
+        return 0
+    from distributed import fire_and_forget
+
+    workers = list(client.scheduler_info().get("workers", {}))
+    for address in workers:
+        fire_and_forget(client.submit(fn, workers=[address], allow_other_workers=False,
+                                      pure=False, key=f"kquant-warm-{address}-{os.getpid()}"))
+    return len(workers)
+
+
 def active_client():
     """The distributed client of this context, or None on local threads."""
     return _client.get()

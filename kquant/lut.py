@@ -171,6 +171,17 @@ def label_pack_block(block: np.ndarray, table: np.ndarray, palette: np.ndarray,
     return packed, int(sse), counts
 
 
+def warm() -> None:
+    """Load (or compile) this module's kernels now, on a throw-away palette and block.
+
+    For a cluster worker that is idle while the client fits: its first chunk of the
+    write pass then does not wait for numba's cache. Nothing is kept.
+    """
+    palette = np.array([[0, 0, 0], [255, 255, 255]], np.uint8)
+    table = build(palette)
+    label_pack_block(np.zeros((2, 8, 3), np.uint8), table, palette, 1)
+
+
 def label_block(block: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Labels (h, w) uint8 of one (h, w, 3) block by table lookup (numpy, no compilation)."""
     block = np.asarray(block)

@@ -126,6 +126,8 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
                                          n_windows=sampling.windows_for(src.n_pixels))],
                 use_sample, progress)
             colours, counts = histogram.block_histogram(sample[None])
+        if _uses_lut(src, params):  # the workers are idle while this process fits
+            cluster.warm_workers(_warm_write_pass)
     t1 = time.perf_counter()
     options = dict(seed=params.seed, restarts=params.restarts, max_iter=params.max_iter,
                    sample_fit="always" if use_sample else "never", space=params.space,
@@ -203,6 +205,18 @@ def write_metrics(sse: int, counts, n_pixels: int, params: QuantizeParams,
             "fit_mode": fit_info.mode if fit_info else None, **extra}
 
 
+def _uses_lut(src: ImageSource, params: QuantizeParams) -> bool:
+    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`)."""
+    return src.n_pixels >= LUT_MIN_PIXELS and params.space == "rgb" and params.dither == "none"
+
+
+def _warm_write_pass() -> None:
+    """Load the write pass's compiled kernels in this process (a cluster worker)."""
+    from . import lut
+
+    lut.warm()
+
+
 def _label_options(params: QuantizeParams, palette: np.ndarray) -> dict | None:
     """Options of :func:`kquant.dither.label_block`; None for the plain RGB assignment."""
     if params.space == "rgb" and params.dither == "none":
@@ -239,7 +253,7 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     palette = np.asarray(palette, np.uint8)
     bits = packing.storage_bits(len(palette))
     label_options = _label_options(params, palette)
-    use_lut = src.n_pixels >= LUT_MIN_PIXELS and label_options is None
+    use_lut = _uses_lut(src, params)
     meta = store.StoreMeta(
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=rows, chunk_cols=cols,

@@ -54,6 +54,48 @@ def test_sample_fit_on_a_cluster_overlaps_dask_ml_import_and_is_identical(
     assert files(tmp_path / "local.kq") == files(tmp_path / "cluster.kq")
 
 
+def test_warm_workers_runs_once_on_every_worker(tmp_path, scheduler_address):
+    from helpers import poll
+    from kquant import cluster
+
+    d = str(tmp_path)  # a lambda: pickled by value (the workers cannot import this module)
+    mark = lambda: __import__("pathlib").Path(d, str(__import__("os").getpid())).touch()  # noqa
+
+    with cluster.scheduler(None):
+        assert cluster.warm_workers(mark) == 0
+    with cluster.scheduler(scheduler_address) as client:
+        pids = set(client.run(os.getpid).values())
+        assert cluster.warm_workers(mark) == len(pids) == 2
+    # fire and forget: the tasks run even though the client has gone
+    marked = poll(lambda: {int(p.name) for p in tmp_path.iterdir()} == pids or None, 30,
+                  "every worker to run the warm-up", interval=0.1)
+    assert marked
+
+
+def test_workers_load_the_lookup_table_kernels_while_the_client_fits(
+        tmp_path, scheduler_address, monkeypatch):
+    from distributed import Client
+
+    from kquant import pipeline
+
+    monkeypatch.setattr(pipeline, "LUT_MIN_PIXELS", 0)  # the table path on a small image
+    img = photo_like(200, 264, seed=13)
+    src = tmp_path / "t.tif"
+    tifffile.imwrite(src, img, tile=(64, 64), compression="zlib", photometric="rgb")
+    params = QuantizeParams(k=10, chunk=128, mode="sample", sample_size=3000, restarts=0)
+    kquant.quantize(src, tmp_path / "local.kq", params)
+    res = kquant.quantize(src, tmp_path / "cluster.kq", params, address=scheduler_address)
+    assert res.meta.metrics["assign"] == "lut"
+    assert files(tmp_path / "local.kq") == files(tmp_path / "cluster.kq")
+    with Client(scheduler_address) as c:
+        keys = c.run_on_scheduler(
+            lambda dask_scheduler: [str(t[0]) for t in list(dask_scheduler.transition_log)])
+        workers = list(c.scheduler_info()["workers"])
+    warmed = {k for k in keys if k.startswith("kquant-warm-")}
+    assert {w for w in workers if any(k.startswith(f"kquant-warm-{w}-") for k in warmed)} \
+        == set(workers)
+
+
 def test_cli_uses_dask_scheduler_address(tmp_path, scheduler_address, photo_png):
     from distributed import Client
 
