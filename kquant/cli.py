@@ -103,8 +103,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="use the smallest K (up to -k) whose PSNR reaches DB")
     p.add_argument("--space", choices=("rgb", "oklab", "lab"), default="rgb",
                    help="colour space of the fit and assignment (lab, oklab: perceptual)")
-    p.add_argument("--dither", choices=("none", "bayer"), default="none",
-                   help="ordered dithering (chunk-parallel, seamless)")
+    p.add_argument("--dither", choices=("none", "bayer", "blue-noise"), default="none",
+                   help="ordered dithering, 8x8 Bayer or 64x64 blue noise (chunk-parallel, "
+                        "seamless)")
     p.add_argument("--address", default=None,
                    help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)")
     p.add_argument("--max-pixels", type=_positive_int, default=None,

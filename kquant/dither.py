@@ -1,10 +1,16 @@
-"""Ordered (Bayer) dithering and the labelling kernel of the second pass.
+"""Ordered dithering (Bayer or blue noise) and the labelling kernel of the second pass.
 
 The threshold added to a pixel depends only on its *global* coordinates
-``(y, x)`` (``bayer[y % 8, x % 8]``), never on the chunk it falls in, and the
+``(y, x)`` (``matrix[y % n, x % n]``), never on the chunk it falls in, and the
 dithered value is rounded to integers before the exact nearest-entry search, so
 labelling chunk by chunk gives exactly the labels of the whole image at once:
 no seams, whatever the chunking.
+
+* ``bayer``: the 8x8 Bayer matrix (a regular cross-hatch, cheap to look at closely);
+* ``blue-noise``: a 64x64 void-and-cluster matrix (Ulichney 1993): the same number of
+  levels per area, without the Bayer pattern's visible grid. The matrix ships with the
+  package (``kquant/data/bluenoise64.npy``, made by :func:`void_and_cluster`), so every
+  machine dithers with the same thresholds.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import numpy as np
 
 from .errors import ParameterError
 
-METHODS = ("none", "bayer")
+METHODS = ("none", "bayer", "blue-noise")
 BAYER_SIZE = 8
+BLUE_NOISE_SIZE = 64
 
 
 def bayer_matrix(n: int = BAYER_SIZE) -> np.ndarray:
@@ -33,10 +40,87 @@ def bayer_matrix(n: int = BAYER_SIZE) -> np.ndarray:
     return m
 
 
-def threshold(y0: int, x0: int, h: int, w: int, *, n: int = BAYER_SIZE) -> np.ndarray:
-    """Thresholds in (-0.5, 0.5) of the pixels ``y0:y0+h, x0:x0+w`` of the whole image."""
-    m = (bayer_matrix(n) + 0.5) / (n * n) - 0.5
-    return m[np.ix_((y0 + np.arange(h)) % n, (x0 + np.arange(w)) % n)]
+def void_and_cluster(n: int = BLUE_NOISE_SIZE, *, sigma: float = 1.5, seed: int = 0) -> np.ndarray:
+    """An ``n x n`` blue-noise rank matrix (values 0 .. n*n-1) by void-and-cluster.
+
+    Ulichney's method on the torus, with a Gaussian filter of ``sigma`` pixels: a random
+    pattern of n*n/10 dots is relaxed (the tightest cluster moved to the largest void
+    until nothing moves), then dots are ranked by removing tightest clusters down to
+    none and adding into largest voids up to all (filling the largest void of the dots is
+    filling the tightest cluster of the holes). Ties go to the lowest flat index.
+    ``kquant/data/bluenoise64.npy`` is ``void_and_cluster(64)``.
+
+    Raises
+    ------
+    ParameterError
+        If ``n`` < 4.
+    """
+    if n < 4:
+        raise ParameterError(f"blue-noise matrix size must be at least 4, got {n}")
+    d = np.minimum(np.arange(n), n - np.arange(n)).astype(np.float64)
+    g = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * sigma * sigma))
+
+    def put(energy, flat, sign):  # the filter centred on one dot, added or removed
+        y, x = divmod(int(flat), n)
+        energy += sign * np.roll(g, (y, x), axis=(0, 1))
+
+    dots = np.zeros(n * n, bool)
+    dots[np.random.default_rng(seed).choice(n * n, n * n // 10, replace=False)] = True
+    energy = np.zeros((n, n))
+    for flat in np.flatnonzero(dots):
+        put(energy, flat, 1.0)
+    flat_e = energy.reshape(-1)  # a view: put() updates it
+    while True:  # relax: tightest cluster -> largest void, until that is the same place
+        c = int(np.argmax(np.where(dots, flat_e, -np.inf)))
+        dots[c] = False
+        put(energy, c, -1.0)
+        v = int(np.argmin(np.where(dots, np.inf, flat_e)))
+        dots[v] = True
+        put(energy, v, 1.0)
+        if v == c:
+            break
+    rank = np.empty(n * n, np.int64)
+    n_dots = int(dots.sum())
+    fewer, fewer_e = dots.copy(), energy.copy()
+    fewer_flat = fewer_e.reshape(-1)
+    for r in range(n_dots - 1, -1, -1):  # remove the tightest cluster, ranks downwards
+        c = int(np.argmax(np.where(fewer, fewer_flat, -np.inf)))
+        fewer[c] = False
+        put(fewer_e, c, -1.0)
+        rank[c] = r
+    for r in range(n_dots, n * n):  # fill the largest void, ranks upwards
+        v = int(np.argmin(np.where(dots, np.inf, flat_e)))
+        dots[v] = True
+        put(energy, v, 1.0)
+        rank[v] = r
+    return rank.reshape(n, n)
+
+
+def blue_noise_matrix() -> np.ndarray:
+    """The packaged 64x64 blue-noise rank matrix (values 0 .. 4095), read once."""
+    global _BLUE_NOISE
+    if _BLUE_NOISE is None:
+        from importlib import resources
+
+        with resources.files("kquant.data").joinpath("bluenoise64.npy").open("rb") as f:
+            _BLUE_NOISE = np.load(f).astype(np.int64)
+    return _BLUE_NOISE
+
+
+_BLUE_NOISE = None
+
+
+def threshold(y0: int, x0: int, h: int, w: int, *, n: int = BAYER_SIZE,
+              method: str = "bayer") -> np.ndarray:
+    """Thresholds in (-0.5, 0.5) of the pixels ``y0:y0+h, x0:x0+w`` of the whole image.
+
+    ``method`` is ``"bayer"`` (an ``n x n`` Bayer matrix) or ``"blue-noise"`` (the
+    packaged 64x64 matrix; ``n`` is then ignored).
+    """
+    ranks = bayer_matrix(n) if method == "bayer" else blue_noise_matrix()
+    size = len(ranks)
+    m = (ranks + 0.5) / (size * size) - 0.5
+    return m[np.ix_((y0 + np.arange(h)) % size, (x0 + np.arange(w)) % size)]
 
 
 def amount(palette: np.ndarray) -> float:
@@ -63,9 +147,9 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
     palette : ndarray of uint8, shape (n, 3)
     space : {"rgb", "oklab", "lab"}, keyword-only
         Space of the nearest-entry search (see :mod:`kquant.colorspace`).
-    dither : {"none", "bayer"}, keyword-only
+    dither : {"none", "bayer", "blue-noise"}, keyword-only
     dither_amount : float, keyword-only
-        Amplitude of the Bayer threshold (RGB units, see :func:`amount`).
+        Amplitude of the threshold (RGB units, see :func:`amount`).
     y0, x0 : int, keyword-only
         Global coordinates of the block's first pixel.
 
@@ -84,7 +168,7 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
         raise ParameterError(f"dither must be one of {', '.join(METHODS)}, got {dither!r}")
     block = np.asarray(block)
     h, w = block.shape[:2]
-    if dither == "bayer" and dither_amount > 0:
-        t = threshold(y0, x0, h, w) * float(dither_amount)
+    if dither != "none" and dither_amount > 0:
+        t = threshold(y0, x0, h, w, method=dither) * float(dither_amount)
         block = np.clip(np.rint(block + t[:, :, None]), 0, 255).astype(np.uint8)
     return colorspace.nearest(block.reshape(-1, 3), palette, space).reshape(h, w)

@@ -68,7 +68,7 @@ class QuantizeParams:
     space : {"rgb", "oklab", "lab"}
         Space the palette is fitted and pixels assigned in ("lab" and "oklab"
         are perceptual; see :mod:`kquant.colorspace`).
-    dither : {"none", "bayer"}
+    dither : {"none", "bayer", "blue-noise"}
         Ordered dithering of the assignment (see :mod:`kquant.dither`).
     target_psnr : float or None
         If set, ``k`` is the largest palette allowed and the smallest K whose
@@ -115,7 +115,7 @@ class QuantizeParams:
         if self.mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         _choice("space", self.space, ("rgb", "oklab", "lab"))
-        _choice("dither", self.dither, ("none", "bayer"))
+        _choice("dither", self.dither, ("none", "bayer", "blue-noise"))
         _choice("sample_fit", self.sample_fit, ("auto", "always", "never"))
         if self.target_psnr is not None:
             t = self.target_psnr
