@@ -14,6 +14,10 @@ exists before the job); its start-up time is reported apart.
 
 Runs:
   read      decode every tile once, nothing else (2 threads)       -- the I/O floor
+  read1     the same on one thread (how decoding itself scales on this machine)
+  write     the write pass alone: quantize onto an imposed palette (K colours fitted on the
+            bundled sample image before the clock), local threads -- the floor of any
+            mode that labels every pixel
   default   kquant quantize, default mode (sample fit above 2^25 px), local threads
   exact     --mode exact (full colour histogram pass, then assign)
   threads1  default mode on a single thread (baseline for scaling)
@@ -105,13 +109,21 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
                                host="127.0.0.1", memory_limit="4GiB")
         address = cluster.scheduler_address
         out["cluster_start_s"] = round(time.perf_counter() - t, 2)
+    imposed = None
+    if what == "write":  # a palette fitted before the clock: the run is the write pass alone
+        from importlib import resources
+
+        sample = resources.files("kquant.data").joinpath("sample.jpg")
+        with tempfile.TemporaryDirectory() as d:
+            imposed = pipeline.quantize(str(sample), Path(d) / "p.kquant",
+                                        kquant.QuantizeParams(k=k)).fit.palette
     cpu0 = _cpu_seconds()
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        if what == "read":
+        if what in ("read", "read1"):
             img = kquant.open_image(src, chunks=chunk)
             tasks = [dask.delayed(lambda b: np.asarray(b).shape)(b) for b in img.to_delayed().ravel()]
-            with dask.config.set(scheduler="threads", num_workers=2):
+            with dask.config.set(scheduler="threads", num_workers=2 if what == "read" else 1):
                 dask.compute(*tasks)
             n = img.shape[0] * img.shape[1]
             out["stages"] = {}
@@ -122,7 +134,8 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
                 ctx = (dask.config.set(scheduler="threads", num_workers=1) if what == "threads1"
                        else dask.config.set(num_workers=2))
                 with ctx:
-                    res = pipeline.quantize(src, Path(d) / "out.kquant", params, address=address)
+                    res = pipeline.quantize(src, Path(d) / "out.kquant", params, address=address,
+                                            palette=imposed)
                 out["store_bytes"] = res.meta.metrics["store_bytes"]
                 out["psnr"] = res.meta.metrics["psnr"]
                 out["fit_mode"] = res.fit.mode
