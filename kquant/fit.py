@@ -12,7 +12,8 @@ The pipeline (:func:`fit_palette`) is
 2. **refinement** -- weighted Lloyd with Hamerly's bounds
    (:func:`lloyd_bounded`) through 6- and 7-bit cells to the image's unique
    colours with their counts (identical to Lloyd on every pixel, at the cost of
-   the unique colours), for the best and the runner-up seeding;
+   the unique colours), for the best seeding (on millions of colours, for the best
+   three: :data:`LARGE_FINALISTS`);
 3. **integer polish** -- the palette is rounded to the nearest uint8 and Lloyd
    continues in integers (exact nearest-entry assignment, rounded means) while
    the true reconstruction error drops.
@@ -676,9 +677,17 @@ HEAVY_CELL = 0.25
 SAMPLE_FIT_MODES = ("auto", "always", "never")
 #: Lloyd iterations after each swap trial before it is judged (random-swap style).
 SWAP_TRIAL_ITER = 4
-#: Coarse solutions refined on the exact histogram (RGB): the best after swaps and
-#: the runner-up seeding; the lowest exact error wins.
-FINALISTS = 2
+#: Coarse solutions refined on the exact histogram (RGB; perceptual spaces refine one):
+#: the best after the swap moves. A second finalist (the runner-up seeding) won in 5 of
+#: the 48 bench cases, by at most 0.009 dB, for 30-70 % more fit time; spending that time
+#: on twice the swap trials instead (:data:`SWAPS_FACTOR`) was better on average and
+#: faster (bench/README.md).
+FINALISTS = 1
+#: Merge/split trials after the seedings: ``SWAPS_FACTOR * (8 + K // 4)`` on the
+#: exact-histogram RGB path (the 12 bench images, K=8..256, against 2 finalists and
+#: ``8 + K // 4`` trials: +0.002 dB on average, fit time -25 % at K=8, -15 % at K=16,
+#: -30 % at K=64, -2 % at K=256), ``8 + K // 4`` elsewhere.
+SWAPS_FACTOR = 2
 #: Finalists refined on a histogram of millions of colours (exact mode on huge images):
 #: the coarse ranking predicts the final one poorly there, and each costs about a second
 #: with the compact kernels. Measured on the 1 Gpx mosaic at K=16: 1, 2, 3 finalists gave
@@ -763,7 +772,8 @@ def fit_palette(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray, k: 
     sample_fit : {"auto", "always", "never"}, keyword-only
         Whether dask-ml's sample fit is one of the seedings.
     swaps : int, optional, keyword-only
-        Merge/split trials on the coarse histogram (default ``8 + k // 4``).
+        Merge/split trials on the coarse histogram (default ``8 + k // 4``, times
+        :data:`SWAPS_FACTOR` when refining on an exact RGB histogram).
     space : {"rgb", "oklab", "lab"}, keyword-only
         Space the squared error is minimised in (see :mod:`kquant.colorspace`).
         In a perceptual space the palette is fitted and pixels are assigned by
@@ -848,16 +858,18 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
         runs.append((inertia, name, centers))
     runs.sort(key=lambda r: r[0])
     inertia, name, centers = runs[0]
-    n_swaps = 8 + k // 4 if swaps is None else int(swaps)
+    exact_rgb = not large and space == "rgb" and n_colours <= FULL_CONVERGENCE_MAX
+    n_swaps = ((SWAPS_FACTOR if exact_rgb else 1) * (8 + k // 4) if swaps is None
+               else int(swaps))
     if n_swaps > 0:
         centers, inertia, accepted = swap_moves(xc, wc, centers, inertia, trials=n_swaps,
                                                 seed=np.random.default_rng([seed, 3]),
                                                 max_iter=max_iter, trial_iter=SWAP_TRIAL_ITER)
         if accepted:
             name += f"+{accepted}swaps"
-    # the coarse optimum is not always the fine one: refine the runner-up seeding too
-    n_final = (LARGE_FINALISTS if large
-               else FINALISTS if space == "rgb" and n_colours <= FULL_CONVERGENCE_MAX else 1)
+    # on millions of colours the coarse optimum is often not the fine one: refine the
+    # runner-up seedings too
+    n_final = LARGE_FINALISTS if large else FINALISTS if exact_rgb else 1
     finalists = [(name, centers)] + [(r[1], r[2]) for r in runs[1:n_final]]
     # converge on ever finer cells first: far fewer iterations on every colour
     levels, size = [], len(xc)
