@@ -181,6 +181,9 @@ def quantize_batch(
     max_pixels: int | None = None,
     mode: str = "auto",
     shard: int | None = None,
+    space: str = "rgb",
+    dither: str = "none",
+    target_psnr: float | None = None,
 ) -> dict:
     """Quantize every image in ``inbox`` matching ``pattern`` into ``outbox``, skipping done ones.
 
@@ -202,8 +205,9 @@ def quantize_batch(
         Ignore files modified less than this long ago (still arriving).
     max_pixels : int, optional
         Refuse images whose header claims more pixels.
-    mode, shard
-        As for ``quantize-image``.
+    mode, shard, space, dither, target_psnr
+        As for ``quantize-image`` (with ``shared_palette``, ``target_psnr`` picks
+        the K of the shared palette).
 
     Returns
     -------
@@ -217,7 +221,8 @@ def quantize_batch(
     t0 = time.perf_counter()
     try:
         tasks.sanitise_scheduler_env()
-        params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard).to_json()
+        params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard, space,
+                                   dither, target_psnr).to_json()
         images = list_images(inbox, pattern, settle_seconds, logger)
         if "{{" in str(outbox):
             raise InputError(f"outbox is not set ({outbox}): set KQUANT_OUTBOX when deploying, "

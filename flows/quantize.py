@@ -41,6 +41,9 @@ def quantize_image(
     max_pixels: int | None = None,
     mode: str = "auto",
     shard: int | None = None,
+    space: str = "rgb",
+    dither: str = "none",
+    target_psnr: float | None = None,
 ) -> dict:
     """Quantize ``source`` (image file or zarr array) into a kquant store at ``target``.
 
@@ -65,6 +68,12 @@ def quantize_image(
         ("auto": exact up to 2**25 pixels).
     shard : int, optional
         Shard edge in pixels (whole chunks) for the labels array.
+    space : {"rgb", "lab", "oklab"}
+        Colour space of the fit and of the assignment ("lab", "oklab": perceptual).
+    dither : {"none", "bayer", "blue-noise"}
+        Ordered dithering of the assignment (chunk-parallel, without seams).
+    target_psnr : float, optional
+        Use the smallest K up to ``k`` whose PSNR reaches this many dB.
 
     Returns
     -------
@@ -79,7 +88,8 @@ def quantize_image(
     try:
         tasks.sanitise_scheduler_env()
         address = tasks.clean_address(address)
-        params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard).to_json()
+        params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard, space,
+                                   dither, target_psnr).to_json()
         t0 = time.perf_counter()
         target = tasks.canonical(target)
         try:  # fail before any work: an existing target, a missing folder
@@ -146,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preview", dest="preview", action="store_false")
     p.add_argument("--address", default=None, help="dask scheduler address")
     p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument("--space", choices=("rgb", "lab", "oklab"), default="rgb")
+    p.add_argument("--dither", choices=("none", "bayer", "blue-noise"), default="none")
+    p.add_argument("--target-psnr", type=float, default=None, metavar="DB")
     return p
 
 
@@ -172,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     state = quantize_image(source=source, target=target, k=args.colors, seed=args.seed,
                            sample_size=args.sample, chunk=args.chunk, restarts=args.restarts,
                            overwrite=overwrite, preview=args.preview, address=args.address,
-                           max_pixels=args.max_pixels, return_state=True)
+                           max_pixels=args.max_pixels, space=args.space, dither=args.dither,
+                           target_psnr=args.target_psnr, return_state=True)
     if not state.is_completed():
         print(f"quantize-image: error: {state.message}", file=sys.stderr)
         return 1

@@ -187,9 +187,12 @@ def preview_path(target: str | os.PathLike) -> str:
 
 
 def make_params(k: int, seed: int, sample_size: int, chunk: int | None, restarts: int,
-                mode: str = "auto", shard: int | None = None) -> QuantizeParams:
+                mode: str = "auto", shard: int | None = None, space: str = "rgb",
+                dither: str = "none", target_psnr: float | None = None) -> QuantizeParams:
+    """The flows' parameters as :class:`QuantizeParams` (validated: ParameterError)."""
     return QuantizeParams(k=k, seed=seed, sample_size=sample_size, chunk=chunk, restarts=restarts,
-                          mode=mode, shard=shard)
+                          mode=mode, shard=shard, space=space, dither=dither,
+                          target_psnr=target_psnr)
 
 
 def store_status(target: str | os.PathLike) -> str:

@@ -129,18 +129,36 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
         if _uses_lut(src, params):  # the workers are idle while this process fits
             cluster.warm_workers(_warm_write_pass)
     t1 = time.perf_counter()
-    options = dict(seed=params.seed, restarts=params.restarts, max_iter=params.max_iter,
-                   sample_fit="always" if use_sample else "never", space=params.space,
-                   sampled=mode == "sample")
-    if params.target_psnr is not None:
-        result, met = fit_mod.fit_for_psnr(sample, colours, counts, params.target_psnr,
-                                           k_max=params.k, **options)
-        result = dataclasses.replace(result, target_met=met)
-    else:
-        result = fit_palette(sample, colours, counts, params.k, **options)
+    result = fit_histogram(sample, colours, counts, params, sampled=mode == "sample",
+                           sample_fit="always" if use_sample else "never")
     timings = {"read" if mode == "exact" else "sample": t1 - t0,
                "fit": time.perf_counter() - t1}
     return dataclasses.replace(result, mode=mode, timings=timings)
+
+
+def fit_histogram(sample, colours, counts, params: QuantizeParams, *, sampled: bool,
+                  sample_fit: str = "auto") -> FitResult:
+    """The fit of ``params`` (K or a target PSNR, seed, restarts, space) on a histogram.
+
+    ``sample``, ``colours``, ``counts`` and ``sample_fit`` are those of
+    :func:`kquant.fit.fit_palette`; ``sampled`` says the histogram is a sample's.
+    With ``params.target_psnr`` the smallest K up to ``params.k`` that reaches it
+    (:func:`kquant.fit.fit_for_psnr`; ``target_met`` says whether it did).
+
+    Raises
+    ------
+    ParameterError
+        As :func:`kquant.fit.fit_palette`.
+    """
+    from . import fit as fit_mod
+
+    options = dict(seed=params.seed, restarts=params.restarts, max_iter=params.max_iter,
+                   sample_fit=sample_fit, space=params.space, sampled=sampled)
+    if params.target_psnr is not None:
+        result, met = fit_mod.fit_for_psnr(sample, colours, counts, params.target_psnr,
+                                           k_max=params.k, **options)
+        return dataclasses.replace(result, target_met=met)
+    return fit_palette(sample, colours, counts, params.k, **options)
 
 
 def store_chunks(image) -> tuple[int, int]:

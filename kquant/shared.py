@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from . import cluster, histogram, sampling
 from .errors import ParameterError
-from .fit import FitResult, fit_palette
+from .fit import FitResult
 from .params import QuantizeParams
 from .readers import ImageSource
 
@@ -28,7 +28,8 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
         The images; their order only affects how the sample is split (ties).
     params : QuantizeParams, optional
         ``k``, ``seed``, ``sample_size`` (the total over all images), ``chunk``,
-        ``restarts``, ``max_iter``, ``background``.
+        ``restarts``, ``max_iter``, ``background``, ``space`` and ``target_psnr``
+        (as for :func:`kquant.pipeline.fit`).
     max_pixels : int, optional, keyword-only
         Pixel limit applied to each image's header.
     address : str, optional, keyword-only
@@ -55,7 +56,7 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     import numpy as np
 
     from . import readers
-    from .pipeline import _image, inspect, sample_chunks
+    from .pipeline import _image, fit_histogram, inspect, sample_chunks
 
     params = params or QuantizeParams()
     srcs = [s if isinstance(s, ImageSource) else inspect(s, max_pixels=max_pixels)
@@ -87,9 +88,7 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
         sample = np.concatenate(parts, axis=0)
         colours, counts = histogram.block_histogram(sample[None])
     t1 = time.perf_counter()
-    result = fit_palette(sample, colours, counts, params.k, seed=params.seed,
-                         restarts=params.restarts, max_iter=params.max_iter,
-                         sampled=mode == "sample")
+    result = fit_histogram(sample, colours, counts, params, sampled=mode == "sample")
     timings = {"read" if mode == "exact" else "sample": t1 - t0, "fit": time.perf_counter() - t1}
     if {"mode", "timings"} <= {f.name for f in dataclasses.fields(result)}:
         result = dataclasses.replace(result, mode=mode, timings=timings)

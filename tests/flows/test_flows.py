@@ -358,3 +358,46 @@ def test_mode_and_shard_reach_the_store(harness, tmp_path):
     assert st.meta.params["mode"] == "sample" and st.meta.shard_rows == 64
     assert zarr.open_array(out["target"], path="labels").shards is not None
     st.verify()
+
+
+def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
+    """The flows take the CLI's perceptual, dithering and target-PSNR options."""
+    import imageio.v3 as iio
+    import numpy as np
+    from flowkit import photo
+
+    import kquant
+    from flows.batch import quantize_batch
+    from flows.quantize import quantize_image
+    from kquant import shared
+    from kquant.params import QuantizeParams
+
+    img = photo(64, 80, seed=61)
+    iio.imwrite(tmp_path / "p.png", img)
+    options = {"space": "lab", "dither": "blue-noise", "target_psnr": 15.0}
+    out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"), k=16, restarts=0,
+                         preview=False, **options)
+    ref = kquant.quantize(tmp_path / "p.png", tmp_path / "ref.kquant",
+                          QuantizeParams(k=16, restarts=0, **options))
+    st = kquant.open_store(out["target"])
+    assert {key: st.meta.params[key] for key in options} == options
+    assert st.meta.params == ref.meta.params
+    assert np.array_equal(st.palette, ref.fit.palette) and len(st.palette) < 16
+    assert np.array_equal(np.asarray(st.labels.compute()),
+                          np.asarray(kquant.open_store(ref.target).labels.compute()))
+    assert ref.fit.target_met  # the smallest K whose (undithered) fit reaches 15 dB
+    assert st.meta.metrics["target_psnr_met"] == (st.meta.metrics["psnr"] >= 15.0)
+    assert st.meta.metrics["dither_amount"] > 0
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    iio.imwrite(inbox / "a.png", img[:32])
+    iio.imwrite(inbox / "b.png", img[32:])
+    res = quantize_batch(str(inbox), str(tmp_path / "out"), k=6, restarts=0,
+                         shared_palette=True, preview=False, settle_seconds=0, space="lab")
+    assert len(res["processed"]) == 2
+    want = shared.fit_shared([str(inbox / "a.png"), str(inbox / "b.png")],
+                             QuantizeParams(k=6, restarts=0, space="lab")).palette
+    for name in ("a.png", "b.png"):
+        got = kquant.open_store(tmp_path / "out" / (name + ".kquant"))
+        assert got.meta.params["space"] == "lab" and np.array_equal(got.palette, want)

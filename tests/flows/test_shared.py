@@ -55,3 +55,23 @@ def test_no_images_is_a_parameter_error():
 
     with pytest.raises(ParameterError, match="no images"):
         shared.fit_shared([])
+
+
+@pytest.mark.parametrize("options", [{"space": "lab"}, {"target_psnr": 24.0, "k": 32}])
+def test_space_and_target_psnr_as_for_one_image(halves, options):
+    """In exact mode the union of the halves' histograms is the whole image's: the shared fit
+    gives the palette that pipeline.fit gives the stitched image, with the same options."""
+    from kquant import pipeline, shared
+    from kquant.params import QuantizeParams
+
+    a, b, whole = halves
+    params = QuantizeParams(**({"k": 6, "mode": "exact"} | options))
+    res = shared.fit_shared([a, b], params)
+    ref = pipeline.fit(whole, params)
+    assert np.array_equal(res.palette, ref.palette) and res.sse == ref.sse
+    plain = shared.fit_shared([a, b], QuantizeParams(k=params.k, mode="exact"))
+    if "space" in options:  # the perceptual fit is another palette
+        assert not np.array_equal(res.palette, plain.palette)
+    else:  # the smallest K that reaches the target
+        assert res.target_met and len(res.palette) < params.k
+        assert 10 * np.log10(255**2 * 3 * res.n_pixels / res.sse) >= 24.0
