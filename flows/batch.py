@@ -184,6 +184,7 @@ def quantize_batch(
     space: str = "rgb",
     dither: str = "none",
     target_psnr: float | None = None,
+    palette: str | list | None = None,
 ) -> dict:
     """Quantize every image in ``inbox`` matching ``pattern`` into ``outbox``, skipping done ones.
 
@@ -208,6 +209,9 @@ def quantize_batch(
     mode, shard, space, dither, target_psnr
         As for ``quantize-image`` (with ``shared_palette``, ``target_psnr`` picks
         the K of the shared palette).
+    palette : str or list, optional
+        Map every image onto this palette (as for ``quantize-image``) instead of
+        fitting one; ``shared_palette`` is then moot.
 
     Returns
     -------
@@ -257,8 +261,21 @@ def quantize_batch(
                 f", {len(failed)} blocked" if failed else "")
 
     # one palette for everyone, if asked
-    shared_fit = None
-    if shared_palette and todo:
+    shared_fit = imposed = None
+    if palette is not None and todo:
+        loaded = tasks.load_palette.submit(palette, params)
+        loaded.wait()
+        if loaded.state.is_completed():
+            imposed = dict(loaded.result())
+            params = imposed.pop("params")
+            shared_fit = {"palette": imposed["palette"], "imposed": True}
+        else:
+            reason = _failure([loaded])
+            logger.error("palette: %s", reason)
+            for _, rel, _ in todo:
+                failed[str(rel)] = f"palette: {reason}"
+            todo = []
+    elif shared_palette and todo:
         reused = _existing_shared_palette(done_targets, params) if done_targets else None
         if reused is not None:
             logger.info("reusing the shared palette of %d existing stores", len(done_targets))
@@ -297,15 +314,17 @@ def quantize_batch(
     chains = []
     for path, rel, target in todo:
         info = tasks.inspect_source.submit(str(path), max_pixels)
-        if shared_fit is not None:
-            fit, palette = None, shared_fit["palette"]
+        if imposed is not None:  # the fit-like record: the stores say "imposed"
+            fit, pal = None, imposed
+        elif shared_fit is not None:
+            fit, pal = None, shared_fit["palette"]
         else:  # the write and preview tasks take the fit's result (a dict) as the palette
-            fit = palette = tasks.fit_palette.submit(info, params, max_pixels)
-        written = tasks.write_store.submit(info, str(target), palette, params, False, max_pixels)
+            fit = pal = tasks.fit_palette.submit(info, params, max_pixels)
+        written = tasks.write_store.submit(info, str(target), pal, params, False, max_pixels)
         verified = tasks.verify_store.submit(str(target), wait_for=[written])
         shown = None
         if preview:
-            shown = tasks.write_preview.submit(info, palette, str(tasks.preview_path(target)),
+            shown = tasks.write_preview.submit(info, pal, str(tasks.preview_path(target)),
                                                params, max_pixels, wait_for=[verified])
         chains.append((rel, target, [info, fit, written, verified], shown))
     wait([f for _, _, fs, s in chains for f in fs + [s] if f is not None])
@@ -323,7 +342,7 @@ def quantize_batch(
         results.append({
             "image": str(rel), "store": str(target), "psnr": m["psnr"],
             "bits_per_pixel": round(m["store_bits_per_pixel"], 4), "n_colors": meta["n_colors"],
-            "fit": ("shared" if fit_state is None else
+            "fit": ("imposed" if imposed is not None else "shared" if fit_state is None else
                     "cached" if fit_state.name == "Cached" else "fitted"),
             "preview": (shown.result()["path"] if shown is not None and shown.state.is_completed()
                         else None),
@@ -357,7 +376,8 @@ def _batch_artifacts(out: dict, shared_fit: dict | None) -> None:
           ""]
     if shared_fit:
         md.append(f"Shared palette of {len(shared_fit['palette'])} colours "
-                  + ("(reused from existing stores)." if shared_fit.get("reused") else
+                  + ("(imposed)." if shared_fit.get("imposed") else
+                     "(reused from existing stores)." if shared_fit.get("reused") else
                      "(fitted on all the images together)."))
         md.append("")
     md += ["| image | status | PSNR | bits/px |", "|---|---|---|---|"]

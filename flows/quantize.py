@@ -44,6 +44,7 @@ def quantize_image(
     space: str = "rgb",
     dither: str = "none",
     target_psnr: float | None = None,
+    palette: str | list | None = None,
 ) -> dict:
     """Quantize ``source`` (image file or zarr array) into a kquant store at ``target``.
 
@@ -74,6 +75,10 @@ def quantize_image(
         Ordered dithering of the assignment (chunk-parallel, without seams).
     target_psnr : float, optional
         Use the smallest K up to ``k`` whose PSNR reaches this many dB.
+    palette : str or list, optional
+        Map onto this palette instead of fitting one: a palette file or kquant store
+        (path or URI: GIMP ``.gpl``, ``.npy``, hex/RGB text, an image) or a list of
+        ``[r, g, b]``; ``k`` and ``target_psnr`` are then ignored.
 
     Returns
     -------
@@ -100,9 +105,14 @@ def quantize_image(
         src = tasks.inspect_source(source, max_pixels)
         timings["inspect"] = time.perf_counter() - t0
 
-        fit_state = tasks.fit_palette(src, params, max_pixels, address, return_state=True)
-        fit = fit_state.result()
-        fit_cached = fit_state.name == "Cached"
+        if palette is not None:  # imposed: no fit, k is the palette's size
+            fit = tasks.load_palette(palette, params)
+            params = fit.pop("params")
+            fit_cached = False
+        else:
+            fit_state = tasks.fit_palette(src, params, max_pixels, address, return_state=True)
+            fit = fit_state.result()
+            fit_cached = fit_state.name == "Cached"
         timings["fit"] = fit["seconds"] if not fit_cached else 0.0
         if fit_cached:
             logger.info("palette taken from the cache (same source identity, k, seed, sample "
@@ -159,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--space", choices=("rgb", "lab", "oklab"), default="rgb")
     p.add_argument("--dither", choices=("none", "bayer", "blue-noise"), default="none")
     p.add_argument("--target-psnr", type=float, default=None, metavar="DB")
+    p.add_argument("--palette", default=None, metavar="FILE|STORE",
+                   help="map onto this palette instead of fitting one")
     return p
 
 
@@ -186,18 +198,22 @@ def main(argv: list[str] | None = None) -> int:
                            sample_size=args.sample, chunk=args.chunk, restarts=args.restarts,
                            overwrite=overwrite, preview=args.preview, address=args.address,
                            max_pixels=args.max_pixels, space=args.space, dither=args.dither,
-                           target_psnr=args.target_psnr, return_state=True)
+                           target_psnr=args.target_psnr, palette=args.palette,
+                           return_state=True)
     if not state.is_completed():
         print(f"quantize-image: error: {state.message}", file=sys.stderr)
         return 1
     r = state.result()
     psnr = "inf (lossless)" if r["psnr"] is None else f"{r['psnr']:.2f} dB"
+    imposed = r["n_unique"] is None
+    colours = "" if imposed else f", {r['n_unique']} colours"
+    how = "imposed" if imposed else "cached" if r["fit_cached"] else "fitted"
     print(f"store      {r['target']}\n"
-          f"image      {r['height']} x {r['width']} px, {r['n_unique']} colours\n"
+          f"image      {r['height']} x {r['width']} px{colours}\n"
           f"palette    {r['n_colors']} colours ({r['bits']} bits/px)\n"
           f"quality    PSNR {psnr}, MSE {r['mse']:.3f}\n"
           f"size       {r['store_bytes']} bytes, {r['store_bits_per_pixel']:.3f} bits/px\n"
-          f"fit        {'cached' if r['fit_cached'] else 'fitted'}\n"
+          f"fit        {how}\n"
           f"time       {r['timings']['total']:.2f} s (flow steps)"
           + (f"\npreview    {r['preview']}" if r["preview"] else ""))
     return 0

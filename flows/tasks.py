@@ -243,6 +243,8 @@ def _fit_info(fit: list | dict):
     """The FitResult of a fit task's JSON (what :func:`kquant.pipeline.write` records), or None."""
     if not isinstance(fit, dict) or not fit.get("mode"):
         return None
+    if fit["mode"] == "imposed":  # only the mode is recorded (as the CLI's --palette)
+        return pipeline.imposed_fit(fit["palette"], 0)
     import numpy as np
 
     from kquant.fit import FitResult
@@ -305,6 +307,19 @@ def fit_palette(source: dict, params: dict, max_pixels: int | None = None,
                           source["uri"], out["seconds"], out["mse"],
                           ", lossless" if out["lossless"] else "")
     return out
+
+
+@task(name="load-palette", cache_policy=NO_CACHE, **IO_RETRIES)
+def load_palette(palette: str | list, params: dict) -> dict:
+    """An imposed palette (a palette file or store path/URI, or a list of [r, g, b]) as a
+    fit result of mode ``imposed``, with the run's parameters for it (``"params"``: ``k``
+    is the palette's size, no target PSNR; as the CLI's ``--palette``)."""
+    pal, run_params = pipeline.imposed_palette(palette, QuantizeParams.from_json(params))
+    get_run_logger().info("imposed palette of %d colours from %s", len(pal),
+                          palette if isinstance(palette, str) else "the parameters")
+    return {"palette": pal.tolist(), "sse": 0, "mse": 0.0, "n_pixels": 0, "n_unique": None,
+            "lossless": False, "refined_from": "imposed", "mode": "imposed", "seconds": 0.0,
+            "params": run_params.to_json()}
 
 
 @task(name="fit-shared-palette", cache_key_fn=shared_fit_cache_key, persist_result=True,
@@ -432,8 +447,10 @@ def summary(source: dict, target: str, fit: dict, fit_cached: bool, written: dic
 def markdown_report(s: dict) -> str:
     psnr = "∞ (lossless)" if s["psnr"] is None else f"{s['psnr']:.2f} dB"
     t = s["timings"]
-    fit = (f"cached (no refit; fitted earlier in {t.get('fit', 0):.2f} s)" if s["fit_cached"]
+    fit = ("imposed (no fit)" if s["n_unique"] is None else
+           f"cached (no refit; fitted earlier in {t.get('fit', 0):.2f} s)" if s["fit_cached"]
            else f"fitted in {t.get('fit', 0):.2f} s")
+    colours = "" if s["n_unique"] is None else f", {s['n_unique']:,} colours"
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k != "total")
     lines = [
         f"# kquant: `{name_of(s['source'])}` → `{name_of(s['target'])}`",
@@ -441,7 +458,7 @@ def markdown_report(s: dict) -> str:
         "| | |",
         "|---|---|",
         f"| store | `{display_uri(s['target'])}` |",
-        f"| source | `{s['source']}` ({s['height']} × {s['width']} px, {s['n_unique']:,} colours) |",
+        f"| source | `{s['source']}` ({s['height']} × {s['width']} px{colours}) |",
         f"| palette | {s['n_colors']} colours, labels packed at {s['bits']} bits/px |",
         f"| PSNR | {psnr} (MSE {s['mse']:.3f}) |",
         f"| size | {format_bytes(s['store_bytes'])}: {s['store_bits_per_pixel']:.3f} bits/px "

@@ -319,7 +319,17 @@ def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = No
     return str(out)
 
 
-def _imposed_palette(palette) -> np.ndarray:
+def imposed_palette(palette, params: QuantizeParams) -> tuple[np.ndarray, QuantizeParams]:
+    """An imposed palette (array-like or a palette file or store) and the parameters of a
+    run that maps onto it: ``k`` is the palette's size (at least 2), no target PSNR.
+
+    Raises
+    ------
+    ParameterError
+        If an array is not 1-256 RGB colours of integers 0-255.
+    InputError, StoreError
+        As :func:`kquant.palette_io.read_palette` for a file or store.
+    """
     import os
 
     from .errors import ParameterError
@@ -327,12 +337,19 @@ def _imposed_palette(palette) -> np.ndarray:
     if isinstance(palette, (str, os.PathLike)):
         from . import palette_io
 
-        return palette_io.read_palette(palette)
-    arr = np.asarray(palette)
-    if arr.ndim != 2 or arr.shape[1] != 3 or not 1 <= len(arr) <= 256 \
-            or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
-        raise ParameterError("an imposed palette must be 1-256 RGB colours of integers 0-255")
-    return arr.astype(np.uint8)
+        arr = palette_io.read_palette(palette)
+    else:
+        arr = np.asarray(palette)
+        if arr.ndim != 2 or arr.shape[1] != 3 or not 1 <= len(arr) <= 256 \
+                or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
+            raise ParameterError("an imposed palette must be 1-256 RGB colours of integers 0-255")
+    return arr.astype(np.uint8), dataclasses.replace(params, k=max(2, len(arr)), target_psnr=None)
+
+
+def imposed_fit(palette: np.ndarray, n_pixels: int) -> FitResult:
+    """The :class:`FitResult` recorded for an imposed palette (``mode="imposed"``)."""
+    return FitResult(palette=np.asarray(palette, np.uint8), sse=0, n_pixels=int(n_pixels),
+                     n_unique=0, lossless=False, refined_from="imposed", mode="imposed")
 
 
 def quantize(source, target, params: QuantizeParams | None = None, *, overwrite: bool = False,
@@ -397,16 +414,14 @@ def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, ad
             raise TargetExistsError(f"{preview_path} exists (use --overwrite to replace it)")
     imposed = None
     if palette is not None:
-        imposed = _imposed_palette(palette)
-        params = dataclasses.replace(params, k=max(2, len(imposed)), target_psnr=None)
+        imposed, params = imposed_palette(palette, params)
     src = inspect(source, max_pixels=max_pixels)
     timings["inspect"] = time.perf_counter() - t0
     t = time.perf_counter()
     if imposed is None:
         result = fit(src, params, max_pixels=max_pixels, address=address, progress=progress)
     else:
-        result = FitResult(palette=imposed, sse=0, n_pixels=src.height * src.width, n_unique=0,
-                           lossless=False, refined_from="imposed", mode="imposed")
+        result = imposed_fit(imposed, src.height * src.width)
     timings["fit"] = time.perf_counter() - t
     timings.update({f"fit.{k}": v for k, v in result.timings.items()})
     t = time.perf_counter()

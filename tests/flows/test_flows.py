@@ -401,3 +401,50 @@ def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
     for name in ("a.png", "b.png"):
         got = kquant.open_store(tmp_path / "out" / (name + ".kquant"))
         assert got.meta.params["space"] == "lab" and np.array_equal(got.palette, want)
+
+
+def test_an_imposed_palette_as_the_cli_does(harness, tmp_path):
+    """``palette=`` maps onto a palette file or store: the library's store, no fit task."""
+    import imageio.v3 as iio
+    import numpy as np
+    from flowkit import photo
+
+    import kquant
+    from flows.batch import quantize_batch
+    from flows.quantize import main, quantize_image
+
+    img = photo(48, 64, seed=62)
+    iio.imwrite(tmp_path / "p.png", img)
+    gpl = tmp_path / "p.gpl"
+    pal = np.array([[0, 0, 0], [250, 250, 250], [200, 30, 30], [30, 90, 200], [90, 160, 60]])
+    gpl.write_text("GIMP Palette\n#\n" + "".join(f"{r} {g} {b}\tc\n" for r, g, b in pal))
+    out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"), k=16,
+                         target_psnr=40.0, preview=False, palette=str(gpl), dither="bayer")
+    ref = kquant.quantize(tmp_path / "p.png", tmp_path / "ref.kquant",
+                          kquant.QuantizeParams(dither="bayer"), palette=gpl)
+    st = kquant.open_store(out["target"])
+    assert np.array_equal(st.palette, pal) and st.meta.params == ref.meta.params
+    assert st.meta.params["k"] == 5 and st.meta.params["target_psnr"] is None
+    assert st.meta.metrics["fit_mode"] == "imposed" == ref.meta.metrics["fit_mode"]
+    assert np.array_equal(np.asarray(st.labels.compute()),
+                          np.asarray(kquant.open_store(ref.target).labels.compute()))
+    assert out["n_unique"] is None and not out["fit_cached"]
+    # a store's palette, and the module's command line
+    assert main([str(tmp_path / "p.png"), str(tmp_path / "q.kquant"), "--palette",
+                 str(tmp_path / "ref.kquant"), "--no-preview"]) == 0
+    assert np.array_equal(kquant.open_store(tmp_path / "q.kquant").palette, pal)
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    iio.imwrite(inbox / "a.png", img[:24])
+    iio.imwrite(inbox / "b.png", img[24:])
+    res = quantize_batch(str(inbox), str(tmp_path / "out"), preview=False, settle_seconds=0,
+                         palette=pal.tolist())
+    assert sorted(res["processed"]) == ["a.png", "b.png"]
+    assert {r["fit"] for r in res["results"]} == {"imposed"}
+    for name in ("a.png", "b.png"):
+        got = kquant.open_store(tmp_path / "out" / (name + ".kquant"))
+        assert np.array_equal(got.palette, pal) and got.meta.metrics["fit_mode"] == "imposed"
+    with pytest.raises(kquant.KquantError):  # a missing palette file: the batch fails
+        quantize_batch(str(inbox), str(tmp_path / "out2"), preview=False, settle_seconds=0,
+                       palette=str(tmp_path / "missing.gpl"))
