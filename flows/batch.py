@@ -165,6 +165,16 @@ def _failure(futures) -> str | None:
     return None
 
 
+def _fail_all(todo: list, failed: dict, what: str, future, logger) -> list:
+    """A palette every image needed has failed: each image fails with its reason (logged
+    once). Returns the images left to do: none."""
+    reason = _failure([future])
+    logger.error("%s: %s", what, reason)
+    for _, rel, _ in todo:
+        failed[str(rel)] = f"{what}: {reason}"
+    return []
+
+
 @flow(name="quantize-batch", task_runner=task_runner())
 def quantize_batch(
     inbox: str,
@@ -270,11 +280,7 @@ def quantize_batch(
             params = imposed.pop("params")
             shared_fit = {"palette": imposed["palette"], "imposed": True}
         else:
-            reason = _failure([loaded])
-            logger.error("palette: %s", reason)
-            for _, rel, _ in todo:
-                failed[str(rel)] = f"palette: {reason}"
-            todo = []
+            todo = _fail_all(todo, failed, "palette", loaded, logger)
     elif shared_palette and todo:
         reused = _existing_shared_palette(done_targets, params) if done_targets else None
         if reused is not None:
@@ -304,11 +310,7 @@ def quantize_batch(
                     shared_fit = dict(fit_f.result(), reused=False,
                                       cached=fit_f.state.name == "Cached")
                 else:
-                    reason = _failure([fit_f])
-                    logger.error("shared palette: %s", reason)
-                    for _, rel, _ in todo:
-                        failed[str(rel)] = f"shared palette: {reason}"
-                    todo = []
+                    todo = _fail_all(todo, failed, "shared palette", fit_f, logger)
 
     # fan out: one chain of tasks per new image
     chains = []
