@@ -678,11 +678,17 @@ SAMPLE_FIT_MODES = ("auto", "always", "never")
 #: Lloyd iterations after each swap trial before it is judged (random-swap style).
 SWAP_TRIAL_ITER = 4
 #: Coarse solutions refined on the exact histogram (RGB; perceptual spaces refine one):
-#: the best after the swap moves. A second finalist (the runner-up seeding) won in 5 of
-#: the 48 bench cases, by at most 0.009 dB, for 30-70 % more fit time; spending that time
-#: on twice the swap trials instead (:data:`SWAPS_FACTOR`) was better on average and
-#: faster (bench/README.md).
+#: the best after the swap moves. A second finalist (the runner-up seeding) always won in
+#: 5 of the 48 bench cases, by at most 0.009 dB, for 30-70 % more fit time; spending that
+#: time on twice the swap trials instead (:data:`SWAPS_FACTOR`) was better on average and
+#: faster (bench/README.md). The runner-up is still refined when the coarse cells cannot
+#: tell it from the best (:data:`RUNNER_UP_GAP`).
 FINALISTS = 1
+#: The runner-up seeding is refined too when its coarse error is within this fraction of
+#: the best's. On the bench images (K=8..256) 0.5 % triggers at K=8 and 16 only: it wins
+#: back astronaut K=8 (+0.0015 dB) for +20 % of fit time at K=8 and nothing measurable at
+#: K=16-256; 1-5 % cost more and won nothing more.
+RUNNER_UP_GAP = 0.005
 #: Merge/split trials after the seedings: ``SWAPS_FACTOR * (8 + K // 4)`` on the
 #: exact-histogram RGB path (the 12 bench images, K=8..256, against 2 finalists and
 #: ``8 + K // 4`` trials: +0.002 dB on average, fit time -25 % at K=8, -15 % at K=16,
@@ -871,6 +877,9 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
     # runner-up seedings too
     n_final = LARGE_FINALISTS if large else FINALISTS if exact_rgb else 1
     finalists = [(name, centers)] + [(r[1], r[2]) for r in runs[1:n_final]]
+    near_tie = len(runs) > 1 and runs[1][0] <= inertia * (1 + RUNNER_UP_GAP)
+    if exact_rgb and n_final == 1 and near_tie:  # the coarse cells cannot tell them apart
+        finalists.append((runs[1][1], runs[1][2]))
     # converge on ever finer cells first: far fewer iterations on every colour
     levels, size = [], len(xc)
     for bits in range(COARSE_BITS + 1, 8):

@@ -73,6 +73,24 @@ def test_fit_is_deterministic_and_sse_exact():
     assert a.sse == int(d.min(1).sum())
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_runner_up_refined_on_a_coarse_near_tie(monkeypatch, seed):
+    """A runner-up within RUNNER_UP_GAP of the best coarse error is refined as a second
+    finalist: with an unbounded gap the fit is the two-finalist fit, with none the
+    one-finalist fit, and the two-finalist fit is never worse."""
+    img = photo_like(90, 110, seed=20 + seed)
+    colours, counts = _hist(img)
+
+    def run(finalists, gap):
+        monkeypatch.setattr(fit, "FINALISTS", finalists)
+        monkeypatch.setattr(fit, "RUNNER_UP_GAP", gap)
+        return fit.fit_palette(None, colours, counts, 8, seed=seed, restarts=2)
+
+    always, never, two = run(1, np.inf), run(1, -1.0), run(2, -1.0)
+    assert np.array_equal(always.palette, two.palette) and always.sse == two.sse
+    assert always.sse <= never.sse
+
+
 def test_fit_at_least_as_good_as_single_seeding_without_moves():
     img = photo_like(80, 80, seed=10)
     colours, counts = _hist(img)
