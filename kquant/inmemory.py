@@ -116,14 +116,14 @@ def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams,
     TargetExistsError, InputError, StoreError
         As :func:`kquant.pipeline.write`; no store is left behind on failure.
     """
-    from .pipeline import LUT_MIN_PIXELS, source_record, write_metrics  # pipeline imports us
+    from .pipeline import source_record, uses_lut, write_metrics  # pipeline imports us
 
     palette = np.asarray(palette, np.uint8)
     bits = packing.storage_bits(len(palette))
     # the dask path's record of how pixels were labelled (its lookup table from
     # LUT_MIN_PIXELS on, with the same labels): here always through a table of the
     # image's colours, recorded the same way so that both paths write the same store
-    assigned = "lut" if src.n_pixels >= LUT_MIN_PIXELS and not label_options else "direct"
+    assigned = "lut" if uses_lut(src, params) else "direct"
     meta = store.StoreMeta(
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=src.height, chunk_cols=src.width,

@@ -126,7 +126,7 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
                                          n_windows=sampling.windows_for(src.n_pixels))],
                 use_sample, progress)
             colours, counts = histogram.block_histogram(sample[None])
-        if _uses_lut(src, params):  # the workers are idle while this process fits
+        if uses_lut(src, params):  # the workers are idle while this process fits
             cluster.warm_workers(_warm_write_pass)
     t1 = time.perf_counter()
     result = fit_histogram(sample, colours, counts, params, sampled=mode == "sample",
@@ -223,9 +223,15 @@ def write_metrics(sse: int, counts, n_pixels: int, params: QuantizeParams,
             "fit_mode": fit_info.mode if fit_info else None, **extra}
 
 
-def _uses_lut(src: ImageSource, params: QuantizeParams) -> bool:
-    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`)."""
-    return src.n_pixels >= LUT_MIN_PIXELS and params.space == "rgb" and params.dither == "none"
+def _plain_rgb(params: QuantizeParams) -> bool:
+    """Pixels are labelled by plain RGB nearness: no perceptual space, no dithering."""
+    return params.space == "rgb" and params.dither == "none"
+
+
+def uses_lut(src: ImageSource, params: QuantizeParams) -> bool:
+    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`); the
+    in-memory path records the same in the store, for the same labels."""
+    return src.n_pixels >= LUT_MIN_PIXELS and _plain_rgb(params)
 
 
 def _warm_write_pass() -> None:
@@ -237,7 +243,7 @@ def _warm_write_pass() -> None:
 
 def _label_options(params: QuantizeParams, palette: np.ndarray) -> dict | None:
     """Options of :func:`kquant.dither.label_block`; None for the plain RGB assignment."""
-    if params.space == "rgb" and params.dither == "none":
+    if _plain_rgb(params):
         return None
     return {"space": params.space, "dither": params.dither,
             "dither_amount": dither.amount(palette) if params.dither != "none" else 0.0}
@@ -271,7 +277,7 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     palette = np.asarray(palette, np.uint8)
     bits = packing.storage_bits(len(palette))
     label_options = _label_options(params, palette)
-    use_lut = _uses_lut(src, params)
+    use_lut = uses_lut(src, params)
     meta = store.StoreMeta(
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=rows, chunk_cols=cols,
