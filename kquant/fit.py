@@ -684,8 +684,8 @@ SWAP_TRIAL_ITER = 4
 #: faster (bench/README.md). The runner-up is still refined when the coarse cells cannot
 #: tell it from the best (:data:`RUNNER_UP_GAP`).
 FINALISTS = 1
-#: The runner-up seeding is refined too when its coarse error is within this fraction of
-#: the best's. On the bench images (K=8..256) 0.5 % triggers at K=8 and 16 only: it wins
+#: One more seeding (the runner-up, with FINALISTS = 1) is refined too when its coarse
+#: error is within this fraction of the best's. On the bench images (K=8..256) 0.5 % triggers at K=8 and 16 only: it wins
 #: back astronaut K=8 (+0.0015 dB) for +20 % of fit time at K=8 and nothing measurable at
 #: K=16-256; 1-5 % cost more and won nothing more.
 RUNNER_UP_GAP = 0.005
@@ -876,10 +876,9 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
     # on millions of colours the coarse optimum is often not the fine one: refine the
     # runner-up seedings too
     n_final = LARGE_FINALISTS if large else FINALISTS if exact_rgb else 1
+    if exact_rgb and len(runs) > n_final and runs[n_final][0] <= inertia * (1 + RUNNER_UP_GAP):
+        n_final += 1  # the next seeding too: the coarse cells cannot tell it from the best
     finalists = [(name, centers)] + [(r[1], r[2]) for r in runs[1:n_final]]
-    near_tie = len(runs) > 1 and runs[1][0] <= inertia * (1 + RUNNER_UP_GAP)
-    if exact_rgb and n_final == 1 and near_tie:  # the coarse cells cannot tell them apart
-        finalists.append((runs[1][1], runs[1][2]))
     # converge on ever finer cells first: far fewer iterations on every colour
     levels, size = [], len(xc)
     for bits in range(COARSE_BITS + 1, 8):
