@@ -306,11 +306,8 @@ def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
         if (h, w) != (rows, cols):  # an edge chunk is stored whole, padded with the fill value
             full = np.zeros((rows, cols), np.uint8)
             full[:h, :w] = packed
-        data = storefiles.chunk_bytes(full, zstd_level=level)
-        if data is not None:  # all fill value: zarr does not write it either
-            path = Path(root) / "labels" / storefiles.chunk_key(row0 // rows, byte0 // cols)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        storefiles.write_chunk(Path(root) / "labels", (row0 // rows, byte0 // cols), full,
+                               zstd_level=level)
     finally:
         if gate is not None:
             gate.leave()
@@ -550,11 +547,7 @@ class DirectStoreWriter(StoreWriter):
     def _write_chunk(self, array: str, data: np.ndarray, level: int | None) -> None:
         from . import storefiles
 
-        encoded = storefiles.chunk_bytes(data, zstd_level=level)
-        if encoded is not None:
-            path = Path(self.root) / array / storefiles.chunk_key(*([0] * data.ndim))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(encoded)
+        storefiles.write_chunk(Path(self.root) / array, (0,) * data.ndim, data, zstd_level=level)
 
     def write_labels(self, packed: np.ndarray) -> None:
         """Write the packed labels (the whole array: its one chunk)."""

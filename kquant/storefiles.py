@@ -60,3 +60,16 @@ def chunk_bytes(chunk: np.ndarray, *, zstd_level: int | None = None) -> bytes | 
     from numcodecs.zstd import Zstd
 
     return bytes(Zstd(level=int(zstd_level), checksum=False).encode(chunk.reshape(-1)))
+
+
+def write_chunk(array_dir, index: tuple[int, ...], chunk: np.ndarray, *,
+                zstd_level: int | None = None) -> None:
+    """Write one whole chunk of the array in ``array_dir`` at ``index`` as zarr does
+    (:func:`chunk_bytes`; nothing for a chunk of zeros)."""
+    from pathlib import Path
+
+    data = chunk_bytes(chunk, zstd_level=zstd_level)
+    if data is not None:
+        path = Path(array_dir) / chunk_key(*index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
