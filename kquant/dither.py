@@ -15,6 +15,8 @@ no seams, whatever the chunking.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .errors import ParameterError
@@ -96,18 +98,13 @@ def void_and_cluster(n: int = BLUE_NOISE_SIZE, *, sigma: float = 1.5, seed: int 
     return rank.reshape(n, n)
 
 
+@functools.lru_cache(maxsize=1)
 def blue_noise_matrix() -> np.ndarray:
     """The packaged 64x64 blue-noise rank matrix (values 0 .. 4095), read once."""
-    global _BLUE_NOISE
-    if _BLUE_NOISE is None:
-        from importlib import resources
+    from importlib import resources
 
-        with resources.files("kquant.data").joinpath("bluenoise64.npy").open("rb") as f:
-            _BLUE_NOISE = np.load(f).astype(np.int64)
-    return _BLUE_NOISE
-
-
-_BLUE_NOISE = None
+    with resources.files("kquant.data").joinpath("bluenoise64.npy").open("rb") as f:
+        return np.load(f).astype(np.int64)
 
 
 def threshold(y0: int, x0: int, h: int, w: int, *, n: int = BAYER_SIZE,
