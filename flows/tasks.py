@@ -317,9 +317,9 @@ def load_palette(palette: str | list, params: dict) -> dict:
     pal, run_params = pipeline.imposed_palette(palette, QuantizeParams.from_json(params))
     get_run_logger().info("imposed palette of %d colours from %s", len(pal),
                           palette if isinstance(palette, str) else "the parameters")
-    return {"palette": pal.tolist(), "sse": 0, "mse": 0.0, "n_pixels": 0, "n_unique": None,
-            "lossless": False, "refined_from": "imposed", "mode": "imposed", "seconds": 0.0,
-            "params": run_params.to_json()}
+    # the fit record of the library's --palette; no colour count (none was taken)
+    return dict(_fit_json(pipeline.imposed_fit(pal, 0), 0.0), n_unique=None,
+                params=run_params.to_json())
 
 
 @task(name="fit-shared-palette", cache_key_fn=shared_fit_cache_key, persist_result=True,
