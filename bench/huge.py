@@ -15,6 +15,12 @@ exists before the job); its start-up time is reported apart.
 Runs:
   read      decode every tile once, nothing else (2 threads)       -- the I/O floor
   read1     the same on one thread (how decoding itself scales on this machine)
+  lookup    decode every tile and label it by the lookup table, packed, and nothing else (no
+            error, counts, compression, checksum or write; palette and table made before the
+            clock) -- the floor of labelling every pixel with this reader
+  fitfloor  read the sample's tiles and fit dask-ml's KMeans on them, nothing else (dask-ml
+            imported inside the clock, as in every run) -- the floor of the serial part the
+            design card asks for, before any pixel can be labelled
   write     the write pass alone: quantize onto an imposed palette (K colours fitted on the
             bundled sample image before the clock), local threads -- the floor of any
             mode that labels every pixel
@@ -117,6 +123,12 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
         with tempfile.TemporaryDirectory() as d:
             imposed = pipeline.quantize(str(sample), Path(d) / "p.kquant",
                                         kquant.QuantizeParams(k=k)).fit.palette
+    if what == "lookup":  # palette, table and kernel ready before the clock
+        from kquant import lut
+
+        palette = np.random.default_rng(0).integers(0, 256, (k, 3)).astype(np.uint8)
+        table = lut.table_for(palette)
+        _lookup_pack(np.zeros((2, 8, 3), np.uint8), table)
     cpu0 = _cpu_seconds()
     with PeakRSS() as rss:
         t0 = time.perf_counter()
@@ -127,6 +139,27 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
                 dask.compute(*tasks)
             n = img.shape[0] * img.shape[1]
             out["stages"] = {}
+        elif what == "lookup":
+            img = kquant.open_image(src, chunks=chunk)
+            tasks = [dask.delayed(_lookup_pack)(b, table) for b in img.to_delayed().ravel()]
+            with dask.config.set(scheduler="threads", num_workers=2):
+                dask.compute(*tasks)
+            n = img.shape[0] * img.shape[1]
+            out["stages"] = {}
+        elif what == "fitfloor":
+            from kquant import fit, readers, sampling
+
+            src_info = readers.inspect_image(src)
+            img = readers.open_source(src_info, chunks=pipeline.sample_chunks(src_info))
+            params = kquant.QuantizeParams(k=k)
+            (sample,) = dask.compute(sampling.sample_windows(
+                img, params.sample_size, seed=params.seed,
+                n_windows=sampling.windows_for(src_info.n_pixels)))
+            t1 = time.perf_counter()
+            fit.fit_sample(sample, k, seed=params.seed)
+            n = img.shape[0] * img.shape[1]
+            out["stages"] = {"sample": round(t1 - t0, 2),
+                             "dask-ml": round(time.perf_counter() - t1, 2)}
         else:
             mode = "exact" if what == "exact" else "auto"
             params = kquant.QuantizeParams(k=k, mode=mode, chunk=chunk)
@@ -149,6 +182,46 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
     out["mpx_per_s"] = n / 1e6 / out["seconds"]
     out["gigapixels"] = n / 1e9
     return out
+
+
+def _lookup_pack(block, table):
+    """Labels of a block by table lookup, packed two per byte: the least work per pixel."""
+    import numpy as np
+
+    block = np.ascontiguousarray(block)
+    packed = np.empty((block.shape[0], (block.shape[1] + 1) // 2), np.uint8)
+    _lookup_kernel()(block, table, packed)
+    return packed.shape
+
+
+_kernel = []
+
+
+def _lookup_kernel():
+    if not _kernel:
+        import numba
+        import numpy as np
+
+        @numba.njit(nogil=True, cache=False)
+        def kernel(block, table, packed):
+            h, w = block.shape[0], block.shape[1]
+            for y in range(h):
+                row = block[y]
+                out = packed[y]
+                for x2 in range(w // 2):
+                    x = 2 * x2
+                    a = table[(np.int64(row[x, 0]) << 16) | (np.int64(row[x, 1]) << 8)
+                              | np.int64(row[x, 2])]
+                    b = table[(np.int64(row[x + 1, 0]) << 16) | (np.int64(row[x + 1, 1]) << 8)
+                              | np.int64(row[x + 1, 2])]
+                    out[x2] = (a << 4) | b
+                if w & 1:
+                    out[w // 2] = table[(np.int64(row[w - 1, 0]) << 16)
+                                        | (np.int64(row[w - 1, 1]) << 8)
+                                        | np.int64(row[w - 1, 2])] << 4
+
+        _kernel.append(kernel)
+    return _kernel[0]
 
 
 def main() -> None:
