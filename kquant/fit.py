@@ -698,12 +698,6 @@ SWAPS_FACTOR = 2
 #: the coarse ranking predicts the final one poorly there, and each costs about a second
 #: with the compact kernels. Measured on the 1 Gpx mosaic at K=16: 1, 2, 3 finalists gave
 #: 24.849, 24.856, 24.865 dB.
-#: On a sample's histogram (sample mode) the finalists are ranked after the first finer
-#: level of cells (6 bits) and only the best is refined further: on the 1 Gpx mosaic's
-#: sample (643,000 colours), seeds 0-3 scored on the full histogram, the same palette in 10
-#: of 12 fits (K=16: -0.0001 dB, K=256: -0.0014 dB on average), fit time -25 % at K=16,
-#: -43 % at K=64, -52 % at K=256 (19.7 -> 9.5 s). Not on the exact histogram, where it lost
-#: 0.002-0.004 dB in 3 of 6 fits.
 LARGE_FINALISTS = 3
 #: A sample's histogram with more colours than this takes the compact path (see
 #: ``fit_palette(sampled=True)``).
@@ -795,9 +789,7 @@ def fit_palette(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray, k: 
         colours it goes through the compact kernels of :mod:`kquant.fit_large`,
         whose Lloyd stops at a relative gain of 1e-5 instead of running until no
         assignment changes (which only fits the sample's own noise; measured at
-        1 Gpx: the same palette, 1 s sooner), and whose finalists are ranked on the
-        first finer level of cells, only the best being refined further
-        (see :data:`LARGE_FINALISTS`).
+        1 Gpx: the same palette, 1 s sooner).
 
     Returns
     -------
@@ -898,16 +890,6 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
             break
         levels.append((xm, wm))
         size = len(xm)
-    if large and sampled and len(finalists) > 1 and levels:
-        # a sample's histogram: rank the finalists on the first finer level and refine only
-        # the best on the finer ones and the colours (see SAMPLED_LARGE_MIN)
-        xm, wm = levels.pop(0)
-        refined = []
-        for name, centers in finalists:
-            centers, _, inertia, _ = lloyd_bounded(xm, wm, centers, max_iter=max_iter)
-            refined.append((inertia, name, centers))
-        _, name, centers = min(refined, key=lambda r: r[0])
-        finalists = [(name, centers)]
     best = None
     for name, centers in finalists:
         for xm, wm in levels:

@@ -167,39 +167,3 @@ def test_a_sample_histogram_takes_the_compact_path_from_a_lower_size(monkeypatch
     assert bool(used) == sampled
     lab = nearest_oracle(img, res.palette)
     assert res.sse == int(((img.astype(np.int64) - res.palette[lab].astype(np.int64)) ** 2).sum())
-
-
-def test_on_a_sample_only_the_best_finalist_at_the_first_finer_level_is_refined(monkeypatch):
-    """Sample mode ranks the finalists on the 6-bit cells and refines one on the colours;
-    on an exact histogram of as many colours every finalist is refined to the end."""
-    img = photo_like(300, 400, seed=8)  # 117,000 colours, 49,000 6-bit cells
-    codes, counts = histogram.block_histogram(img)
-    monkeypatch.setattr(fit, "SAMPLED_LARGE_MIN", len(codes) // 2)
-    monkeypatch.setattr(fit, "FULL_CONVERGENCE_MAX", len(codes) // 2)
-    sizes = {6: len(fit_large.cells(codes, counts, 6)[0])}
-    assert sizes[6] < 0.7 * len(codes)  # the 6-bit level is used
-    calls = {"level6": 0, "colours": 0}
-    real_bounded, real_lloyd = fit.lloyd_bounded, fit_large.lloyd
-
-    def bounded(x, *a, **k):
-        calls["level6"] += len(x) == sizes[6]
-        return real_bounded(x, *a, **k)
-
-    def lloyd(*a, **k):
-        calls["colours"] += 1
-        return real_lloyd(*a, **k)
-
-    monkeypatch.setattr(fit, "lloyd_bounded", bounded)
-    monkeypatch.setattr(fit_large, "lloyd", lloyd)
-    results = {}
-    for sampled in (True, False):
-        calls.update(level6=0, colours=0)
-        results[sampled] = fit.fit_palette(None, codes, counts, 8, seed=1, sampled=sampled)
-        expected = (fit.LARGE_FINALISTS, 1) if sampled else (fit.LARGE_FINALISTS,) * 2
-        assert (calls["level6"], calls["colours"]) == expected
-    for res in results.values():  # exact errors either way
-        lab = nearest_oracle(img, res.palette)
-        assert res.sse == int(((img.astype(np.int64) - res.palette[lab].astype(np.int64)) ** 2)
-                              .sum())
-    # the exact path keeps the best of all refined finalists: never worse than the sample's pick
-    assert results[False].sse <= results[True].sse * (1 + 1e-9)
