@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 
@@ -699,6 +700,9 @@ SWAPS_FACTOR = 2
 #: with the compact kernels. Measured on the 1 Gpx mosaic at K=16: 1, 2, 3 finalists gave
 #: 24.849, 24.856, 24.865 dB.
 LARGE_FINALISTS = 3
+#: From this many colours, several finalists are refined side by side in threads (each
+#: then takes a second or more; on small histograms threads would only add overhead).
+PARALLEL_FINALISTS_MIN = 1 << 18
 #: A sample's histogram with more colours than this takes the compact path (see
 #: ``fit_palette(sampled=True)``).
 SAMPLED_LARGE_MIN = 1 << 18
@@ -890,8 +894,7 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
             break
         levels.append((xm, wm))
         size = len(xm)
-    best = None
-    for name, centers in finalists:
+    def refine(centers):
         for xm, wm in levels:
             centers = lloyd_bounded(xm, wm, centers, max_iter=max_iter)[0]
         if large:
@@ -901,6 +904,12 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
             centers, _, inertia, n_iter = lloyd_bounded(x, w, centers, max_iter=max_iter)
         else:  # tens of millions of colours: stop once an iteration gains < 1e-5
             centers, _, inertia, n_iter = lloyd(x, w, centers, max_iter=max_iter, rtol=1e-5)
+        return inertia, centers, n_iter
+
+    done = _map_finalists(refine, [c for _, c in finalists],
+                          parallel=n_colours >= PARALLEL_FINALISTS_MIN)
+    best = None
+    for (name, _), (inertia, centers, n_iter) in zip(finalists, done):
         if best is None or inertia < best[0]:
             best = (inertia, name, centers, n_iter)
     _, name, centers, n_iter = best
@@ -916,6 +925,29 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
     return FitResult(palette=pal, sse=int(sse), n_pixels=n_pixels, n_unique=n_colours,
                      lossless=False, sample_inertia=sample_inertia, refined_from=name,
                      n_iter=n_iter)
+
+
+def finalist_threads(n: int) -> int:
+    """Threads that refine ``n`` finalists at once: one each on a multi-core machine."""
+    return n if (os.cpu_count() or 1) > 1 else 1
+
+
+def _map_finalists(refine, starts: list, *, parallel: bool) -> list:
+    """``[refine(c) for c in starts]``; with ``parallel``, the finalists side by side in threads.
+
+    Each refinement is independent and its numpy and compiled passes release the GIL;
+    nothing else runs meanwhile (the pixels wait for the palette). Same results as one
+    after the other, in the same order. Measured on the 1 Gpx mosaic, 3 finalists on 2
+    cores: sample fit K=16 2.04 -> 1.57 s, K=256 17.95 -> 11.48 s; exact fit K=16
+    6.16 -> 4.14 s, K=64 16.65 -> 11.68 s (3 threads beat 2: one finalist is not left alone).
+    """
+    threads = finalist_threads(len(starts)) if parallel else 1
+    if threads <= 1 or len(starts) <= 1:
+        return [refine(c) for c in starts]
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="kquant-fit") as pool:
+        return list(pool.map(refine, starts))
 
 
 def sse_for_psnr(psnr_db: float, n_pixels: int) -> float:

@@ -1,5 +1,7 @@
 """Compact kernels for histograms of millions of colours, against the numpy fitter."""
 
+import threading
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -167,3 +169,34 @@ def test_a_sample_histogram_takes_the_compact_path_from_a_lower_size(monkeypatch
     assert bool(used) == sampled
     lab = nearest_oracle(img, res.palette)
     assert res.sse == int(((img.astype(np.int64) - res.palette[lab].astype(np.int64)) ** 2).sum())
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampled):
+    """Several finalists are refined side by side (3 on the compact path, 2 with the
+    runner-up on the exact one); the fit is the one of refining them one after another."""
+    img = photo_like(120, 160, seed=5)
+    codes, counts = histogram.block_histogram(img)
+    monkeypatch.setattr(fit, "SAMPLED_LARGE_MIN", len(codes) // 2)
+    monkeypatch.setattr(fit, "RUNNER_UP_GAP", float("inf"))  # exact path: 2 finalists
+    monkeypatch.setattr(fit, "PARALLEL_FINALISTS_MIN", 0)
+    names = []
+
+    def recorded(real):
+        def run(*a, **k):
+            names.append(threading.current_thread().name)
+            return real(*a, **k)
+        return run
+
+    monkeypatch.setattr(fit, "lloyd_bounded", recorded(fit.lloyd_bounded))
+    monkeypatch.setattr(fit_large, "lloyd", recorded(fit_large.lloyd))
+    fits = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(fit, "finalist_threads", lambda n, t=threads: min(n, t))
+        names.clear()
+        fits[threads] = fit.fit_palette(None, codes, counts, 8, seed=2, sampled=sampled)
+        in_pool = [n for n in names if n.startswith("kquant-fit")]
+        assert (len(set(in_pool)) >= 2) == (threads > 1)
+    one, many = fits[1], fits[3]
+    assert np.array_equal(one.palette, many.palette)
+    assert (one.sse, one.refined_from, one.n_iter) == (many.sse, many.refined_from, many.n_iter)
