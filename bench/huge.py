@@ -126,6 +126,9 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
     if what == "lookup":  # palette, table and kernel ready before the clock
         from kquant import lut
 
+        if k > 16:
+            raise SystemExit("the lookup run packs 4-bit labels: K <= 16")
+
         palette = np.random.default_rng(0).integers(0, 256, (k, 3)).astype(np.uint8)
         table = lut.table_for(palette)
         _lookup_pack(np.zeros((2, 8, 3), np.uint8), table)

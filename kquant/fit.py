@@ -894,6 +894,7 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
             break
         levels.append((xm, wm))
         size = len(xm)
+
     def refine(centers):
         for xm, wm in levels:
             centers = lloyd_bounded(xm, wm, centers, max_iter=max_iter)[0]
