@@ -294,7 +294,9 @@ def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
     if len(ux) <= k:
         return init, 0.0
     tol_abs = tol * float(np.mean(np.var(x, axis=0)))
-    xd = da.from_array(x, chunks=(32768, 3))
+    # one chunk: dask-ml's Lloyd runs a few tasks per iteration, not twice as many (the
+    # same centres on the 1 Gpx sample; K=256: 2.7 -> 2.1-2.3 s)
+    xd = da.from_array(x, chunks=(len(x), 3))
     km = KMeans(n_clusters=k, init=init, max_iter=max_iter, tol=tol_abs, random_state=seed)
     # a sample is small: fit it in this thread, whatever scheduler the caller has around
     with dask.config.set(scheduler="sync"):
