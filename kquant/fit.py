@@ -702,6 +702,13 @@ SWAPS_FACTOR = 2
 #: with the compact kernels. Measured on the 1 Gpx mosaic at K=16: 1, 2, 3 finalists gave
 #: 24.849, 24.856, 24.865 dB.
 LARGE_FINALISTS = 3
+#: From this K on, a sample's histogram (sample mode) refines one finalist, not
+#: LARGE_FINALISTS: the others only fit the sample's own noise. Measured on the samples
+#: of the 1 and 4 Gpx mosaics, 3-4 seeds each, scored on the full histograms: at K=128
+#: and 256 one finalist gave the same palette or a better one in all 14 fits (up to
+#: +0.010 dB), for -35 to -45 % of fit time (K=256: 12-13 -> 7-9 s); at K=64 it lost up
+#: to 0.010 dB in 2 of 7.
+SAMPLED_ONE_FINALIST_K = 128
 #: From this many colours, several finalists are refined side by side in threads (each
 #: then takes a second or more; on small histograms threads would only add overhead).
 PARALLEL_FINALISTS_MIN = 1 << 18
@@ -795,7 +802,9 @@ def fit_palette(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray, k: 
         colours it goes through the compact kernels of :mod:`kquant.fit_large`,
         whose Lloyd stops at a relative gain of 1e-5 instead of running until no
         assignment changes (which only fits the sample's own noise; measured at
-        1 Gpx: the same palette, 1 s sooner).
+        1 Gpx: the same palette, 1 s sooner), and from K =
+        :data:`SAMPLED_ONE_FINALIST_K` one finalist is refined instead of
+        :data:`LARGE_FINALISTS`.
 
     Returns
     -------
@@ -881,7 +890,8 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
             name += f"+{accepted}swaps"
     # on millions of colours the coarse optimum is often not the fine one: refine the
     # runner-up seedings too
-    n_final = LARGE_FINALISTS if large else FINALISTS if exact_rgb else 1
+    n_final = (1 if large and sampled and k >= SAMPLED_ONE_FINALIST_K else LARGE_FINALISTS
+               if large else FINALISTS if exact_rgb else 1)
     if exact_rgb and len(runs) > n_final and runs[n_final][0] <= inertia * (1 + RUNNER_UP_GAP):
         n_final += 1  # the next seeding too: the coarse cells cannot tell it from the best
     finalists = [(name, centers)] + [(r[1], r[2]) for r in runs[1:n_final]]

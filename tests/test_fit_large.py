@@ -200,3 +200,20 @@ def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampl
     one, many = fits[1], fits[3]
     assert np.array_equal(one.palette, many.palette)
     assert (one.sse, one.refined_from, one.n_iter) == (many.sse, many.refined_from, many.n_iter)
+
+
+@pytest.mark.parametrize("k, sampled", [(fit.SAMPLED_ONE_FINALIST_K, True),
+                                        (fit.SAMPLED_ONE_FINALIST_K - 1, True),
+                                        (fit.SAMPLED_ONE_FINALIST_K, False)])
+def test_a_sample_refines_one_finalist_from_a_large_k(monkeypatch, k, sampled):
+    img = photo_like(120, 160, seed=6)
+    codes, counts = histogram.block_histogram(img)
+    monkeypatch.setattr(fit, "SAMPLED_LARGE_MIN", len(codes) // 2)
+    monkeypatch.setattr(fit, "FULL_CONVERGENCE_MAX", len(codes) // 2)
+    refined = []
+    real = fit_large.lloyd
+    monkeypatch.setattr(fit_large, "lloyd", lambda *a, **kw: refined.append(1) or real(*a, **kw))
+    res = fit.fit_palette(None, codes, counts, k, seed=1, restarts=2, sampled=sampled)
+    one = sampled and k >= fit.SAMPLED_ONE_FINALIST_K
+    assert len(refined) == (1 if one else fit.LARGE_FINALISTS)
+    assert len(res.palette) == k
