@@ -147,7 +147,29 @@ def test_auto_mode_thresholds():
 
 def test_sample_windows_grow_with_the_square_root_of_the_size():
     g = 1 << 30
-    assert sampling.windows_for(100) == sampling.windows_for(g) == sampling.WINDOWS
-    assert sampling.windows_for(4 * g) == 2 * sampling.WINDOWS
-    assert sampling.windows_for(16 * g) == 4 * sampling.WINDOWS
-    assert sampling.windows_for(10**15) == sampling.MAX_WINDOWS
+    assert sampling.windows_for(100) == sampling.windows_for(g // 4) == sampling.WINDOWS
+    assert sampling.windows_for(g) == sampling.WINDOWS_PER_GPX
+    assert sampling.windows_for(4 * g) == 2 * sampling.WINDOWS_PER_GPX
+    assert sampling.windows_for(16 * g) == sampling.windows_for(10**15) == sampling.MAX_WINDOWS
+
+
+def test_windows_are_spread_over_the_image():
+    """One window in each of n equal rectangles of the block grid (a uniform draw of 256
+    of a 62x62 grid leaves some of these rectangles empty, and others with several)."""
+    chosen = sampling.choose_blocks((62, 62), 256, seed=5)
+    edges = np.linspace(0, 62, 17).astype(int)
+    cells = [(np.searchsorted(edges, i, "right") - 1, np.searchsorted(edges, j, "right") - 1)
+             for i, j in chosen]
+    assert len(chosen) == 256 and sorted(set(cells)) == [(a, b) for a in range(16)
+                                                         for b in range(16)]
+    assert chosen == sorted(chosen) == sampling.choose_blocks((62, 62), 256, seed=5)
+    assert chosen != sampling.choose_blocks((62, 62), 256, seed=6)
+    for shape, n in [((7, 300), 50), ((1, 10), 3), ((300, 2), 77), ((5, 5), 24), ((3, 3), 20)]:
+        got = sampling.choose_blocks(shape, n, seed=1)
+        assert len(got) == len(set(got)) == min(n, shape[0] * shape[1])
+        assert all(0 <= i < shape[0] and 0 <= j < shape[1] for i, j in got)
+    rng = np.random.default_rng(0)  # the old uniform draw, for contrast
+    flat = rng.choice(62 * 62, 256, replace=False)
+    uniform = {(np.searchsorted(edges, f // 62, "right"), np.searchsorted(edges, f % 62, "right"))
+               for f in flat}
+    assert len(uniform) < 256
