@@ -889,9 +889,11 @@ def _fit_palette(sample, colours, counts, k, *, seed, restarts, max_iter, sample
         if accepted:
             name += f"+{accepted}swaps"
     # on millions of colours the coarse optimum is often not the fine one: refine the
-    # runner-up seedings too
-    n_final = (1 if large and sampled and k >= SAMPLED_ONE_FINALIST_K else LARGE_FINALISTS
-               if large else FINALISTS if exact_rgb else 1)
+    # runner-up seedings too (but not on a sample at large K, where they fit its noise)
+    if large:
+        n_final = 1 if sampled and k >= SAMPLED_ONE_FINALIST_K else LARGE_FINALISTS
+    else:
+        n_final = FINALISTS if exact_rgb else 1
     if exact_rgb and len(runs) > n_final and runs[n_final][0] <= inertia * (1 + RUNNER_UP_GAP):
         n_final += 1  # the next seeding too: the coarse cells cannot tell it from the best
     finalists = [(name, centers)] + [(r[1], r[2]) for r in runs[1:n_final]]
@@ -955,7 +957,7 @@ def _map_finalists(refine, starts: list, *, parallel: bool) -> list:
     6.16 -> 4.14 s, K=64 16.65 -> 11.68 s (3 threads beat 2: one finalist is not left alone).
     """
     threads = finalist_threads(len(starts)) if parallel else 1
-    if threads <= 1 or len(starts) <= 1:
+    if threads <= 1:  # one finalist, one core, or a small histogram
         return [refine(c) for c in starts]
     import concurrent.futures
 
