@@ -22,6 +22,8 @@ import time
 from prefect import flow, get_run_logger
 
 from flows import tasks
+from kquant.colorspace import SPACES
+from kquant.dither import METHODS as DITHER_METHODS
 from kquant.errors import KquantError, TargetExistsError
 from kquant.params import DEFAULT_K, DEFAULT_RESTARTS, DEFAULT_SAMPLE
 
@@ -166,8 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preview", dest="preview", action="store_false")
     p.add_argument("--address", default=None, help="dask scheduler address")
     p.add_argument("--max-pixels", type=int, default=None)
-    p.add_argument("--space", choices=("rgb", "lab", "oklab"), default="rgb")
-    p.add_argument("--dither", choices=("none", "bayer", "blue-noise"), default="none")
+    p.add_argument("--space", choices=SPACES, default="rgb")
+    p.add_argument("--dither", choices=DITHER_METHODS, default="none")
     p.add_argument("--target-psnr", type=float, default=None, metavar="DB")
     p.add_argument("--palette", default=None, metavar="FILE|STORE",
                    help="map onto this palette instead of fitting one")

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from .colorspace import SPACES
+from .dither import METHODS as DITHER_METHODS
 from .errors import IncompleteStoreError, KquantError, ParameterError, TargetExistsError
 from .metrics import format_bytes
 
@@ -101,9 +103,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "bounded sample of tiles (sample); auto: exact up to 2^25 pixels")
     p.add_argument("--target-psnr", type=float, default=None, metavar="DB",
                    help="use the smallest K (up to -k) whose PSNR reaches DB")
-    p.add_argument("--space", choices=("rgb", "oklab", "lab"), default="rgb",
+    p.add_argument("--space", choices=SPACES, default="rgb",
                    help="colour space of the fit and assignment (lab, oklab: perceptual)")
-    p.add_argument("--dither", choices=("none", "bayer", "blue-noise"), default="none",
+    p.add_argument("--dither", choices=DITHER_METHODS, default="none",
                    help="ordered dithering, 8x8 Bayer or 64x64 blue noise (chunk-parallel, "
                         "seamless)")
     p.add_argument("--address", default=None,

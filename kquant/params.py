@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .colorspace import SPACES
+from .dither import METHODS as DITHER_METHODS
 from .errors import ParameterError
 
 DEFAULT_K = 16
@@ -114,8 +116,8 @@ class QuantizeParams:
             set_("shard", _int("shard", self.shard, 1, 1 << 22))
         if self.mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        _choice("space", self.space, ("rgb", "oklab", "lab"))
-        _choice("dither", self.dither, ("none", "bayer", "blue-noise"))
+        _choice("space", self.space, SPACES)
+        _choice("dither", self.dither, DITHER_METHODS)
         _choice("sample_fit", self.sample_fit, ("auto", "always", "never"))
         if self.target_psnr is not None:
             t = self.target_psnr
