@@ -128,24 +128,18 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
 
         if k > 16:
             raise SystemExit("the lookup run packs 4-bit labels: K <= 16")
-
         palette = np.random.default_rng(0).integers(0, 256, (k, 3)).astype(np.uint8)
         table = lut.table_for(palette)
         _lookup_pack(np.zeros((2, 8, 3), np.uint8), table)
     cpu0 = _cpu_seconds()
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        if what in ("read", "read1"):
+        if what in ("read", "read1", "lookup"):  # one pass over the tiles, local threads
             img = kquant.open_image(src, chunks=chunk)
-            tasks = [dask.delayed(lambda b: np.asarray(b).shape)(b) for b in img.to_delayed().ravel()]
-            with dask.config.set(scheduler="threads", num_workers=2 if what == "read" else 1):
-                dask.compute(*tasks)
-            n = img.shape[0] * img.shape[1]
-            out["stages"] = {}
-        elif what == "lookup":
-            img = kquant.open_image(src, chunks=chunk)
-            tasks = [dask.delayed(_lookup_pack)(b, table) for b in img.to_delayed().ravel()]
-            with dask.config.set(scheduler="threads", num_workers=2):
+            per_block = ((lambda b: _lookup_pack(b, table)) if what == "lookup"
+                         else (lambda b: np.asarray(b).shape))
+            tasks = [dask.delayed(per_block)(b) for b in img.to_delayed().ravel()]
+            with dask.config.set(scheduler="threads", num_workers=1 if what == "read1" else 2):
                 dask.compute(*tasks)
             n = img.shape[0] * img.shape[1]
             out["stages"] = {}
