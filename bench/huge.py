@@ -144,17 +144,14 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
             n = img.shape[0] * img.shape[1]
             out["stages"] = {}
         elif what == "fitfloor":
-            from kquant import fit, readers, sampling
+            from kquant import fit
 
-            src_info = readers.inspect_image(src)
-            img = readers.open_source(src_info, chunks=pipeline.sample_chunks(src_info))
+            src_info = pipeline.inspect(src)
             params = kquant.QuantizeParams(k=k)
-            (sample,) = dask.compute(sampling.sample_windows(
-                img, params.sample_size, seed=params.seed,
-                n_windows=sampling.windows_for(src_info.n_pixels)))
+            (sample,) = dask.compute(pipeline.sample_graph(src_info, params.sample_size, params))
             t1 = time.perf_counter()
             fit.fit_sample(sample, k, seed=params.seed)
-            n = img.shape[0] * img.shape[1]
+            n = src_info.n_pixels
             out["stages"] = {"sample": round(t1 - t0, 2),
                              "dask-ml": round(time.perf_counter() - t1, 2)}
         else:

@@ -67,6 +67,17 @@ def sample_chunks(src: ImageSource) -> int:
     return 256
 
 
+def sample_graph(src: ImageSource, n: int, params: QuantizeParams, *,
+                 max_pixels: int | None = None):
+    """The delayed (m, 3) sample of about ``n`` pixels of sample mode: tiles spread over
+    the image (:func:`kquant.sampling.sample_windows`, :func:`kquant.sampling.windows_for`),
+    read at the file's tile size (:func:`sample_chunks`)."""
+    image = readers.open_source(src, chunks=sample_chunks(src), max_pixels=max_pixels,
+                                background=params.background)
+    return sampling.sample_windows(image, n, seed=params.seed,
+                                   n_windows=sampling.windows_for(src.n_pixels))
+
+
 def _compute_reading(work: list, use_sample: bool, progress: bool):
     """Compute the fit's pass over the pixels. On a cluster, with dask-ml's sample fit to
     come, import and compile dask-ml in this process meanwhile (~1.8 s otherwise added
@@ -119,11 +130,8 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
                 ((colours, counts),) = cluster.compute(histogram.colour_histogram(image),
                                                        progress=progress)
         else:
-            image = readers.open_source(src, chunks=sample_chunks(src), max_pixels=max_pixels,
-                                        background=params.background)
             (sample,) = _compute_reading(
-                [sampling.sample_windows(image, params.sample_size, seed=params.seed,
-                                         n_windows=sampling.windows_for(src.n_pixels))],
+                [sample_graph(src, params.sample_size, params, max_pixels=max_pixels)],
                 use_sample, progress)
             colours, counts = histogram.block_histogram(sample[None])
         if uses_lut(src, params):  # the workers are idle while this process fits

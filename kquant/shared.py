@@ -55,8 +55,7 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     import dask
     import numpy as np
 
-    from . import readers
-    from .pipeline import _image, fit_histogram, inspect, sample_chunks
+    from .pipeline import _image, fit_histogram, inspect, sample_graph
 
     params = params or QuantizeParams()
     srcs = [s if isinstance(s, ImageSource) else inspect(s, max_pixels=max_pixels)
@@ -76,13 +75,8 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
         with cluster.scheduler(address):
             (colours, counts), sample = cluster.compute(hist, sample, progress=progress)
     else:  # too many pixels for a full pass: a bounded number of tiles of each image
-        samples = []
-        for s, n in zip(srcs, shares):
-            if n > 0:
-                image = readers.open_source(s, chunks=sample_chunks(s), max_pixels=max_pixels,
-                                            background=params.background)
-                samples.append(sampling.sample_windows(
-                    image, n, seed=params.seed, n_windows=sampling.windows_for(s.n_pixels)))
+        samples = [sample_graph(s, n, params, max_pixels=max_pixels)
+                   for s, n in zip(srcs, shares) if n > 0]
         with cluster.scheduler(address):
             parts = cluster.compute(*samples, progress=progress)
         sample = np.concatenate(parts, axis=0)
