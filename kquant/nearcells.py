@@ -1,7 +1,7 @@
 """Per cell of 8x8x8 colours, the palette entries that can be nearest to some colour in it.
 
 Both the 2**24 lookup table (:mod:`kquant.lut`) and the fit's passes over colour codes
-(:mod:`kquant.fit_large`) find, for many colours, the nearest of K entries. Colours of one
+(:mod:`kquant.fit.compact`) find, for many colours, the nearest of K entries. Colours of one
 cell share a short candidate list: an entry nearest to some colour ``x`` of the cell (ties
 included) lies within the nearest entry's distance from the cell's centre plus twice the
 cell's half-diagonal, since moving from the centre to ``x`` changes every distance by at

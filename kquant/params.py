@@ -15,7 +15,7 @@ DEFAULT_K = 16
 #: Pixels drawn for the fit: in sample mode (huge images) the palette is refined on their
 #: histogram, and 2**20 of them (from 128 tiles) lose nothing measurable against the full
 #: histogram at 1 gigapixel (bench/README.md); dask-ml's fit sees a subsample of at most
-#: kquant.fit.SAMPLE_FIT_MAX of them.
+#: kquant.fit.tuning.SAMPLE_FIT_MAX of them.
 DEFAULT_SAMPLE = 1 << 20
 DEFAULT_RESTARTS = 4
 #: Fit modes: "exact" refines on the full image's colour histogram (a second pass over
@@ -77,7 +77,7 @@ class QuantizeParams:
         PSNR (dB) reaches this target is used.
     sample_fit : {"auto", "always", "never"}
         Whether dask-ml's KMeans on the pixel sample seeds the fit ("auto":
-        images of at least :data:`kquant.fit.SAMPLE_FIT_MIN_PIXELS` pixels).
+        images of at least :data:`kquant.fit.tuning.SAMPLE_FIT_MIN_PIXELS` pixels).
 
     Raises
     ------

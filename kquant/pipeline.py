@@ -21,7 +21,8 @@ import numpy as np
 from . import (assign, cluster, dither, histogram, inmemory, metrics, packing, readers, sampling,
                store)
 from . import uri as uri_mod
-from .fit import FitResult, fit_palette
+from .fit import FitResult, fit_for_psnr, fit_palette
+from .fit.tuning import SAMPLE_FIT_MIN_PIXELS
 from .params import QuantizeParams
 from .readers import ImageSource
 
@@ -104,15 +105,13 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
     InputError, ParameterError
         On a bad source or bad parameters.
     """
-    from . import fit as fit_mod
-
     params = params or QuantizeParams()
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     mode = params.fit_mode(src.n_pixels)
-    # dask-ml's sample fit seeds only large images (see kquant.fit.SAMPLE_FIT_MIN_PIXELS);
+    # dask-ml's sample fit seeds only large images (see kquant.fit.tuning.SAMPLE_FIT_MIN_PIXELS);
     # otherwise the exact pass skips drawing the sample
     use_sample = params.sample_fit == "always" or (
-        params.sample_fit == "auto" and src.n_pixels >= fit_mod.SAMPLE_FIT_MIN_PIXELS)
+        params.sample_fit == "auto" and src.n_pixels >= SAMPLE_FIT_MIN_PIXELS)
     t0 = time.perf_counter()
     with cluster.scheduler(address):
         if mode == "exact" and not use_sample and inmemory.eligible(src, params, address=address):
@@ -158,13 +157,11 @@ def fit_histogram(sample, colours, counts, params: QuantizeParams, *, sampled: b
     ParameterError
         As :func:`kquant.fit.fit_palette`.
     """
-    from . import fit as fit_mod
-
     options = dict(seed=params.seed, restarts=params.restarts, max_iter=params.max_iter,
                    sample_fit=sample_fit, space=params.space, sampled=sampled)
     if params.target_psnr is not None:
-        result, met = fit_mod.fit_for_psnr(sample, colours, counts, params.target_psnr,
-                                           k_max=params.k, **options)
+        result, met = fit_for_psnr(sample, colours, counts, params.target_psnr,
+                              k_max=params.k, **options)
         return dataclasses.replace(result, target_met=met)
     return fit_palette(sample, colours, counts, params.k, **options)
 

@@ -122,7 +122,7 @@ def test_dask_ml_sees_a_bounded_deterministic_subsample(monkeypatch):
     real_fit = KMeans.fit
     monkeypatch.setattr(KMeans, "fit", lambda self, x, *a, **k: seen.append(x.shape[0])
                         or real_fit(self, x, *a, **k))
-    monkeypatch.setattr(fit, "SAMPLE_FIT_MAX", 1500)
+    monkeypatch.setattr(fit.tuning, "SAMPLE_FIT_MAX", 1500)
     sample = photo_like(80, 90, seed=2).reshape(-1, 3)
     c1, i1 = fit.fit_sample(sample, 6, seed=3)
     c2, i2 = fit.fit_sample(sample, 6, seed=3)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from helpers import photo_like
-from kquant import fit, fit_large, histogram, nearcells, sampling
+from kquant import fit, histogram, nearcells, sampling
+from kquant.fit import compact as fit_large
+from kquant.fit import driver, kmeans, tuning
 from oracles import nearest_oracle
 
 
@@ -101,7 +103,7 @@ def test_lloyd_and_integer_polish_match_the_numpy_fitter():
 def test_fit_palette_uses_the_compact_path_above_the_limit(monkeypatch):
     img = photo_like(200, 300, seed=4)
     codes, counts = histogram.block_histogram(img)
-    monkeypatch.setattr(fit, "FULL_CONVERGENCE_MAX", len(codes) // 4)
+    monkeypatch.setattr(tuning, "FULL_CONVERGENCE_MAX", len(codes) // 4)
     used = []
     real = fit_large.integer_polish
     monkeypatch.setattr(fit_large, "integer_polish",
@@ -161,7 +163,7 @@ def test_each_chain_link_gets_its_own_block_callable_only(monkeypatch):
 def test_a_sample_histogram_takes_the_compact_path_from_a_lower_size(monkeypatch, sampled):
     img = photo_like(150, 200, seed=8)
     codes, counts = histogram.block_histogram(img)
-    monkeypatch.setattr(fit, "SAMPLED_LARGE_MIN", len(codes) // 2)
+    monkeypatch.setattr(tuning, "SAMPLED_LARGE_MIN", len(codes) // 2)
     used = []
     real = fit_large.lloyd
     monkeypatch.setattr(fit_large, "lloyd", lambda *a, **k: used.append(1) or real(*a, **k))
@@ -177,9 +179,9 @@ def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampl
     runner-up on the exact one); the fit is the one of refining them one after another."""
     img = photo_like(120, 160, seed=5)
     codes, counts = histogram.block_histogram(img)
-    monkeypatch.setattr(fit, "SAMPLED_LARGE_MIN", len(codes) // 2)
-    monkeypatch.setattr(fit, "RUNNER_UP_GAP", float("inf"))  # exact path: 2 finalists
-    monkeypatch.setattr(fit, "PARALLEL_FINALISTS_MIN", 0)
+    monkeypatch.setattr(tuning, "SAMPLED_LARGE_MIN", len(codes) // 2)
+    monkeypatch.setattr(tuning, "RUNNER_UP_GAP", float("inf"))  # exact path: 2 finalists
+    monkeypatch.setattr(tuning, "PARALLEL_FINALISTS_MIN", 0)
     names = []
 
     def recorded(real):
@@ -188,11 +190,12 @@ def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampl
             return real(*a, **k)
         return run
 
-    monkeypatch.setattr(fit, "lloyd_bounded", recorded(fit.lloyd_bounded))
+    monkeypatch.setattr(driver, "lloyd_bounded", recorded(fit.lloyd_bounded))
+    monkeypatch.setattr(kmeans, "lloyd_bounded", recorded(fit.lloyd_bounded))
     monkeypatch.setattr(fit_large, "lloyd", recorded(fit_large.lloyd))
     fits = {}
     for threads in (1, 3):
-        monkeypatch.setattr(fit, "finalist_threads", lambda n, t=threads: min(n, t))
+        monkeypatch.setattr(driver, "finalist_threads", lambda n, t=threads: min(n, t))
         names.clear()
         fits[threads] = fit.fit_palette(None, codes, counts, 8, seed=2, sampled=sampled)
         in_pool = [n for n in names if n.startswith("kquant-fit")]
@@ -202,18 +205,18 @@ def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampl
     assert (one.sse, one.refined_from, one.n_iter) == (many.sse, many.refined_from, many.n_iter)
 
 
-@pytest.mark.parametrize("k, sampled", [(fit.SAMPLED_ONE_FINALIST_K, True),
-                                        (fit.SAMPLED_ONE_FINALIST_K - 1, True),
-                                        (fit.SAMPLED_ONE_FINALIST_K, False)])
+@pytest.mark.parametrize("k, sampled", [(tuning.SAMPLED_ONE_FINALIST_K, True),
+                                        (tuning.SAMPLED_ONE_FINALIST_K - 1, True),
+                                        (tuning.SAMPLED_ONE_FINALIST_K, False)])
 def test_a_sample_refines_one_finalist_from_a_large_k(monkeypatch, k, sampled):
     img = photo_like(120, 160, seed=6)
     codes, counts = histogram.block_histogram(img)
-    monkeypatch.setattr(fit, "SAMPLED_LARGE_MIN", len(codes) // 2)
-    monkeypatch.setattr(fit, "FULL_CONVERGENCE_MAX", len(codes) // 2)
+    monkeypatch.setattr(tuning, "SAMPLED_LARGE_MIN", len(codes) // 2)
+    monkeypatch.setattr(tuning, "FULL_CONVERGENCE_MAX", len(codes) // 2)
     refined = []
     real = fit_large.lloyd
     monkeypatch.setattr(fit_large, "lloyd", lambda *a, **kw: refined.append(1) or real(*a, **kw))
     res = fit.fit_palette(None, codes, counts, k, seed=1, restarts=2, sampled=sampled)
-    one = sampled and k >= fit.SAMPLED_ONE_FINALIST_K
-    assert len(refined) == (1 if one else fit.LARGE_FINALISTS)
+    one = sampled and k >= tuning.SAMPLED_ONE_FINALIST_K
+    assert len(refined) == (1 if one else tuning.LARGE_FINALISTS)
     assert len(res.palette) == k

@@ -5,6 +5,7 @@ import pytest
 
 from helpers import photo_like
 from kquant import fit, histogram
+from kquant.fit.histograms import DenseHistogram
 from oracles import pixel_lloyd
 
 
@@ -82,8 +83,8 @@ def test_runner_up_refined_on_a_coarse_near_tie(monkeypatch, seed):
     colours, counts = _hist(img)
 
     def run(finalists, gap):
-        monkeypatch.setattr(fit, "FINALISTS", finalists)
-        monkeypatch.setattr(fit, "RUNNER_UP_GAP", gap)
+        monkeypatch.setattr(DenseHistogram, "finalists", lambda self, k: finalists)
+        monkeypatch.setattr(fit.tuning, "RUNNER_UP_GAP", gap)
         return fit.fit_palette(None, colours, counts, 8, seed=seed, restarts=2)
 
     always, never, two = run(1, np.inf), run(1, -1.0), run(2, -1.0)

@@ -21,8 +21,8 @@ import threading
 
 import numpy as np
 
-from . import nearcells
-from .jit import compiled
+from .. import nearcells
+from ..jit import compiled
 
 def _cells_py(codes, counts, bits, heavy, fine_bits, w, s, wf, sf):  # pragma: no cover
     sh = 8 - bits
