@@ -37,7 +37,8 @@ def _record(res, seconds: float) -> dict:
 def bench_images(out: dict) -> None:
     from run import images  # bench/quality/run.py
 
-    from kquant import histogram, sampling
+    from kquant.colour import histogram
+    from kquant.fit import sampling
     from kquant.fit import fit_for_psnr, fit_palette
 
     for name, img in images().items():

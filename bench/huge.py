@@ -124,12 +124,12 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
             imposed = pipeline.quantize(str(sample), Path(d) / "p.kquant",
                                         kquant.QuantizeParams(k=k)).fit.palette
     if what == "lookup":  # palette, table and kernel ready before the clock
-        from kquant import lut
+        from kquant.label import lookup
 
         if k > 16:
             raise SystemExit("the lookup run packs 4-bit labels: K <= 16")
         palette = np.random.default_rng(0).integers(0, 256, (k, 3)).astype(np.uint8)
-        table = lut.table_for(palette)
+        table = lookup.table_for(palette)
         _lookup_pack(np.zeros((2, 8, 3), np.uint8), table)
     cpu0 = _cpu_seconds()
     with PeakRSS() as rss:

@@ -33,7 +33,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows import tasks
 from kquant import store
-from kquant import uri as kuri
+from kquant.io import uri as kuri
 from kquant.errors import InputError, KquantError
 from kquant.params import DEFAULT_K, DEFAULT_RESTARTS, DEFAULT_SAMPLE
 

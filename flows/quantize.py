@@ -22,8 +22,8 @@ import time
 from prefect import flow, get_run_logger
 
 from flows import tasks
-from kquant.colorspace import SPACES
-from kquant.dither import METHODS as DITHER_METHODS
+from kquant.colour.spaces import SPACES
+from kquant.label.dither import METHODS as DITHER_METHODS
 from kquant.errors import KquantError, TargetExistsError
 from kquant.params import DEFAULT_K, DEFAULT_RESTARTS, DEFAULT_SAMPLE
 

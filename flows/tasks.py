@@ -28,12 +28,13 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 
 import kquant
-from kquant import cluster, pipeline, shared, store
-from kquant import uri as kuri
+from kquant import cluster, pipeline, store
+from kquant.pipeline import shared_palette
+from kquant.io import uri as kuri
 from kquant.errors import KquantError, StoreError
-from kquant.metrics import format_bytes
+from kquant.label.metrics import format_bytes
 from kquant.params import QuantizeParams
-from kquant.readers import ImageSource
+from kquant.io.readers import ImageSource
 
 #: Extensions the batch flow picks up from an inbox (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp",
@@ -329,7 +330,7 @@ def fit_shared_palette(sources: list[dict], params: dict, max_pixels: int | None
     """Fit one palette on all the images together (histograms merged, sample drawn across them)."""
     t0 = time.perf_counter()
     with dask_address(address) as addr:
-        result = shared.fit_shared([source_from_json(s) for s in sources],
+        result = shared_palette.fit_shared([source_from_json(s) for s in sources],
                                    QuantizeParams.from_json(params), max_pixels=max_pixels,
                                    address=addr)
     out = _fit_json(result, time.perf_counter() - t0)

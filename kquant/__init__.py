@@ -13,8 +13,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "open_image": "kquant.readers",
-    "inspect_image": "kquant.readers",
+    "open_image": "kquant.io",
+    "inspect_image": "kquant.io",
     "open_store": "kquant.store",
     "read_meta": "kquant.store",
     "StoreMeta": "kquant.store",

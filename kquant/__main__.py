@@ -1,3 +1,3 @@
-from .cli import run
+from kquant.cli import run
 
 run()

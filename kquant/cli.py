@@ -14,10 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from .colorspace import SPACES
-from .dither import METHODS as DITHER_METHODS
-from .errors import IncompleteStoreError, KquantError, ParameterError, TargetExistsError
-from .metrics import format_bytes
+from kquant.colour.spaces import SPACES
+from kquant.label.dither import METHODS as DITHER_METHODS
+from kquant.errors import IncompleteStoreError, KquantError, ParameterError, TargetExistsError
+from kquant.label.metrics import format_bytes
 
 EXIT_INCOMPLETE = 3
 
@@ -50,7 +50,7 @@ def _window(text: str) -> tuple[int, int, int, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kquant", description="K-means colour quantization of RGB imagery "
                 "into a zarr store of a palette and bit-packed labels.")
-    from . import __version__
+    from kquant import __version__
 
     p.add_argument("--version", action="version", version=f"kquant {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from .params import DEFAULT_K, DEFAULT_SAMPLE
+    from kquant.params import DEFAULT_K, DEFAULT_SAMPLE
 
     p.add_argument("-k", "--colors", type=int, default=DEFAULT_K, help="palette size, 2-256")
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +115,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _params(args):
-    from .params import DEFAULT_RESTARTS, QuantizeParams
+    from kquant.params import DEFAULT_RESTARTS, QuantizeParams
 
     if args.chunk is not None and args.chunk <= 0:
         raise ParameterError(f"chunk must be a positive integer, got {args.chunk}")
@@ -147,7 +147,7 @@ def _summary(result) -> str:
 
 
 def _quantize(args) -> int:
-    from . import pipeline
+    from kquant import pipeline
 
     result = pipeline.quantize(args.source, args.target, _params(args), overwrite=args.overwrite,
                                preview_path=args.preview, max_pixels=args.max_pixels,
@@ -164,7 +164,7 @@ def _quantize(args) -> int:
 def _decode(args) -> int:
     import numpy as np
 
-    from . import store
+    from kquant import store
 
     out = Path(args.out)
     ext = out.suffix.lower()
@@ -217,7 +217,7 @@ def _decode(args) -> int:
 
 
 def _export(args) -> int:
-    from . import export
+    from kquant import export
 
     out = export.export(args.store, args.out, overwrite=args.overwrite)
     print(f"wrote {out}")
@@ -225,8 +225,8 @@ def _export(args) -> int:
 
 
 def _info(args) -> int:
-    from . import store
-    from . import uri as uri_mod
+    from kquant import store
+    from kquant.io import uri as uri_mod
 
     meta = store.read_meta(args.store)
     if args.json:
@@ -256,7 +256,7 @@ def _info(args) -> int:
 def _demo(args) -> int:
     from importlib import resources
 
-    from . import pipeline
+    from kquant import pipeline
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ def scheduler(address: str | None = None):
     KquantError
         If the scheduler cannot be reached.
     """
-    from .errors import KquantError
+    from kquant.errors import KquantError
 
     address = resolve_address(address)
     if not address:

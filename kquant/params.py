@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .colorspace import SPACES
-from .dither import METHODS as DITHER_METHODS
-from .errors import ParameterError
+from kquant.colour.spaces import SPACES
+from kquant.label.dither import METHODS as DITHER_METHODS
+from kquant.errors import ParameterError
 
 DEFAULT_K = 16
 #: Pixels drawn for the fit: in sample mode (huge images) the palette is refined on their

@@ -19,9 +19,9 @@ from helpers import files  # noqa: F401  (re-exported for the fault tests)
 from helpers import poll
 
 import kquant
-from kquant import locking
+from kquant.store import locking
 from kquant.errors import IncompleteStoreError, StoreError
-from kquant.store import read_meta
+from kquant.store.core import read_meta
 
 DASK = str(Path(sys.executable).parent / "dask")
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,8 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from kquant import assign, reconstruct
+from kquant.label import assign
+from kquant.label import reconstruct
 from oracles import nearest_oracle
 
 

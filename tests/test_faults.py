@@ -31,9 +31,9 @@ from faultkit import (ARGS, FAULTS, assert_clean_finish, assert_nothing_complete
                       chunk_files, files, lock_holder, make_source, one_error_line, quantize_cli,
                       run_env, spawn, stderr_of, stop, tmp_dirs, wait_for_write_pass, wait_until)
 from helpers import dask_processes
-from kquant import locking
+from kquant.store import locking
 from kquant.errors import IncompleteStoreError
-from kquant.store import read_meta
+from kquant.store.core import read_meta
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from helpers import photo_like
-from kquant import fit, histogram
+from kquant import fit
+from kquant.colour import histogram
 from oracles import pixel_lloyd
 
 

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from helpers import photo_like
-from kquant import fit, histogram, nearcells, sampling
+from kquant import fit
+from kquant.colour import histogram
+from kquant.label import cell_candidates
+from kquant.fit import sampling
 from kquant.fit import compact as fit_large
 from kquant.fit import driver, kmeans, tuning
 from oracles import nearest_oracle
@@ -74,7 +77,7 @@ def test_cell_pruned_pass_equals_brute_force_with_ties(k):
         centers[3] = [8.0, 16.0, 31.5]  # on cell boundaries
     _, mass, inertia, _ = _assert_brute_force(codes, counts, centers,
                                               fit_large.assign_pass(codes, counts, centers))
-    occupied = nearcells.occupied_cells(codes)
+    occupied = cell_candidates.occupied_cells(codes)
     assert 0 < occupied.sum() < occupied.size
     again = fit_large.assign_pass(codes, counts, centers, occupied)
     assert np.array_equal(again[1], mass) and again[2] == inertia

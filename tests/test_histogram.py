@@ -2,7 +2,8 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from kquant import histogram, sampling
+from kquant.colour import histogram
+from kquant.fit import sampling
 
 
 def _oracle(img):

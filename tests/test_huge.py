@@ -9,7 +9,9 @@ import tifffile
 
 import kquant
 from helpers import photo_like
-from kquant import QuantizeParams, lut, pipeline, sampling
+from kquant import QuantizeParams
+from kquant.label import lookup
+from kquant.fit import sampling
 from oracles import nearest_oracle
 
 
@@ -20,7 +22,7 @@ def palette():
 
 @pytest.fixture(scope="module")
 def table(palette):
-    return lut.build(palette)
+    return lookup.build(palette)
 
 
 def test_lookup_table_equals_exact_argmin(palette, table):
@@ -39,7 +41,7 @@ def test_cell_pruned_table_equals_exact_argmin_with_ties(pal):
     if isinstance(pal, str):
         pal = rng.integers(0, 256, size=(int(pal[6:]), 3))
     pal = np.asarray(pal, np.uint8)
-    table = lut.build(pal)
+    table = lookup.build(pal)
     planes = np.arange(1 << 16)
     codes = np.concatenate([(r << 16) | planes for r in (0, 1, 2, 7, 8, 100, 255)]
                            + [rng.integers(0, 1 << 24, size=100_000)])
@@ -51,7 +53,7 @@ def test_cell_pruned_table_equals_exact_argmin_with_ties(pal):
 @pytest.mark.parametrize("n_colours", [2, 3, 5, 16, 40, 100, 200])
 @pytest.mark.parametrize("width", [1, 2, 7, 77, 80])
 def test_compiled_label_pack_equals_numpy_oracles(n_colours, width):
-    from kquant import packing
+    from kquant.label import packing
 
     rng = np.random.default_rng(n_colours + width)
     pal = rng.integers(0, 256, size=(n_colours, 3), dtype=np.uint8)
@@ -65,12 +67,12 @@ def test_compiled_label_pack_equals_numpy_oracles(n_colours, width):
 
 
 def _check_label_pack(img, table, pal, bits):
-    from kquant import packing
+    from kquant.label import packing
 
     n_colours = len(pal)
-    packed, sse, counts = lut.label_pack_block(img, table, pal, bits)
+    packed, sse, counts = lookup.label_pack_block(img, table, pal, bits)
     ref = nearest_oracle(img, pal)
-    assert np.array_equal(lut.label_block(img, table), ref)
+    assert np.array_equal(lookup.label_block(img, table), ref)
     assert np.array_equal(packed, packing.pack_rows(ref, bits))
     assert sse == int(((img.astype(np.int64) - pal[ref].astype(np.int64)) ** 2).sum())
     assert np.array_equal(counts, np.bincount(ref.ravel(), minlength=n_colours))
@@ -122,7 +124,7 @@ def test_sample_mode_with_lookup_table(tmp_path, monkeypatch, chunk):
     img = photo_like(300, 410, seed=5)
     path = tmp_path / "t.tif"
     tifffile.imwrite(path, img, tile=(64, 64), compression="zlib", photometric="rgb")
-    monkeypatch.setattr(pipeline, "LUT_MIN_PIXELS", 0)  # force the table path on a small image
+    monkeypatch.setattr("kquant.pipeline.core.LUT_MIN_PIXELS", 0)  # force the table path on a small image
     res = kquant.quantize(path, tmp_path / "s.kq", QuantizeParams(k=16, mode="sample", chunk=chunk,
                                                                    sample_size=5000))
     st = kquant.open_store(tmp_path / "s.kq")

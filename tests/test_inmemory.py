@@ -6,7 +6,9 @@ import pytest
 from helpers import files, photo_like, run_cli_listing_modules
 
 import kquant
-from kquant import errors, inmemory, pipeline, readers, store
+from kquant import errors, pipeline, store
+from kquant.pipeline import in_memory
+from kquant.io import readers
 from kquant.params import QuantizeParams
 
 
@@ -14,7 +16,7 @@ def _both(src, tmp_path, monkeypatch, params, **kwargs):
     """Quantize ``src`` once by each path; return the two stores' files and results."""
     fast = pipeline.quantize(src, tmp_path / "fast.kq", params, **kwargs)
     with monkeypatch.context() as m:
-        m.setattr(inmemory, "eligible", lambda *a, **k: False)
+        m.setattr(in_memory, "eligible", lambda *a, **k: False)
         slow = pipeline.quantize(src, tmp_path / "dask.kq", params, **kwargs)
     return files(tmp_path / "fast.kq"), files(tmp_path / "dask.kq"), fast, slow
 
@@ -50,7 +52,7 @@ def test_inmemory_store_is_byte_identical_to_dask_store(case, tmp_path, monkeypa
 @pytest.mark.parametrize("options", [dict(k=16), dict(k=256, restarts=0), dict(k=8, space="lab")])
 def test_lookup_table_sizes_are_byte_identical(options, tmp_path, monkeypatch):
     """From pipeline.LUT_MIN_PIXELS on, the dask path labels through kquant.lut (numba)."""
-    monkeypatch.setattr(pipeline, "LUT_MIN_PIXELS", 0)
+    monkeypatch.setattr("kquant.pipeline.core.LUT_MIN_PIXELS", 0)
     img = photo_like(96, 140, seed=12)
     src = tmp_path / "lut.png"
     iio.imwrite(src, img)
@@ -97,7 +99,7 @@ def test_imposed_palette_and_preview(tmp_path, monkeypatch):
     assert fast == slow
     pipeline.quantize(src, tmp_path / "a.kq", QuantizeParams(k=4), preview_path=tmp_path / "a.png")
     with monkeypatch.context() as m:
-        m.setattr(inmemory, "eligible", lambda *a, **k: False)
+        m.setattr(in_memory, "eligible", lambda *a, **k: False)
         pipeline.quantize(src, tmp_path / "b.kq", QuantizeParams(k=4),
                           preview_path=tmp_path / "b.png")
     assert np.array_equal(iio.imread(tmp_path / "a.png"), iio.imread(tmp_path / "b.png"))
@@ -107,22 +109,22 @@ def test_eligibility(tmp_path, monkeypatch):
     src_path = tmp_path / "e.png"
     iio.imwrite(src_path, photo_like(100, 60))
     src = readers.inspect_image(src_path)
-    assert inmemory.eligible(src, QuantizeParams())
-    assert inmemory.eligible(src, QuantizeParams(chunk=100))
-    assert not inmemory.eligible(src, QuantizeParams(chunk=56))  # two chunks
-    assert not inmemory.eligible(src, QuantizeParams(shard=4096))
-    assert not inmemory.eligible(src, QuantizeParams(mode="sample"))
-    assert not inmemory.eligible(src, QuantizeParams(sample_fit="always"))
-    assert not inmemory.eligible(src, QuantizeParams(), address="tcp://127.0.0.1:1")
-    assert not inmemory.eligible(src, QuantizeParams(), target="s3://bucket/x.kq")
+    assert in_memory.eligible(src, QuantizeParams())
+    assert in_memory.eligible(src, QuantizeParams(chunk=100))
+    assert not in_memory.eligible(src, QuantizeParams(chunk=56))  # two chunks
+    assert not in_memory.eligible(src, QuantizeParams(shard=4096))
+    assert not in_memory.eligible(src, QuantizeParams(mode="sample"))
+    assert not in_memory.eligible(src, QuantizeParams(sample_fit="always"))
+    assert not in_memory.eligible(src, QuantizeParams(), address="tcp://127.0.0.1:1")
+    assert not in_memory.eligible(src, QuantizeParams(), target="s3://bucket/x.kq")
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:1")
-    assert not inmemory.eligible(src, QuantizeParams())
+    assert not in_memory.eligible(src, QuantizeParams())
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
     import tifffile
 
     tif = tmp_path / "e.tif"
     tifffile.imwrite(tif, photo_like(100, 60), photometric="rgb")
-    assert not inmemory.eligible(readers.inspect_image(tif), QuantizeParams())
+    assert not in_memory.eligible(readers.inspect_image(tif), QuantizeParams())
 
 
 def test_direct_writer_protocol(tmp_path, monkeypatch):

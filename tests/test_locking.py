@@ -8,7 +8,8 @@ import time
 import pytest
 
 import kquant
-from kquant import QuantizeParams, locking
+from kquant import QuantizeParams
+from kquant.store import locking
 from kquant.errors import TargetLockedError
 
 

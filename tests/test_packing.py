@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kquant import packing
+from kquant.label import packing
 from kquant.errors import ParameterError
 
 

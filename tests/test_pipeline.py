@@ -6,7 +6,8 @@ import pytest
 
 import kquant
 from helpers import files, photo_like
-from kquant import QuantizeParams, packing
+from kquant import QuantizeParams
+from kquant.label import packing
 from oracles import nearest_oracle
 
 

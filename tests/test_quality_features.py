@@ -8,7 +8,9 @@ import pytest
 
 import kquant
 from helpers import photo_like, run_cli_listing_modules
-from kquant import colorspace, dither, palette_io
+from kquant.colour import spaces
+from kquant.label import dither
+from kquant.pipeline import palettes
 from kquant.errors import InputError, ParameterError
 from kquant.params import QuantizeParams
 from oracles import nearest_oracle
@@ -18,23 +20,23 @@ from oracles import nearest_oracle
 
 def test_lab_and_oklab_reference_values():
     white = np.array([255, 255, 255])
-    assert np.allclose(colorspace.from_rgb(white, "lab"), [100, 0, 0], atol=1e-3)
-    assert np.allclose(colorspace.from_rgb(white, "oklab"), [100, 0, 0], atol=1e-2)
-    red = colorspace.from_rgb(np.array([255, 0, 0]), "lab")
+    assert np.allclose(spaces.from_rgb(white, "lab"), [100, 0, 0], atol=1e-3)
+    assert np.allclose(spaces.from_rgb(white, "oklab"), [100, 0, 0], atol=1e-2)
+    red = spaces.from_rgb(np.array([255, 0, 0]), "lab")
     assert np.allclose(red, [53.24, 80.09, 67.20], atol=0.05)  # sRGB red in CIELAB (D65)
     from skimage.color import rgb2lab
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(200, 3))
     # skimage rounds its D65 white and matrix differently: agree to 0.01 Lab units
-    assert np.allclose(colorspace.from_rgb(rgb, "lab"), rgb2lab((rgb / 255.0)[None])[0], atol=0.01)
+    assert np.allclose(spaces.from_rgb(rgb, "lab"), rgb2lab((rgb / 255.0)[None])[0], atol=0.01)
 
 
 @pytest.mark.parametrize("space", ["rgb", "oklab", "lab"])
 def test_space_round_trip(space):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, size=(1000, 3))
-    back = colorspace.to_rgb(colorspace.from_rgb(rgb, space), space)
+    back = spaces.to_rgb(spaces.from_rgb(rgb, space), space)
     assert np.abs(back - rgb).max() < 1e-6
 
 
@@ -43,8 +45,8 @@ def test_nearest_in_space_matches_brute_force(space):
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, size=(3000, 3), dtype=np.uint8)
     pal = rng.integers(0, 256, size=(13, 3), dtype=np.uint8)
-    got = colorspace.nearest(pixels, pal, space)
-    p, c = colorspace.from_rgb(pixels, space), colorspace.from_rgb(pal, space)
+    got = spaces.nearest(pixels, pal, space)
+    p, c = spaces.from_rgb(pixels, space), spaces.from_rgb(pal, space)
     d = ((p[:, None] - c[None]) ** 2).sum(2)
     best = d.min(1)
     # the chosen entry is a nearest one (ties may go either way only within float noise)
@@ -53,7 +55,7 @@ def test_nearest_in_space_matches_brute_force(space):
 
 def test_unknown_space_is_refused():
     with pytest.raises(ParameterError):
-        colorspace.from_rgb(np.zeros(3), "hsv")
+        spaces.from_rgb(np.zeros(3), "hsv")
     with pytest.raises(ParameterError):
         QuantizeParams(space="hsv")
 
@@ -70,8 +72,8 @@ def test_lab_mode_lowers_the_perceptual_error(tmp_path):
         st = kquant.open_store(res.target)
         labels = np.asarray(st.labels.compute())
         # labels are the nearest entries in that space
-        assert np.array_equal(labels.ravel(), colorspace.nearest(img.reshape(-1, 3), st.palette, space))
-        diff = colorspace.from_rgb(img, "lab") - colorspace.from_rgb(st.palette[labels], "lab")
+        assert np.array_equal(labels.ravel(), spaces.nearest(img.reshape(-1, 3), st.palette, space))
+        diff = spaces.from_rgb(img, "lab") - spaces.from_rgb(st.palette[labels], "lab")
         lab_err[space] = float((diff ** 2).sum())
         assert st.meta.params["space"] == space
     assert lab_err["lab"] < lab_err["rgb"]
@@ -212,24 +214,24 @@ def _palette_files(tmp_path):
 
 def test_read_palette_formats(tmp_path):
     for name, path in _palette_files(tmp_path).items():
-        assert np.array_equal(palette_io.read_palette(path), PAL), name
+        assert np.array_equal(palettes.read_palette(path), PAL), name
 
 
 def test_read_palette_errors(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("#000000\nnot a colour\n")
     with pytest.raises(InputError, match="bad.txt:2"):
-        palette_io.read_palette(bad)
+        palettes.read_palette(bad)
     big = tmp_path / "big.npy"
     np.save(big, np.zeros((300, 3), np.uint8))
     with pytest.raises(InputError):
-        palette_io.read_palette(big)
+        palettes.read_palette(big)
     neg = tmp_path / "neg.npy"
     np.save(neg, np.array([[0, 0, -1]]))
     with pytest.raises(InputError):
-        palette_io.read_palette(neg)
+        palettes.read_palette(neg)
     with pytest.raises(InputError):
-        palette_io.read_palette(tmp_path / "missing.gpl")
+        palettes.read_palette(tmp_path / "missing.gpl")
 
 
 @pytest.mark.parametrize("kind", ["gpl", "store", "array"])
@@ -374,14 +376,15 @@ def test_cli_quantize_imports_only_what_it_needs(tmp_path, photo_png):
 @pytest.mark.parametrize("n, bits", [(1, 1), (2, 1), (3, 2), (4, 2), (5, 4), (8, 4), (16, 4),
                                      (17, 8), (64, 8), (256, 8)])
 def test_storage_bits(n, bits):
-    from kquant import packing
+    from kquant.label import packing
 
     assert packing.storage_bits(n) == bits
 
 
 def test_format_1_stores_still_read(tmp_path):
     """A version-1 store (3 bits a pixel for 5 colours) decodes as before."""
-    from kquant import packing, store
+    from kquant import store
+    from kquant.label import packing
 
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 5, size=(20, 27)).astype(np.uint8)

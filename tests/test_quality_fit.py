@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from helpers import photo_like
-from kquant import fit, histogram
+from kquant import fit
+from kquant.colour import histogram
 from kquant.fit.histograms import DenseHistogram
 from oracles import pixel_lloyd
 

@@ -10,7 +10,8 @@ from PIL import Image, ImageOps
 
 import kquant
 from helpers import photo_like
-from kquant import convert, readers
+from kquant.io import convert
+from kquant.io import readers
 from kquant.errors import ImageTooLargeError, InputError
 
 

@@ -59,7 +59,7 @@ def test_sources_on_s3_equal_local(s3, tmp_path, kind):
     remote = f"s3://kqtest/src/img.{kind}"
     assert np.array_equal(kquant.open_image(remote, chunks=40).compute(), img)
     if kind == "tif":  # tiles fetched by ranged requests and decoded directly
-        from kquant import tiff_tiles
+        from kquant.io import tiff_tiles
 
         reader = tiff_tiles.open_reader(remote)
         assert reader is not None and np.array_equal(reader[7:83, 5:129], img[7:83, 5:129])
@@ -94,7 +94,7 @@ def test_failed_overwrite_on_s3_keeps_the_old_store(s3, tmp_path, photo_png):
 
 
 def test_lock_on_s3_is_exclusive(s3):
-    from kquant import locking
+    from kquant.store import locking
 
     target = "s3://kqtest/c/photo.kquant"
     locking.acquire(target)

@@ -6,7 +6,7 @@ import tifffile
 
 import kquant
 from helpers import photo_like
-from kquant import tiff_tiles
+from kquant.io import tiff_tiles
 from kquant.errors import InputError
 
 LAYOUTS = [
@@ -48,7 +48,7 @@ def test_whole_pipeline_reads_the_same_through_both_readers(tmp_path, monkeypatc
     path = tmp_path / "t.tif"
     tifffile.imwrite(path, img, photometric="rgb", tile=(64, 64), compression="zlib")
     direct = np.asarray(kquant.open_image(str(path), chunks=128).compute())
-    from kquant import readers
+    from kquant.io import readers
 
     monkeypatch.setattr(readers, "_tile_reader", lambda path, stamp: None)  # the zarr path
     via_zarr = np.asarray(kquant.open_image(str(path), chunks=96).compute())

@@ -40,7 +40,9 @@ def _db(mse_a: float, mse_b: float) -> float:
 def search(img: np.ndarray, k: int, seeds: int, restarts: int) -> dict:
     from sklearn.cluster import KMeans
 
-    from kquant import assign, fit, histogram
+    from kquant import fit
+    from kquant.label import assign
+    from kquant.colour import histogram
 
     codes, counts = np.unique(histogram.encode(img.reshape(-1, 3)), return_counts=True)
     n = img.shape[0] * img.shape[1] * 3

@@ -72,7 +72,7 @@ def images() -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- metrics
 
 def _nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    from kquant import assign
+    from kquant.label import assign
 
     return assign.nearest(pixels.reshape(-1, 3), palette).reshape(pixels.shape[:2])
 

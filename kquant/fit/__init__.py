@@ -10,11 +10,11 @@
 * :mod:`~kquant.fit.tuning` -- every tuning constant.
 """
 
-from .cells import coarse_histogram
-from .dask_ml import fit_sample, prepare_sample_fit
-from .driver import SAMPLE_FIT_MODES, FitResult, finalist_threads, fit_palette
-from .kmeans import integer_polish, kmeans_plusplus, lloyd, lloyd_bounded, swap_moves
-from .target_psnr import fit_for_psnr, sse_for_psnr
+from kquant.fit.cells import coarse_histogram
+from kquant.fit.dask_ml import fit_sample, prepare_sample_fit
+from kquant.fit.driver import SAMPLE_FIT_MODES, FitResult, finalist_threads, fit_palette
+from kquant.fit.kmeans import integer_polish, kmeans_plusplus, lloyd, lloyd_bounded, swap_moves
+from kquant.fit.target_psnr import fit_for_psnr, sse_for_psnr
 
 __all__ = [
     "SAMPLE_FIT_MODES", "FitResult", "coarse_histogram", "finalist_threads", "fit_for_psnr",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import tuning
+from kquant.fit import tuning
 
 
 

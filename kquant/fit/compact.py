@@ -21,8 +21,8 @@ import threading
 
 import numpy as np
 
-from .. import nearcells
-from ..jit import compiled
+from kquant.label import cell_candidates
+from kquant.jit import compiled
 
 def _cells_py(codes, counts, bits, heavy, fine_bits, w, s, wf, sf):  # pragma: no cover
     sh = 8 - bits
@@ -53,7 +53,7 @@ def _pass_py(codes, counts, centers, cand, ncand, lo, hi, sums, mass, worst):  #
     empty cluster)."""
     inertia = 0.0
     worst_cost = -1.0
-    sh = nearcells.SHIFT
+    sh = cell_candidates.SHIFT
     per = 8 - sh
     for i in range(lo, hi):
         c = np.int64(codes[i])
@@ -154,8 +154,8 @@ def assign_pass(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
     kernel = compiled(_pass_py)
     centers = np.ascontiguousarray(centers, np.float64)
     k, n = len(centers), len(codes)
-    cand, ncand = nearcells.candidates(
-        centers, nearcells.occupied_cells(codes) if occupied is None else occupied)
+    cand, ncand = cell_candidates.candidates(
+        centers, cell_candidates.occupied_cells(codes) if occupied is None else occupied)
     t = _threads(n)
     bounds = np.linspace(0, n, t + 1).astype(np.int64)
     sums = np.zeros((t, k, 3))
@@ -210,7 +210,7 @@ def lloyd(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *, max_ite
     n_iter : int
     """
     c = np.array(centers, np.float64, copy=True)
-    occupied = nearcells.occupied_cells(codes)
+    occupied = cell_candidates.occupied_cells(codes)
     sums, mass, inertia, worst = assign_pass(codes, counts, c, occupied)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -238,7 +238,7 @@ def integer_polish(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *
         Pixels per entry.
     """
     pal = np.clip(np.rint(centers), 0, 255).astype(np.uint8)
-    occupied = nearcells.occupied_cells(codes)
+    occupied = cell_candidates.occupied_cells(codes)
     sums, mass, sse, worst = assign_pass(codes, counts, pal.astype(np.float64), occupied)
     for _ in range(max_iter):
         new = np.clip(np.rint(_update(pal.astype(np.float64), sums, mass, codes, worst)),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import histogram
-from .kmeans import _labels_and_dist, _repair_empty, kmeans_plusplus
-from . import tuning
+from kquant.colour import histogram
+from kquant.fit.kmeans import _labels_and_dist, _repair_empty, kmeans_plusplus
+from kquant.fit import tuning
 
 
 def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,

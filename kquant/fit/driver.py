@@ -21,12 +21,13 @@ import os
 
 import numpy as np
 
-from .. import colorspace, histogram
-from ..errors import ParameterError
-from .dask_ml import fit_sample
-from .histograms import histogram_for
-from .kmeans import kmeans_plusplus, lloyd_bounded, swap_moves
-from . import tuning
+from kquant.colour import spaces
+from kquant.colour import histogram
+from kquant.errors import ParameterError
+from kquant.fit.dask_ml import fit_sample
+from kquant.fit.histograms import histogram_for
+from kquant.fit.kmeans import kmeans_plusplus, lloyd_bounded, swap_moves
+from kquant.fit import tuning
 
 SAMPLE_FIT_MODES = ("auto", "always", "never")
 
@@ -137,7 +138,7 @@ def fit_palette(sample: np.ndarray | None, colours: np.ndarray, counts: np.ndarr
 
 def _fit(sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, swaps, space,
          sampled) -> FitResult:
-    colorspace.check_space(space)
+    spaces.check_space(space)
     if not 2 <= int(k) <= 256:
         raise ParameterError(f"k must be between 2 and 256, got {k}")
     if sample_fit not in SAMPLE_FIT_MODES:
@@ -163,7 +164,7 @@ def _fit(sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, sw
     if sample is not None and (sample_fit == "always" or (
             sample_fit == "auto" and n_pixels >= tuning.SAMPLE_FIT_MIN_PIXELS)):
         start, sample_inertia = fit_sample(sample, k, seed=seed)
-        seeds.append(("sample", colorspace.from_rgb(start, space)))
+        seeds.append(("sample", spaces.from_rgb(start, space)))
     for r in range(restarts + 1):
         seeds.append((f"kmeans++-{r}", kmeans_plusplus(*coarse, k,
                                                        seed=np.random.default_rng([seed, 2, r]))))

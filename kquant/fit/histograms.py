@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import colorspace, histogram
-from . import compact, kmeans
-from .cells import coarse_histogram
-from . import tuning
+from kquant.colour import spaces
+from kquant.colour import histogram
+from kquant.fit import compact, kmeans
+from kquant.fit.cells import coarse_histogram
+from kquant.fit import tuning
 
 #: Relative gain under which Lloyd stops on histograms too large to run to a fixed point.
 RTOL_LARGE = 1e-5
@@ -40,7 +41,7 @@ class DenseHistogram:
         self.space = space
         self.n_colours = len(colours)
         self.rgb = histogram.decode(colours)
-        self.x = colorspace.from_rgb(self.rgb, space)
+        self.x = spaces.from_rgb(self.rgb, space)
         self.w = counts.astype(np.float64)
         #: Swap trials per ``8 + K // 4``: the exact RGB histogram earns twice as many.
         self.swaps_factor = tuning.SWAPS_FACTOR if space == "rgb" else 1

@@ -17,8 +17,9 @@ import math
 
 import numpy as np
 
-from .. import assign, jit
-from . import tuning
+from kquant import jit
+from kquant.label import assign
+from kquant.fit import tuning
 
 
 def _labels_and_dist(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -436,23 +437,23 @@ def space_polish(rgb: np.ndarray, x: np.ndarray, w: np.ndarray, centers: np.ndar
     labels : ndarray (n,) uint8, nearest entry in ``space``
     sse : int, RGB sum of squared errors of that assignment
     """
-    from .. import colorspace
+    from kquant.colour import spaces
 
     k = len(centers)
 
     def state(pal):
-        pc = colorspace.from_rgb(pal, space)
+        pc = spaces.from_rgb(pal, space)
         lab, dist = _labels_and_dist(x, pc)
         return lab, float(np.dot(w, dist))
 
-    pal = np.clip(np.rint(colorspace.to_rgb(centers, space)), 0, 255).astype(np.uint8)
+    pal = np.clip(np.rint(spaces.to_rgb(centers, space)), 0, 255).astype(np.uint8)
     labels, cost = state(pal)
     for _ in range(max_iter):
         sums, mass = _weighted_means(x, w, labels, k)
-        new = colorspace.from_rgb(pal, space)
+        new = spaces.from_rgb(pal, space)
         nonempty = mass > 0
         new[nonempty] = sums[nonempty] / mass[nonempty, None]
-        new = np.clip(np.rint(colorspace.to_rgb(new, space)), 0, 255).astype(np.uint8)
+        new = np.clip(np.rint(spaces.to_rgb(new, space)), 0, 255).astype(np.uint8)
         if np.array_equal(new, pal):
             break
         new_labels, new_cost = state(new)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ParameterError
-from .driver import fit_palette
+from kquant.errors import ParameterError
+from kquant.fit.driver import FitResult, fit_palette
 
 
 def sse_for_psnr(psnr_db: float, n_pixels: int) -> float:

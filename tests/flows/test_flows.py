@@ -50,7 +50,7 @@ def _run_id(state):
 
 def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path):
     from flows.quantize import quantize_image
-    from kquant.store import open_store
+    from kquant.store.core import open_store
 
     src = write_png(tmp_path / "photo.png", photo(90, 130, seed=1))
     state = quantize_image(source=str(src), target=str(tmp_path / "a.kquant"), k=8,
@@ -112,7 +112,7 @@ def test_quantize_image_on_an_existing_dask_cluster(harness, tmp_path):
     from distributed import LocalCluster
 
     from flows.quantize import quantize_image
-    from kquant.store import open_store
+    from kquant.store.core import open_store
 
     src = write_png(tmp_path / "p.png", photo(64, 72, seed=4))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
@@ -182,7 +182,7 @@ def _tiles(folder: Path, n: int, *, seed: int = 7, age: float = 60.0) -> list[Pa
 
 def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     from flows.batch import quantize_batch
-    from kquant.store import open_store
+    from kquant.store.core import open_store
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
@@ -238,7 +238,7 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
 
 def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_path):
     from flows.batch import quantize_batch
-    from kquant.store import open_store
+    from kquant.store.core import open_store
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     (inbox / "sub").mkdir(parents=True)
@@ -308,7 +308,7 @@ def test_io_tasks_retry_io_errors_but_not_bad_input(harness):
 
 def test_batch_shared_palette_goes_on_without_a_corrupt_tile(harness, tmp_path):
     from flows.batch import quantize_batch
-    from kquant.store import open_store
+    from kquant.store.core import open_store
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
@@ -369,7 +369,7 @@ def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
     import kquant
     from flows.batch import quantize_batch
     from flows.quantize import quantize_image
-    from kquant import shared
+    from kquant.pipeline import shared_palette
     from kquant.params import QuantizeParams
 
     img = photo(64, 80, seed=61)
@@ -396,7 +396,7 @@ def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
     res = quantize_batch(str(inbox), str(tmp_path / "out"), k=6, restarts=0,
                          shared_palette=True, preview=False, settle_seconds=0, space="lab")
     assert len(res["processed"]) == 2
-    want = shared.fit_shared([str(inbox / "a.png"), str(inbox / "b.png")],
+    want = shared_palette.fit_shared([str(inbox / "a.png"), str(inbox / "b.png")],
                              QuantizeParams(k=6, restarts=0, space="lab")).palette
     for name in ("a.png", "b.png"):
         got = kquant.open_store(tmp_path / "out" / (name + ".kquant"))

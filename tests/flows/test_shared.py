@@ -17,19 +17,20 @@ def halves(tmp_path):
 
 
 def test_exact_mode_merges_the_histograms(halves):
-    from kquant import pipeline, shared
+    from kquant import pipeline
+    from kquant.pipeline import shared_palette
     from kquant.params import QuantizeParams
 
     a, b, whole = halves
     params = QuantizeParams(k=6, sample_size=4000, mode="exact")
-    res = shared.fit_shared([a, b], params)
+    res = shared_palette.fit_shared([a, b], params)
     ref = pipeline.fit(whole, params)
     assert res.n_pixels == 96 * 128 and res.n_unique == ref.n_unique  # exact union histogram
     assert res.palette.shape == (6, 3) and res.palette.dtype == np.uint8
     assert res.sse <= 1.02 * ref.sse  # as good as fitting the stitched image
     # sse is the exact error of the palette over both images
-    from kquant import assign
-    from kquant.readers import open_image
+    from kquant.label import assign
+    from kquant.io.readers import open_image
 
     err = 0
     for p in (a, b):
@@ -40,36 +41,37 @@ def test_exact_mode_merges_the_histograms(halves):
 
 
 def test_sample_mode_reads_a_bounded_sample(halves):
-    from kquant import shared
+    from kquant.pipeline import shared_palette
     from kquant.params import QuantizeParams
 
     a, b, _ = halves
-    res = shared.fit_shared([a, b], QuantizeParams(k=5, sample_size=3000, mode="sample"))
+    res = shared_palette.fit_shared([a, b], QuantizeParams(k=5, sample_size=3000, mode="sample"))
     assert res.palette.shape == (5, 3) and res.mode == "sample"
     assert res.n_pixels <= 3000
 
 
 def test_no_images_is_a_parameter_error():
-    from kquant import shared
+    from kquant.pipeline import shared_palette
     from kquant.errors import ParameterError
 
     with pytest.raises(ParameterError, match="no images"):
-        shared.fit_shared([])
+        shared_palette.fit_shared([])
 
 
 @pytest.mark.parametrize("options", [{"space": "lab"}, {"target_psnr": 24.0, "k": 32}])
 def test_space_and_target_psnr_as_for_one_image(halves, options):
     """In exact mode the union of the halves' histograms is the whole image's: the shared fit
     gives the palette that pipeline.fit gives the stitched image, with the same options."""
-    from kquant import pipeline, shared
+    from kquant import pipeline
+    from kquant.pipeline import shared_palette
     from kquant.params import QuantizeParams
 
     a, b, whole = halves
     params = QuantizeParams(**({"k": 6, "mode": "exact"} | options))
-    res = shared.fit_shared([a, b], params)
+    res = shared_palette.fit_shared([a, b], params)
     ref = pipeline.fit(whole, params)
     assert np.array_equal(res.palette, ref.palette) and res.sse == ref.sse
-    plain = shared.fit_shared([a, b], QuantizeParams(k=params.k, mode="exact"))
+    plain = shared_palette.fit_shared([a, b], QuantizeParams(k=params.k, mode="exact"))
     if "space" in options:  # the perceptual fit is another palette
         assert not np.array_equal(res.palette, plain.palette)
     else:  # the smallest K that reaches the target

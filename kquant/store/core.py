@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from . import packing
-from . import uri as uri_mod
-from .errors import (IncompleteStoreError, NoSpaceError, ParameterError, StoreError,
+from kquant.label import packing
+from kquant.io import uri as uri_mod
+from kquant.errors import (IncompleteStoreError, NoSpaceError, ParameterError, StoreError,
                      TargetExistsError)
 
 FORMAT = "kquant-store"
@@ -55,7 +55,7 @@ def zstd_level(n_pixels: int) -> int:
 
 
 def _version() -> str:
-    from . import __version__
+    from kquant import __version__
 
     return __version__
 
@@ -300,13 +300,13 @@ def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
         if layout is None:
             arr[row0:end_r, byte0:end_c] = packed
             return
-        from . import storefiles
+        from kquant.store import direct
 
         full = packed
         if (h, w) != (rows, cols):  # an edge chunk is stored whole, padded with the fill value
             full = np.zeros((rows, cols), np.uint8)
             full[:h, :w] = packed
-        storefiles.write_chunk(Path(root) / "labels", (row0 // rows, byte0 // cols), full,
+        direct.write_chunk(Path(root) / "labels", (row0 // rows, byte0 // cols), full,
                                zstd_level=level)
     finally:
         if gate is not None:
@@ -400,7 +400,7 @@ class StoreWriter:
         self.root = self.target if in_place else _sibling(self.target, "tmp")
 
     def __enter__(self) -> "StoreWriter":
-        from . import locking
+        from kquant.store import locking
 
         locking.acquire(self.target)
         _gates[self.root] = _Gate()
@@ -445,7 +445,7 @@ class StoreWriter:
             dimension_names=("y", "packed_x"))
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        from . import locking
+        from kquant.store import locking
 
         _labels_array.cache_clear()
         try:
@@ -526,7 +526,7 @@ class DirectStoreWriter(StoreWriter):
             raise ParameterError("a direct store write needs a local, unsharded store of one chunk")
 
     def _create(self) -> None:
-        from . import storefiles
+        from kquant.store import direct
 
         if not self.overwrite and _exists(self.target):  # appeared since check_target
             raise TargetExistsError(f"{self.target} exists (use --overwrite, or overwrite=True, "
@@ -535,19 +535,19 @@ class DirectStoreWriter(StoreWriter):
         root.mkdir()
         self._write_attributes(self.meta)
         (root / "palette").mkdir()
-        (root / "palette" / storefiles.ZARR_JSON).write_bytes(
-            storefiles.array_document(self.palette.shape, self.palette.shape))
+        (root / "palette" / direct.ZARR_JSON).write_bytes(
+            direct.array_document(self.palette.shape, self.palette.shape))
         self._write_chunk("palette", self.palette, None)
         (root / "labels").mkdir()
-        (root / "labels" / storefiles.ZARR_JSON).write_bytes(storefiles.array_document(
+        (root / "labels" / direct.ZARR_JSON).write_bytes(direct.array_document(
             self.meta.packed_chunks, self.meta.packed_chunks,
             zstd_level=zstd_level(self.meta.height * self.meta.width),
             dimension_names=("y", "packed_x")))
 
     def _write_chunk(self, array: str, data: np.ndarray, level: int | None) -> None:
-        from . import storefiles
+        from kquant.store import direct
 
-        storefiles.write_chunk(Path(self.root) / array, (0,) * data.ndim, data, zstd_level=level)
+        direct.write_chunk(Path(self.root) / array, (0,) * data.ndim, data, zstd_level=level)
 
     def write_labels(self, packed: np.ndarray) -> None:
         """Write the packed labels (the whole array: its one chunk)."""
@@ -564,10 +564,10 @@ class DirectStoreWriter(StoreWriter):
                 gate.leave()
 
     def _write_attributes(self, meta: StoreMeta) -> None:
-        from . import storefiles
+        from kquant.store import direct
 
-        (Path(self.root) / storefiles.ZARR_JSON).write_bytes(
-            storefiles.group_document({"kquant": meta.to_json()}))
+        (Path(self.root) / direct.ZARR_JSON).write_bytes(
+            direct.group_document({"kquant": meta.to_json()}))
 
 
 # --------------------------------------------------------------------------- reading
@@ -587,7 +587,7 @@ class KquantStore:
     def __init__(self, root: str, meta: StoreMeta, palette: np.ndarray):
         import dask.array as da
 
-        from . import reconstruct
+        from kquant.label import reconstruct
 
         self.root, self.meta, self.palette = root, meta, palette
         # blocks of whole shards (from_zarr would pick the inner chunks), the unit of the checksum

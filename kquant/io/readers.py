@@ -23,9 +23,9 @@ import threading
 
 import numpy as np
 
-from . import convert
-from . import uri as uri_mod
-from .errors import ImageTooLargeError, InputError
+from kquant.io import convert
+from kquant.io import uri as uri_mod
+from kquant.errors import ImageTooLargeError, InputError
 
 #: Default limit on the pixels an image header may claim (about 4.3 gigapixels).
 DEFAULT_MAX_PIXELS = 2**32
@@ -457,7 +457,7 @@ def _tiff_zarr(path: str, stamp: tuple[int, int]):
 @functools.lru_cache(maxsize=8)
 def _tile_reader(path: str, stamp: tuple[int, int]):
     """Direct tile decoder of a TIFF (:mod:`kquant.tiff_tiles`), None if not usable."""
-    from . import tiff_tiles
+    from kquant.io import tiff_tiles
 
     return tiff_tiles.open_reader(path)
 
@@ -562,7 +562,7 @@ def normalise_chunk(chunk: int | None, tile: tuple[int, int] | None = None) -> t
     ParameterError
         If ``chunk`` is not a positive integer.
     """
-    from .errors import ParameterError
+    from kquant.errors import ParameterError
 
     edge = DEFAULT_CHUNK if chunk is None else chunk
     if isinstance(edge, bool) or not isinstance(edge, (int, np.integer)) or edge <= 0:

@@ -18,7 +18,7 @@ import threading
 import numba
 import numpy as np
 
-from . import nearcells
+from kquant.label import cell_candidates
 
 
 N_COLOURS = 1 << 24
@@ -26,8 +26,8 @@ N_COLOURS = 1 << 24
 
 @numba.njit(nogil=True, cache=True)
 def _build(palette, cand, ncand, table):  # pragma: no cover - compiled
-    side = 1 << nearcells.SHIFT
-    per = nearcells.PER
+    side = 1 << cell_candidates.SHIFT
+    per = cell_candidates.PER
     for cell in range(per * per * per):
         r0 = (cell // (per * per)) * side
         g0 = ((cell // per) % per) * side
@@ -59,7 +59,7 @@ def build(palette: np.ndarray) -> np.ndarray:
     """
     palette = np.ascontiguousarray(palette, np.int64)
     table = np.empty(N_COLOURS, np.uint8)
-    cand, ncand = nearcells.candidates(palette)  # the table is filled cell by cell
+    cand, ncand = cell_candidates.candidates(palette)  # the table is filled cell by cell
     _build(palette, cand, ncand, table)
     return table
 

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .errors import InputError
+from kquant.errors import InputError
 
 
 class TileReader:
@@ -135,7 +135,7 @@ def open_reader(path: str) -> TileReader | None:
     """
     import tifffile
 
-    from . import uri as uri_mod
+    from kquant.io import uri as uri_mod
 
     read_range = None
     try:

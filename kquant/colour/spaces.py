@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ParameterError
+from kquant.errors import ParameterError
 
 #: Spaces the palette can be fitted and pixels assigned in.
 SPACES = ("rgb", "oklab", "lab")
@@ -112,7 +112,8 @@ def nearest(pixels: np.ndarray, palette: np.ndarray, space: str) -> np.ndarray:
     lowest index). Otherwise distances are Euclidean in the perceptual space,
     computed per distinct colour of the block (ties to the lowest index).
     """
-    from . import assign, histogram
+    from kquant.label import assign
+    from kquant.colour import histogram
 
     if space == "rgb":
         return assign.nearest(pixels, palette)

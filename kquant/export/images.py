@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ParameterError, TargetExistsError
+from kquant.errors import ParameterError, TargetExistsError
 
 SUFFIXES = (".png", ".tif", ".tiff")
 TIFF_TILE = 256
@@ -80,7 +80,7 @@ def export(store_uri: str | os.PathLike, out: str | os.PathLike, *,
     StoreError, IncompleteStoreError
         If the store cannot be opened.
     """
-    from . import store
+    from kquant import store
 
     out = Path(out)
     ext = out.suffix.lower()

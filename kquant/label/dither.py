@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from .errors import ParameterError
+from kquant.errors import ParameterError
 
 METHODS = ("none", "bayer", "blue-noise")
 BAYER_SIZE = 8
@@ -159,7 +159,7 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
     ParameterError
         If ``dither`` is unknown.
     """
-    from . import colorspace
+    from kquant.colour import spaces
 
     if dither not in METHODS:
         raise ParameterError(f"dither must be one of {', '.join(METHODS)}, got {dither!r}")
@@ -168,4 +168,4 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
     if dither != "none" and dither_amount > 0:
         t = threshold(y0, x0, h, w, method=dither) * float(dither_amount)
         block = np.clip(np.rint(block + t[:, :, None]), 0, 255).astype(np.uint8)
-    return colorspace.nearest(block.reshape(-1, 3), palette, space).reshape(h, w)
+    return spaces.nearest(block.reshape(-1, 3), palette, space).reshape(h, w)

@@ -18,13 +18,20 @@ import time
 
 import numpy as np
 
-from . import (assign, cluster, dither, histogram, inmemory, metrics, packing, readers, sampling,
-               store)
-from . import uri as uri_mod
-from .fit import FitResult, fit_for_psnr, fit_palette
-from .fit.tuning import SAMPLE_FIT_MIN_PIXELS
-from .params import QuantizeParams
-from .readers import ImageSource
+from kquant import cluster, store
+from kquant.label import assign
+from kquant.label import dither
+from kquant.colour import histogram
+from kquant.pipeline import in_memory
+from kquant.label import metrics
+from kquant.label import packing
+from kquant.io import readers
+from kquant.fit import sampling
+from kquant.io import uri as uri_mod
+from kquant.fit import FitResult, fit_for_psnr, fit_palette
+from kquant.fit.tuning import SAMPLE_FIT_MIN_PIXELS
+from kquant.params import QuantizeParams
+from kquant.io.readers import ImageSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +93,7 @@ def _compute_reading(work: list, use_sample: bool, progress: bool):
     contend for the GIL and the overlap was measured slower than doing one after the other."""
     if not use_sample or cluster.active_client() is None:
         return cluster.compute(*work, progress=progress)
-    from .fit import prepare_sample_fit
+    from kquant.fit import prepare_sample_fit
 
     return cluster.compute_alongside(prepare_sample_fit, *work, progress=progress)
 
@@ -114,8 +121,8 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
         params.sample_fit == "auto" and src.n_pixels >= SAMPLE_FIT_MIN_PIXELS)
     t0 = time.perf_counter()
     with cluster.scheduler(address):
-        if mode == "exact" and not use_sample and inmemory.eligible(src, params, address=address):
-            colours, counts = inmemory.colour_histogram(src, params, max_pixels=max_pixels)
+        if mode == "exact" and not use_sample and in_memory.eligible(src, params, address=address):
+            colours, counts = in_memory.colour_histogram(src, params, max_pixels=max_pixels)
             sample = None
         elif mode == "exact":
             image = _image(src, params, max_pixels)
@@ -193,9 +200,9 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
         packed = packing.pack_rows(labels, bits)
         counts = np.bincount(labels.ravel(), minlength=len(palette))
     elif use_lut:
-        from . import lut  # compiled with numba: imported only where it is used
+        from kquant.label import lookup  # compiled with numba: imported only where it is used
 
-        packed, sse, counts = lut.label_pack_block(block, lut.table_for(palette), palette, bits)
+        packed, sse, counts = lookup.label_pack_block(block, lookup.table_for(palette), palette, bits)
     else:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)
@@ -241,9 +248,9 @@ def uses_lut(src: ImageSource, params: QuantizeParams) -> bool:
 
 def _warm_write_pass() -> None:
     """Load the write pass's compiled kernels in this process (a cluster worker)."""
-    from . import lut
+    from kquant.label import lookup
 
-    lut.warm()
+    lookup.warm()
 
 
 def _label_options(params: QuantizeParams, palette: np.ndarray) -> dict | None:
@@ -269,9 +276,9 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     params = params or QuantizeParams()
     store.check_target(target, overwrite=overwrite)
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
-    if inmemory.eligible(src, params, address=address, target=target):  # one chunk: no dask
+    if in_memory.eligible(src, params, address=address, target=target):  # one chunk: no dask
         palette = np.asarray(palette, np.uint8)
-        return inmemory.write(src, target, palette, params, overwrite=overwrite,
+        return in_memory.write(src, target, palette, params, overwrite=overwrite,
                               max_pixels=max_pixels, fit_info=fit_info,
                               label_options=_label_options(params, palette))
     import dask
@@ -311,13 +318,13 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
 def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = None, *,
             max_pixels: int | None = None, max_width: int = 1600) -> str:
     """Write original | reconstruction with the palette strip to ``out`` (PNG)."""
-    from . import preview as pv
+    from kquant.export import preview as pv
 
     params = params or QuantizeParams()
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     step = pv.stride_for(src.height, src.width, max_width)
-    if inmemory.eligible(src, params):
-        whole = inmemory.image(src, params, max_pixels=max_pixels)
+    if in_memory.eligible(src, params):
+        whole = in_memory.image(src, params, max_pixels=max_pixels)
         small = np.ascontiguousarray(whole[::step, ::step])
     else:
         image = _image(src, params, max_pixels)
@@ -343,12 +350,12 @@ def imposed_palette(palette, params: QuantizeParams) -> tuple[np.ndarray, Quanti
     """
     import os
 
-    from .errors import ParameterError
+    from kquant.errors import ParameterError
 
     if isinstance(palette, (str, os.PathLike)):
-        from . import palette_io
+        from kquant.pipeline import palettes
 
-        arr = palette_io.read_palette(palette)
+        arr = palettes.read_palette(palette)
     else:
         arr = np.asarray(palette)
         if arr.ndim != 2 or arr.shape[1] != 3 or not 1 <= len(arr) <= 256 \
@@ -402,7 +409,7 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
         Any user-facing failure (bad input, bad parameters, existing target);
         nothing is left at ``target`` or ``preview_path`` then.
     """
-    from . import locking
+    from kquant.store import locking
 
     params = params or QuantizeParams()
     target = store.check_target(target, overwrite=overwrite)
@@ -420,7 +427,7 @@ def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, ad
         from pathlib import Path
 
         if Path(preview_path).exists():
-            from .errors import TargetExistsError
+            from kquant.errors import TargetExistsError
 
             raise TargetExistsError(f"{preview_path} exists (use --overwrite to replace it)")
     imposed = None

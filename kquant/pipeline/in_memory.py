@@ -19,10 +19,15 @@ import functools
 
 import numpy as np
 
-from . import assign, cluster, histogram, metrics, packing, readers, store
-from . import uri as uri_mod
-from .params import QuantizeParams
-from .readers import ImageSource
+from kquant import cluster, store
+from kquant.label import assign
+from kquant.colour import histogram
+from kquant.label import metrics
+from kquant.label import packing
+from kquant.io import readers
+from kquant.io import uri as uri_mod
+from kquant.params import QuantizeParams
+from kquant.io.readers import ImageSource
 
 #: Pillow decodes these whole in memory (TIFF and zarr sources are read tile by tile).
 _WHOLE_FORMATS_EXCLUDED = ("TIFF", "ZARR")
@@ -85,7 +90,7 @@ def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
     palette = np.asarray(palette, np.uint8)
     arr = image(src, params, max_pixels=max_pixels)
     if label_options:
-        from . import dither
+        from kquant.label import dither
 
         labels = dither.label_block(arr, palette, y0=0, x0=0, **label_options)
         return (labels, metrics.sse_block(arr, labels, palette),
@@ -116,7 +121,7 @@ def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams,
     TargetExistsError, InputError, StoreError
         As :func:`kquant.pipeline.write`; no store is left behind on failure.
     """
-    from .pipeline import source_record, uses_lut, write_metrics  # pipeline imports us
+    from kquant.pipeline.core import source_record, uses_lut, write_metrics  # pipeline imports us
 
     palette = np.asarray(palette, np.uint8)
     bits = packing.storage_bits(len(palette))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import compiled
+from kquant.jit import compiled
 
 
 def encode(rgb: np.ndarray) -> np.ndarray:

@@ -11,11 +11,13 @@ any palette, so every store gets the same palette entries in the same order.
 
 from __future__ import annotations
 
-from . import cluster, histogram, sampling
-from .errors import ParameterError
-from .fit import FitResult
-from .params import QuantizeParams
-from .readers import ImageSource
+from kquant import cluster
+from kquant.colour import histogram
+from kquant.fit import sampling
+from kquant.errors import ParameterError
+from kquant.fit import FitResult
+from kquant.params import QuantizeParams
+from kquant.io.readers import ImageSource
 
 
 def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int | None = None,
@@ -55,7 +57,7 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     import dask
     import numpy as np
 
-    from .pipeline import _image, fit_histogram, inspect, sample_graph
+    from kquant.pipeline.core import _image, fit_histogram, inspect, sample_graph
 
     params = params or QuantizeParams()
     srcs = [s if isinstance(s, ImageSource) else inspect(s, max_pixels=max_pixels)

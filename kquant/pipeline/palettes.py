@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from kquant.errors import InputError
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
@@ -98,7 +98,7 @@ def read_palette(source: str | os.PathLike) -> np.ndarray:
     if not path.exists():
         raise InputError(f"palette {path} does not exist")
     if path.is_dir():
-        from . import store
+        from kquant import store
 
         return store.open_store(path).palette.copy()
     suffix = path.suffix.lower()

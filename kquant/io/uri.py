@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import KquantError
+from kquant.errors import KquantError
 
 
 def is_remote(uri) -> bool:

@@ -23,8 +23,8 @@ import socket
 import threading
 import time
 
-from . import uri as uri_mod
-from .errors import NoSpaceError, TargetLockedError
+from kquant.io import uri as uri_mod
+from kquant.errors import NoSpaceError, TargetLockedError
 
 _held: dict[str, int] = {}
 _held_lock = threading.Lock()

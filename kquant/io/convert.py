@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from kquant.errors import InputError
 
 WHITE = (255, 255, 255)
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .errors import ParameterError
+from kquant.errors import ParameterError
 
 #: Column blocks of packed labels must hold a multiple of this many pixels so
 #: that every block starts on a byte boundary, whatever the bit width.

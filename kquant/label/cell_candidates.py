@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import compiled
+from kquant.jit import compiled
 
 #: log2 of a cell's side: cells of 8x8x8 colours, 32**3 of them.
 SHIFT = 3

@@ -1,0 +1,1 @@
+"""Colour primitives: 24-bit colour codes and histograms, colour spaces."""

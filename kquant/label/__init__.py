@@ -1,0 +1,1 @@
+"""Labelling pixels: nearest palette entries, dithering, packing, error metrics."""
