@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .colorspace import SPACES
 from .dither import METHODS as DITHER_METHODS
-from .errors import IncompleteStoreError, KquantError, ParameterError, TargetExistsError
+from .errors import IncompleteStoreError, KquantError, ParameterError
 from .metrics import format_bytes
 
 EXIT_INCOMPLETE = 3
@@ -164,14 +164,13 @@ def _quantize(args) -> int:
 def _decode(args) -> int:
     import numpy as np
 
-    from . import store
+    from . import atomicfile, store
 
     out = Path(args.out)
     ext = out.suffix.lower()
     if ext not in (".png", ".tif", ".tiff"):
         raise ParameterError(f"output must end in .png, .tif or .tiff, got {out.name!r}")
-    if out.exists() and not args.overwrite:
-        raise TargetExistsError(f"{out} exists (use --overwrite to replace it)")
+    out = store.check_output(out, overwrite=args.overwrite, stores=[args.store])
     st = store.open_store(args.store)
     h, w = st.shape
     if args.window:
@@ -181,12 +180,11 @@ def _decode(args) -> int:
         rgb = st.window(y0, y1, x0, x1)
     else:
         rgb = st.rgb
-    tmp = out.with_name(f".{out.name}.kquant-tmp{ext}")
-    try:
+    with atomicfile.replacing(out, overwrite=args.overwrite) as fh:
         if ext == ".png":
             import imageio.v3 as iio
 
-            iio.imwrite(tmp, np.asarray(rgb.compute(scheduler="threads")), extension=".png")
+            iio.imwrite(fh, np.asarray(rgb.compute(scheduler="threads")), extension=".png")
         else:
             import tifffile
 
@@ -203,16 +201,12 @@ def _decode(args) -> int:
                             pad[:block.shape[0], :block.shape[1]] = block
                             yield pad
 
-                tifffile.imwrite(tmp, tiles(), shape=rgb.shape, dtype=np.uint8, tile=tile,
+                tifffile.imwrite(fh, tiles(), shape=rgb.shape, dtype=np.uint8, tile=tile,
                                  photometric="rgb", compression="zlib", bigtiff=rgb.size > 2**31)
             else:
-                tifffile.imwrite(tmp, np.asarray(rgb.compute(scheduler="threads")),
+                tifffile.imwrite(fh, np.asarray(rgb.compute(scheduler="threads")),
                                  photometric="rgb", compression="zlib")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    print(f"wrote {out} ({rgb.shape[0]} x {rgb.shape[1]} px)")
+    print(f"wrote {args.out} ({rgb.shape[0]} x {rgb.shape[1]} px)")
     return 0
 
 
@@ -259,6 +253,8 @@ def _demo(args) -> int:
     from . import pipeline
 
     out = Path(args.out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise ParameterError(f"{out} is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with resources.as_file(resources.files("kquant") / "data" / "sample.jpg") as sample:
         result = pipeline.quantize(sample, out / "sample.kquant", _params(args), overwrite=True,
