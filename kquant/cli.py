@@ -2,12 +2,14 @@
 
 Every failure meant for a user ends with one line on stderr,
 ``kquant: error: <reason>``, and a non-zero exit status (2 for bad input or
-parameters, 3 for an incomplete store, 130 on Ctrl-C).
+parameters, 3 for an incomplete store, 130 on Ctrl-C). Output cut short by its reader
+(``kquant info S | head -2``) ends quietly with 141.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -16,10 +18,13 @@ from pathlib import Path
 
 from kquant.colour.spaces import SPACES
 from kquant.label.dither import METHODS as DITHER_METHODS
-from kquant.errors import IncompleteStoreError, KquantError, ParameterError, TargetExistsError
+from kquant.errors import IncompleteStoreError, KquantError, ParameterError
 from kquant.label.metrics import format_bytes
 
 EXIT_INCOMPLETE = 3
+#: Status when stdout's reader has gone (``kquant info S | head -2``): 128 + SIGPIPE, what
+#: a shell reports for ``cat`` or ``grep`` cut short the same way, so ``pipefail`` sees it.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -165,13 +170,13 @@ def _decode(args) -> int:
     import numpy as np
 
     from kquant import store
+    from kquant.io import atomicfile
 
     out = Path(args.out)
     ext = out.suffix.lower()
     if ext not in (".png", ".tif", ".tiff"):
         raise ParameterError(f"output must end in .png, .tif or .tiff, got {out.name!r}")
-    if out.exists() and not args.overwrite:
-        raise TargetExistsError(f"{out} exists (use --overwrite to replace it)")
+    out = store.check_output(out, overwrite=args.overwrite, stores=[args.store])
     st = store.open_store(args.store)
     h, w = st.shape
     if args.window:
@@ -181,12 +186,11 @@ def _decode(args) -> int:
         rgb = st.window(y0, y1, x0, x1)
     else:
         rgb = st.rgb
-    tmp = out.with_name(f".{out.name}.kquant-tmp{ext}")
-    try:
+    with atomicfile.replacing(out, overwrite=args.overwrite) as fh:
         if ext == ".png":
             import imageio.v3 as iio
 
-            iio.imwrite(tmp, np.asarray(rgb.compute(scheduler="threads")), extension=".png")
+            iio.imwrite(fh, np.asarray(rgb.compute(scheduler="threads")), extension=".png")
         else:
             import tifffile
 
@@ -203,16 +207,12 @@ def _decode(args) -> int:
                             pad[:block.shape[0], :block.shape[1]] = block
                             yield pad
 
-                tifffile.imwrite(tmp, tiles(), shape=rgb.shape, dtype=np.uint8, tile=tile,
+                tifffile.imwrite(fh, tiles(), shape=rgb.shape, dtype=np.uint8, tile=tile,
                                  photometric="rgb", compression="zlib", bigtiff=rgb.size > 2**31)
             else:
-                tifffile.imwrite(tmp, np.asarray(rgb.compute(scheduler="threads")),
+                tifffile.imwrite(fh, np.asarray(rgb.compute(scheduler="threads")),
                                  photometric="rgb", compression="zlib")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    print(f"wrote {out} ({rgb.shape[0]} x {rgb.shape[1]} px)")
+    print(f"wrote {args.out} ({rgb.shape[0]} x {rgb.shape[1]} px)")
     return 0
 
 
@@ -259,6 +259,8 @@ def _demo(args) -> int:
     from kquant import pipeline
 
     out = Path(args.out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise ParameterError(f"{out} is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with resources.as_file(resources.files("kquant") / "data" / "sample.jpg") as sample:
         result = pipeline.quantize(sample, out / "sample.kquant", _params(args), overwrite=True,
@@ -312,6 +314,43 @@ def _skip_sparse_import() -> None:
         sys.meta_path.insert(0, _NoSparseForDaskArray())
 
 
+class _StdoutClosed(Exception):
+    """The reader of stdout has gone: the command ends quietly."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: a broken pipe on it becomes
+    :class:`_StdoutClosed`, told apart from one elsewhere (a socket to a cluster)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise _StdoutClosed() from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise _StdoutClosed() from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered must not fail again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a file descriptor (captured)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
@@ -320,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"quantize": _quantize, "decode": _decode, "info": _info, "demo": _demo,
                "export": _export}[args.command]
     try:
-        return handler(args)
+        with contextlib.redirect_stdout(_GuardedStdout(sys.stdout)):
+            return handler(args)
+    except _StdoutClosed:  # quiet, like any Unix tool whose reader has gone
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         import signal
 
@@ -354,12 +397,22 @@ def run() -> None:
     skipped with ``os._exit`` once stdout and stderr are flushed. Interrupted (130), this
     also means not waiting for dask threads still finishing a computation.
     """
-    code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`kquant info | head`): nothing to keep
-            pass
+    try:
+        code = main()
+    except SystemExit as exc:  # --help, --version, usage errors: the same flush below
+        if exc.code is not None and not isinstance(exc.code, int):
+            raise
+        code = exc.code or 0
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader has gone (`kquant info | head`) before the last lines
+        code = code or EXIT_BROKEN_PIPE
+    except (OSError, ValueError):
+        pass
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
 
 

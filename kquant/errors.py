@@ -47,5 +47,11 @@ class TargetExistsError(KquantError):
     """The output exists and overwriting was not asked for."""
 
 
+class UnsafeTargetError(KquantError):
+    """The output would replace what kquant may not: the source, a folder holding it, a
+    folder or object that is not a kquant store, or the store being read (even with
+    overwriting asked for)."""
+
+
 class TargetLockedError(KquantError):
     """Another run is writing the same target."""

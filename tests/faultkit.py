@@ -21,7 +21,7 @@ from helpers import poll
 import kquant
 from kquant.store import locking
 from kquant.errors import IncompleteStoreError, StoreError
-from kquant.store.core import read_meta
+from kquant.store import read_meta
 
 DASK = str(Path(sys.executable).parent / "dask")
 REPO = Path(__file__).resolve().parents[1]

@@ -98,7 +98,7 @@ def test_existing_output_needs_overwrite(photo_png, tmp_path):
 def test_info_refuses_incomplete_and_foreign(tmp_path):
     import zarr
 
-    from kquant.store.core import StoreMeta
+    from kquant.store import StoreMeta
 
     g = zarr.open_group(str(tmp_path / "half.kq"), mode="w")
     g.attrs["kquant"] = StoreMeta(height=4, width=4, k=2, n_colors=2, bits=1, chunk_rows=4,

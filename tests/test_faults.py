@@ -33,7 +33,7 @@ from faultkit import (ARGS, FAULTS, assert_clean_finish, assert_nothing_complete
 from helpers import dask_processes
 from kquant.store import locking
 from kquant.errors import IncompleteStoreError
-from kquant.store.core import read_meta
+from kquant.store import read_meta
 
 
 @pytest.fixture(scope="module")

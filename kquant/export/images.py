@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from kquant.errors import ParameterError, TargetExistsError
+from kquant.errors import ParameterError
 
 SUFFIXES = (".png", ".tif", ".tiff")
 TIFF_TILE = 256
@@ -25,16 +26,16 @@ def png_bits(n_colors: int) -> int:
     return next(b for b in (1, 2, 4, 8) if b >= need)
 
 
-def _write_png(st, tmp: Path) -> None:
+def _write_png(st, fh: BinaryIO) -> None:
     from PIL import Image
 
     labels = np.asarray(st.labels.compute(scheduler="threads"))
     im = Image.fromarray(labels, mode="P")
     im.putpalette(st.palette.ravel().tolist(), rawmode="RGB")
-    im.save(tmp, format="PNG", optimize=True, bits=png_bits(len(st.palette)))
+    im.save(fh, format="PNG", optimize=True, bits=png_bits(len(st.palette)))
 
 
-def _write_tiff(st, tmp: Path) -> None:
+def _write_tiff(st, fh: BinaryIO) -> None:
     import tifffile
 
     h, w = st.shape
@@ -51,11 +52,11 @@ def _write_tiff(st, tmp: Path) -> None:
                     pad[:block.shape[0], :block.shape[1]] = block
                     yield pad
 
-        tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE),
+        tifffile.imwrite(fh, tiles(), shape=(h, w), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE),
                          photometric="palette", colormap=colormap, compression="zlib",
                          bigtiff=h * w > 2**31)
     else:
-        tifffile.imwrite(tmp, np.asarray(st.labels.compute(scheduler="threads")),
+        tifffile.imwrite(fh, np.asarray(st.labels.compute(scheduler="threads")),
                          photometric="palette", colormap=colormap, compression="zlib")
 
 
@@ -64,12 +65,13 @@ def export(store_uri: str | os.PathLike, out: str | os.PathLike, *,
     """Write the store at ``store_uri`` as an indexed PNG or a palette TIFF at ``out``.
 
     The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``).
-    The file is written under a temporary name and renamed into place.
+    The file is written whole or not at all (:func:`kquant.atomicfile.replacing`);
+    ``overwrite`` replaces a plain file only (:func:`kquant.store.check_output`).
 
     Returns
     -------
     Path
-        ``out``.
+        ``out``, absolute.
 
     Raises
     ------
@@ -77,23 +79,20 @@ def export(store_uri: str | os.PathLike, out: str | os.PathLike, *,
         If the suffix is not one of :data:`SUFFIXES`.
     TargetExistsError
         If ``out`` exists and ``overwrite`` is false.
+    UnsafeTargetError
+        If ``out`` lies inside the store, or is a folder (checked before any work).
     StoreError, IncompleteStoreError
         If the store cannot be opened.
     """
     from kquant import store
+    from kquant.io import atomicfile
 
     out = Path(out)
     ext = out.suffix.lower()
     if ext not in SUFFIXES:
         raise ParameterError(f"export output must end in .png, .tif or .tiff, got {out.name!r}")
-    if out.exists() and not overwrite:
-        raise TargetExistsError(f"{out} exists (use --overwrite to replace it)")
+    out = store.check_output(out, overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)
-    tmp = out.with_name(f".{out.name}.kquant-tmp{ext}")
-    try:
-        (_write_png if ext == ".png" else _write_tiff)(st, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomicfile.replacing(out, overwrite=overwrite) as fh:
+        (_write_png if ext == ".png" else _write_tiff)(st, fh)
     return out

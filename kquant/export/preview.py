@@ -30,17 +30,17 @@ def compose(original: np.ndarray, reconstruction: np.ndarray, palette: np.ndarra
     return canvas
 
 
-def write_png(path, picture: np.ndarray) -> None:
-    """Write a picture as PNG (atomically: temp file, then rename)."""
-    import os
+def write_png(path, picture: np.ndarray, *, overwrite: bool = True) -> None:
+    """Write a picture as PNG, whole or not at all (:func:`kquant.atomicfile.replacing`).
 
+    Raises
+    ------
+    TargetExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    """
     import imageio.v3 as iio
 
-    path = os.fspath(path)
-    tmp = f"{path}.kquant-tmp.png"
-    try:
-        iio.imwrite(tmp, picture, extension=".png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from kquant.io import atomicfile
+
+    with atomicfile.replacing(path, overwrite=overwrite) as fh:
+        iio.imwrite(fh, picture, extension=".png")

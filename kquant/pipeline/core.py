@@ -270,11 +270,14 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     ------
     TargetExistsError
         If ``target`` exists and ``overwrite`` is false (checked before any work).
+    UnsafeTargetError
+        If ``target`` is or holds the source, or is not a kquant store that ``overwrite``
+        may replace (see :func:`kquant.store.check_target`; checked before any work).
     InputError, StoreError
         On a bad source or a failed write; no store is left behind.
     """
     params = params or QuantizeParams()
-    store.check_target(target, overwrite=overwrite)
+    store.check_target(target, overwrite=overwrite, source=source)
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     if in_memory.eligible(src, params, address=address, target=target):  # one chunk: no dask
         palette = np.asarray(palette, np.uint8)
@@ -316,11 +319,25 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
 
 
 def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = None, *,
-            max_pixels: int | None = None, max_width: int = 1600) -> str:
-    """Write original | reconstruction with the palette strip to ``out`` (PNG)."""
+            max_pixels: int | None = None, max_width: int = 1600,
+            overwrite: bool = True) -> str:
+    """Write original | reconstruction with the palette strip to ``out`` (PNG).
+
+    ``overwrite`` replaces an existing plain file at ``out`` (the default: a preview is
+    derived output); the source, folders and anything inside the source are never
+    replaced (:func:`kquant.store.check_output`).
+
+    Raises
+    ------
+    UnsafeTargetError, TargetExistsError, StoreError
+        As :func:`kquant.store.check_output` (checked before any work).
+    InputError
+        On a bad source.
+    """
     from kquant.export import preview as pv
 
     params = params or QuantizeParams()
+    out = store.check_output(out, overwrite=overwrite, sources=[source])
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     step = pv.stride_for(src.height, src.width, max_width)
     if in_memory.eligible(src, params):
@@ -333,7 +350,7 @@ def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = No
     labels = (dither.label_block(small, palette, **options) if options
               else assign.nearest_block(small, palette))
     recon = np.asarray(palette, np.uint8)[labels]
-    pv.write_png(out, pv.compose(small, recon, palette))
+    pv.write_png(out, pv.compose(small, recon, palette), overwrite=overwrite)
     return str(out)
 
 
@@ -405,6 +422,10 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
     ------
     TargetLockedError
         If another run is writing ``target`` (checked before any work).
+    UnsafeTargetError
+        If ``target`` or ``preview_path`` may not be written, even with ``overwrite``
+        (:func:`kquant.store.check_target`, :func:`kquant.store.check_output`; checked
+        before any work).
     KquantError
         Any user-facing failure (bad input, bad parameters, existing target);
         nothing is left at ``target`` or ``preview_path`` then.
@@ -412,7 +433,9 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
     from kquant.store import locking
 
     params = params or QuantizeParams()
-    target = store.check_target(target, overwrite=overwrite)
+    target = store.check_target(target, overwrite=overwrite, source=source)
+    if preview_path is not None:
+        store.check_output(preview_path, overwrite=overwrite, sources=[source], stores=[target])
     with locking.hold(target):  # fail fast if another run writes the same target
         return _quantize(source, target, params, overwrite=overwrite, preview_path=preview_path,
                          max_pixels=max_pixels, address=address, progress=progress,
@@ -423,13 +446,6 @@ def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, ad
               palette=None):
     timings = {}
     t0 = time.perf_counter()
-    if preview_path is not None and not overwrite:
-        from pathlib import Path
-
-        if Path(preview_path).exists():
-            from kquant.errors import TargetExistsError
-
-            raise TargetExistsError(f"{preview_path} exists (use --overwrite to replace it)")
     imposed = None
     if palette is not None:
         imposed, params = imposed_palette(palette, params)
@@ -452,7 +468,8 @@ def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, ad
     written_preview = None
     if preview_path is not None:
         t = time.perf_counter()
-        written_preview = preview(src, result.palette, preview_path, params, max_pixels=max_pixels)
+        written_preview = preview(src, result.palette, preview_path, params, max_pixels=max_pixels,
+                                  overwrite=overwrite)
         timings["preview"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return QuantizeResult(target=uri_mod.normalise(target), meta=meta, fit=result,

@@ -2,5 +2,5 @@
 
 from kquant.store.core import (FORMAT, FORMAT_VERSION, READABLE_VERSIONS, STATUS_COMPLETE,
                                STATUS_WRITING, DirectStoreWriter, KquantStore, StoreMeta,
-                               StoreWriter, check_target, chunk_digest, combine_digests,
+                               StoreWriter, check_output, check_target, chunk_digest, combine_digests,
                                open_store, read_meta, write_packed_chunk, zstd_level)

@@ -28,7 +28,7 @@ def _artifacts(client, flow_run_id) -> dict:
 
 def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
     """`prefect deployment run 'quantize-image/adhoc' --param ... --watch` on the real stack."""
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     src = write_png(tmp_path / "holiday.png", photo(120, 160, seed=5))
     target = tmp_path / "holiday.kquant"
@@ -95,7 +95,7 @@ def _run_scheduled_now(stack, client, deployment_id):
 
 
 def test_scheduled_inbox_processes_new_images_then_skips_them(prefect_stack):
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     inbox, outbox = prefect_stack.inbox, prefect_stack.outbox
     with prefect_stack.client() as client:

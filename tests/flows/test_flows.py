@@ -50,7 +50,7 @@ def _run_id(state):
 
 def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path):
     from flows.quantize import quantize_image
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     src = write_png(tmp_path / "photo.png", photo(90, 130, seed=1))
     state = quantize_image(source=str(src), target=str(tmp_path / "a.kquant"), k=8,
@@ -112,7 +112,7 @@ def test_quantize_image_on_an_existing_dask_cluster(harness, tmp_path):
     from distributed import LocalCluster
 
     from flows.quantize import quantize_image
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     src = write_png(tmp_path / "p.png", photo(64, 72, seed=4))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
@@ -182,7 +182,7 @@ def _tiles(folder: Path, n: int, *, seed: int = 7, age: float = 60.0) -> list[Pa
 
 def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     from flows.batch import quantize_batch
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
@@ -238,7 +238,7 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
 
 def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_path):
     from flows.batch import quantize_batch
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     (inbox / "sub").mkdir(parents=True)
@@ -308,7 +308,7 @@ def test_io_tasks_retry_io_errors_but_not_bad_input(harness):
 
 def test_batch_shared_palette_goes_on_without_a_corrupt_tile(harness, tmp_path):
     from flows.batch import quantize_batch
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()

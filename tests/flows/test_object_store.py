@@ -26,7 +26,7 @@ def _artifacts(client, flow_run_id) -> dict:
 
 def test_quantize_image_s3_to_s3_with_cached_rerun(harness, client, s3, tmp_path):
     from flows.quantize import quantize_image
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     s3.put_file(str(write_png(tmp_path / "p.png", photo(60, 90, seed=41))), "kqflows/src/p.png")
     state = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
@@ -54,7 +54,7 @@ def test_quantize_image_s3_to_s3_with_cached_rerun(harness, client, s3, tmp_path
 
 def test_batch_over_an_s3_prefix(harness, client, s3, tmp_path):
     from flows.batch import quantize_batch
-    from kquant.store.core import open_store
+    from kquant.store import open_store
 
     big = photo(48, 120, seed=42)
     for i in range(3):
