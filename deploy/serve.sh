@@ -19,6 +19,8 @@ PY="$(dirname "$(command -v "$PREFECT")")/python"
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
+# the worker (and the flow runs it starts) ride out a server restart: see deploy/prefect.yaml
+export PREFECT_CLIENT_MAX_RETRIES="${PREFECT_CLIENT_MAX_RETRIES:-8}"
 
 server_pid="" worker_pid=""
 stop() {  # TERM, then KILL after a grace period (a worker can ignore TERM for a minute)

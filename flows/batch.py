@@ -2,8 +2,10 @@
 
 * one store per image: ``<outbox>/<relative path>.kquant`` (e.g. ``tile-07.png``
   -> ``tile-07.png.kquant``), plus ``<...>-preview.png``;
-* images whose complete store already exists are skipped, so a rerun (and the
-  scheduled ``inbox`` deployment) only processes newly arrived images;
+* images whose complete store was made from the same file (path, size, mtime,
+  ETag) with the same parameters are skipped, so a rerun (and the scheduled
+  ``inbox`` deployment) only processes newly arrived images; a complete store of
+  another version of the image or of other parameters fails that image (untouched);
 * files still being copied in are left for the next run: hidden and partial
   names (``.x``, ``*.part``, ``*.tmp``, ...) and files modified less than
   ``settle_seconds`` ago are not picked up;
@@ -29,6 +31,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import (create_image_artifact, create_markdown_artifact,
                                create_table_artifact)
 from prefect.futures import wait
+from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
 
 from flows import tasks
@@ -228,8 +231,10 @@ def quantize_batch(
     dict
         ``processed``, ``skipped``, ``failed`` (name -> reason) and per-image results.
 
-    The run ends Failed if any image failed (each reason is logged on one line);
-    the other images are still processed.
+    The run ends Failed if any image failed (each reason is logged on one line, no
+    traceback); the other images are still processed. Once the stores are written, an
+    unreachable Prefect API is waited for before the artifacts are made (as in
+    ``quantize-image``).
     """
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -250,16 +255,33 @@ def quantize_batch(
         if not kuri.is_remote(out_root):
             Path(out_root).mkdir(parents=True, exist_ok=True)
     except KquantError as exc:
-        logger.error("quantize-batch failed: %s", exc)
-        raise
+        # a user error: one line in the log, the run Failed with it (no traceback)
+        logger.error("quantize-batch failed: %s", tasks.one_line(exc))
+        return Failed(message=tasks.one_line(exc), data=exc)
+
+    # an imposed palette first: the stores made with it record its parameters
+    shared_fit = imposed = palette_failure = None
+    if palette is not None and images:
+        loaded = tasks.load_palette.submit(palette, params)
+        loaded.wait()
+        if loaded.state.is_completed():
+            imposed = dict(loaded.result())
+            params = imposed.pop("params")
+            shared_fit = {"palette": imposed["palette"], "imposed": True}
+        else:
+            palette_failure = loaded
 
     todo, skipped, failed, done_targets = [], [], {}, []
     for path, rel in images:
         target = tasks.join(out_root, rel + tasks.STORE_SUFFIX)
         status = tasks.store_status(target)
-        if status == "complete":
-            skipped.append(rel)
-            done_targets.append(target)
+        if status == "complete":  # (with a palette that fails to load: cannot tell)
+            blocker = None if palette_failure else _not_done_here(target, path, params, imposed)
+            if blocker:
+                failed[rel] = blocker
+            else:
+                skipped.append(rel)
+                done_targets.append(target)
         elif status == "other":
             failed[rel] = f"{target} exists and is not a complete kquant store; remove it"
         else:
@@ -269,19 +291,13 @@ def quantize_batch(
     logger.info("%d images in %s: %d new, %d already done (skipped)%s", len(images),
                 tasks.canonical(inbox), len(todo), len(skipped),
                 f", {len(failed)} blocked" if failed else "")
+    for rel in sorted(failed):
+        logger.error("%s: %s", rel, failed[rel])
 
     # one palette for everyone, if asked
-    shared_fit = imposed = None
-    if palette is not None and todo:
-        loaded = tasks.load_palette.submit(palette, params)
-        loaded.wait()
-        if loaded.state.is_completed():
-            imposed = dict(loaded.result())
-            params = imposed.pop("params")
-            shared_fit = {"palette": imposed["palette"], "imposed": True}
-        else:
-            todo = _fail_all(todo, failed, "palette", loaded, logger)
-    elif shared_palette and todo:
+    if palette_failure is not None and todo:
+        todo = _fail_all(todo, failed, "palette", palette_failure, logger)
+    elif shared_palette and imposed is None and todo:
         reused = _existing_shared_palette(done_targets, params) if done_targets else None
         if reused is not None:
             logger.info("reusing the shared palette of %d existing stores", len(done_targets))
@@ -354,13 +370,34 @@ def quantize_batch(
            "processed": [r["image"] for r in results], "skipped": skipped, "failed": failed,
            "results": results, "shared_palette": shared_fit["palette"] if shared_fit else None,
            "seconds": round(seconds, 3)}
-    _batch_artifacts(out, shared_fit)
+    tasks.publish(lambda: _batch_artifacts(out, shared_fit), logger, f"the batch {out_root}",
+                  f"{len(results)} stores are written and verified")
     logger.info("processed %d, skipped %d, failed %d in %.2f s", len(results), len(skipped),
                 len(failed), seconds)
-    if failed:
-        raise KquantError(f"{len(failed)} of {len(images)} images failed: "
+    if failed:  # each reason is logged above, on its own line
+        exc = KquantError(f"{len(failed)} of {len(images)} images failed: "
                           + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
+        logger.error("quantize-batch failed: %s", tasks.one_line(exc))
+        return Failed(message=tasks.one_line(exc), data=exc)
     return out
+
+
+def _not_done_here(target: str, source: str, params: dict, imposed: dict | None) -> str | None:
+    """Why the complete store at ``target`` is not this run's result for ``source`` (a
+    one-line reason), or None when it is: the same file (URI, size, mtime, ETag), the same
+    parameters and, with an imposed palette, that palette. A store that does not record
+    its source's identity is taken as done."""
+    try:
+        meta = store.read_meta(target)
+    except KquantError as exc:
+        return tasks.one_line(exc)
+    if "mtime_ns" not in meta.source:
+        return None
+    if tasks.finished_store(target, source, params,
+                            imposed["palette"] if imposed else None) is not None:
+        return None
+    return (f"{target} exists, made from another version of the image or with other "
+            "parameters; remove it to quantize the image again")
 
 
 def _batch_artifacts(out: dict, shared_fit: dict | None) -> None:

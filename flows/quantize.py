@@ -20,6 +20,7 @@ import sys
 import time
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
 from flows import tasks
 from kquant.colour.spaces import SPACES
@@ -86,19 +87,35 @@ def quantize_image(
     -------
     dict
         Store path, PSNR, MSE, bits/px, palette (hex), timings, whether the fit
-        came from the cache.
+        came from the cache, and ``already_done``: true when ``target`` already held
+        this run's result (the complete store of an earlier run with the same source,
+        i.e. the same file by URI, size, mtime and ETag, and the same parameters), then
+        read from the store and not rewritten.
 
-    A bad input, bad parameters or an existing target end the run Failed with
-    the one-line reason in its log; no store is left at ``target`` then.
+    A bad input, bad parameters or an existing target of another source or other
+    parameters end the run Failed with the one-line reason in its log (no traceback);
+    no store is left at ``target`` then. Once the store is complete, an unreachable
+    Prefect API is waited for (:func:`flows.tasks.wait_for_api`) before the artifacts
+    are made, and failing to make them is only a warning.
     """
     logger = get_run_logger()
+    t0 = time.perf_counter()
     try:
         tasks.sanitise_scheduler_env()
         address = tasks.clean_address(address)
         params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard, space,
                                    dither, target_psnr).to_json()
-        t0 = time.perf_counter()
         target = tasks.canonical(target)
+        if not overwrite and tasks.store_status(target) == "complete":
+            # this run's own store (an earlier run completed it): nothing to do
+            imposed = tasks.load_palette(palette, params) if palette is not None else None
+            done = tasks.finished_store(target, source, imposed["params"] if imposed else params,
+                                        imposed["palette"] if imposed else None)
+            if done is not None:
+                return _already_done(done, target, t0, logger)
+            raise TargetExistsError(f"{target} exists, made from another source, another "
+                                    "version of it or other parameters (run with "
+                                    "overwrite=true to replace it)")
         try:  # fail before any work: an existing target, a missing folder
             tasks.store.check_target(target, overwrite=overwrite)
         except TargetExistsError:
@@ -108,7 +125,7 @@ def quantize_image(
         timings["inspect"] = time.perf_counter() - t0
 
         if palette is not None:  # imposed: no fit, k is the palette's size
-            fit = tasks.load_palette(palette, params)
+            fit = dict(tasks.load_palette(palette, params))
             params = fit.pop("params")
             fit_cached = False
         else:
@@ -125,26 +142,43 @@ def quantize_image(
         timings["assign_write"] = written["seconds"]
         verified = tasks.verify_store(target, address)
         timings["verify"] = verified["seconds"]
-        shown = None
-        if preview:
-            try:
-                shown = tasks.write_preview(src, fit["palette"], tasks.preview_path(target),
-                                            params, max_pixels)
-                timings["preview"] = shown["seconds"]
-            except Exception as exc:  # the store is complete and verified; a preview is extra
-                logger.warning("no preview: %s", " ".join(str(exc).split()))
-        timings["total"] = time.perf_counter() - t0
-        result = tasks.summary(src, target, fit, fit_cached, written, verified, shown, timings)
-        if fit_cached:
-            result["timings"]["fit_original"] = fit["seconds"]
-        tasks.report(result, tasks.slug(tasks.name_of(target)))
-        psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f} dB"
-        logger.info("done: %s, PSNR %s, %.3f bits/px, %.2f s", result["target"], psnr,
-                    result["store_bits_per_pixel"], timings["total"])
-        return result
     except KquantError as exc:
-        logger.error("quantize-image failed: %s", exc)
-        raise
+        # a user error: one line in the log, the run Failed with it (no traceback)
+        logger.error("quantize-image failed: %s", tasks.one_line(exc))
+        return Failed(message=tasks.one_line(exc), data=exc)
+    shown = None
+    if preview:
+        try:
+            shown = tasks.write_preview(src, fit["palette"], tasks.preview_path(target),
+                                        params, max_pixels)
+            timings["preview"] = shown["seconds"]
+        except Exception as exc:  # the store is complete and verified; a preview is extra
+            logger.warning("no preview: %s", tasks.one_line(exc))
+    timings["total"] = time.perf_counter() - t0
+    result = tasks.summary(src, target, fit, fit_cached, written, verified, shown, timings)
+    if fit_cached:
+        result["timings"]["fit_original"] = fit["seconds"]
+    _report(result, logger)
+    psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f} dB"
+    logger.info("done: %s, PSNR %s, %.3f bits/px, %.2f s", result["target"], psnr,
+                result["store_bits_per_pixel"], timings["total"])
+    return result
+
+
+def _report(result: dict, logger) -> None:
+    """The run's artifacts, once the Prefect API answers (a failure is a warning)."""
+    tasks.publish(lambda: tasks.report(result, tasks.slug(tasks.name_of(result["target"]))),
+                  logger, result["target"],
+                  f"the store {result['target']} is complete and verified")
+
+
+def _already_done(st, target: str, t0: float, logger) -> dict:
+    result = tasks.stored_summary(st, target, time.perf_counter() - t0)
+    logger.info("already done: %s is the complete store of %s with these parameters "
+                "(checksum %s); nothing rewritten", result["target"], result["source"],
+                result["checksum"])
+    _report(result, logger)
+    return result
 
 
 # --------------------------------------------------------------------------- command line
@@ -176,6 +210,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _client_retries():
+    """:data:`flows.tasks.CLIENT_MAX_RETRIES` retries of each Prefect API request, unless
+    ``PREFECT_CLIENT_MAX_RETRIES`` is set (a context manager)."""
+    import contextlib
+    import os
+
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    if os.environ.get("PREFECT_CLIENT_MAX_RETRIES"):
+        return contextlib.nullcontext()
+    return temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: tasks.CLIENT_MAX_RETRIES})
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -196,20 +243,32 @@ def main(argv: list[str] | None = None) -> int:
         source, target = args.source, args.target
     else:
         _parser().error("give SOURCE and TARGET, or --demo")
-    state = quantize_image(source=source, target=target, k=args.colors, seed=args.seed,
-                           sample_size=args.sample, chunk=args.chunk, restarts=args.restarts,
-                           overwrite=overwrite, preview=args.preview, address=args.address,
-                           max_pixels=args.max_pixels, space=args.space, dither=args.dither,
-                           target_psnr=args.target_psnr, palette=args.palette,
-                           return_state=True)
+    try:
+        with _client_retries():
+            state = quantize_image(source=source, target=target, k=args.colors,
+                                   seed=args.seed, sample_size=args.sample, chunk=args.chunk,
+                                   restarts=args.restarts, overwrite=overwrite,
+                                   preview=args.preview, address=args.address,
+                                   max_pixels=args.max_pixels, space=args.space,
+                                   dither=args.dither, target_psnr=args.target_psnr,
+                                   palette=args.palette, return_state=True)
+    except Exception as exc:  # Prefect could not start the run or record its state
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+        print(f"quantize-image: error: the Prefect API {f'at {url}' if url else '(ephemeral)'} "
+              f"failed ({type(exc).__name__}: {tasks.one_line(exc)}); the run's state was "
+              "not recorded", file=sys.stderr)
+        return 1
     if not state.is_completed():
         print(f"quantize-image: error: {state.message}", file=sys.stderr)
         return 1
     r = state.result()
     psnr = "inf (lossless)" if r["psnr"] is None else f"{r['psnr']:.2f} dB"
-    imposed = r["n_unique"] is None
-    colours = "" if imposed else f", {r['n_unique']} colours"
-    how = "imposed" if imposed else "cached" if r["fit_cached"] else "fitted"
+    colours = "" if r["n_unique"] is None else f", {r['n_unique']} colours"
+    how = ("already done (complete store of this source and these parameters; not rewritten)"
+           if r["already_done"] else "imposed" if r["n_unique"] is None else
+           "cached" if r["fit_cached"] else "fitted")
     print(f"store      {r['target']}\n"
           f"image      {r['height']} x {r['width']} px{colours}\n"
           f"palette    {r['n_colors']} colours ({r['bits']} bits/px)\n"

@@ -256,6 +256,10 @@ def _fit_info(fit: list | dict):
 
 
 IO_RETRIES = dict(retries=2, retry_delay_seconds=1, retry_condition_fn=_not_user_error)
+#: The fits retry once, on anything but a user error. A task whose retry condition declines
+#: fails without Prefect logging a traceback (the flow logs the one-line reason); a task
+#: with no retries left logs the exception's traceback.
+FIT_RETRIES = dict(retries=1, retry_delay_seconds=1, retry_condition_fn=_not_user_error)
 
 
 # --------------------------------------------------------------------------- cache keys
@@ -295,7 +299,7 @@ def inspect_source(source: str, max_pixels: int | None = None) -> dict:
 
 
 @task(name="fit-palette", cache_key_fn=fit_cache_key, persist_result=True,
-      result_serializer="json")
+      result_serializer="json", **FIT_RETRIES)
 def fit_palette(source: dict, params: dict, max_pixels: int | None = None,
                 address: str | None = None) -> dict:
     """Fit the palette of one image; cached on the source's identity and the fit parameters."""
@@ -324,7 +328,7 @@ def load_palette(palette: str | list, params: dict) -> dict:
 
 
 @task(name="fit-shared-palette", cache_key_fn=shared_fit_cache_key, persist_result=True,
-      result_serializer="json")
+      result_serializer="json", **FIT_RETRIES)
 def fit_shared_palette(sources: list[dict], params: dict, max_pixels: int | None = None,
                        address: str | None = None) -> dict:
     """Fit one palette on all the images together (histograms merged, sample drawn across them)."""
@@ -413,6 +417,77 @@ def write_preview(source: dict, palette: list | dict, out: str, params: dict,
     return {"path": out, "seconds": round(time.perf_counter() - t0, 3)}
 
 
+# --------------------------------------------------------------------------- Prefect API
+
+#: Retries of each Prefect API request (exponential back-off of 2, 4, ... 256 s: about
+#: 8.5 minutes in all) for ``python -m flows.quantize``; deploy/prefect.yaml sets the same
+#: for the deployments' flow runs (``PREFECT_CLIENT_MAX_RETRIES``).
+CLIENT_MAX_RETRIES = 8
+#: How long a flow whose store is complete waits for an unreachable Prefect API before it
+#: reports (artifacts, then the run's final state); ``$KQUANT_API_WAIT_SECONDS``.
+API_WAIT_SECONDS = 900.0
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name if it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def api_answers() -> bool:
+    """Whether the Prefect API answers its health check now (one request, no retries)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    try:
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+            # its own client (other httpx settings than the run's): no retries, short timeout
+            with get_client(sync_client=True, httpx_settings={"timeout": 5.0}) as client:
+                return client.api_healthcheck() is None
+    except Exception:
+        return False
+
+
+def wait_for_api(logger, what: str, timeout: float | None = None,
+                 interval: float = 2.0) -> bool:
+    """Wait until the Prefect API answers, at most ``timeout`` s (default
+    ``$KQUANT_API_WAIT_SECONDS`` or :data:`API_WAIT_SECONDS`); True if it does.
+
+    A server that is down longer than the client's retries would otherwise fail the report
+    and leave the run Running on the server: polled every ``interval`` s, the API is found
+    again within seconds of its return. With Prefect's ephemeral API (no
+    ``PREFECT_API_URL``), the server is a child of this process: no wait.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value() or api_answers():
+        return True
+    if timeout is None:
+        timeout = float(os.environ.get("KQUANT_API_WAIT_SECONDS") or API_WAIT_SECONDS)
+    logger.warning("the Prefect API at %s does not answer; %s; waiting up to %.0f s for it",
+                   PREFECT_API_URL.value(), what, timeout)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(interval)
+        if api_answers():
+            logger.info("the Prefect API answers again (after %.0f s)", time.monotonic() - t0)
+            return True
+    logger.warning("the Prefect API did not answer in %.0f s", timeout)
+    return False
+
+
+def publish(make_artifacts, logger, what: str, done: str) -> None:
+    """Create a run's artifacts with ``make_artifacts()`` once the API answers.
+
+    Artifacts are extras: failing to create them (after the client's retries) is a
+    warning, never a failed run; ``done`` says what is finished regardless (logged).
+    """
+    wait_for_api(logger, done)
+    try:
+        make_artifacts()
+    except Exception as exc:
+        logger.warning("no artifacts for %s: %s", what, one_line(exc))
+
+
 # --------------------------------------------------------------------------- reporting
 
 def palette_rows(palette: list, counts: list | None) -> list[dict]:
@@ -442,13 +517,56 @@ def summary(source: dict, target: str, fit: dict, fit_cached: bool, written: dic
         "palette_counts": m["palette_counts"],
         "preview": preview["path"] if preview else None,
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        "already_done": False,
+    }
+
+
+def finished_store(target: str, source: str, params: dict, palette: list | None = None):
+    """The complete store at ``target`` if it is this run's result, else None.
+
+    This run's result: made from ``source`` as it is now (same URI, size, mtime and ETag,
+    see :func:`kquant.pipeline.same_source`), with the same parameters and, when ``palette``
+    is given (imposed), that palette. A store that does not record its source's identity
+    is not recognised.
+    """
+    try:
+        st = store.open_store(target)
+        same = (QuantizeParams.from_json(st.meta.params).to_json()
+                == QuantizeParams.from_json(params).to_json())
+    except KquantError:
+        return None
+    if not same or not pipeline.same_source(st.meta.source, source):
+        return None
+    if palette is not None and st.palette.tolist() != [[int(v) for v in c] for c in palette]:
+        return None
+    return st
+
+
+def stored_summary(st, target: str, seconds: float) -> dict:
+    """The flow's result for a store an earlier run completed (as :func:`summary`, read
+    from the store: no colour count, the checksum recorded, the preview if it is there)."""
+    m = st.meta.metrics
+    preview = preview_path(target)
+    return {
+        "source": st.meta.source["uri"], "target": canonical(target),
+        "height": st.meta.height, "width": st.meta.width, "n_colors": st.meta.n_colors,
+        "bits": st.meta.bits, "psnr": m["psnr"], "mse": m["mse"],
+        "store_bytes": m["store_bytes"], "store_bits_per_pixel": m["store_bits_per_pixel"],
+        "n_unique": None, "fit_cached": False, "checksum": st.meta.checksum,
+        "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in st.palette.tolist()],
+        "palette_counts": m["palette_counts"],
+        "preview": preview if exists(preview) else None,
+        "timings": {"total": round(seconds, 3)},
+        "already_done": True,
     }
 
 
 def markdown_report(s: dict) -> str:
     psnr = "∞ (lossless)" if s["psnr"] is None else f"{s['psnr']:.2f} dB"
     t = s["timings"]
-    fit = ("imposed (no fit)" if s["n_unique"] is None else
+    fit = ("already done (the complete store of an earlier run with this source and these "
+           "parameters; nothing rewritten)" if s.get("already_done") else
+           "imposed (no fit)" if s["n_unique"] is None else
            f"cached (no refit; fitted earlier in {t.get('fit', 0):.2f} s)" if s["fit_cached"]
            else f"fitted in {t.get('fit', 0):.2f} s")
     colours = "" if s["n_unique"] is None else f", {s['n_unique']:,} colours"
@@ -466,14 +584,14 @@ def markdown_report(s: dict) -> str:
         f"(raw RGB: 24 bits/px) |",
         f"| fit | {fit} |",
         f"| timings | {steps}; total {t.get('total', 0):.2f} s |",
-        f"| checksum | `{s['checksum']}` (verified) |",
+        f"| checksum | `{s['checksum']}` "
+        f"({'recorded, verified when written' if s.get('already_done') else 'verified'}) |",
     ]
     if s.get("preview"):
         lines.append(f"| preview | `{display_uri(s['preview'])}` |")
     return "\n".join(lines) + "\n"
 
 
-@task(name="report", cache_policy=NO_CACHE)
 def report(s: dict, key: str) -> dict:
     """Artifacts for the UI: markdown summary, palette table, preview image.
 

@@ -47,6 +47,31 @@ def test_same_seed_gives_byte_identical_store(photo_png, tmp_path):
     assert a.keys() == b.keys() and a == b
 
 
+def test_the_store_records_its_source_identity(photo_png, tmp_path):
+    """The store's ``source`` holds the file's identity; same_source tells the same file from
+    another version of it (new mtime), another path, or a record without the identity."""
+    import os
+    import shutil
+
+    from kquant import pipeline
+
+    path, _ = photo_png
+    src = shutil.copy(path, tmp_path / "in.png")
+    kquant.quantize(src, tmp_path / "s.kq", QuantizeParams(k=4, restarts=0))
+    record = kquant.open_store(tmp_path / "s.kq").meta.source
+    st = os.stat(src)
+    assert {k: record[k] for k in ("uri", "size_bytes", "mtime_ns", "etag")} == {
+        "uri": str(src), "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "etag": ""}
+    assert pipeline.same_source(record, src)
+    assert pipeline.same_source(record, f"file://{src}")
+    assert not pipeline.same_source(record, path)  # another path
+    assert not pipeline.same_source({k: v for k, v in record.items() if k != "mtime_ns"}, src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert not pipeline.same_source(record, src)
+    os.unlink(src)
+    assert not pipeline.same_source(record, src)
+
+
 def test_few_colours_are_lossless(tmp_path):
     rng = np.random.default_rng(4)
     colours = rng.integers(0, 256, size=(6, 3), dtype=np.uint8)

@@ -3,5 +3,5 @@
 from kquant.pipeline.core import (LUT_MIN_PIXELS, QuantizeResult, fit, fit_histogram, imposed_fit,
                                   imposed_palette, inspect, preview, quantize, sample_chunks,
                                   sample_graph, source_record, store_chunks, store_shards,
-                                  uses_lut, write, write_metrics)
+                                  same_source, uses_lut, write, write_metrics)
 from kquant.pipeline.shared_palette import fit_shared

@@ -28,6 +28,7 @@ from kquant.label import packing
 from kquant.io import readers
 from kquant.fit import sampling
 from kquant.io import uri as uri_mod
+from kquant.errors import KquantError
 from kquant.fit import FitResult, fit_for_psnr, fit_palette
 from kquant.fit.tuning import SAMPLE_FIT_MIN_PIXELS
 from kquant.params import QuantizeParams
@@ -213,9 +214,28 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
 
 
 def source_record(src: ImageSource) -> dict:
-    """The ``source`` attribute of a store written from ``src``."""
+    """The ``source`` attribute of a store written from ``src``: what it was and the file's
+    identity (URI, size, mtime, ETag), so a rerun can tell its own store (:func:`same_source`)."""
     return {"uri": src.uri, "format": src.format, "size_bytes": src.size_bytes,
-            "orientation": src.orientation, "mode": src.mode}
+            "mtime_ns": src.mtime_ns, "etag": src.etag, "orientation": src.orientation,
+            "mode": src.mode}
+
+
+def same_source(record: dict, source) -> bool:
+    """Whether a store's ``source`` record names ``source`` as it is now: same URI, size,
+    modification time and ETag (a stat, no decoding); False if the record predates the
+    identity fields or the source cannot be reached."""
+    if "mtime_ns" not in record:
+        return False
+    uri = uri_mod.normalise(source)
+    if record.get("uri") != uri:
+        return False
+    try:
+        size, mtime_ns, etag = readers._stat(uri)
+    except (OSError, ValueError, StopIteration, KquantError):
+        return False
+    return (record.get("size_bytes"), record.get("mtime_ns"), record.get("etag", "")) == (
+        size, mtime_ns, etag)
 
 
 def write_metrics(sse: int, counts, n_pixels: int, params: QuantizeParams,

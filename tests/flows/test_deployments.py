@@ -28,6 +28,7 @@ def _artifacts(client, flow_run_id) -> dict:
 
 def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
     """`prefect deployment run 'quantize-image/adhoc' --param ... --watch` on the real stack."""
+    from flows.tasks import CLIENT_MAX_RETRIES
     from kquant.store import open_store
 
     src = write_png(tmp_path / "holiday.png", photo(120, 160, seed=5))
@@ -56,6 +57,9 @@ def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
         assert deployment.name == "adhoc" and not deployment.schedules
         assert deployment.work_pool_name == "kquant"
         assert "DASK_SCHEDULER_ADDRESS" in deployment.job_variables["env"]
+        # the flow runs' Prefect client rides out a server restart
+        assert deployment.job_variables["env"]["PREFECT_CLIENT_MAX_RETRIES"] == str(
+            CLIENT_MAX_RETRIES)
         arts = _artifacts(client, run.id)
     assert {a.type for a in arts.values()} == {"markdown", "table", "image"}
     md = arts["holiday-kquant-summary"].data

@@ -162,6 +162,8 @@ def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
     logs = _logs(client, _run_id(state), "quantize-image failed:")
     line = next(m for m in logs if m.startswith("quantize-image failed:"))
     assert expect in line and "\n" not in line
+    # one line each: no traceback in the run's logs (the flow's, nor a task's)
+    assert not [m for m in logs if "Traceback" in m or "\n" in m], logs
     # nothing complete-looking is left behind
     if case == "target-exists":
         assert (target / "keep.txt").read_text() == "user data"
@@ -169,6 +171,56 @@ def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
     else:
         assert _leftovers(tmp_path) == []
         assert not (tmp_path / "no").exists()
+
+
+def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, client,
+                                                                    tmp_path):
+    """Its complete store is recognised (same file: path, size, mtime; same parameters) and
+    the run ends Completed "already done" without rewriting it; another version of the
+    source, other parameters or another imposed palette are refused; overwrite rewrites."""
+    from flows.quantize import quantize_image
+    from kquant.store import open_store
+
+    src = write_png(tmp_path / "p.png", photo(70, 90, seed=21))
+    target = tmp_path / "p.kquant"
+    kw = dict(source=str(src), target=str(target), k=6, sample_size=3000)
+    first = quantize_image(**kw, return_state=True)
+    assert first.is_completed(), first.message
+    assert first.result()["already_done"] is False
+    stamps = {p: p.stat().st_mtime_ns for p in target.rglob("*")}
+
+    again = quantize_image(**kw, return_state=True)
+    assert again.is_completed(), again.message
+    r = again.result()
+    assert r["already_done"] is True and r["checksum"] == first.result()["checksum"]
+    assert {k: r[k] for k in ("psnr", "palette", "palette_counts", "n_colors", "preview")} == {
+        k: first.result()[k] for k in ("psnr", "palette", "palette_counts", "n_colors",
+                                       "preview")}
+    assert {p: p.stat().st_mtime_ns for p in target.rglob("*")} == stamps
+    assert any(m.startswith("already done: ") for m in _logs(client, _run_id(again),
+                                                             "already done"))
+    assert "already done" in _artifacts(client, _run_id(again))["p-kquant-summary"].data
+
+    for changed in (dict(k=5), dict(seed=1), dict(space="lab")):
+        other = quantize_image(**dict(kw, **changed), return_state=True)
+        assert other.is_failed() and "exists" in other.message, (changed, other.message)
+    t = time.time() + 5
+    os.utime(src, (t, t))  # the same path, another version of the file
+    touched = quantize_image(**kw, return_state=True)
+    assert touched.is_failed() and "exists" in touched.message
+    assert {p: p.stat().st_mtime_ns for p in target.rglob("*")} == stamps
+
+    rewritten = quantize_image(**kw, overwrite=True, return_state=True)
+    assert rewritten.is_completed() and rewritten.result()["already_done"] is False
+    assert quantize_image(**kw, return_state=True).result()["already_done"] is True
+
+    # an imposed palette: the same palette again is done, another one is refused
+    pal = open_store(target).palette.tolist()
+    kw = dict(kw, target=str(tmp_path / "q.kquant"), palette=pal, preview=False)
+    assert quantize_image(**kw, return_state=True).result()["already_done"] is False
+    assert quantize_image(**kw, return_state=True).result()["already_done"] is True
+    other = quantize_image(**dict(kw, palette=pal[::-1]), return_state=True)
+    assert other.is_failed() and "exists" in other.message
 
 
 # --------------------------------------------------------------------------- quantize-batch
@@ -225,7 +277,7 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
 
     # a new tile arrives (and one still being written is left for later): only it is processed,
     # remapped onto the palette the existing stores share
-    new = _tiles(inbox, 4, age=60)[3]
+    new = write_png(inbox / "tile-03.png", photo(64, 48, seed=17), age_seconds=60)
     write_png(inbox / "fresh.png", photo(20, 20, seed=3))  # modified just now
     third = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=6, sample_size=4000,
                            shared_palette=True, settle_seconds=5, return_state=True)
@@ -269,13 +321,46 @@ def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_pat
         ("sub/b.png", "skipped (store exists)")]
 
 
-def test_batch_fails_on_a_missing_inbox(harness, tmp_path):
+def test_batch_fails_on_a_missing_inbox(harness, client, tmp_path):
     from flows.batch import quantize_batch
 
     state = quantize_batch(inbox=str(tmp_path / "nope"), outbox=str(tmp_path / "out"),
                            return_state=True)
     assert state.is_failed() and "is not a folder" in state.message
     assert not (tmp_path / "out").exists()
+    logs = _logs(client, _run_id(state), "quantize-batch failed:")
+    assert f"quantize-batch failed: inbox {tmp_path / 'nope'} is not a folder" in logs
+    assert not [m for m in logs if "Traceback" in m or "\n" in m], logs
+
+
+def test_batch_skips_its_own_stores_and_refuses_one_of_another_version(harness, client,
+                                                                       tmp_path):
+    """As quantize-image: a complete store of the same file and parameters is done; one of
+    another version of the image (new mtime) or of other parameters is reported, untouched."""
+    from flows.batch import quantize_batch
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    a, b = (write_png(inbox / f"{n}.png", photo(30, 40, seed=i), age_seconds=60)
+            for i, n in enumerate("ab"))
+    kw = dict(inbox=str(inbox), outbox=str(outbox), k=4, sample_size=1000, settle_seconds=0,
+              preview=False)
+    assert quantize_batch(**kw, return_state=True).result()["processed"] == ["a.png", "b.png"]
+    stamps = {p: p.stat().st_mtime_ns for p in outbox.rglob("*")}
+    t = time.time() - 30
+    os.utime(b, (t, t))  # another version of b.png
+    state = quantize_batch(**kw, return_state=True)
+    assert state.is_failed() and "1 of 2 images failed: b.png:" in state.message
+    assert "made from another version of the image or with other parameters" in state.message
+    logs = _logs(client, _run_id(state), "quantize-batch failed:")
+    assert any(m.startswith("b.png: ") for m in logs)
+    assert not [m for m in logs if "Traceback" in m], logs
+    rows = json.loads(_artifacts(client, _run_id(state))["kquant-batch-out-images"].data)
+    assert [(r["image"], r["status"].split(":")[0]) for r in rows] == [
+        ("a.png", "skipped (store exists)"), ("b.png", "failed")]
+    other_k = quantize_batch(**dict(kw, k=5), return_state=True)
+    assert other_k.is_failed() and "2 of 2 images failed" in other_k.message
+    assert {p: p.stat().st_mtime_ns for p in outbox.rglob("*")} == stamps
 
 
 def test_io_tasks_retry_io_errors_but_not_bad_input(harness):

@@ -41,15 +41,23 @@ def test_quantize_image_s3_to_s3_with_cached_rerun(harness, client, s3, tmp_path
     assert "s3://kqflows/st/p.kquant" in arts["p-kquant-summary"].data
     assert arts["p-kquant-preview"].data.startswith("data:image/jpeg;base64,")
 
-    # same object (same ETag): no refit; the target exists: refused unless overwrite
+    # same object (same ETag, size, mtime) and parameters: already done, nothing rewritten
+    written = s3.info("kqflows/st/p.kquant/zarr.json")["LastModified"]
     again = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
                            k=6, sample_size=3000, return_state=True)
-    assert again.is_failed() and "exists (run with overwrite=true" in again.message
+    assert again.is_completed() and again.result()["already_done"] is True, again.message
+    s3.invalidate_cache()
+    assert s3.info("kqflows/st/p.kquant/zarr.json")["LastModified"] == written
+    # with overwrite: rewritten, and the fit comes from the cache (same identity)
     over = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
                           k=6, sample_size=3000, overwrite=True, return_state=True)
     assert over.is_completed(), over.message
-    assert over.result()["fit_cached"] is True
+    assert over.result()["fit_cached"] is True and over.result()["already_done"] is False
     assert np.array_equal(open_store("s3://kqflows/st/p.kquant").palette, st.palette)
+    # other parameters: the target exists, refused unless overwrite
+    other = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
+                           k=5, sample_size=3000, return_state=True)
+    assert other.is_failed() and "exists" in other.message and "overwrite=true" in other.message
 
 
 def test_batch_over_an_s3_prefix(harness, client, s3, tmp_path):
