@@ -28,20 +28,16 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (create_image_artifact, create_markdown_artifact,
-                               create_table_artifact)
 from prefect.futures import wait
 from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
 
-from flows import tasks
+from flows import inbox as inbox_mod
+from flows import report, tasks
 from kquant import store
-from kquant.io import uri as kuri
 from kquant.errors import InputError, KquantError
-from kquant.params import DEFAULT_K, DEFAULT_RESTARTS, DEFAULT_SAMPLE
-
-PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart")
-
+from kquant.io import uri as kuri
+from kquant.params import QuantizeParams
 
 def task_runner() -> DaskTaskRunner:
     """The flow's DaskTaskRunner, chosen from the environment of the flow-run process.
@@ -60,94 +56,6 @@ def task_runner() -> DaskTaskRunner:
     return DaskTaskRunner(cluster_kwargs={
         "n_workers": max(1, n), "threads_per_worker": 1, "processes": processes,
         "protocol": "tcp://", "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
-
-
-def _mtime(info: dict) -> float:
-    """Modification time (s since the epoch) from an fsspec info dict, 0 if unknown."""
-    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
-        value = info.get(key)
-        if value is None:
-            continue
-        if hasattr(value, "timestamp"):
-            return float(value.timestamp())
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            continue
-    return 0.0
-
-
-def _candidates(inbox: str, pattern: str) -> list[tuple[str, str, bool, float]]:
-    """``(uri, relative path, is_dir, mtime)`` of everything matching ``pattern`` in the inbox."""
-    if kuri.is_remote(inbox):
-        fs, base = kuri.filesystem(inbox)
-        base = base.rstrip("/")
-        fs.invalidate_cache()  # a poll must see what arrived since the last listing
-        protocol = inbox.split("://", 1)[0]
-        out = []
-        for path, info in sorted(fs.glob(f"{base}/{pattern}", detail=True).items()):
-            rel = path[len(base):].lstrip("/")
-            if rel:
-                out.append((f"{protocol}://{path}", rel, info.get("type") == "directory",
-                            _mtime(info)))
-        return out
-    root = kuri.local_path(inbox)
-    if not root.is_dir():
-        raise InputError(f"inbox {root} is not a folder")
-    return [(str(p), p.relative_to(root).as_posix(), p.is_dir(), p.stat().st_mtime)
-            for p in sorted(root.glob(pattern))]
-
-
-def list_images(inbox: str, pattern: str = "*", settle_seconds: float = 0.0,
-                logger=None) -> list[tuple[str, str]]:
-    """``(URI, path relative to the inbox)`` of the images to consider, sorted.
-
-    The inbox is a local folder (or ``file://`` URI) or an object-store prefix
-    (``s3://bucket/prefix``). Hidden and partial files, names without an image
-    extension and files modified less than ``settle_seconds`` ago are left out.
-
-    Raises
-    ------
-    InputError
-        If a local inbox is not a folder, or the inbox was not set.
-    """
-    if "{{" in str(inbox):
-        raise InputError(f"inbox is not set ({inbox}): set KQUANT_INBOX when deploying, "
-                         "or pass --param inbox=FOLDER")
-    now = time.time()
-    found, unsettled = [], []
-    for uri, rel, is_dir, mtime in _candidates(tasks.canonical(inbox), pattern):
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        name = rel.rsplit("/", 1)[-1].lower()
-        if name.endswith(PARTIAL_SUFFIXES) or not name.endswith(tasks.IMAGE_SUFFIXES):
-            continue
-        if is_dir != name.endswith(".zarr"):
-            continue
-        if settle_seconds and now - mtime < settle_seconds:
-            unsettled.append(rel)
-            continue
-        found.append((uri, rel))
-    if unsettled and logger is not None:
-        logger.info("left for the next run (modified less than %.0f s ago): %s", settle_seconds,
-                    ", ".join(unsettled))
-    return found
-
-
-def _existing_shared_palette(targets: list[str], params: dict):
-    """The palette all the complete stores share, if they do and were made with these parameters."""
-    palettes = []
-    for t in targets:
-        try:
-            st = store.open_store(t)
-        except KquantError:
-            return None
-        if st.meta.params != params:
-            return None
-        palettes.append(st.palette.tolist())
-    if palettes and all(p == palettes[0] for p in palettes):
-        return palettes[0]
-    return None
 
 
 def _failure(futures) -> str | None:
@@ -178,25 +86,17 @@ def _fail_all(todo: list, failed: dict, what: str, future, logger) -> list:
     return []
 
 
-@flow(name="quantize-batch", task_runner=task_runner())
+# parameters are validated by kquant in the flow (as quantize-image)
+@flow(name="quantize-batch", task_runner=task_runner(), validate_parameters=False)
 def quantize_batch(
     inbox: str,
     outbox: str,
     pattern: str = "*",
-    k: int = DEFAULT_K,
-    seed: int = 0,
-    sample_size: int = DEFAULT_SAMPLE,
-    chunk: int | None = None,
-    restarts: int = DEFAULT_RESTARTS,
+    params: QuantizeParams | None = None,
     shared_palette: bool = False,
     preview: bool = True,
     settle_seconds: float = 10.0,
     max_pixels: int | None = None,
-    mode: str = "auto",
-    shard: int | None = None,
-    space: str = "rgb",
-    dither: str = "none",
-    target_psnr: float | None = None,
     palette: str | list | None = None,
 ) -> dict:
     """Quantize every image in ``inbox`` matching ``pattern`` into ``outbox``, skipping done ones.
@@ -208,9 +108,9 @@ def quantize_batch(
         (``"**/*"`` recurses; the relative layout is kept in ``outbox``).
     outbox : str
         Folder of the stores (created if missing).
-    k, seed, sample_size, chunk, restarts : int
-        As for ``quantize-image``; with ``shared_palette`` the sample size is the
-        total over all images.
+    params : QuantizeParams or dict, optional
+        As for ``quantize-image``; with ``shared_palette`` the sample size is the total
+        over all images, and ``target_psnr`` picks the K of the shared palette.
     shared_palette : bool
         One palette for all the images (identical colours across tiles).
     preview : bool
@@ -219,9 +119,6 @@ def quantize_batch(
         Ignore files modified less than this long ago (still arriving).
     max_pixels : int, optional
         Refuse images whose header claims more pixels.
-    mode, shard, space, dither, target_psnr
-        As for ``quantize-image`` (with ``shared_palette``, ``target_psnr`` picks
-        the K of the shared palette).
     palette : str or list, optional
         Map every image onto this palette (as for ``quantize-image``) instead of
         fitting one; ``shared_palette`` is then moot.
@@ -240,14 +137,13 @@ def quantize_batch(
     t0 = time.perf_counter()
     try:
         tasks.sanitise_scheduler_env()
-        params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard, space,
-                                   dither, target_psnr).to_json()
-        images = list_images(inbox, pattern, settle_seconds, logger)
+        params = QuantizeParams.coerce(params).to_json()  # tasks pass JSON
+        images = inbox_mod.list_images(inbox, pattern, settle_seconds, logger)
         if "{{" in str(outbox):
             raise InputError(f"outbox is not set ({outbox}): set KQUANT_OUTBOX when deploying, "
                              "or pass --param outbox=FOLDER")
-        out_root = tasks.canonical(outbox)
-        if out_root.rstrip("/") == tasks.canonical(inbox).rstrip("/"):
+        out_root = kuri.normalise(outbox)
+        if out_root.rstrip("/") == kuri.normalise(inbox).rstrip("/"):
             raise InputError(f"outbox and inbox are the same folder ({out_root}): the "
                              "previews written there would be picked up as new images")
         # an outbox inside the inbox: its files are outputs, not arrivals
@@ -256,8 +152,8 @@ def quantize_batch(
             Path(out_root).mkdir(parents=True, exist_ok=True)
     except KquantError as exc:
         # a user error: one line in the log, the run Failed with it (no traceback)
-        logger.error("quantize-batch failed: %s", tasks.one_line(exc))
-        return Failed(message=tasks.one_line(exc), data=exc)
+        logger.error("quantize-batch failed: %s", report.one_line(exc))
+        return Failed(message=report.one_line(exc), data=exc)
 
     # an imposed palette first: the stores made with it record its parameters
     shared_fit = imposed = palette_failure = None
@@ -273,10 +169,10 @@ def quantize_batch(
 
     todo, skipped, failed, done_targets = [], [], {}, []
     for path, rel in images:
-        target = tasks.join(out_root, rel + tasks.STORE_SUFFIX)
-        status = tasks.store_status(target)
+        target = inbox_mod.target_of(out_root, rel)
+        status = store.status(target)
         if status == "complete":  # (with a palette that fails to load: cannot tell)
-            blocker = None if palette_failure else _not_done_here(target, path, params, imposed)
+            blocker = None if palette_failure else inbox_mod.not_done_here(target, path, params, imposed)
             if blocker:
                 failed[rel] = blocker
             else:
@@ -289,7 +185,7 @@ def quantize_batch(
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
             todo.append((path, rel, target))
     logger.info("%d images in %s: %d new, %d already done (skipped)%s", len(images),
-                tasks.canonical(inbox), len(todo), len(skipped),
+                kuri.normalise(inbox), len(todo), len(skipped),
                 f", {len(failed)} blocked" if failed else "")
     for rel in sorted(failed):
         logger.error("%s: %s", rel, failed[rel])
@@ -298,7 +194,7 @@ def quantize_batch(
     if palette_failure is not None and todo:
         todo = _fail_all(todo, failed, "palette", palette_failure, logger)
     elif shared_palette and imposed is None and todo:
-        reused = _existing_shared_palette(done_targets, params) if done_targets else None
+        reused = inbox_mod.existing_shared_palette(done_targets, params) if done_targets else None
         if reused is not None:
             logger.info("reusing the shared palette of %d existing stores", len(done_targets))
             shared_fit = {"palette": reused, "reused": True, "n_unique": None, "mse": None,
@@ -342,7 +238,7 @@ def quantize_batch(
         verified = tasks.verify_store.submit(str(target), wait_for=[written])
         shown = None
         if preview:
-            shown = tasks.write_preview.submit(info, pal, str(tasks.preview_path(target)),
+            shown = tasks.write_preview.submit(info, pal, str(inbox_mod.preview_path(target)),
                                                params, max_pixels, wait_for=[verified])
         chains.append((rel, target, [info, fit, written, verified], shown))
     wait([f for _, _, fs, s in chains for f in fs + [s] if f is not None])
@@ -366,78 +262,20 @@ def quantize_batch(
                         else None),
         })
     seconds = time.perf_counter() - t0
-    out = {"inbox": tasks.canonical(inbox), "outbox": out_root,
+    out = {"inbox": kuri.normalise(inbox), "outbox": out_root,
            "processed": [r["image"] for r in results], "skipped": skipped, "failed": failed,
            "results": results, "shared_palette": shared_fit["palette"] if shared_fit else None,
            "seconds": round(seconds, 3)}
-    tasks.publish(lambda: _batch_artifacts(out, shared_fit), logger, f"the batch {out_root}",
+    report.publish(lambda: report.batch_artifacts(out, shared_fit), logger, f"the batch {out_root}",
                   f"{len(results)} stores are written and verified")
     logger.info("processed %d, skipped %d, failed %d in %.2f s", len(results), len(skipped),
                 len(failed), seconds)
     if failed:  # each reason is logged above, on its own line
         exc = KquantError(f"{len(failed)} of {len(images)} images failed: "
                           + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
-        logger.error("quantize-batch failed: %s", tasks.one_line(exc))
-        return Failed(message=tasks.one_line(exc), data=exc)
+        logger.error("quantize-batch failed: %s", report.one_line(exc))
+        return Failed(message=report.one_line(exc), data=exc)
     return out
-
-
-def _not_done_here(target: str, source: str, params: dict, imposed: dict | None) -> str | None:
-    """Why the complete store at ``target`` is not this run's result for ``source`` (a
-    one-line reason), or None when it is: the same file (URI, size, mtime, ETag), the same
-    parameters and, with an imposed palette, that palette. A store that does not record
-    its source's identity is taken as done."""
-    try:
-        meta = store.read_meta(target)
-    except KquantError as exc:
-        return tasks.one_line(exc)
-    if "mtime_ns" not in meta.source:
-        return None
-    if tasks.finished_store(target, source, params,
-                            imposed["palette"] if imposed else None) is not None:
-        return None
-    return (f"{target} exists, made from another version of the image or with other "
-            "parameters; remove it to quantize the image again")
-
-
-def _batch_artifacts(out: dict, shared_fit: dict | None) -> None:
-    key = "kquant-batch-" + tasks.slug(tasks.name_of(out["outbox"]), 32)
-    rows = [{"image": r["image"], "status": "written", "psnr_db": r["psnr"],
-             "bits_per_pixel": r["bits_per_pixel"], "fit": r["fit"], "store": r["store"]}
-            for r in out["results"]]
-    rows += [{"image": i, "status": "skipped (store exists)", "psnr_db": None,
-              "bits_per_pixel": None, "fit": None, "store": None} for i in out["skipped"]]
-    rows += [{"image": i, "status": f"failed: {why}", "psnr_db": None, "bits_per_pixel": None,
-              "fit": None, "store": None} for i, why in sorted(out["failed"].items())]
-    md = [f"# kquant batch: `{out['inbox']}` → `{out['outbox']}`", "",
-          f"**{len(out['processed'])}** written, **{len(out['skipped'])}** skipped "
-          f"(complete store exists), **{len(out['failed'])}** failed, in {out['seconds']:.2f} s.",
-          ""]
-    if shared_fit:
-        md.append(f"Shared palette of {len(shared_fit['palette'])} colours "
-                  + ("(imposed)." if shared_fit.get("imposed") else
-                     "(reused from existing stores)." if shared_fit.get("reused") else
-                     "(fitted on all the images together)."))
-        md.append("")
-    md += ["| image | status | PSNR | bits/px |", "|---|---|---|---|"]
-    for r in rows:
-        psnr = "" if r["psnr_db"] is None else f"{r['psnr_db']:.2f} dB"
-        bpp = "" if r["bits_per_pixel"] is None else f"{r['bits_per_pixel']:.3f}"
-        md.append(f"| `{r['image']}` | {r['status']} | {psnr} | {bpp} |")
-    create_markdown_artifact(markdown="\n".join(md) + "\n", key=f"{key}-summary",
-                             description=f"kquant batch {out['inbox']} -> {out['outbox']}")
-    if rows:
-        create_table_artifact(table=rows, key=f"{key}-images",
-                              description="one row per image: written, skipped or failed")
-    if shared_fit:
-        create_table_artifact(table=tasks.palette_rows(shared_fit["palette"], None),
-                              key=f"{key}-palette", description="the shared palette")
-    for r in out["results"]:
-        if r["preview"]:
-            create_image_artifact(
-                image_url=tasks.thumbnail_data_url(r["preview"]),
-                key=tasks.slug(tasks.name_of(r["store"])) + "-preview",
-                description=f"original | quantized of {r['image']}; full size: {r['preview']}")
 
 
 if __name__ == "__main__":

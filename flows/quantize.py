@@ -8,7 +8,7 @@ fit parameters) -> assign and write the store -> verify it -> preview picture
 Run in-process (Prefect's ephemeral API, no server to start first)::
 
     python -m flows.quantize --demo                 # the bundled sample
-    python -m flows.quantize SRC DST -k 16 [--seed N] [--overwrite]
+    python -m flows.quantize SRC DST -k 16 [--seed N] [--overwrite]   # kquant quantize's options
 
 or as the ``quantize-image/adhoc`` deployment (see ``deploy/prefect.yaml``).
 """
@@ -22,31 +22,25 @@ import time
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
-from flows import tasks
-from kquant.colour.spaces import SPACES
-from kquant.label.dither import METHODS as DITHER_METHODS
+from flows import report, tasks
+from flows.inbox import preview_path
+from kquant import pipeline, store
 from kquant.errors import KquantError, TargetExistsError
-from kquant.params import DEFAULT_K, DEFAULT_RESTARTS, DEFAULT_SAMPLE
+from kquant.io import uri as kuri
+from kquant.params import QuantizeParams, add_arguments
 
 
-@flow(name="quantize-image", log_prints=True)
+# parameters are validated by kquant in the flow (one-line errors, the run Failed with them);
+# Prefect still builds its form from the typed signature
+@flow(name="quantize-image", log_prints=True, validate_parameters=False)
 def quantize_image(
     source: str,
     target: str,
-    k: int = DEFAULT_K,
-    seed: int = 0,
-    sample_size: int = DEFAULT_SAMPLE,
-    chunk: int | None = None,
-    restarts: int = DEFAULT_RESTARTS,
+    params: QuantizeParams | None = None,
     overwrite: bool = False,
     preview: bool = True,
     address: str | None = None,
     max_pixels: int | None = None,
-    mode: str = "auto",
-    shard: int | None = None,
-    space: str = "rgb",
-    dither: str = "none",
-    target_psnr: float | None = None,
     palette: str | list | None = None,
 ) -> dict:
     """Quantize ``source`` (image file or zarr array) into a kquant store at ``target``.
@@ -54,11 +48,14 @@ def quantize_image(
     Parameters
     ----------
     source, target : str
-        Image path (or ``file://`` URI) and store path; the store is refused if
-        it exists, unless ``overwrite``.
-    k, seed, sample_size, chunk, restarts : int
-        Palette size (2-256), seed, pixels sampled for the fit, chunk edge in
-        pixels, extra k-means++ restarts (see :class:`kquant.params.QuantizeParams`).
+        Image path or URL (``file://``, ``s3://``) and store path or URL; the store is
+        refused if it exists, unless ``overwrite``.
+    params : QuantizeParams or dict, optional
+        K, seed, sample size, chunking, fit mode, colour space, dithering, target PSNR, ...
+        (each field says what it does: :class:`kquant.params.QuantizeParams`; on the
+        command line, ``--param params='{"k": 8}'``).
+    overwrite : bool
+        Replace an existing store (only a kquant store: see ``kquant.store.check_target``).
     preview : bool
         Also write ``<target stem>-preview.png`` next to the store and show it
         as an image artifact.
@@ -67,17 +64,6 @@ def quantize_image(
         the deployment's job variables), else local threads.
     max_pixels : int, optional
         Refuse images whose header claims more pixels.
-    mode : {"auto", "exact", "sample"}
-        Fit on the exact colour histogram or on a bounded sample of tiles
-        ("auto": exact up to 2**25 pixels).
-    shard : int, optional
-        Shard edge in pixels (whole chunks) for the labels array.
-    space : {"rgb", "lab", "oklab"}
-        Colour space of the fit and of the assignment ("lab", "oklab": perceptual).
-    dither : {"none", "bayer", "blue-noise"}
-        Ordered dithering of the assignment (chunk-parallel, without seams).
-    target_psnr : float, optional
-        Use the smallest K up to ``k`` whose PSNR reaches this many dB.
     palette : str or list, optional
         Map onto this palette instead of fitting one: a palette file or kquant store
         (path or URI: GIMP ``.gpl``, ``.npy``, hex/RGB text, an image) or a list of
@@ -95,7 +81,7 @@ def quantize_image(
     A bad input, bad parameters or an existing target of another source or other
     parameters end the run Failed with the one-line reason in its log (no traceback);
     no store is left at ``target`` then. Once the store is complete, an unreachable
-    Prefect API is waited for (:func:`flows.tasks.wait_for_api`) before the artifacts
+    Prefect API is waited for (:func:`flows.report.wait_for_api`) before the artifacts
     are made, and failing to make them is only a warning.
     """
     logger = get_run_logger()
@@ -103,27 +89,28 @@ def quantize_image(
     try:
         tasks.sanitise_scheduler_env()
         address = tasks.clean_address(address)
-        params = tasks.make_params(k, seed, sample_size, chunk, restarts, mode, shard, space,
-                                   dither, target_psnr).to_json()
-        target = tasks.canonical(target)
-        if not overwrite and tasks.store_status(target) == "complete":
+        params = QuantizeParams.coerce(params)
+        target = kuri.normalise(target)
+        if not overwrite and store.status(target) == "complete":
             # this run's own store (an earlier run completed it): nothing to do
-            imposed = tasks.load_palette(palette, params) if palette is not None else None
-            done = tasks.finished_store(target, source, imposed["params"] if imposed else params,
-                                        imposed["palette"] if imposed else None)
+            imposed = tasks.load_palette(palette, params.to_json()) if palette is not None else None
+            done = pipeline.finished_store(
+                target, source, QuantizeParams.from_json(imposed["params"]) if imposed else params,
+                palette=imposed["palette"] if imposed else None)
             if done is not None:
                 return _already_done(done, target, t0, logger)
             raise TargetExistsError(f"{target} exists, made from another source, another "
                                     "version of it or other parameters (run with "
                                     "overwrite=true to replace it)")
         try:  # fail before any work: an existing target, a missing folder
-            tasks.store.check_target(target, overwrite=overwrite)
+            store.check_target(target, overwrite=overwrite)
         except TargetExistsError:
             raise TargetExistsError(f"{target} exists (run with overwrite=true to replace it)") from None
         timings = {}
         src = tasks.inspect_source(source, max_pixels)
         timings["inspect"] = time.perf_counter() - t0
 
+        params = params.to_json()  # tasks pass JSON
         if palette is not None:  # imposed: no fit, k is the palette's size
             fit = dict(tasks.load_palette(palette, params))
             params = fit.pop("params")
@@ -144,18 +131,18 @@ def quantize_image(
         timings["verify"] = verified["seconds"]
     except KquantError as exc:
         # a user error: one line in the log, the run Failed with it (no traceback)
-        logger.error("quantize-image failed: %s", tasks.one_line(exc))
-        return Failed(message=tasks.one_line(exc), data=exc)
+        logger.error("quantize-image failed: %s", report.one_line(exc))
+        return Failed(message=report.one_line(exc), data=exc)
     shown = None
     if preview:
         try:
-            shown = tasks.write_preview(src, fit["palette"], tasks.preview_path(target),
+            shown = tasks.write_preview(src, fit["palette"], preview_path(target),
                                         params, max_pixels)
             timings["preview"] = shown["seconds"]
         except Exception as exc:  # the store is complete and verified; a preview is extra
-            logger.warning("no preview: %s", tasks.one_line(exc))
+            logger.warning("no preview: %s", report.one_line(exc))
     timings["total"] = time.perf_counter() - t0
-    result = tasks.summary(src, target, fit, fit_cached, written, verified, shown, timings)
+    result = report.summary(src, target, fit, fit_cached, written, verified, shown, timings)
     if fit_cached:
         result["timings"]["fit_original"] = fit["seconds"]
     _report(result, logger)
@@ -167,13 +154,13 @@ def quantize_image(
 
 def _report(result: dict, logger) -> None:
     """The run's artifacts, once the Prefect API answers (a failure is a warning)."""
-    tasks.publish(lambda: tasks.report(result, tasks.slug(tasks.name_of(result["target"]))),
+    report.publish(lambda: report.report(result, report.slug(kuri.name(result["target"]))),
                   logger, result["target"],
                   f"the store {result['target']} is complete and verified")
 
 
 def _already_done(st, target: str, t0: float, logger) -> dict:
-    result = tasks.stored_summary(st, target, time.perf_counter() - t0)
+    result = report.stored_summary(st, target, time.perf_counter() - t0)
     logger.info("already done: %s is the complete store of %s with these parameters "
                 "(checksum %s); nothing rewritten", result["target"], result["source"],
                 result["checksum"])
@@ -193,25 +180,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="quantize the bundled sample into --out (overwriting)")
     p.add_argument("--out", default="kquant-demo", help="folder of the --demo store and preview")
-    p.add_argument("-k", "--colors", type=int, default=DEFAULT_K)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE)
-    p.add_argument("--chunk", type=int, default=None)
-    p.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS)
+    add_arguments(p)  # the parameters of `kquant quantize`, from the same model
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-preview", dest="preview", action="store_false")
     p.add_argument("--address", default=None, help="dask scheduler address")
     p.add_argument("--max-pixels", type=int, default=None)
-    p.add_argument("--space", choices=SPACES, default="rgb")
-    p.add_argument("--dither", choices=DITHER_METHODS, default="none")
-    p.add_argument("--target-psnr", type=float, default=None, metavar="DB")
     p.add_argument("--palette", default=None, metavar="FILE|STORE",
                    help="map onto this palette instead of fitting one")
     return p
 
 
 def _client_retries():
-    """:data:`flows.tasks.CLIENT_MAX_RETRIES` retries of each Prefect API request, unless
+    """:data:`flows.report.CLIENT_MAX_RETRIES` retries of each Prefect API request, unless
     ``PREFECT_CLIENT_MAX_RETRIES`` is set (a context manager)."""
     import contextlib
     import os
@@ -220,7 +200,7 @@ def _client_retries():
 
     if os.environ.get("PREFECT_CLIENT_MAX_RETRIES"):
         return contextlib.nullcontext()
-    return temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: tasks.CLIENT_MAX_RETRIES})
+    return temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: report.CLIENT_MAX_RETRIES})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,20 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _parser().error("give SOURCE and TARGET, or --demo")
     try:
+        params = QuantizeParams.from_args(args)
+    except KquantError as exc:
+        print(f"quantize-image: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         with _client_retries():
-            state = quantize_image(source=source, target=target, k=args.colors,
-                                   seed=args.seed, sample_size=args.sample, chunk=args.chunk,
-                                   restarts=args.restarts, overwrite=overwrite,
-                                   preview=args.preview, address=args.address,
-                                   max_pixels=args.max_pixels, space=args.space,
-                                   dither=args.dither, target_psnr=args.target_psnr,
+            state = quantize_image(source=source, target=target, params=params,
+                                   overwrite=overwrite, preview=args.preview,
+                                   address=args.address, max_pixels=args.max_pixels,
                                    palette=args.palette, return_state=True)
     except Exception as exc:  # Prefect could not start the run or record its state
         from prefect.settings import PREFECT_API_URL
 
         url = PREFECT_API_URL.value()
         print(f"quantize-image: error: the Prefect API {f'at {url}' if url else '(ephemeral)'} "
-              f"failed ({type(exc).__name__}: {tasks.one_line(exc)}); the run's state was "
+              f"failed ({type(exc).__name__}: {report.one_line(exc)}); the run's state was "
               "not recorded", file=sys.stderr)
         return 1
     if not state.is_completed():

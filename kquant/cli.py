@@ -16,8 +16,6 @@ import os
 import sys
 from pathlib import Path
 
-from kquant.colour.spaces import SPACES
-from kquant.label.dither import METHODS as DITHER_METHODS
 from kquant.errors import IncompleteStoreError, KquantError, ParameterError
 from kquant.label.metrics import format_bytes
 
@@ -94,25 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from kquant.params import DEFAULT_K, DEFAULT_SAMPLE
+    from kquant.params import add_arguments
 
-    p.add_argument("-k", "--colors", type=int, default=DEFAULT_K, help="palette size, 2-256")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help="pixels sampled for the fit")
-    p.add_argument("--chunk", type=int, default=None, help="chunk edge in pixels")
-    p.add_argument("--shard", type=int, default=None,
-                   help="shard edge in pixels (whole chunks; one task writes one shard)")
-    p.add_argument("--restarts", type=int, default=None, help="extra k-means++ restarts")
-    p.add_argument("--mode", choices=("auto", "exact", "sample"), default="auto",
-                   help="fit on every pixel's colour histogram (exact, a second pass) or on a "
-                        "bounded sample of tiles (sample); auto: exact up to 2^25 pixels")
-    p.add_argument("--target-psnr", type=float, default=None, metavar="DB",
-                   help="use the smallest K (up to -k) whose PSNR reaches DB")
-    p.add_argument("--space", choices=SPACES, default="rgb",
-                   help="colour space of the fit and assignment (lab, oklab: perceptual)")
-    p.add_argument("--dither", choices=DITHER_METHODS, default="none",
-                   help="ordered dithering, 8x8 Bayer or 64x64 blue noise (chunk-parallel, "
-                        "seamless)")
+    add_arguments(p)  # every QuantizeParams field the command line offers
     p.add_argument("--address", default=None,
                    help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)")
     p.add_argument("--max-pixels", type=_positive_int, default=None,
@@ -120,14 +102,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _params(args):
-    from kquant.params import DEFAULT_RESTARTS, QuantizeParams
+    from kquant.params import QuantizeParams
 
-    if args.chunk is not None and args.chunk <= 0:
-        raise ParameterError(f"chunk must be a positive integer, got {args.chunk}")
-    return QuantizeParams(k=args.colors, seed=args.seed, sample_size=args.sample,
-                          chunk=args.chunk, mode=args.mode, shard=args.shard,
-                          restarts=DEFAULT_RESTARTS if args.restarts is None else args.restarts,
-                          target_psnr=args.target_psnr, space=args.space, dither=args.dither)
+    return QuantizeParams.from_args(args)
 
 
 def _summary(result) -> str:

@@ -1,28 +1,50 @@
-"""Validated, JSON-round-tripping parameters of a quantization run."""
+"""The parameters of a quantization run: one validated model for the library, the command
+line, ``python -m flows.quantize`` and the Prefect flows.
+
+:class:`QuantizeParams` is a frozen dataclass. Each field carries its help text
+(``metadata["description"]``, which Prefect shows in its form, since it builds the form
+from this class) and, if the command line offers it, its option names
+(``metadata["flags"]``); :func:`add_arguments` and :meth:`QuantizeParams.from_args` turn
+those into argparse options and back. Choices are ``Literal`` types, so Prefect offers
+them as a list and argparse as ``choices``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import Any
+import types
+import typing
+from typing import Any, Literal
 
 import numpy as np
 
-from kquant.colour.spaces import SPACES
-from kquant.label.dither import METHODS as DITHER_METHODS
+from kquant.colour.spaces import SPACES, Space
 from kquant.errors import ParameterError
+from kquant.label.dither import METHODS as DITHER_METHODS
+from kquant.label.dither import Dither
 
-DEFAULT_K = 16
-#: Pixels drawn for the fit: in sample mode (huge images) the palette is refined on their
-#: histogram, and 2**20 of them (from 128 tiles) lose nothing measurable against the full
-#: histogram at 1 gigapixel (bench/README.md); dask-ml's fit sees a subsample of at most
-#: kquant.fit.tuning.SAMPLE_FIT_MAX of them.
-DEFAULT_SAMPLE = 1 << 20
-DEFAULT_RESTARTS = 4
 #: Fit modes: "exact" refines on the full image's colour histogram (a second pass over
 #: the pixels); "sample" fits on a bounded sample read from a subset of tiles; "auto" is
 #: exact up to EXACT_MAX_PIXELS and sample above.
-MODES = ("auto", "exact", "sample")
+Mode = Literal["auto", "exact", "sample"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+SampleFit = Literal["auto", "always", "never"]
 EXACT_MAX_PIXELS = 1 << 25
+DEFAULT_K = 16
+#: Pixels drawn for the fit; 2**20 lose nothing measurable against the full histogram at
+#: 1 gigapixel (bench/README.md).
+DEFAULT_SAMPLE = 1 << 20
+DEFAULT_RESTARTS = 4
+
+
+def _field(default: Any, description: str, *flags: str, metavar: str | None = None) -> Any:
+    meta: dict[str, Any] = {"description": description}
+    if flags:
+        meta["flags"] = flags
+    if metavar:
+        meta["metavar"] = metavar
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -44,40 +66,8 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 class QuantizeParams:
     """Parameters of a run; validated on construction, stored in the store's attributes.
 
-    Attributes
-    ----------
-    k : int
-        Number of palette colours, 2 to 256.
-    seed : int
-        Seed of every random choice (sampling, seeding); same seed, same store.
-    sample_size : int
-        Pixels drawn for the fit (at least ``k``): in sample mode the palette is refined
-        on their histogram; dask-ml's fit sees at most 65,536 of them.
-    chunk : int or None
-        Chunk edge in pixels (rounded up to a multiple of 8); None for the default.
-    restarts : int
-        Extra k-means++ restarts on the colour histogram (0 for none).
-    max_iter : int
-        Iteration cap of each Lloyd run.
-    background : tuple of 3 int
-        Colour transparent pixels are composited over.
-    mode : {"auto", "exact", "sample"}
-        Fit on the exact colour histogram of every pixel, or on a bounded
-        sample only; "auto" picks exact up to :data:`EXACT_MAX_PIXELS` pixels.
-    shard : int or None
-        Shard edge in pixels (rounded down to whole chunks); each task then
-        writes one whole shard of many chunks. None: no sharding.
-    space : {"rgb", "oklab", "lab"}
-        Space the palette is fitted and pixels assigned in ("lab" and "oklab"
-        are perceptual; see :mod:`kquant.colorspace`).
-    dither : {"none", "bayer", "blue-noise"}
-        Ordered dithering of the assignment (see :mod:`kquant.dither`).
-    target_psnr : float or None
-        If set, ``k`` is the largest palette allowed and the smallest K whose
-        PSNR (dB) reaches this target is used.
-    sample_fit : {"auto", "always", "never"}
-        Whether dask-ml's KMeans on the pixel sample seeds the fit ("auto":
-        images of at least :data:`kquant.fit.tuning.SAMPLE_FIT_MIN_PIXELS` pixels).
+    Every field's meaning is its ``metadata["description"]`` (see ``kquant quantize
+    --help``); the fit's mode is chosen by :meth:`fit_mode`.
 
     Raises
     ------
@@ -85,26 +75,41 @@ class QuantizeParams:
         On any value out of range.
     """
 
-    k: int = DEFAULT_K
-    seed: int = 0
-    sample_size: int = DEFAULT_SAMPLE
-    chunk: int | None = None
-    restarts: int = DEFAULT_RESTARTS
-    max_iter: int = 300
-    background: tuple[int, int, int] = (255, 255, 255)
-    mode: str = "auto"
-    shard: int | None = None
-    space: str = "rgb"
-    dither: str = "none"
-    target_psnr: float | None = None
-    sample_fit: str = "auto"
+    k: int = _field(DEFAULT_K, "Palette size, 2-256 (with target_psnr: the largest allowed).",
+                    "-k", "--colors")
+    seed: int = _field(0, "Seed of every random choice: same seed, same store.", "--seed")
+    sample_size: int = _field(DEFAULT_SAMPLE, "Pixels sampled for the fit.", "--sample")
+    chunk: int | None = _field(None, "Chunk edge in pixels (rounded up to a multiple of 8; "
+                                     "default 2048, or whole TIFF tiles).", "--chunk")
+    restarts: int = _field(DEFAULT_RESTARTS, "Extra k-means++ restarts on the colour histogram.",
+                           "--restarts")
+    max_iter: int = _field(300, "Iteration cap of each Lloyd run.")
+    background: tuple[int, int, int] = _field((255, 255, 255),
+                                              "Colour transparent pixels are composited over.")
+    mode: Mode = _field("auto", "Fit on every pixel's colour histogram (exact, a second pass) "
+                                "or on a bounded sample of tiles (sample); auto: exact up to "
+                                "2^25 pixels.", "--mode")
+    shard: int | None = _field(None, "Shard edge in pixels (whole chunks; one task writes one "
+                                     "shard); none: no sharding.", "--shard")
+    space: Space = _field("rgb", "Colour space of the fit and the assignment (lab, oklab: "
+                                 "perceptual).", "--space")
+    dither: Dither = _field("none", "Ordered dithering: 8x8 Bayer or 64x64 blue noise "
+                                    "(chunk-parallel, without seams).", "--dither")
+    target_psnr: float | None = _field(None, "Use the smallest K (up to k) whose PSNR reaches "
+                                             "this many dB.", "--target-psnr", metavar="DB")
+    sample_fit: SampleFit = _field("auto", "Whether dask-ml's KMeans on the pixel sample seeds "
+                                           "the fit (auto: images of 2^23 pixels or more).")
 
     def __post_init__(self) -> None:
-        set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731 - frozen dataclass
+        def set_(name: str, value: Any) -> None:  # a frozen dataclass validates in place
+            object.__setattr__(self, name, value)
+
         set_("k", _int("k (number of colours)", self.k, 2, 256))
         set_("seed", _int("seed", self.seed, 0, 2**63 - 1))
         set_("sample_size", _int("sample size", self.sample_size, self.k))
         if self.chunk is not None:
+            if isinstance(self.chunk, (int, np.integer)) and self.chunk < 1:
+                raise ParameterError(f"chunk must be a positive integer, got {self.chunk}")
             set_("chunk", _int("chunk", self.chunk, 1, 1 << 20))
         set_("restarts", _int("restarts", self.restarts, 0, 100))
         set_("max_iter", _int("max_iter", self.max_iter, 1, 100_000))
@@ -114,16 +119,16 @@ class QuantizeParams:
         set_("background", tuple(_int("background component", c, 0, 255) for c in bg))
         if self.shard is not None:
             set_("shard", _int("shard", self.shard, 1, 1 << 22))
-        if self.mode not in MODES:
-            raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        _choice("mode", self.mode, MODES)
         _choice("space", self.space, SPACES)
         _choice("dither", self.dither, DITHER_METHODS)
-        _choice("sample_fit", self.sample_fit, ("auto", "always", "never"))
+        _choice("sample_fit", self.sample_fit, typing.get_args(SampleFit))
         if self.target_psnr is not None:
             t = self.target_psnr
             if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) \
                     or not 1.0 <= float(t) <= 100.0:
-                raise ParameterError(f"target PSNR must be a number of dB between 1 and 100, got {t!r}")
+                raise ParameterError(f"target PSNR must be a number of dB between 1 and 100, "
+                                     f"got {t!r}")
             set_("target_psnr", float(t))
 
     def fit_mode(self, n_pixels: int) -> str:
@@ -138,7 +143,14 @@ class QuantizeParams:
         return d
 
     @classmethod
-    def from_json(cls, data: dict) -> "QuantizeParams":
+    def from_json(cls, data: dict) -> QuantizeParams:
+        """Inverse of :meth:`to_json`.
+
+        Raises
+        ------
+        ParameterError
+            On an unknown name or a value out of range.
+        """
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - fields
         if unknown:
@@ -147,3 +159,60 @@ class QuantizeParams:
         if "background" in d:
             d["background"] = tuple(d["background"])
         return cls(**d)
+
+    @classmethod
+    def coerce(cls, value: QuantizeParams | dict | None) -> QuantizeParams:
+        """``value`` itself, the parameters of its JSON (a dict), or the defaults (None).
+
+        Raises
+        ------
+        ParameterError
+            On an unknown name or a value out of range.
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls.from_json(value)
+        raise ParameterError(f"parameters must be a QuantizeParams or a JSON object, got {value!r}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> QuantizeParams:
+        """The parameters of options added by :func:`add_arguments` (unset ones: defaults).
+
+        Raises
+        ------
+        ParameterError
+            On a value out of range.
+        """
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                 if "flags" in f.metadata and getattr(args, f.name, None) is not None}
+        return cls(**given)
+
+
+def _option_type(annotation: str) -> tuple[Any, tuple[str, ...] | None]:
+    """argparse ``type`` and ``choices`` of a field's annotation (a string: postponed)."""
+    hint = typing.get_type_hints(QuantizeParams)[annotation]
+    if typing.get_origin(hint) is Literal:
+        return str, typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint, None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add an option for every :class:`QuantizeParams` field that has ``flags``; read
+    them back with :meth:`QuantizeParams.from_args`."""
+    for f in dataclasses.fields(QuantizeParams):
+        flags = f.metadata.get("flags")
+        if not flags:
+            continue
+        kind, choices = _option_type(f.name)
+        default = f.default
+        text = f.metadata["description"]
+        if default is not None and choices is None:
+            text += f" (default {default})"
+        parser.add_argument(*flags, dest=f.name, type=kind, choices=choices,
+                            default=default if choices else None,
+                            metavar=f.metadata.get("metavar"), help=text)

@@ -7,12 +7,15 @@ tolerances meaningful in every space.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 
 from kquant.errors import ParameterError
 
 #: Spaces the palette can be fitted and pixels assigned in.
-SPACES = ("rgb", "oklab", "lab")
+Space = Literal["rgb", "oklab", "lab"]
+SPACES: tuple[str, ...] = get_args(Space)
 
 _M1 = np.array([[0.4122214708, 0.5363325363, 0.0514459929],
                 [0.2119034982, 0.6806995451, 0.1073969566],

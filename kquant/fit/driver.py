@@ -81,6 +81,23 @@ class FitResult:
     def mse(self) -> float:
         return self.sse / (3.0 * self.n_pixels) if self.n_pixels else 0.0
 
+    def to_json(self) -> dict:
+        """The result as JSON values (the palette as a list of ``[r, g, b]``)."""
+        d = dataclasses.asdict(self)
+        d["palette"] = np.asarray(self.palette).tolist()
+        d["sse"], d["n_pixels"], d["n_unique"] = int(self.sse), int(self.n_pixels), int(self.n_unique)
+        d["mse"] = float(self.mse)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict) -> FitResult:
+        """Inverse of :meth:`to_json`; keys that are not fields (``mse``, a caller's own) are
+        ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in data.items() if k in names}
+        d["palette"] = np.asarray(d["palette"], np.uint8).reshape(-1, 3)
+        return cls(**d)
+
 
 def fit_palette(sample: np.ndarray | None, colours: np.ndarray, counts: np.ndarray, k: int, *,
                 seed: int = 0, restarts: int = 4, max_iter: int = 300,

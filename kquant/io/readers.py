@@ -106,6 +106,14 @@ class ImageSource:
         d["tile"] = list(self.tile) if self.tile else None
         return d
 
+    @classmethod
+    def from_json(cls, data: dict) -> ImageSource:
+        """Inverse of :meth:`to_json`."""
+        d = dict(data)
+        d["raw_shape"] = tuple(d["raw_shape"])
+        d["tile"] = tuple(d["tile"]) if d.get("tile") else None
+        return cls(**d)
+
 
 def _open(uri: str):
     """A binary file object for a local path or an fsspec URL."""

@@ -79,3 +79,20 @@ def zarr_store(uri, *, read_only: bool = False):
 
     return FsspecStore.from_url(os.fspath(uri), storage_options=storage_options() or None,
                                 read_only=read_only)
+
+
+def name(uri) -> str:
+    """The last component of a path or URL (``s3://b/x/photo.png`` -> ``photo.png``)."""
+    return normalise(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+def display(uri) -> str:
+    """A URI to show a person: ``file://`` URL of a local path, the URL itself otherwise."""
+    text = normalise(uri)
+    return text if is_remote(text) else local_path(text).as_uri()
+
+
+def join(base, rel: str) -> str:
+    """``base/rel`` for a folder path or an object-store prefix."""
+    base = normalise(base)
+    return f"{base.rstrip('/')}/{rel}" if is_remote(base) else str(local_path(base) / rel)

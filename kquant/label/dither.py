@@ -16,12 +16,15 @@ no seams, whatever the chunking.
 from __future__ import annotations
 
 import functools
+from typing import Literal, get_args
 
 import numpy as np
 
 from kquant.errors import ParameterError
 
-METHODS = ("none", "bayer", "blue-noise")
+#: Dithering methods: none, an 8x8 Bayer matrix, a 64x64 blue-noise matrix.
+Dither = Literal["none", "bayer", "blue-noise"]
+METHODS: tuple[str, ...] = get_args(Dither)
 BAYER_SIZE = 8
 BLUE_NOISE_SIZE = 64
 

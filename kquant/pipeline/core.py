@@ -494,3 +494,22 @@ def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, ad
     timings["total"] = time.perf_counter() - t0
     return QuantizeResult(target=uri_mod.normalise(target), meta=meta, fit=result,
                           timings=timings, preview=written_preview)
+
+
+def finished_store(target, source, params: QuantizeParams, *, palette=None):
+    """The complete store at ``target`` if it is the result of this run, else None.
+
+    The result of this run: made from ``source`` as it is now (:func:`same_source`), with
+    the same parameters and, for an imposed ``palette``, that palette. A store that does not
+    record its source's identity is not recognised.
+    """
+    try:
+        st = store.open_store(target)
+        same = QuantizeParams.from_json(st.meta.params) == params
+    except KquantError:
+        return None
+    if not same or not same_source(st.meta.source, source):
+        return None
+    if palette is not None and st.palette.tolist() != np.asarray(palette).tolist():
+        return None
+    return st

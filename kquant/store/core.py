@@ -29,7 +29,7 @@ import numpy as np
 
 from kquant.label import packing
 from kquant.io import uri as uri_mod
-from kquant.errors import (IncompleteStoreError, NoSpaceError, ParameterError, StoreError,
+from kquant.errors import (KquantError, IncompleteStoreError, NoSpaceError, ParameterError, StoreError,
                      TargetExistsError)
 
 FORMAT = "kquant-store"
@@ -860,3 +860,29 @@ def open_store(uri: str | os.PathLike) -> KquantStore:
     if palette.shape != (meta.n_colors, 3) or palette.dtype != np.uint8:
         raise StoreError(f"{root}: palette of shape {palette.shape} does not match the attributes")
     return KquantStore(root, meta, palette)
+
+
+# --------------------------------------------------------------------------- targets
+
+def exists(uri: str | os.PathLike) -> bool:
+    """Whether anything is at ``uri`` (a file, a folder, a non-empty prefix), seen afresh."""
+    uri = uri_mod.normalise(uri)
+    if uri_mod.is_remote(uri):
+        fs, path = uri_mod.filesystem(uri)
+        fs.invalidate_cache(path)
+    return _exists(uri)
+
+
+def remove(uri: str | os.PathLike) -> None:
+    """Delete a store (its ``zarr.json`` first: nothing complete-looking is left meanwhile)."""
+    _remove(uri_mod.normalise(uri))
+
+
+def status(uri: str | os.PathLike) -> str:
+    """``"missing"``, ``"complete"`` (a complete kquant store) or ``"other"``."""
+    if not exists(uri):
+        return "missing"
+    try:
+        return "complete" if read_meta(uri).complete else "other"
+    except KquantError:
+        return "other"

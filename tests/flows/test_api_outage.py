@@ -7,7 +7,7 @@ back from the API.
 
 The flow processes run with ``PREFECT_CLIENT_MAX_RETRIES=2`` (2 + 4 s of back-off per
 request) so that a 20 s outage outlasts the client's retries, as a longer outage outlasts
-the retries the flows set (flows.tasks.CLIENT_MAX_RETRIES: about 8.5 minutes).
+the retries the flows set (flows.report.CLIENT_MAX_RETRIES: about 8.5 minutes).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def _artifacts(client, flow_run_id) -> dict:
 
 def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
     """`prefect deployment run 'quantize-image/adhoc' --param ... --watch` on the real stack."""
-    from flows.tasks import CLIENT_MAX_RETRIES
+    from flows.report import CLIENT_MAX_RETRIES
     from kquant.store import open_store
 
     src = write_png(tmp_path / "holiday.png", photo(120, 160, seed=5))
@@ -36,7 +36,7 @@ def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
     t0 = time.monotonic()
     out = prefect_stack.prefect(
         "deployment", "run", "quantize-image/adhoc", "--param", f"source={src}",
-        "--param", f"target={target}", "--param", "k=12", "--watch", "--watch-interval", "1", "--watch-timeout", "180")
+        "--param", f"target={target}", "--param", 'params={"k": 12}', "--watch", "--watch-interval", "1", "--watch-timeout", "180")
     seconds = time.monotonic() - t0
     print(f"\nadhoc deployment run, submitted to Completed: {seconds:.1f} s "
           f"(deploy took {prefect_stack.deploy_seconds:.1f} s)")
@@ -52,7 +52,7 @@ def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
     with prefect_stack.client() as client:
         run = client.read_flow_run(run_id)
         assert run.state.type.value == "COMPLETED"
-        assert run.parameters["source"] == str(src) and run.parameters["k"] == 12
+        assert run.parameters["source"] == str(src) and run.parameters["params"]["k"] == 12
         deployment = client.read_deployment(run.deployment_id)
         assert deployment.name == "adhoc" and not deployment.schedules
         assert deployment.work_pool_name == "kquant"

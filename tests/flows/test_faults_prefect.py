@@ -69,8 +69,8 @@ def _flow_process(worker: subprocess.Popen):
 def _submit(stack, client, source: Path, target: Path):
     dep = client.read_deployment_by_name(DEPLOYMENT)
     return client.create_flow_run_from_deployment(dep.id, parameters={
-        "source": str(source), "target": str(target), "k": 16, "seed": 3, "restarts": 0,
-        "preview": False})
+        "source": str(source), "target": str(target),
+        "params": {"k": 16, "seed": 3, "restarts": 0}, "preview": False})
 
 
 def _state(client, run_id) -> str:

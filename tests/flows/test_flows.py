@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from kquant.params import QuantizeParams
 
 from flowkit import photo, truncated_png, write_png
 
@@ -53,8 +56,8 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
     from kquant.store import open_store
 
     src = write_png(tmp_path / "photo.png", photo(90, 130, seed=1))
-    state = quantize_image(source=str(src), target=str(tmp_path / "a.kquant"), k=8,
-                           sample_size=5000, return_state=True)
+    state = quantize_image(source=str(src), target=str(tmp_path / "a.kquant"), params=QuantizeParams(k=8, sample_size=5000),
+                           return_state=True)
     assert state.is_completed(), state.message
     r = state.result()
     st = open_store(tmp_path / "a.kquant")
@@ -88,8 +91,8 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
         assert im.format == "JPEG" and im.width >= 2 * 130
 
     # a rerun on the same file and parameters does not refit: the fit task is Cached
-    again = quantize_image(source=str(src), target=str(tmp_path / "b.kquant"), k=8,
-                           sample_size=5000, return_state=True)
+    again = quantize_image(source=str(src), target=str(tmp_path / "b.kquant"), params=QuantizeParams(k=8, sample_size=5000),
+                           return_state=True)
     assert again.is_completed(), again.message
     assert again.result()["fit_cached"] is True
     assert _task_states(client, _run_id(again))["fit-palette"] == "Cached"
@@ -97,13 +100,13 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
     assert "cached" in _artifacts(client, _run_id(again))["b-kquant-summary"].data
 
     # other parameters, or the same path with a new mtime: refit
-    other_k = quantize_image(source=str(src), target=str(tmp_path / "c.kquant"), k=6,
-                             sample_size=5000, preview=False, return_state=True)
+    other_k = quantize_image(source=str(src), target=str(tmp_path / "c.kquant"), params=QuantizeParams(k=6, sample_size=5000),
+                             preview=False, return_state=True)
     assert other_k.result()["fit_cached"] is False
     t = time.time() + 5
     os.utime(src, (t, t))
-    touched = quantize_image(source=str(src), target=str(tmp_path / "d.kquant"), k=8,
-                             sample_size=5000, preview=False, return_state=True)
+    touched = quantize_image(source=str(src), target=str(tmp_path / "d.kquant"), params=QuantizeParams(k=8, sample_size=5000),
+                             preview=False, return_state=True)
     assert touched.result()["fit_cached"] is False
     assert _task_states(client, _run_id(touched))["fit-palette"] == "Completed"
 
@@ -117,8 +120,8 @@ def test_quantize_image_on_an_existing_dask_cluster(harness, tmp_path):
     src = write_png(tmp_path / "p.png", photo(64, 72, seed=4))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
                       host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
-        state = quantize_image(source=str(src), target=str(tmp_path / "p.kquant"), k=5,
-                               sample_size=2000, chunk=32, preview=False,
+        state = quantize_image(source=str(src), target=str(tmp_path / "p.kquant"), params=QuantizeParams(k=5, sample_size=2000, chunk=32),
+                               preview=False,
                                address=cluster.scheduler_address, return_state=True)
     assert state.is_completed(), state.message
     open_store(tmp_path / "p.kquant").verify()
@@ -135,7 +138,7 @@ def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
 
     good = write_png(tmp_path / "good.png", photo(40, 48, seed=2))
     target = tmp_path / "out.kquant"
-    kwargs = dict(source=str(good), target=str(target), k=4, sample_size=1000)
+    kwargs = dict(source=str(good), target=str(target), params=QuantizeParams(k=4, sample_size=1000), )
     expect = {
         "corrupt": "is not a readable image",
         "not-an-image": "is not a recognised image",
@@ -151,7 +154,7 @@ def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
     elif case == "missing-folder":  # refused before any work
         kwargs["target"] = str(tmp_path / "no" / "such" / "out.kquant")
     elif case == "bad-k":
-        kwargs["k"] = 1
+        kwargs["params"] = {"k": 1, "sample_size": 1000}
     elif case == "target-exists":
         target.mkdir()
         (target / "keep.txt").write_text("user data")
@@ -183,7 +186,7 @@ def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, cl
 
     src = write_png(tmp_path / "p.png", photo(70, 90, seed=21))
     target = tmp_path / "p.kquant"
-    kw = dict(source=str(src), target=str(target), k=6, sample_size=3000)
+    kw = dict(source=str(src), target=str(target), params=QuantizeParams(k=6, sample_size=3000), )
     first = quantize_image(**kw, return_state=True)
     assert first.is_completed(), first.message
     assert first.result()["already_done"] is False
@@ -202,7 +205,8 @@ def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, cl
     assert "already done" in _artifacts(client, _run_id(again))["p-kquant-summary"].data
 
     for changed in (dict(k=5), dict(seed=1), dict(space="lab")):
-        other = quantize_image(**dict(kw, **changed), return_state=True)
+        other = quantize_image(**dict(kw, params=dataclasses.replace(kw["params"], **changed)),
+                               return_state=True)
         assert other.is_failed() and "exists" in other.message, (changed, other.message)
     t = time.time() + 5
     os.utime(src, (t, t))  # the same path, another version of the file
@@ -243,7 +247,7 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     write_png(inbox / ".hidden.png", photo(16, 16))
     write_png(inbox / "copying.png.part", photo(16, 16))
 
-    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=6, sample_size=4000,
+    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=6, sample_size=4000), 
                            shared_palette=True, settle_seconds=5, return_state=True)
     assert state.is_completed(), state.message
     r = state.result()
@@ -257,7 +261,6 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     assert stores[0].palette.tolist() == r["shared_palette"] and len(r["shared_palette"]) == 6
     # ... and it is not what each tile would get on its own
     from kquant import pipeline
-    from kquant.params import QuantizeParams
 
     own = pipeline.fit(str(inbox / "tile-00.png"), QuantizeParams(k=6, sample_size=4000)).palette
     assert not np.array_equal(own, stores[0].palette)
@@ -269,7 +272,7 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
 
     # a rerun skips every complete store and writes nothing
     stamps = {p: p.stat().st_mtime_ns for p in outbox.rglob("zarr.json")}
-    again = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=6, sample_size=4000,
+    again = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=6, sample_size=4000), 
                            shared_palette=True, settle_seconds=5, return_state=True)
     assert again.is_completed(), again.message
     assert again.result()["processed"] == [] and len(again.result()["skipped"]) == 3
@@ -279,7 +282,7 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     # remapped onto the palette the existing stores share
     new = write_png(inbox / "tile-03.png", photo(64, 48, seed=17), age_seconds=60)
     write_png(inbox / "fresh.png", photo(20, 20, seed=3))  # modified just now
-    third = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=6, sample_size=4000,
+    third = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=6, sample_size=4000), 
                            shared_palette=True, settle_seconds=5, return_state=True)
     assert third.is_completed(), third.message
     assert third.result()["processed"] == [new.name]
@@ -298,8 +301,8 @@ def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_pat
     write_png(inbox / "sub" / "b.png", photo(40, 70, seed=12), age_seconds=60)
     truncated_png(inbox / "broken.png")
 
-    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", k=5,
-                           sample_size=3000, settle_seconds=0, preview=False, return_state=True)
+    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", params=QuantizeParams(k=5, sample_size=3000),
+                           settle_seconds=0, preview=False, return_state=True)
     assert state.is_failed()
     assert "1 of 3 images failed" in state.message and "broken.png" in state.message
     assert "is not a readable image" in state.message
@@ -312,8 +315,8 @@ def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_pat
     assert any(m.startswith("broken.png: ") and "is not a readable image" in m for m in logs)
 
     # the good images are done; the rerun fails again only on the broken one
-    again = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", k=5,
-                           sample_size=3000, settle_seconds=0, preview=False, return_state=True)
+    again = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", params=QuantizeParams(k=5, sample_size=3000),
+                           settle_seconds=0, preview=False, return_state=True)
     assert again.is_failed() and "1 of 3 images failed" in again.message
     rows = json.loads(_artifacts(client, _run_id(again))["kquant-batch-out-images"].data)
     assert sorted((row["image"], row["status"].split(":")[0]) for row in rows) == [
@@ -343,7 +346,7 @@ def test_batch_skips_its_own_stores_and_refuses_one_of_another_version(harness, 
     inbox.mkdir()
     a, b = (write_png(inbox / f"{n}.png", photo(30, 40, seed=i), age_seconds=60)
             for i, n in enumerate("ab"))
-    kw = dict(inbox=str(inbox), outbox=str(outbox), k=4, sample_size=1000, settle_seconds=0,
+    kw = dict(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=4, sample_size=1000), settle_seconds=0,
               preview=False)
     assert quantize_batch(**kw, return_state=True).result()["processed"] == ["a.png", "b.png"]
     stamps = {p: p.stat().st_mtime_ns for p in outbox.rglob("*")}
@@ -358,7 +361,8 @@ def test_batch_skips_its_own_stores_and_refuses_one_of_another_version(harness, 
     rows = json.loads(_artifacts(client, _run_id(state))["kquant-batch-out-images"].data)
     assert [(r["image"], r["status"].split(":")[0]) for r in rows] == [
         ("a.png", "skipped (store exists)"), ("b.png", "failed")]
-    other_k = quantize_batch(**dict(kw, k=5), return_state=True)
+    other_k = quantize_batch(**dict(kw, params=dataclasses.replace(kw["params"], k=5)),
+                             return_state=True)
     assert other_k.is_failed() and "2 of 2 images failed" in other_k.message
     assert {p: p.stat().st_mtime_ns for p in outbox.rglob("*")} == stamps
 
@@ -399,7 +403,7 @@ def test_batch_shared_palette_goes_on_without_a_corrupt_tile(harness, tmp_path):
     inbox.mkdir()
     _tiles(inbox, 2, seed=8)
     truncated_png(inbox / "tile-99.png")
-    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), k=4, sample_size=2000,
+    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=4, sample_size=2000), 
                            shared_palette=True, settle_seconds=0, preview=False,
                            return_state=True)
     assert state.is_failed() and "1 of 3 images failed: tile-99.png" in state.message
@@ -414,8 +418,8 @@ def test_batch_outbox_inside_the_inbox_is_not_reprocessed(harness, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     _tiles(inbox, 1)
-    kw = dict(inbox=str(inbox), outbox=str(inbox / "done"), pattern="**/*", k=4,
-              sample_size=1000, settle_seconds=0)
+    kw = dict(inbox=str(inbox), outbox=str(inbox / "done"), pattern="**/*", params=QuantizeParams(k=4, sample_size=1000),
+              settle_seconds=0)
     first = quantize_batch(**kw, return_state=True)
     assert first.is_completed() and first.result()["processed"] == ["tile-00.png"]
     assert (inbox / "done" / "tile-00.png-preview.png").is_file()
@@ -437,8 +441,8 @@ def test_mode_and_shard_reach_the_store(harness, tmp_path):
     rng = np.random.default_rng(2)
     img = rng.integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
     iio.imwrite(tmp_path / "m.png", img)
-    out = quantize_image(str(tmp_path / "m.png"), str(tmp_path / "m.kquant"), k=8, restarts=0,
-                         chunk=32, shard=64, mode="sample", preview=False)
+    out = quantize_image(str(tmp_path / "m.png"), str(tmp_path / "m.kquant"), params=QuantizeParams(k=8, restarts=0, chunk=32, shard=64, mode="sample"), 
+                         preview=False)
     st = kquant.open_store(out["target"])
     assert st.meta.params["mode"] == "sample" and st.meta.shard_rows == 64
     assert zarr.open_array(out["target"], path="labels").shards is not None
@@ -455,13 +459,12 @@ def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
     from flows.batch import quantize_batch
     from flows.quantize import quantize_image
     from kquant.pipeline import shared_palette
-    from kquant.params import QuantizeParams
 
     img = photo(64, 80, seed=61)
     iio.imwrite(tmp_path / "p.png", img)
     options = {"space": "lab", "dither": "blue-noise", "target_psnr": 15.0}
-    out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"), k=16, restarts=0,
-                         preview=False, **options)
+    out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"),
+                         params=QuantizeParams(k=16, restarts=0, **options), preview=False)
     ref = kquant.quantize(tmp_path / "p.png", tmp_path / "ref.kquant",
                           QuantizeParams(k=16, restarts=0, **options))
     st = kquant.open_store(out["target"])
@@ -478,8 +481,8 @@ def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
     inbox.mkdir()
     iio.imwrite(inbox / "a.png", img[:32])
     iio.imwrite(inbox / "b.png", img[32:])
-    res = quantize_batch(str(inbox), str(tmp_path / "out"), k=6, restarts=0,
-                         shared_palette=True, preview=False, settle_seconds=0, space="lab")
+    res = quantize_batch(str(inbox), str(tmp_path / "out"), params=QuantizeParams(k=6, restarts=0, space="lab"), 
+                         shared_palette=True, preview=False, settle_seconds=0, )
     assert len(res["processed"]) == 2
     want = shared_palette.fit_shared([str(inbox / "a.png"), str(inbox / "b.png")],
                              QuantizeParams(k=6, restarts=0, space="lab")).palette
@@ -503,8 +506,8 @@ def test_an_imposed_palette_as_the_cli_does(harness, tmp_path):
     gpl = tmp_path / "p.gpl"
     pal = np.array([[0, 0, 0], [250, 250, 250], [200, 30, 30], [30, 90, 200], [90, 160, 60]])
     gpl.write_text("GIMP Palette\n#\n" + "".join(f"{r} {g} {b}\tc\n" for r, g, b in pal))
-    out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"), k=16,
-                         target_psnr=40.0, preview=False, palette=str(gpl), dither="bayer")
+    out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"), params=QuantizeParams(k=16, target_psnr=40.0, dither="bayer"),
+                         preview=False, palette=str(gpl), )
     ref = kquant.quantize(tmp_path / "p.png", tmp_path / "ref.kquant",
                           kquant.QuantizeParams(dither="bayer"), palette=gpl)
     st = kquant.open_store(out["target"])

@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+
+from kquant.params import QuantizeParams
 from flowkit import photo, write_png
 from helpers import moto_s3
 
@@ -30,7 +32,7 @@ def test_quantize_image_s3_to_s3_with_cached_rerun(harness, client, s3, tmp_path
 
     s3.put_file(str(write_png(tmp_path / "p.png", photo(60, 90, seed=41))), "kqflows/src/p.png")
     state = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
-                           k=6, sample_size=3000, return_state=True)
+                           params=QuantizeParams(k=6, sample_size=3000), return_state=True)
     assert state.is_completed(), state.message
     r = state.result()
     assert r["target"] == "s3://kqflows/st/p.kquant" and r["fit_cached"] is False
@@ -44,19 +46,19 @@ def test_quantize_image_s3_to_s3_with_cached_rerun(harness, client, s3, tmp_path
     # same object (same ETag, size, mtime) and parameters: already done, nothing rewritten
     written = s3.info("kqflows/st/p.kquant/zarr.json")["LastModified"]
     again = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
-                           k=6, sample_size=3000, return_state=True)
+                           params=QuantizeParams(k=6, sample_size=3000), return_state=True)
     assert again.is_completed() and again.result()["already_done"] is True, again.message
     s3.invalidate_cache()
     assert s3.info("kqflows/st/p.kquant/zarr.json")["LastModified"] == written
     # with overwrite: rewritten, and the fit comes from the cache (same identity)
     over = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
-                          k=6, sample_size=3000, overwrite=True, return_state=True)
+                          params=QuantizeParams(k=6, sample_size=3000), overwrite=True, return_state=True)
     assert over.is_completed(), over.message
     assert over.result()["fit_cached"] is True and over.result()["already_done"] is False
     assert np.array_equal(open_store("s3://kqflows/st/p.kquant").palette, st.palette)
     # other parameters: the target exists, refused unless overwrite
     other = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
-                           k=5, sample_size=3000, return_state=True)
+                           params=QuantizeParams(k=5, sample_size=3000), return_state=True)
     assert other.is_failed() and "exists" in other.message and "overwrite=true" in other.message
 
 
@@ -69,7 +71,7 @@ def test_batch_over_an_s3_prefix(harness, client, s3, tmp_path):
         s3.put_file(str(write_png(tmp_path / f"t{i}.png", big[:, 40 * i:40 * (i + 1)])),
                     f"kqflows/inbox/t{i}.png")
     s3.pipe_file("kqflows/inbox/notes.txt", b"not an image")
-    kw = dict(inbox="s3://kqflows/inbox", outbox="s3://kqflows/outbox", k=5, sample_size=3000,
+    kw = dict(inbox="s3://kqflows/inbox", outbox="s3://kqflows/outbox", params=QuantizeParams(k=5, sample_size=3000), 
               shared_palette=True, settle_seconds=0)
     state = quantize_batch(**kw, return_state=True)
     assert state.is_completed(), state.message
