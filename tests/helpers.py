@@ -1,5 +1,8 @@
 """Test helpers shared by test modules (a plain module, not a conftest)."""
 
+import os
+import time
+
 import numpy as np
 
 
@@ -193,3 +196,30 @@ def run_cli_listing_modules(args: list[str], modules: tuple[str, ...], *, after:
             f"rc = cli.main({[str(a) for a in args]!r})\n"
             f"print(rc, *[m for m in {tuple(modules)!r} if m in sys.modules])\n" + after)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def write_png(path, img: np.ndarray, *, age_seconds: float = 0.0):
+    """Write ``img`` as a PNG at ``path``, modified ``age_seconds`` ago; return ``path``."""
+    import imageio.v3 as iio
+
+    iio.imwrite(path, img, extension=".png")
+    if age_seconds:
+        t = time.time() - age_seconds
+        os.utime(path, (t, t))
+    return path
+
+
+def truncated_png(path):
+    """A file that starts like a PNG but is cut in half."""
+    import imageio.v3 as iio
+
+    data = iio.imwrite("<bytes>", photo_like(40, 56, seed=9), extension=".png")
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, stack=None,
+             interval: float = 0.5):
+    """:func:`poll` with a Prefect stack's log tail as the detail of a timeout."""
+    return poll(predicate, timeout, what, interval=interval,
+                detail=stack.log_tail if stack is not None else None)

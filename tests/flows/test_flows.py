@@ -13,7 +13,7 @@ import pytest
 
 from kquant.params import QuantizeParams
 
-from flowkit import photo, truncated_png, write_png
+from helpers import photo_like, truncated_png, write_png
 
 
 def _artifacts(client, flow_run_id):
@@ -55,7 +55,7 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
     from flows.quantize import quantize_image
     from kquant.store import open_store
 
-    src = write_png(tmp_path / "photo.png", photo(90, 130, seed=1))
+    src = write_png(tmp_path / "photo.png", photo_like(90, 130, seed=1))
     state = quantize_image(source=str(src), target=str(tmp_path / "a.kquant"), params=QuantizeParams(k=8, sample_size=5000),
                            return_state=True)
     assert state.is_completed(), state.message
@@ -117,7 +117,7 @@ def test_quantize_image_on_an_existing_dask_cluster(harness, tmp_path):
     from flows.quantize import quantize_image
     from kquant.store import open_store
 
-    src = write_png(tmp_path / "p.png", photo(64, 72, seed=4))
+    src = write_png(tmp_path / "p.png", photo_like(64, 72, seed=4))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
                       host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
         state = quantize_image(source=str(src), target=str(tmp_path / "p.kquant"), params=QuantizeParams(k=5, sample_size=2000, chunk=32),
@@ -136,7 +136,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
     from flows.quantize import quantize_image
 
-    good = write_png(tmp_path / "good.png", photo(40, 48, seed=2))
+    good = write_png(tmp_path / "good.png", photo_like(40, 48, seed=2))
     target = tmp_path / "out.kquant"
     kwargs = dict(source=str(good), target=str(target), params=QuantizeParams(k=4, sample_size=1000), )
     expect = {
@@ -184,7 +184,7 @@ def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, cl
     from flows.quantize import quantize_image
     from kquant.store import open_store
 
-    src = write_png(tmp_path / "p.png", photo(70, 90, seed=21))
+    src = write_png(tmp_path / "p.png", photo_like(70, 90, seed=21))
     target = tmp_path / "p.kquant"
     kw = dict(source=str(src), target=str(target), params=QuantizeParams(k=6, sample_size=3000), )
     first = quantize_image(**kw, return_state=True)
@@ -231,7 +231,7 @@ def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, cl
 
 def _tiles(folder: Path, n: int, *, seed: int = 7, age: float = 60.0) -> list[Path]:
     """``n`` tiles cut from one picture (a mosaic)."""
-    big = photo(64, 48 * n, seed=seed)
+    big = photo_like(64, 48 * n, seed=seed)
     return [write_png(folder / f"tile-{i:02d}.png", big[:, 48 * i:48 * (i + 1)], age_seconds=age)
             for i in range(n)]
 
@@ -244,8 +244,8 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     inbox.mkdir()
     _tiles(inbox, 3)
     (inbox / "README.txt").write_text("not an image")
-    write_png(inbox / ".hidden.png", photo(16, 16))
-    write_png(inbox / "copying.png.part", photo(16, 16))
+    write_png(inbox / ".hidden.png", photo_like(16, 16))
+    write_png(inbox / "copying.png.part", photo_like(16, 16))
 
     state = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=6, sample_size=4000), 
                            shared_palette=True, settle_seconds=5, return_state=True)
@@ -280,8 +280,8 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
 
     # a new tile arrives (and one still being written is left for later): only it is processed,
     # remapped onto the palette the existing stores share
-    new = write_png(inbox / "tile-03.png", photo(64, 48, seed=17), age_seconds=60)
-    write_png(inbox / "fresh.png", photo(20, 20, seed=3))  # modified just now
+    new = write_png(inbox / "tile-03.png", photo_like(64, 48, seed=17), age_seconds=60)
+    write_png(inbox / "fresh.png", photo_like(20, 20, seed=3))  # modified just now
     third = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=6, sample_size=4000), 
                            shared_palette=True, settle_seconds=5, return_state=True)
     assert third.is_completed(), third.message
@@ -297,8 +297,8 @@ def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_pat
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     (inbox / "sub").mkdir(parents=True)
-    write_png(inbox / "a.png", photo(50, 60, seed=11), age_seconds=60)
-    write_png(inbox / "sub" / "b.png", photo(40, 70, seed=12), age_seconds=60)
+    write_png(inbox / "a.png", photo_like(50, 60, seed=11), age_seconds=60)
+    write_png(inbox / "sub" / "b.png", photo_like(40, 70, seed=12), age_seconds=60)
     truncated_png(inbox / "broken.png")
 
     state = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", params=QuantizeParams(k=5, sample_size=3000),
@@ -344,7 +344,7 @@ def test_batch_skips_its_own_stores_and_refuses_one_of_another_version(harness, 
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
-    a, b = (write_png(inbox / f"{n}.png", photo(30, 40, seed=i), age_seconds=60)
+    a, b = (write_png(inbox / f"{n}.png", photo_like(30, 40, seed=i), age_seconds=60)
             for i, n in enumerate("ab"))
     kw = dict(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=4, sample_size=1000), settle_seconds=0,
               preview=False)
@@ -453,14 +453,14 @@ def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
     """The flows take the CLI's perceptual, dithering and target-PSNR options."""
     import imageio.v3 as iio
     import numpy as np
-    from flowkit import photo
+    from helpers import photo_like
 
     import kquant
     from flows.batch import quantize_batch
     from flows.quantize import quantize_image
     from kquant.pipeline import shared_palette
 
-    img = photo(64, 80, seed=61)
+    img = photo_like(64, 80, seed=61)
     iio.imwrite(tmp_path / "p.png", img)
     options = {"space": "lab", "dither": "blue-noise", "target_psnr": 15.0}
     out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"),
@@ -495,13 +495,13 @@ def test_an_imposed_palette_as_the_cli_does(harness, tmp_path):
     """``palette=`` maps onto a palette file or store: the library's store, no fit task."""
     import imageio.v3 as iio
     import numpy as np
-    from flowkit import photo
+    from helpers import photo_like
 
     import kquant
     from flows.batch import quantize_batch
     from flows.quantize import main, quantize_image
 
-    img = photo(48, 64, seed=62)
+    img = photo_like(48, 64, seed=62)
     iio.imwrite(tmp_path / "p.png", img)
     gpl = tmp_path / "p.gpl"
     pal = np.array([[0, 0, 0], [250, 250, 250], [200, 30, 30], [30, 90, 200], [90, 160, 60]])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kquant.params import QuantizeParams
-from flowkit import photo, write_png
+from helpers import photo_like, write_png
 from helpers import moto_s3
 
 
@@ -30,7 +30,7 @@ def test_quantize_image_s3_to_s3_with_cached_rerun(harness, client, s3, tmp_path
     from flows.quantize import quantize_image
     from kquant.store import open_store
 
-    s3.put_file(str(write_png(tmp_path / "p.png", photo(60, 90, seed=41))), "kqflows/src/p.png")
+    s3.put_file(str(write_png(tmp_path / "p.png", photo_like(60, 90, seed=41))), "kqflows/src/p.png")
     state = quantize_image(source="s3://kqflows/src/p.png", target="s3://kqflows/st/p.kquant",
                            params=QuantizeParams(k=6, sample_size=3000), return_state=True)
     assert state.is_completed(), state.message
@@ -66,7 +66,7 @@ def test_batch_over_an_s3_prefix(harness, client, s3, tmp_path):
     from flows.batch import quantize_batch
     from kquant.store import open_store
 
-    big = photo(48, 120, seed=42)
+    big = photo_like(48, 120, seed=42)
     for i in range(3):
         s3.put_file(str(write_png(tmp_path / f"t{i}.png", big[:, 40 * i:40 * (i + 1)])),
                     f"kqflows/inbox/t{i}.png")
@@ -82,7 +82,7 @@ def test_batch_over_an_s3_prefix(harness, client, s3, tmp_path):
     assert all(np.array_equal(st.palette, stores[0].palette) for st in stores)
     assert s3.exists("kqflows/outbox/t0.png-preview.png")
 
-    s3.put_file(str(write_png(tmp_path / "t3.png", photo(30, 40, seed=43))), "kqflows/inbox/t3.png")
+    s3.put_file(str(write_png(tmp_path / "t3.png", photo_like(30, 40, seed=43))), "kqflows/inbox/t3.png")
     again = quantize_batch(**kw, return_state=True)
     assert again.is_completed(), again.message
     assert again.result()["processed"] == ["t3.png"]
