@@ -161,27 +161,29 @@ def _dead_pid() -> int:
 
 _CONTENDER = """
 import os, sys, time
-go, target = sys.argv[1], sys.argv[2]
+go, target, after = sys.argv[1], sys.argv[2], float(sys.argv[3])
 from kquant import locking
 print("ready", flush=True)
 while not os.path.exists(go):
     time.sleep(0.002)
+time.sleep(after)
 try:
     locking.acquire(target)
 except Exception as e:
     print("lost", type(e).__name__, e, flush=True)
     sys.exit(3)
 print("won", flush=True)
-time.sleep(2)
+while not os.path.exists(go + ".release"):  # held until every contender has tried
+    time.sleep(0.01)
 locking.release(target)
 """
 
 
 def test_racing_takeovers_of_a_stale_s3_lock_leave_one_holder(s3, proxy, tmp_path):
-    """Three runs find the same dead holder's lock at the same instant; one of them reaches
-    the store through a slow link, so its takeover request (after a create refused and a
-    read that found the lock stale) lands after another run has taken the lock over.
-    Exactly one run holds the lock; the others fail as if it were held."""
+    """Runs that find the same dead holder's lock: a slow one (its link delays its second
+    write request to the lock by 2 s) has read the lock as stale when two others, 0.5 s
+    later, find it stale too and race for it; the slow one's takeover lands last. Exactly
+    one run holds the lock; the others fail as if it were held."""
     target = f"s3://{BUCKET}/race/img.kquant"
     key = f"{BUCKET}/race/.img.kquant.kquant-lock"
     s3.pipe(key, json.dumps({"host": socket.gethostname(), "pid": _dead_pid(),
@@ -189,15 +191,20 @@ def test_racing_takeovers_of_a_stale_s3_lock_leave_one_holder(s3, proxy, tmp_pat
     # the slow run's second write request to the lock (the first is its refused create):
     # a PUT, a DELETE or a bulk delete (POST ?delete)
     proxy.delay(rb"(PUT|DELETE) /kqrec/race/\.img\.kquant\.kquant-lock|POST /kqrec\?delete",
-                1.5, after=2)
+                2.0, after=2)
     go = tmp_path / "go"
-    envs = [run_env(AWS_ENDPOINT_URL=proxy.url)] + [run_env()] * 2
-    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(go), target],
+    runs = [(run_env(AWS_ENDPOINT_URL=proxy.url), "0")] + [(run_env(), "0.5")] * 2
+    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(go), target, after],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env) for env in envs]
+                              env=env) for env, after in runs]
     assert all(p.stdout.readline().startswith("ready") for p in procs)
-    go.touch()  # all at once
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    go.touch()
+    try:
+        outs = [p.stdout.readline() for p in procs]  # every outcome, while winners hold on
+    finally:
+        (tmp_path / "go.release").touch()
+    for p in procs:
+        p.communicate(timeout=60)
     assert sum(o.startswith("won") for o in outs) == 1, outs
     assert all(o.startswith(("won", "lost TargetLockedError")) for o in outs), outs
     assert not s3.exists(key)  # released by the winner
