@@ -179,6 +179,7 @@ locking.release(target)
 """
 
 
+@pytest.mark.slow
 def test_racing_takeovers_of_a_stale_s3_lock_leave_one_holder(s3, proxy, tmp_path):
     """Runs that find the same dead holder's lock: a slow one (its link delays its second
     write request to the lock by 2 s) has read the lock as stale when two others, 0.5 s
