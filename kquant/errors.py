@@ -55,3 +55,20 @@ class UnsafeTargetError(KquantError):
 
 class TargetLockedError(KquantError):
     """Another run is writing the same target."""
+
+
+class ObjectStoreError(KquantError):
+    """An object store refused a request: a missing bucket, access denied, another refusal."""
+
+
+class StorageUnreachableError(ObjectStoreError):
+    """The object store's endpoint could not be reached (refused, reset, timed out)."""
+
+    exit_code = 1
+
+
+class LockLostError(TargetLockedError):
+    """This run's lock on an object-store target lapsed (not renewed within its lease) or
+    was taken over; the run stopped writing."""
+
+    exit_code = 1

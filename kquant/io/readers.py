@@ -139,12 +139,13 @@ def _has(uri: str, name: str) -> bool:
 
 def _sniff(path: str) -> str:
     try:
-        if _isdir(path):
-            if _has(path, "zarr.json") or _has(path, ".zarray"):
-                return "ZARR"
-            raise InputError(f"{path} is a directory, not a zarr array")
-        with _open(path) as fh:
-            head = fh.read(16)
+        with uri_mod.storage_errors(path):  # a missing bucket, denied access: said so
+            if _isdir(path):
+                if _has(path, "zarr.json") or _has(path, ".zarray"):
+                    return "ZARR"
+                raise InputError(f"{path} is a directory, not a zarr array")
+            with _open(path) as fh:
+                head = fh.read(16)
     except FileNotFoundError:
         raise InputError(f"no such file: {path}") from None
     except PermissionError:

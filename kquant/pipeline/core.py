@@ -51,8 +51,17 @@ class QuantizeResult:
 
 
 def inspect(source, *, max_pixels: int | None = None) -> ImageSource:
-    """Header of the source (see :func:`kquant.readers.inspect_image`)."""
-    return readers.inspect_image(source, max_pixels=max_pixels)
+    """Header of the source (see :func:`kquant.readers.inspect_image`).
+
+    Raises
+    ------
+    InputError
+        As :func:`kquant.readers.inspect_image`.
+    ObjectStoreError
+        If the source's object store cannot be reached or refuses the read.
+    """
+    with uri_mod.storage_errors(source):
+        return readers.inspect_image(source, max_pixels=max_pixels)
 
 
 def _image(src: ImageSource, params: QuantizeParams, max_pixels):
@@ -112,6 +121,8 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
     ------
     InputError, ParameterError
         On a bad source or bad parameters.
+    ObjectStoreError
+        If the source's object store cannot be reached or refuses a read.
     """
     params = params or QuantizeParams()
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
@@ -121,7 +132,7 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
     use_sample = params.sample_fit == "always" or (
         params.sample_fit == "auto" and src.n_pixels >= SAMPLE_FIT_MIN_PIXELS)
     t0 = time.perf_counter()
-    with cluster.scheduler(address):
+    with cluster.scheduler(address), uri_mod.storage_errors(src.uri):
         if mode == "exact" and not use_sample and in_memory.eligible(src, params, address=address):
             colours, counts = in_memory.colour_histogram(src, params, max_pixels=max_pixels)
             sample = None
@@ -295,6 +306,10 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
         may replace (see :func:`kquant.store.check_target`; checked before any work).
     InputError, StoreError
         On a bad source or a failed write; no store is left behind.
+    ObjectStoreError
+        If an object store cannot be reached or refuses a request (naming the URL).
+    LockLostError
+        If the target is on object storage and the run lost its lock (it stops writing).
     """
     params = params or QuantizeParams()
     store.check_target(target, overwrite=overwrite, source=source)
@@ -306,7 +321,8 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
                               label_options=_label_options(params, palette))
     import dask
 
-    image = _image(src, params, max_pixels)
+    with uri_mod.storage_errors(src.uri):
+        image = _image(src, params, max_pixels)
     rows, cols = store_chunks(image)
     shards = store_shards((rows, cols), params.shard)
     palette = np.asarray(palette, np.uint8)

@@ -3,5 +3,5 @@
 from kquant.store.core import (FORMAT, FORMAT_VERSION, READABLE_VERSIONS, STATUS_COMPLETE,
                                STATUS_WRITING, DirectStoreWriter, KquantStore, StoreMeta,
                                StoreWriter, check_output, check_target, chunk_digest, combine_digests,
-                               exists, open_store, read_meta, remove, status,
+                               exists, open_store, read_meta, recover, remove, status,
                                write_packed_chunk, zstd_level)

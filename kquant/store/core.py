@@ -29,8 +29,8 @@ import numpy as np
 
 from kquant.label import packing
 from kquant.io import uri as uri_mod
-from kquant.errors import (KquantError, IncompleteStoreError, NoSpaceError, ParameterError, StoreError,
-                     TargetExistsError)
+from kquant.errors import (IncompleteStoreError, KquantError, NoSpaceError, ParameterError,
+                     StorageUnreachableError, StoreError, TargetExistsError)
 
 FORMAT = "kquant-store"
 FORMAT_VERSION = 2
@@ -181,22 +181,185 @@ def local_path(uri: str | os.PathLike) -> Path:
 
 def _exists(uri: str) -> bool:
     if uri_mod.is_remote(uri):
-        fs, path = uri_mod.filesystem(uri)
-        return bool(fs.exists(path) and (fs.isfile(path) or fs.ls(path)))
+        with uri_mod.storage_errors(uri):
+            fs, path = uri_mod.filesystem(uri)
+            if not (fs.exists(path) and (fs.isfile(path) or fs.ls(path))):
+                return False
+            return not _abandoned(fs, path, uri)
     return os.path.lexists(uri)
+
+
+def _abandoned(fs, path: str, uri: str) -> bool:
+    """An unfinished store written in place on object storage whose run is gone (no live
+    lock holder): it counts as absent, and the next run's :func:`recover` removes it."""
+    from kquant.store import locking
+
+    if fs.isfile(path) or _remote_state(fs, path) not in ("writing", "partial"):
+        return False
+    return not locking.holder_alive(uri)
 
 
 def _remove(uri: str) -> None:
     if uri_mod.is_remote(uri):
         fs, path = uri_mod.filesystem(uri)
-        if fs.exists(f"{path}/zarr.json"):  # first, so nothing complete-looking is left
-            fs.rm(f"{path}/zarr.json")
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        _remove_remote(fs, path)
     elif os.path.isdir(uri) and not os.path.islink(uri):
         shutil.rmtree(uri, ignore_errors=True)
     elif os.path.lexists(uri):
         os.unlink(uri)
+
+
+def _remove_remote(fs, path: str) -> None:
+    if fs.exists(f"{path}/zarr.json"):  # first, so nothing complete-looking is left
+        fs.rm(f"{path}/zarr.json")
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.invalidate_cache(path)
+
+
+# --------------------------------------------------------------------------- recovery
+
+def _group_status(doc) -> str | None:
+    """``complete``/``writing`` for a kquant group document, ``""`` for a group without
+    attributes (zarr writes it before the attributes), None for anything else."""
+    if not isinstance(doc, dict):
+        return None
+    attrs = doc.get("attributes") or {}
+    kq = attrs.get("kquant")
+    if isinstance(kq, dict):
+        return STATUS_COMPLETE if kq.get("status") == STATUS_COMPLETE else STATUS_WRITING
+    return "" if not attrs and doc.get("node_type") == "group" else None
+
+
+def _remote_state(fs, path: str) -> str:
+    """What is at ``path`` on object storage: ``complete`` or ``writing`` (a kquant store),
+    ``partial`` (a kquant store's objects without its final attributes: a write or a
+    removal that stopped), ``absent``, or ``other`` (not kquant's)."""
+    import json
+
+    try:
+        status = _group_status(json.loads(fs.cat(f"{path}/zarr.json")))
+    except FileNotFoundError:
+        status = ""
+    except ValueError:
+        return "other"
+    if status:
+        return status
+    if status is None:
+        return "other"
+    names = [f[len(path) + 1:] for f in fs.find(path) if f != f"{path}/zarr.json"]
+    if not names:
+        return "partial" if fs.exists(f"{path}/zarr.json") else "absent"
+    return "partial" if all(n.split("/", 1)[0] in ("palette", "labels") for n in names) else "other"
+
+
+def _remote_tmps(fs, path: str) -> list[str]:
+    """The hidden temporary stores (``.NAME.kquant-tmp-*``) beside ``path``."""
+    head, _, name = path.rpartition("/")
+    prefix = f".{name}.kquant-tmp-"
+    try:
+        found = fs.find(head, prefix=prefix, withdirs=True)
+    except TypeError:  # an fsspec implementation without prefix listings
+        found = fs.glob(f"{head}/{prefix}*")
+    roots = {f"{head}/{f[len(head) + 1:].split('/', 1)[0]}" for f in found}
+    return sorted(r for r in roots if r.rpartition("/")[2].startswith(prefix))
+
+
+def _move_remote(fs, src: str, dst: str, check=None) -> None:
+    """Put the complete store ``src`` at ``dst``: the objects at ``dst`` go first (its
+    ``zarr.json`` first of all), then ``src``'s objects are copied, ``zarr.json`` last, then
+    ``src`` goes. ``check()`` runs before each copy (a lost lock stops the move)."""
+    _remove_remote(fs, dst)
+    for f in sorted(f for f in fs.find(src) if f != f"{src}/zarr.json"):
+        if check is not None:
+            check()
+        fs.copy(f, dst + f[len(src):])
+    if check is not None:
+        check()
+    fs.copy(f"{src}/zarr.json", f"{dst}/zarr.json")  # the group's attributes last
+    _remove_remote(fs, src)
+
+
+def _modified(fs, path: str) -> float:
+    info = fs.info(path)
+    value = info.get("LastModified") or info.get("mtime") or 0
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
+
+
+def recover(target: str) -> None:
+    """Settle what runs that stopped left at ``target``; run by the holder of its lock.
+
+    A temporary store holding the only complete store of the target (an ``--overwrite``
+    that stopped after the old store was removed) is put in place (rolled forward);
+    every other temporary store beside the target is removed, and so is an unfinished
+    store written in place (object storage). A complete store, or anything that is not
+    kquant's, is never removed. The states are listed in ``docs/format.md``.
+
+    Raises
+    ------
+    ObjectStoreError
+        If the object store cannot be reached or refuses a request.
+    """
+    if uri_mod.is_remote(target):
+        _recover_remote(target)
+    else:
+        _recover_local(target)
+
+
+def _recover_remote(target: str) -> None:
+    from kquant.store import locking
+
+    fs, path = uri_mod.filesystem(target)
+    fs.invalidate_cache()
+    tmps = _remote_tmps(fs, path)
+    state = _remote_state(fs, path)
+    if not tmps and state not in (STATUS_WRITING, "partial"):
+        return
+    states = {t: _remote_state(fs, t) for t in tmps}
+    if state in (STATUS_WRITING, "partial", "absent"):
+        done = [t for t in tmps if states[t] == STATUS_COMPLETE]
+        if done:  # the only complete store of the target: roll forward
+            newest = max(done, key=lambda t: _modified(fs, f"{t}/zarr.json"))
+            _move_remote(fs, newest, path, check=lambda: locking.check(target))
+            tmps.remove(newest)
+            state = STATUS_COMPLETE
+        elif state != "absent":
+            _remove_remote(fs, path)
+    for t in tmps:
+        if states[t] == STATUS_COMPLETE and state != STATUS_COMPLETE:
+            continue  # the target is not kquant's: keep the complete copy
+        _remove_remote(fs, t)
+
+
+def _local_status(root: str) -> str | None:
+    import json
+
+    try:
+        with open(os.path.join(root, "zarr.json"), "rb") as fh:
+            return _group_status(json.loads(fh.read()))
+    except (OSError, ValueError):
+        return None
+
+
+def _recover_local(target: str) -> None:
+    import glob
+
+    head, name = os.path.split(target)
+    pattern = f"{glob.escape(head)}/.{glob.escape(name)}.kquant-"
+    tmps = [t for t in sorted(glob.glob(pattern + "tmp-*"))
+            if os.path.isdir(t) and not os.path.islink(t)]
+    olds = [t for t in sorted(glob.glob(pattern + "old-*"))
+            if os.path.isdir(t) and not os.path.islink(t)]
+    if not os.path.lexists(target):  # stopped between the two renames of a commit
+        done = [t for t in tmps if _local_status(t) == STATUS_COMPLETE]
+        if done:
+            newest = max(done, key=lambda t: os.stat(os.path.join(t, "zarr.json")).st_mtime_ns)
+            os.rename(newest, target)
+            tmps.remove(newest)
+    if not os.path.lexists(target):
+        olds = []  # the replaced store is all there is: keep it
+    for t in tmps + olds:
+        shutil.rmtree(t, ignore_errors=True)
 
 
 def _sibling(uri: str, tag: str) -> str:
@@ -414,7 +577,8 @@ class _Gate:
     re-creates) the temporary store that the abort removed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, target: str | None = None) -> None:
+        self.target = target  # an object-store target: its lock is checked before each write
         self._cond = threading.Condition()
         self._active = 0
         self._closed = False
@@ -452,11 +616,17 @@ def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
         If the write is not aligned to the array's chunk (or shard) grid: a
         partial write from concurrent tasks could lose data (for shards, zarr
         rewrites the whole shard).
+    LockLostError
+        If the store is on object storage and this process lost its lock.
     """
     gate = _gates.get(root)
     if gate is not None and not gate.enter():
         return
     try:
+        if gate is not None and gate.target is not None:
+            from kquant.store import locking
+
+            locking.check(gate.target)  # a run that lost its lock writes nothing more
         layout = _direct_layout(root)
         if layout is not None:
             shape, grid, level = layout
@@ -549,7 +719,8 @@ class StoreWriter:
     after the new store is complete under a temporary prefix: its
     ``zarr.json`` is deleted first, then its objects, then the new store is
     copied in with ``zarr.json`` last, so a reader sees either the old store,
-    no store, or the new one -- never a complete-looking mixture.
+    no store, or the new one -- never a complete-looking mixture. What a run
+    that stopped half-way leaves is settled by the next one (:func:`recover`).
 
     Parameters
     ----------
@@ -573,16 +744,18 @@ class StoreWriter:
         self.remote = uri_mod.is_remote(self.target)
         in_place = self.remote and not _exists(self.target)
         self.root = self.target if in_place else _sibling(self.target, "tmp")
+        self._moving = False
 
     def __enter__(self) -> "StoreWriter":
         from kquant.store import locking
 
         locking.acquire(self.target)
-        _gates[self.root] = _Gate()
+        _gates[self.root] = _Gate(self.target if self.remote else None)
         try:
-            self._create()
+            with uri_mod.storage_errors(self.target):
+                self._create()
         except BaseException as exc:
-            self.abort()
+            self._abort(remove=not isinstance(exc, StorageUnreachableError))
             locking.release(self.target)
             self._raise_if_no_space(exc)
             raise
@@ -625,19 +798,55 @@ class StoreWriter:
         _labels_array.cache_clear()
         try:
             if exc_type is not None:
-                self.abort()
+                err = None
+                if self.remote and isinstance(exc, Exception) and not isinstance(exc, KquantError):
+                    err = uri_mod.storage_error(exc, self.target, self.meta.source.get("uri"))
+                # an unreachable store is not waited for again: the next run cleans up
+                self._abort(remove=not isinstance(err or exc, StorageUnreachableError))
                 self._raise_if_no_space(exc)
+                if err is not None:
+                    raise err from exc
         finally:
             locking.release(self.target)
 
     def abort(self) -> None:
+        """Remove the unfinished store. On object storage a store that cannot be reached
+        now, whose lock this run lost, or that was being copied over the old store (then
+        the only complete one) is left to the next run (:func:`recover`)."""
+        self._abort(remove=True)
+
+    def _abort(self, *, remove: bool) -> None:
+        from kquant.store import locking
+
         gate = _gates.get(self.root)  # stays registered, closed: late tasks skip their write
         if gate is not None:
             gate.close()  # no write lands after this
-        _remove(self.root)
+        if not self.remote:
+            _remove(self.root)
+        elif remove and not self._moving and not locking.lost(self.target):
+            try:
+                _remove(self.root)
+            except Exception:  # unreachable: the next run for this target removes it
+                pass
 
     def commit(self, *, metrics: dict, checksum: str) -> StoreMeta:
-        """Record metrics and checksum, mark complete, and move the store into place."""
+        """Record metrics and checksum, mark complete, and move the store into place.
+
+        Raises
+        ------
+        TargetExistsError
+            If the target appeared during the run and ``overwrite`` is false.
+        LockLostError
+            If the target is on object storage and this run lost its lock.
+        ObjectStoreError
+            If the object store cannot be reached or refuses a request.
+        """
+        with uri_mod.storage_errors(self.target):
+            return self._commit(metrics=metrics, checksum=checksum)
+
+    def _commit(self, *, metrics: dict, checksum: str) -> StoreMeta:
+        from kquant.store import locking
+
         _gates.pop(self.root, None)  # every block is written
         n_pixels = self.meta.height * self.meta.width
         data_bytes = _dir_bytes(self.root)
@@ -645,11 +854,13 @@ class StoreWriter:
                        store_bits_per_pixel=8.0 * data_bytes / n_pixels,
                        label_bits_per_pixel=self.meta.bits)
         final = self.meta.replace(status=STATUS_COMPLETE, metrics=metrics, checksum=checksum)
+        locking.check(self.target)
         self._write_attributes(final)
         if self.root != self.target:
             if _exists(self.target) and not self.overwrite:  # appeared while we worked
                 raise TargetExistsError(f"{self.target} appeared during the run; not replaced")
             if self.remote:
+                self._moving = True  # from here the temporary store may be the only complete one
                 self._replace_remote()
             else:
                 trash = None
@@ -671,13 +882,11 @@ class StoreWriter:
             group.attrs["kquant"] = meta.to_json()
 
     def _replace_remote(self) -> None:
+        from kquant.store import locking
+
         fs, src = uri_mod.filesystem(self.root)
         _, dst = uri_mod.filesystem(self.target)
-        _remove(self.target)
-        for f in sorted(f for f in fs.find(src) if f != f"{src}/zarr.json"):
-            fs.copy(f, dst + f[len(src):])
-        fs.copy(f"{src}/zarr.json", f"{dst}/zarr.json")  # the group's attributes last
-        fs.rm(src, recursive=True)
+        _move_remote(fs, src, dst, check=lambda: locking.check(self.target))
 
 
 class DirectStoreWriter(StoreWriter):
@@ -812,13 +1021,23 @@ def read_meta(uri: str | os.PathLike) -> StoreMeta:
     ------
     StoreError
         If the path is not a zarr group with kquant attributes.
+    ObjectStoreError
+        If the object store cannot be reached or refuses the read.
     """
     import zarr
 
     root = uri_mod.normalise(uri)
     if uri_mod.is_remote(root):
-        fs, path = uri_mod.filesystem(root)
-        has_group = fs.exists(f"{path}/zarr.json")
+        with uri_mod.storage_errors(root):
+            fs, path = uri_mod.filesystem(root)
+            has_group = fs.exists(f"{path}/zarr.json")
+            if not has_group:  # a missing bucket is said so
+                try:
+                    fs.info(path)
+                except FileNotFoundError as exc:
+                    err = uri_mod.storage_error(exc, root)
+                    if err is not None:
+                        raise err from None
     else:
         has_group = os.path.isfile(os.path.join(root, "zarr.json"))
     if not has_group:

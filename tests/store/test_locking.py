@@ -10,7 +10,7 @@ import pytest
 import kquant
 from kquant import QuantizeParams
 from kquant.store import locking
-from kquant.errors import TargetLockedError
+from kquant.errors import TargetExistsError, TargetLockedError
 
 
 def test_second_writer_fails_fast_naming_the_holder(photo_png, tmp_path):
@@ -77,3 +77,25 @@ def test_racing_takeovers_of_a_stale_lock_leave_one_holder(tmp_path):
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert sum(o.startswith("won") for o in outs) == 1, outs
     assert all(o.startswith(("won", "lost")) for o in outs), outs
+
+
+def test_takeover_puts_a_complete_temporary_store_in_place(photo_png, tmp_path):
+    """A run that died between the two renames of an overwrite (the old store moved aside,
+    the complete new one not yet in place) left the only complete store under its
+    temporary name: the next run puts it in place and removes the old one."""
+    path, _ = photo_png
+    target = tmp_path / "s.kq"
+    kquant.quantize(path, target, QuantizeParams(k=4, restarts=0))
+    kquant.quantize(path, tmp_path / "old.kq", QuantizeParams(k=2, restarts=0))
+    os.rename(target, tmp_path / ".s.kq.kquant-tmp-0123456789ab")
+    os.rename(tmp_path / "old.kq", tmp_path / ".s.kq.kquant-old-0123456789ab")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(locking.lock_path(str(target)), "w") as fh:
+        json.dump({"host": socket.gethostname(), "pid": dead.pid, "started": time.time()}, fh)
+    with pytest.raises(TargetExistsError):  # the rerun finds it in place
+        kquant.quantize(path, target, QuantizeParams(k=3, restarts=0))
+    st = kquant.open_store(target)
+    assert st.meta.n_colors == 4
+    st.verify()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png", "s.kq"]
