@@ -506,7 +506,7 @@ def acquire(target: str) -> str:
     ObjectStoreError
         If the object store cannot be reached or refuses the lock (naming target and cause).
     """
-    from kquant import store
+    from kquant.store import recovery
 
     path = lock_path(target)
     with _held_lock:
@@ -525,7 +525,7 @@ def acquire(target: str) -> str:
     if remote or took_over:
         try:
             with uri_mod.storage_errors(target):
-                store.recover(target)
+                recovery.recover(target, check=lambda: check(target))
         except BaseException:
             release(target)
             raise

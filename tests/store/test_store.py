@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zarr
 from kquant import store
-from kquant.store import core as store_core
+from kquant.store import writer as store_writer
 from kquant.errors import IncompleteStoreError, StoreError, TargetExistsError
 
 
@@ -119,7 +119,7 @@ def test_writes_after_an_abort_do_not_resurrect_the_temporary_store(tmp_path):
     with pytest.raises(RuntimeError):
         with store.StoreWriter(tmp_path / "s.kq", meta, np.zeros((16, 3), np.uint8)) as w:
             root = w.root
-            store_core._labels_array(root)  # opened before the abort, as a running task has it
+            store_writer._labels_array(root)  # opened before the abort, as a running task has it
 
             def late_task():
                 started.set()
@@ -151,9 +151,9 @@ def test_direct_chunk_writes_equal_zarr_writes(tmp_path, monkeypatch, k, shard):
     monkeypatch.setattr("kquant.pipeline.core.LUT_MIN_PIXELS", 0)
     params = kquant.QuantizeParams(k=k, chunk=64, shard=shard, mode="exact")
     pal = kquant.quantize(path, tmp_path / "direct.kq", params).palette
-    monkeypatch.setattr("kquant.store.core.DIRECT_CHUNK_WRITES", False)
+    monkeypatch.setattr("kquant.store.writer.DIRECT_CHUNK_WRITES", False)
     kquant.quantize(path, tmp_path / "zarr.kq", params, palette=pal)
-    monkeypatch.setattr("kquant.store.core.DIRECT_CHUNK_WRITES", True)
+    monkeypatch.setattr("kquant.store.writer.DIRECT_CHUNK_WRITES", True)
     kquant.quantize(path, tmp_path / "direct2.kq", params, palette=pal)
     direct, via_zarr = files(tmp_path / "direct2.kq"), files(tmp_path / "zarr.kq")
     assert direct == via_zarr

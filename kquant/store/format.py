@@ -1,0 +1,172 @@
+"""The store's format: its attributes (:class:`StoreMeta`), versions and constants.
+
+Layout (see ``docs/format.md``)::
+
+    STORE/                 zarr v3 group, attributes {"kquant": StoreMeta}
+      palette              (n, 3) uint8, one chunk
+      labels               (H, ceil(W * bits / 8)) uint8, packed rows, zstd (level 17 up to 16 Mpx, else 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from kquant.label import packing
+from kquant.errors import (StoreError)
+import hashlib
+
+
+FORMAT = "kquant-store"
+FORMAT_VERSION = 2
+#: Format versions this kquant reads: 1 packs ceil(log2 n) bits per pixel, 2 packs
+#: 1, 2, 4 or 8 (see :func:`kquant.packing.storage_bits`); everything else is the same.
+READABLE_VERSIONS = (1, 2)
+PACKING = "row-major; each row packed MSB-first at `bits` bits per pixel and padded to a whole byte"
+STATUS_WRITING = "writing"
+STATUS_COMPLETE = "complete"
+ZSTD_LEVEL = 3
+#: zstd level of images up to :data:`ZSTD_SMALL_PIXELS` pixels: 17 uses zstd's
+#: optimal parsing ("btultra") and makes the labels 8-12 % smaller than level 3
+#: (smaller than pngquant's PNGs, bench/quality) at ~7 MB/s of packed labels;
+#: larger images keep level 3 (~300 MB/s), where writing time matters more.
+ZSTD_LEVEL_SMALL = 17
+ZSTD_SMALL_PIXELS = 1 << 24
+
+
+def zstd_level(n_pixels: int) -> int:
+    """zstd level of the labels of an image of ``n_pixels`` pixels (readers need not know it)."""
+    return ZSTD_LEVEL_SMALL if n_pixels <= ZSTD_SMALL_PIXELS else ZSTD_LEVEL
+
+
+def _version() -> str:
+    from kquant import __version__
+
+    return __version__
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreMeta:
+    """The store's attributes (``attrs["kquant"]``); validated, round-trips to JSON.
+
+    Raises
+    ------
+    StoreError
+        From :meth:`from_json` when the attributes are missing or malformed.
+    """
+
+    height: int
+    width: int
+    k: int
+    n_colors: int
+    bits: int
+    chunk_rows: int
+    chunk_cols: int
+    status: str = STATUS_WRITING
+    source: dict = dataclasses.field(default_factory=dict)
+    params: dict = dataclasses.field(default_factory=dict)
+    metrics: dict = dataclasses.field(default_factory=dict)
+    checksum: str | None = None
+    shard_rows: int | None = None
+    shard_cols: int | None = None
+    library_version: str = dataclasses.field(default_factory=_version)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    packing: str = PACKING
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "k", "n_colors", "bits", "chunk_rows", "chunk_cols"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise StoreError(f"store attribute {name} must be a positive integer, got {v!r}")
+        if self.format != FORMAT:
+            raise StoreError(f"not a kquant store (format {self.format!r})")
+        if self.format_version > FORMAT_VERSION:
+            raise StoreError(f"store format version {self.format_version} is newer than this "
+                             f"kquant ({FORMAT_VERSION}); upgrade kquant")
+        if self.status not in (STATUS_WRITING, STATUS_COMPLETE):
+            raise StoreError(f"unknown store status {self.status!r}")
+        if self.format_version not in READABLE_VERSIONS:
+            raise StoreError(f"unknown store format version {self.format_version!r}")
+        expected = (packing.bits_for(self.n_colors) if self.format_version == 1
+                    else packing.storage_bits(self.n_colors))
+        if self.bits != expected:
+            raise StoreError(f"store bits {self.bits} do not match {self.n_colors} colours "
+                             f"(format {self.format_version})")
+        if self.chunk_cols % packing.PIXEL_ALIGN and self.chunk_cols < self.width:
+            raise StoreError(f"chunk width {self.chunk_cols} is not a multiple of {packing.PIXEL_ALIGN}")
+        if (self.shard_rows is None) != (self.shard_cols is None):
+            raise StoreError("shard_rows and shard_cols must be given together")
+        if self.shard_rows is not None:
+            if (self.shard_rows % self.chunk_rows
+                    or (self.shard_cols % self.chunk_cols and self.chunk_cols < self.width)):
+                raise StoreError(f"shard {self.shard_rows}x{self.shard_cols} is not a whole number "
+                                 f"of chunks {self.chunk_rows}x{self.chunk_cols}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == STATUS_COMPLETE
+
+    def _packed(self, rows: int, cols: int) -> tuple[int, int]:
+        if self.chunk_cols >= self.width:  # one chunk (and shard) spans every row
+            return rows, packing.packed_width(self.width, self.bits)
+        return rows, cols * self.bits // 8
+
+    @property
+    def packed_chunks(self) -> tuple[int, int]:
+        """Chunk shape of the packed labels array (rows, bytes)."""
+        return self._packed(self.chunk_rows, self.chunk_cols)
+
+    @property
+    def packed_shards(self) -> tuple[int, int] | None:
+        """Shard shape of the packed labels array (rows, bytes), or None if unsharded."""
+        if self.shard_rows is None:
+            return None
+        return self._packed(self.shard_rows, self.shard_cols)
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """Pixels (rows, cols) written by one task: a shard if sharded, else a chunk."""
+        if self.shard_rows is None:
+            return self.chunk_rows, self.chunk_cols
+        return self.shard_rows, self.shard_cols
+
+    @property
+    def packed_block(self) -> tuple[int, int]:
+        """Packed shape of one write block (a whole shard, or a chunk)."""
+        return self.packed_shards or self.packed_chunks
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "StoreMeta":
+        if not isinstance(data, dict):
+            raise StoreError("not a kquant store (no kquant attributes)")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in fields})
+        except TypeError as exc:
+            raise StoreError(f"malformed kquant attributes: {exc}") from None
+
+    def replace(self, **changes) -> "StoreMeta":
+        return dataclasses.replace(self, **changes)
+
+
+def chunk_digest(packed: np.ndarray) -> str:
+    """Digest of one packed chunk's bytes (uncompressed)."""
+    return hashlib.blake2b(np.ascontiguousarray(packed).tobytes(), digest_size=16).hexdigest()
+
+
+def combine_digests(digests: dict[tuple[int, int], str]) -> str:
+    """One checksum over every chunk's digest, in chunk order."""
+    h = hashlib.sha256()
+    for key in sorted(digests):
+        h.update(f"{key[0]},{key[1]}:{digests[key]}\n".encode())
+    return "sha256:" + h.hexdigest()

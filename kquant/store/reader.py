@@ -1,0 +1,137 @@
+"""Reading a store: :func:`open_store` refuses any store whose status is not ``complete``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from kquant.label import packing
+from kquant.io import uri as uri_mod
+from kquant.errors import (IncompleteStoreError, StoreError)
+from kquant.store.format import StoreMeta, chunk_digest, combine_digests
+
+
+class KquantStore:
+    """A complete kquant store opened for reading.
+
+    Attributes
+    ----------
+    meta : StoreMeta
+    palette : ndarray of uint8, shape (n, 3)
+    packed : dask array of the packed labels
+    labels : dask array (H, W) uint8, decoded lazily chunk by chunk
+    rgb : dask array (H, W, 3) uint8, reconstructed lazily
+    """
+
+    def __init__(self, root: str, meta: StoreMeta, palette: np.ndarray):
+        import dask.array as da
+
+        from kquant.label import reconstruct
+
+        self.root, self.meta, self.palette = root, meta, palette
+        # blocks of whole shards (from_zarr would pick the inner chunks), the unit of the checksum
+        self.packed = da.from_zarr(uri_mod.zarr_store(root, read_only=True), component="labels",
+                                   chunks=meta.packed_block)
+        cols = meta.block[1]
+        widths = tuple(min(cols, meta.width - x) for x in range(0, meta.width, cols))
+        bits = meta.bits
+
+        def unpack(block, block_info=None):
+            j = block_info[0]["chunk-location"][1]
+            return packing.unpack_rows(block, bits, widths[j])
+
+        self.labels = self.packed.map_blocks(unpack, dtype=np.uint8,
+                                             chunks=(self.packed.chunks[0], widths))
+        self.rgb = reconstruct.reconstruct(self.labels, palette)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.meta.shape
+
+    def window(self, y0: int, y1: int, x0: int, x1: int):
+        """Lazy RGB of rows y0:y1 and columns x0:x1 (reads only the chunks it covers)."""
+        return self.rgb[y0:y1, x0:x1]
+
+    def verify(self) -> None:
+        """Recompute every chunk's digest and compare with the stored checksum.
+
+        Raises
+        ------
+        StoreError
+            If the labels do not match the checksum recorded at completion.
+        """
+        import dask
+
+        blocks = self.packed.to_delayed()
+        keys = list(np.ndindex(*blocks.shape))
+        digests = dask.compute(*[dask.delayed(chunk_digest)(blocks[k]) for k in keys])
+        if combine_digests(dict(zip(keys, digests))) != self.meta.checksum:
+            raise StoreError(f"{self.root}: labels do not match the store's checksum")
+
+
+def read_meta(uri: str | os.PathLike) -> StoreMeta:
+    """The attributes of a kquant store, complete or not.
+
+    Raises
+    ------
+    StoreError
+        If the path is not a zarr group with kquant attributes.
+    ObjectStoreError
+        If the object store cannot be reached or refuses the read.
+    """
+    import zarr
+
+    root = uri_mod.normalise(uri)
+    if uri_mod.is_remote(root):
+        with uri_mod.storage_errors(root):
+            fs, path = uri_mod.filesystem(root)
+            has_group = fs.exists(f"{path}/zarr.json")
+            if not has_group:  # a missing bucket is said so
+                try:
+                    fs.info(path)
+                except FileNotFoundError as exc:
+                    err = uri_mod.storage_error(exc, root)
+                    if err is not None:
+                        raise err from None
+    else:
+        has_group = os.path.isfile(os.path.join(root, "zarr.json"))
+    if not has_group:
+        raise StoreError(f"{root} is not a kquant store (no zarr group)")
+    try:
+        group = zarr.open_group(store=uri_mod.zarr_store(root, read_only=True), mode="r")
+        attrs = group.attrs.asdict()
+    except Exception as exc:
+        raise StoreError(f"{root} is not a readable zarr group: {exc}") from None
+    if "kquant" not in attrs:
+        raise StoreError(f"{root} is not a kquant store (no kquant attributes)")
+    return StoreMeta.from_json(attrs["kquant"])
+
+
+def open_store(uri: str | os.PathLike) -> KquantStore:
+    """Open a complete kquant store: palette, lazy labels and lazy RGB.
+
+    Parameters
+    ----------
+    uri : str or path-like
+        Local path, ``file://`` or fsspec URL (``s3://bucket/prefix``).
+
+    Raises
+    ------
+    StoreError
+        If the path is not a kquant store.
+    IncompleteStoreError
+        If the store was never completed (a crashed or running write).
+    """
+    import zarr
+
+    root = uri_mod.normalise(uri)
+    meta = read_meta(root)
+    if not meta.complete:
+        raise IncompleteStoreError(f"{root} is incomplete (status {meta.status!r}): "
+                                   "its run crashed or is still writing")
+    palette = np.asarray(zarr.open_array(store=uri_mod.zarr_store(root, read_only=True),
+                                         path="palette", mode="r")[...])
+    if palette.shape != (meta.n_colors, 3) or palette.dtype != np.uint8:
+        raise StoreError(f"{root}: palette of shape {palette.shape} does not match the attributes")
+    return KquantStore(root, meta, palette)
