@@ -144,52 +144,11 @@ def _quantize(args) -> int:
 
 
 def _decode(args) -> int:
-    import numpy as np
+    from kquant import export
 
-    from kquant import store
-    from kquant.io import atomicfile
-
-    out = Path(args.out)
-    ext = out.suffix.lower()
-    if ext not in (".png", ".tif", ".tiff"):
-        raise ParameterError(f"output must end in .png, .tif or .tiff, got {out.name!r}")
-    out = store.check_output(out, overwrite=args.overwrite, stores=[args.store])
-    st = store.open_store(args.store)
-    h, w = st.shape
-    if args.window:
-        y0, y1, x0, x1 = args.window
-        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside the image (0:{h},0:{w})")
-        rgb = st.window(y0, y1, x0, x1)
-    else:
-        rgb = st.rgb
-    with atomicfile.replacing(out, overwrite=args.overwrite) as fh:
-        if ext == ".png":
-            import imageio.v3 as iio
-
-            iio.imwrite(fh, np.asarray(rgb.compute(scheduler="threads")), extension=".png")
-        else:
-            import tifffile
-
-            tile = (256, 256)
-            th, tw = rgb.shape[:2]
-            if th >= tile[0] and tw >= tile[1]:
-                rgb = rgb.rechunk((tile[0], tile[1], 3))
-
-                def tiles():
-                    for i in range(rgb.numblocks[0]):
-                        for j in range(rgb.numblocks[1]):
-                            block = np.asarray(rgb.blocks[i, j].compute(scheduler="threads"))
-                            pad = np.zeros(tile + (3,), np.uint8)
-                            pad[:block.shape[0], :block.shape[1]] = block
-                            yield pad
-
-                tifffile.imwrite(fh, tiles(), shape=rgb.shape, dtype=np.uint8, tile=tile,
-                                 photometric="rgb", compression="zlib", bigtiff=rgb.size > 2**31)
-            else:
-                tifffile.imwrite(fh, np.asarray(rgb.compute(scheduler="threads")),
-                                 photometric="rgb", compression="zlib")
-    print(f"wrote {args.out} ({rgb.shape[0]} x {rgb.shape[1]} px)")
+    out, (h, w) = export.decode(args.store, args.out, window=args.window,
+                                overwrite=args.overwrite)
+    print(f"wrote {args.out} ({h} x {w} px)")
     return 0
 
 

@@ -1,3 +1,7 @@
-"""Exports of a store other tools open: indexed PNG, palette TIFF; the preview picture."""
+"""A store's outputs other tools open: indexed PNG or palette TIFF (:func:`export`), the RGB
+image or a window of it (:func:`decode`), and the preview picture (:mod:`.preview`)."""
 
-from kquant.export.images import SUFFIXES, export, png_bits
+from kquant.export.outputs import FORMATS, SUFFIXES, decode, export
+from kquant.export.png import png_bits
+
+__all__ = ["FORMATS", "SUFFIXES", "decode", "export", "png_bits"]

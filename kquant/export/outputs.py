@@ -1,0 +1,98 @@
+"""A store's outputs as image files other tools open: :func:`export` writes the labels as they
+are with the store's palette (no pixel is re-quantized), :func:`decode` the reconstructed RGB
+(or a window of it). One module per format (:mod:`~kquant.export.png`,
+:mod:`~kquant.export.tiff`), chosen by the output's suffix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kquant.errors import ParameterError
+from kquant.export import png, tiff
+
+#: Output formats by suffix.
+FORMATS = {".png": png, ".tif": tiff, ".tiff": tiff}
+SUFFIXES = tuple(FORMATS)
+
+
+def _format(out: Path, what: str):
+    module = FORMATS.get(out.suffix.lower())
+    if module is None:
+        raise ParameterError(f"{what} must end in .png, .tif or .tiff, got {out.name!r}")
+    return module
+
+
+def export(store_uri: str | os.PathLike, out: str | os.PathLike, *,
+           overwrite: bool = False) -> Path:
+    """Write the store at ``store_uri`` as an indexed PNG or a palette TIFF at ``out``.
+
+    The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``).
+    The file is written whole or not at all (:func:`kquant.io.atomicfile.replacing`);
+    ``overwrite`` replaces a plain file only (:func:`kquant.store.check_output`).
+
+    Returns
+    -------
+    Path
+        ``out``, absolute.
+
+    Raises
+    ------
+    ParameterError
+        If the suffix is not one of :data:`SUFFIXES`.
+    TargetExistsError
+        If ``out`` exists and ``overwrite`` is false.
+    UnsafeTargetError
+        If ``out`` lies inside the store, or is a folder (checked before any work).
+    StoreError, IncompleteStoreError
+        If the store cannot be opened.
+    """
+    from kquant import store
+    from kquant.io import atomicfile
+
+    module = _format(Path(out), "export output")
+    out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
+    st = store.open_store(store_uri)
+    with atomicfile.replacing(out, overwrite=overwrite) as fh:
+        module.write_indexed(st, fh)
+    return out
+
+
+def decode(store_uri: str | os.PathLike, out: str | os.PathLike, *,
+           window: tuple[int, int, int, int] | None = None,
+           overwrite: bool = False) -> tuple[Path, tuple[int, int]]:
+    """Write the RGB image of the store at ``store_uri`` (or the window ``(y0, y1, x0, x1)``
+    of it) to ``out``, a PNG or a tiled TIFF by its suffix, whole or not at all.
+
+    Returns
+    -------
+    out : Path
+        ``out``, absolute.
+    shape : tuple of int
+        Rows and columns written.
+
+    Raises
+    ------
+    ParameterError
+        If the suffix is not ``.png``, ``.tif`` or ``.tiff``, or the window is outside
+        the image.
+    TargetExistsError, UnsafeTargetError, StoreError, IncompleteStoreError
+        As :func:`export`.
+    """
+    from kquant import store
+    from kquant.io import atomicfile
+
+    module = _format(Path(out), "output")
+    out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
+    st = store.open_store(store_uri)
+    h, w = st.shape
+    if window is not None:
+        y0, y1, x0, x1 = window
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside the image (0:{h},0:{w})")
+        rgb = st.window(y0, y1, x0, x1)
+    else:
+        rgb = st.rgb
+    with atomicfile.replacing(out, overwrite=overwrite) as fh:
+        module.write_rgb(rgb, fh)
+    return out, (int(rgb.shape[0]), int(rgb.shape[1]))
