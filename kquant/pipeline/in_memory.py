@@ -5,7 +5,7 @@ dask graph of one task and a store of one chunk; building the graph and importin
 and zarr (~0.8 s) cost more than quantizing a photo. Here the same kernels run on the
 decoded array and the store's files are written directly
 (:class:`kquant.store.DirectStoreWriter`): the stores are byte-identical to those of the
-dask path (``tests/test_inmemory.py``). :mod:`kquant.pipeline` routes here when
+dask path (``tests/pipeline/test_in_memory.py``). :func:`kquant.pipeline.write` routes here when
 :func:`eligible` says so.
 
 Labels in RGB are assigned per distinct colour (the assignment is a function of the
@@ -28,6 +28,7 @@ from kquant.io import readers
 from kquant.io import uri as uri_mod
 from kquant.params import QuantizeParams
 from kquant.io.readers import ImageSource
+from kquant.pipeline.plan import source_record, uses_lut, write_metrics
 
 #: Pillow decodes these whole in memory (TIFF and zarr sources are read tile by tile).
 _WHOLE_FORMATS_EXCLUDED = ("TIFF", "ZARR")
@@ -121,8 +122,6 @@ def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams,
     TargetExistsError, InputError, StoreError
         As :func:`kquant.pipeline.write`; no store is left behind on failure.
     """
-    from kquant.pipeline.core import source_record, uses_lut, write_metrics  # pipeline imports us
-
     palette = np.asarray(palette, np.uint8)
     bits = packing.storage_bits(len(palette))
     # the dask path's record of how pixels were labelled (its lookup table from

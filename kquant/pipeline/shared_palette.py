@@ -57,7 +57,8 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     import dask
     import numpy as np
 
-    from kquant.pipeline.core import _image, fit_histogram, inspect, sample_graph
+    from kquant.pipeline.chunked import image
+    from kquant.pipeline.fitting import fit_histogram, inspect, sample_graph
 
     params = params or QuantizeParams()
     srcs = [s if isinstance(s, ImageSource) else inspect(s, max_pixels=max_pixels)
@@ -69,7 +70,7 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     shares = sampling.allocate([s.n_pixels for s in srcs], params.sample_size)
     t0 = time.perf_counter()
     if mode == "exact":  # one pass over every pixel: exact merged histogram + sample
-        images = [_image(s, params, max_pixels) for s in srcs]
+        images = [image(s, params, max_pixels) for s in srcs]
         hist = histogram.merge_tree([histogram.colour_histogram(im) for im in images])
         samples = [sampling.sample_pixels(im, n, seed=params.seed)
                    for im, n in zip(images, shares) if n > 0]

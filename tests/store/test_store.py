@@ -148,7 +148,7 @@ def test_direct_chunk_writes_equal_zarr_writes(tmp_path, monkeypatch, k, shard):
     img[:140, :130] = img[0, 0]  # a flat corner: chunks of label 0 only (the most used)
     path = tmp_path / "t.tif"
     tifffile.imwrite(path, img, photometric="rgb", tile=(32, 32))
-    monkeypatch.setattr("kquant.pipeline.core.LUT_MIN_PIXELS", 0)
+    monkeypatch.setattr("kquant.pipeline.plan.LUT_MIN_PIXELS", 0)
     params = kquant.QuantizeParams(k=k, chunk=64, shard=shard, mode="exact")
     pal = kquant.quantize(path, tmp_path / "direct.kq", params).palette
     monkeypatch.setattr("kquant.store.writer.DIRECT_CHUNK_WRITES", False)

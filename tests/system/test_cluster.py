@@ -73,7 +73,7 @@ def test_workers_load_the_lookup_table_kernels_while_the_client_fits(
     from distributed import Client
 
 
-    monkeypatch.setattr("kquant.pipeline.core.LUT_MIN_PIXELS", 0)  # the table path on a small image
+    monkeypatch.setattr("kquant.pipeline.plan.LUT_MIN_PIXELS", 0)  # the table path on a small image
     img = photo_like(200, 264, seed=13)
     src = tmp_path / "t.tif"
     tifffile.imwrite(src, img, tile=(64, 64), compression="zlib", photometric="rgb")

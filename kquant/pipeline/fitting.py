@@ -1,0 +1,144 @@
+"""The fit pass: one pass over every pixel for the exact colour histogram (and the sample
+that seeds dask-ml's fit), or a bounded sample of tiles; then the fit on that histogram."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from kquant import cluster
+from kquant.colour import histogram
+from kquant.fit import FitResult, fit_for_psnr, fit_palette, sampling
+from kquant.fit.tuning import SAMPLE_FIT_MIN_PIXELS
+from kquant.io import readers
+from kquant.io import uri as uri_mod
+from kquant.io.readers import ImageSource
+from kquant.params import QuantizeParams
+from kquant.pipeline import chunked, in_memory
+from kquant.pipeline.plan import uses_lut
+
+def inspect(source, *, max_pixels: int | None = None) -> ImageSource:
+    """Header of the source (see :func:`kquant.readers.inspect_image`).
+
+    Raises
+    ------
+    InputError
+        As :func:`kquant.readers.inspect_image`.
+    ObjectStoreError
+        If the source's object store cannot be reached or refuses the read.
+    """
+    with uri_mod.storage_errors(source):
+        return readers.inspect_image(source, max_pixels=max_pixels)
+
+
+#: Largest tile edge read per window when sampling without a full pass.
+SAMPLE_WINDOW = 512
+
+
+def sample_chunks(src: ImageSource) -> int:
+    """Chunk edge for reading sample windows: the file's tile, at most SAMPLE_WINDOW."""
+    if src.tile:
+        return max(8, min(max(src.tile[0], 8), SAMPLE_WINDOW))
+    return 256
+
+
+def sample_graph(src: ImageSource, n: int, params: QuantizeParams, *,
+                 max_pixels: int | None = None):
+    """The delayed (m, 3) sample of about ``n`` pixels of sample mode: tiles spread over
+    the image (:func:`kquant.sampling.sample_windows`, :func:`kquant.sampling.windows_for`),
+    read at the file's tile size (:func:`sample_chunks`)."""
+    image = readers.open_source(src, chunks=sample_chunks(src), max_pixels=max_pixels,
+                                background=params.background)
+    return sampling.sample_windows(image, n, seed=params.seed,
+                                   n_windows=sampling.windows_for(src.n_pixels))
+
+
+def _compute_reading(work: list, use_sample: bool, progress: bool):
+    """Compute the fit's pass over the pixels. On a cluster, with dask-ml's sample fit to
+    come, import and compile dask-ml in this process meanwhile (~1.8 s otherwise added
+    after the pass). Not on local threads: there the import and the decoding threads
+    contend for the GIL and the overlap was measured slower than doing one after the other."""
+    if not use_sample or cluster.active_client() is None:
+        return cluster.compute(*work, progress=progress)
+    from kquant.fit import prepare_sample_fit
+
+    return cluster.compute_alongside(prepare_sample_fit, *work, progress=progress)
+
+
+def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None = None,
+        address: str | None = None, progress: bool = False) -> FitResult:
+    """Fit the palette of a source.
+
+    In ``exact`` mode one pass over every pixel computes the colour histogram
+    and the sample together; in ``sample`` mode only a bounded number of tiles
+    is read (see :func:`kquant.sampling.sample_windows`) and the fit is refined
+    on the sample's histogram. ``params.mode == "auto"`` picks by image size.
+
+    Raises
+    ------
+    InputError, ParameterError
+        On a bad source or bad parameters.
+    ObjectStoreError
+        If the source's object store cannot be reached or refuses a read.
+    """
+    params = params or QuantizeParams()
+    src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
+    mode = params.fit_mode(src.n_pixels)
+    # dask-ml's sample fit seeds only large images (see kquant.fit.tuning.SAMPLE_FIT_MIN_PIXELS);
+    # otherwise the exact pass skips drawing the sample
+    use_sample = params.sample_fit == "always" or (
+        params.sample_fit == "auto" and src.n_pixels >= SAMPLE_FIT_MIN_PIXELS)
+    t0 = time.perf_counter()
+    with cluster.scheduler(address), uri_mod.storage_errors(src.uri):
+        if mode == "exact" and not use_sample and in_memory.eligible(src, params, address=address):
+            colours, counts = in_memory.colour_histogram(src, params, max_pixels=max_pixels)
+            sample = None
+        elif mode == "exact":
+            image = chunked.image(src, params, max_pixels)
+            sample = None
+            if use_sample:  # drawn in the tasks that count each block: read once, not held
+                samplers = sampling.block_samplers(image, params.sample_size, seed=params.seed)
+                ((colours, counts), parts), = _compute_reading(
+                    [histogram.colour_histogram(image, per_block=samplers)], True, progress)
+                sample = np.concatenate(parts, axis=0)
+            else:
+                ((colours, counts),) = cluster.compute(histogram.colour_histogram(image),
+                                                       progress=progress)
+        else:
+            (sample,) = _compute_reading(
+                [sample_graph(src, params.sample_size, params, max_pixels=max_pixels)],
+                use_sample, progress)
+            colours, counts = histogram.block_histogram(sample[None])
+        if uses_lut(src, params):  # the workers are idle while this process fits
+            cluster.warm_workers(chunked.warm_write_pass)
+    t1 = time.perf_counter()
+    result = fit_histogram(sample, colours, counts, params, sampled=mode == "sample",
+                           sample_fit="always" if use_sample else "never")
+    timings = {"read" if mode == "exact" else "sample": t1 - t0,
+               "fit": time.perf_counter() - t1}
+    return dataclasses.replace(result, mode=mode, timings=timings)
+
+
+def fit_histogram(sample, colours, counts, params: QuantizeParams, *, sampled: bool,
+                  sample_fit: str = "auto") -> FitResult:
+    """The fit of ``params`` (K or a target PSNR, seed, restarts, space) on a histogram.
+
+    ``sample``, ``colours``, ``counts`` and ``sample_fit`` are those of
+    :func:`kquant.fit.fit_palette`; ``sampled`` says the histogram is a sample's.
+    With ``params.target_psnr`` the smallest K up to ``params.k`` that reaches it
+    (:func:`kquant.fit.fit_for_psnr`; ``target_met`` says whether it did).
+
+    Raises
+    ------
+    ParameterError
+        As :func:`kquant.fit.fit_palette`.
+    """
+    options = dict(seed=params.seed, restarts=params.restarts, max_iter=params.max_iter,
+                   sample_fit=sample_fit, space=params.space, sampled=sampled)
+    if params.target_psnr is not None:
+        result, met = fit_for_psnr(sample, colours, counts, params.target_psnr,
+                              k_max=params.k, **options)
+        return dataclasses.replace(result, target_met=met)
+    return fit_palette(sample, colours, counts, params.k, **options)
