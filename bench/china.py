@@ -35,10 +35,14 @@ def main(k: int = 16) -> None:
     m = res.meta.metrics
     print(f"image        china.jpg {img.shape[0]}x{img.shape[1]}, K={k}")
     print(f"notebook     PSNR {10 * np.log10(255**2 / mse_nb):.3f} dB  ({t_nb:.2f} s, floor())")
-    print(f"kquant       PSNR {m['psnr']:.3f} dB  ({t_kq:.2f} s in-process; "
-          f"fit {res.timings['fit']:.2f} s, assign+write {res.timings['assign_write']:.2f} s)")
-    print(f"store        {m['store_bytes']} bytes = {m['store_bits_per_pixel']:.3f} bits/px "
-          f"(labels {res.meta.bits} bits/px before compression)")
+    print(
+        f"kquant       PSNR {m['psnr']:.3f} dB  ({t_kq:.2f} s in-process; "
+        f"fit {res.timings['fit']:.2f} s, assign+write {res.timings['assign_write']:.2f} s)"
+    )
+    print(
+        f"store        {m['store_bytes']} bytes = {m['store_bits_per_pixel']:.3f} bits/px "
+        f"(labels {res.meta.bits} bits/px before compression)"
+    )
 
 
 if __name__ == "__main__":

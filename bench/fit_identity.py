@@ -29,17 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "quality"))
 
 
 def _record(res, seconds: float) -> dict:
-    return {"palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in np.asarray(res.palette)],
-            "sse": int(res.sse), "refined_from": res.refined_from, "n_iter": int(res.n_iter),
-            "seconds": round(seconds, 3)}
+    return {
+        "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in np.asarray(res.palette)],
+        "sse": int(res.sse),
+        "refined_from": res.refined_from,
+        "n_iter": int(res.n_iter),
+        "seconds": round(seconds, 3),
+    }
 
 
 def bench_images(out: dict) -> None:
     from run import images  # bench/quality/run.py
 
     from kquant.colour import histogram
-    from kquant.fit import sampling
-    from kquant.fit import fit_for_psnr, fit_palette
+    from kquant.fit import fit_for_psnr, fit_palette, sampling
 
     for name, img in images().items():
         colours, counts = histogram.block_histogram(img)
@@ -77,8 +80,12 @@ def mosaic(out: dict, path: str) -> None:
 def compare(a: Path, b: Path) -> int:
     before, after = json.loads(a.read_text()), json.loads(b.read_text())
     keys = sorted(set(before) | set(after))
-    diff = [k for k in keys if {f: before.get(k, {}).get(f) for f in ("palette", "sse", "met")}
-            != {f: after.get(k, {}).get(f) for f in ("palette", "sse", "met")}]
+    diff = [
+        k
+        for k in keys
+        if {f: before.get(k, {}).get(f) for f in ("palette", "sse", "met")}
+        != {f: after.get(k, {}).get(f) for f in ("palette", "sse", "met")}
+    ]
     t0 = sum(v["seconds"] for v in before.values())
     t1 = sum(v["seconds"] for v in after.values())
     print(f"{len(keys)} fits, {len(diff)} differ; fit time {t0:.1f} s -> {t1:.1f} s")

@@ -110,9 +110,14 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
         from distributed import LocalCluster
 
         t = time.perf_counter()
-        cluster = LocalCluster(n_workers=int(what[-1]), threads_per_worker=1,
-                               processes=True, dashboard_address=None,
-                               host="127.0.0.1", memory_limit="4GiB")
+        cluster = LocalCluster(
+            n_workers=int(what[-1]),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+            memory_limit="4GiB",
+        )
         address = cluster.scheduler_address
         out["cluster_start_s"] = round(time.perf_counter() - t, 2)
     imposed = None
@@ -121,8 +126,9 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
 
         sample = resources.files("kquant.data").joinpath("sample.jpg")
         with tempfile.TemporaryDirectory() as d:
-            imposed = pipeline.quantize(str(sample), Path(d) / "p.kquant",
-                                        kquant.QuantizeParams(k=k)).fit.palette
+            imposed = pipeline.quantize(
+                str(sample), Path(d) / "p.kquant", kquant.QuantizeParams(k=k)
+            ).fit.palette
     if what == "lookup":  # palette, table and kernel ready before the clock
         from kquant.label import lookup
 
@@ -136,8 +142,11 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
         t0 = time.perf_counter()
         if what in ("read", "read1", "lookup"):  # one pass over the tiles, local threads
             img = kquant.open_image(src, chunks=chunk)
-            per_block = ((lambda b: _lookup_pack(b, table)) if what == "lookup"
-                         else (lambda b: np.asarray(b).shape))
+            per_block = (
+                (lambda b: _lookup_pack(b, table))
+                if what == "lookup"
+                else (lambda b: np.asarray(b).shape)
+            )
             tasks = [dask.delayed(per_block)(b) for b in img.to_delayed().ravel()]
             with dask.config.set(scheduler="threads", num_workers=1 if what == "read1" else 2):
                 dask.compute(*tasks)
@@ -152,17 +161,23 @@ def _one(what: str, src: str, k: int, chunk: int) -> dict:
             t1 = time.perf_counter()
             fit.fit_sample(sample, k, seed=params.seed)
             n = src_info.n_pixels
-            out["stages"] = {"sample": round(t1 - t0, 2),
-                             "dask-ml": round(time.perf_counter() - t1, 2)}
+            out["stages"] = {
+                "sample": round(t1 - t0, 2),
+                "dask-ml": round(time.perf_counter() - t1, 2),
+            }
         else:
             mode = "exact" if what == "exact" else "auto"
             params = kquant.QuantizeParams(k=k, mode=mode, chunk=chunk)
             with tempfile.TemporaryDirectory(dir=os.environ.get("KQ_BENCH_TMP")) as d:
-                ctx = (dask.config.set(scheduler="threads", num_workers=1) if what == "threads1"
-                       else dask.config.set(num_workers=2))
+                ctx = (
+                    dask.config.set(scheduler="threads", num_workers=1)
+                    if what == "threads1"
+                    else dask.config.set(num_workers=2)
+                )
                 with ctx:
-                    res = pipeline.quantize(src, Path(d) / "out.kquant", params, address=address,
-                                            palette=imposed)
+                    res = pipeline.quantize(
+                        src, Path(d) / "out.kquant", params, address=address, palette=imposed
+                    )
                 out["store_bytes"] = res.meta.metrics["store_bytes"]
                 out["psnr"] = res.meta.metrics["psnr"]
                 out["fit_mode"] = res.fit.mode
@@ -204,15 +219,26 @@ def _lookup_kernel():
                 out = packed[y]
                 for x2 in range(w // 2):
                     x = 2 * x2
-                    a = table[(np.int64(row[x, 0]) << 16) | (np.int64(row[x, 1]) << 8)
-                              | np.int64(row[x, 2])]
-                    b = table[(np.int64(row[x + 1, 0]) << 16) | (np.int64(row[x + 1, 1]) << 8)
-                              | np.int64(row[x + 1, 2])]
+                    a = table[
+                        (np.int64(row[x, 0]) << 16)
+                        | (np.int64(row[x, 1]) << 8)
+                        | np.int64(row[x, 2])
+                    ]
+                    b = table[
+                        (np.int64(row[x + 1, 0]) << 16)
+                        | (np.int64(row[x + 1, 1]) << 8)
+                        | np.int64(row[x + 1, 2])
+                    ]
                     out[x2] = (a << 4) | b
                 if w & 1:
-                    out[w // 2] = table[(np.int64(row[w - 1, 0]) << 16)
-                                        | (np.int64(row[w - 1, 1]) << 8)
-                                        | np.int64(row[w - 1, 2])] << 4
+                    out[w // 2] = (
+                        table[
+                            (np.int64(row[w - 1, 0]) << 16)
+                            | (np.int64(row[w - 1, 1]) << 8)
+                            | np.int64(row[w - 1, 2])
+                        ]
+                        << 4
+                    )
 
         _kernel.append(kernel)
     return _kernel[0]
@@ -232,8 +258,21 @@ def main() -> None:
         return
     results = []
     for what in a.runs.split(","):
-        p = subprocess.run([sys.executable, __file__, a.source, "--one", what, "-k", str(a.k),
-                            "--chunk", str(a.chunk)], capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                a.source,
+                "--one",
+                what,
+                "-k",
+                str(a.k),
+                "--chunk",
+                str(a.chunk),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode:
             print(f"{what}: FAILED\n{p.stderr[-2000:]}", file=sys.stderr)
             continue
@@ -242,17 +281,21 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     floor = next((r["seconds"] for r in results if r["run"] == "read"), None)
     cpu_floor = next((r["cpu_seconds"] for r in results if r["run"] == "read"), None)
-    print("\n| run | Gpx | seconds | Mpx/s | x read pass | CPU s | x read CPU | peak RSS GiB "
-          "| PSNR | stages (s) |")
+    print(
+        "\n| run | Gpx | seconds | Mpx/s | x read pass | CPU s | x read CPU | peak RSS GiB "
+        "| PSNR | stages (s) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         ratio = f"{r['seconds'] / floor:.2f}" if floor else "-"
         psnr = f"{r['psnr']:.2f}" if r.get("psnr") else "-"
         stages = ", ".join(f"{k} {v}" for k, v in r["stages"].items() if k != "total")
         cratio = f"{r['cpu_seconds'] / cpu_floor:.2f}" if cpu_floor else "-"
-        print(f"| {r['run']} | {r['gigapixels']:.2f} | {r['seconds']:.1f} | {r['mpx_per_s']:.1f} | "
-              f"{ratio} | {r['cpu_seconds']:.1f} | {cratio} | {r['peak_rss_gib']:.2f} | {psnr} "
-              f"| {stages} |")
+        print(
+            f"| {r['run']} | {r['gigapixels']:.2f} | {r['seconds']:.1f} | {r['mpx_per_s']:.1f} | "
+            f"{ratio} | {r['cpu_seconds']:.1f} | {cratio} | {r['peak_rss_gib']:.2f} | {psnr} "
+            f"| {stages} |"
+        )
     c1 = next((r for r in results if r["run"] == "cluster1"), None)
     c2 = next((r for r in results if r["run"] == "cluster2"), None)
     if c1 and c2:

@@ -39,6 +39,7 @@ from kquant.errors import InputError, KquantError
 from kquant.io import uri as kuri
 from kquant.params import QuantizeParams
 
+
 def task_runner() -> DaskTaskRunner:
     """The flow's DaskTaskRunner, chosen from the environment of the flow-run process.
 
@@ -52,10 +53,21 @@ def task_runner() -> DaskTaskRunner:
     if address:
         return DaskTaskRunner(address=address)
     n = int(os.environ.get("KQUANT_BATCH_WORKERS") or min(4, os.cpu_count() or 1))
-    processes = os.environ.get("KQUANT_BATCH_PROCESSES", "0").strip().lower() in ("1", "true", "yes")
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": max(1, n), "threads_per_worker": 1, "processes": processes,
-        "protocol": "tcp://", "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+    processes = os.environ.get("KQUANT_BATCH_PROCESSES", "0").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+    )
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": max(1, n),
+            "threads_per_worker": 1,
+            "processes": processes,
+            "protocol": "tcp://",
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+        }
+    )
 
 
 def _failure(futures) -> str | None:
@@ -140,12 +152,16 @@ def quantize_batch(
         params = QuantizeParams.coerce(params).to_json()  # tasks pass JSON
         images = inbox_mod.list_images(inbox, pattern, settle_seconds, logger)
         if "{{" in str(outbox):
-            raise InputError(f"outbox is not set ({outbox}): set KQUANT_OUTBOX when deploying, "
-                             "or pass --param outbox=FOLDER")
+            raise InputError(
+                f"outbox is not set ({outbox}): set KQUANT_OUTBOX when deploying, "
+                "or pass --param outbox=FOLDER"
+            )
         out_root = kuri.normalise(outbox)
         if out_root.rstrip("/") == kuri.normalise(inbox).rstrip("/"):
-            raise InputError(f"outbox and inbox are the same folder ({out_root}): the "
-                             "previews written there would be picked up as new images")
+            raise InputError(
+                f"outbox and inbox are the same folder ({out_root}): the "
+                "previews written there would be picked up as new images"
+            )
         # an outbox inside the inbox: its files are outputs, not arrivals
         images = [(u, r) for u, r in images if not u.startswith(out_root.rstrip("/") + "/")]
         if not kuri.is_remote(out_root):
@@ -172,7 +188,9 @@ def quantize_batch(
         target = inbox_mod.target_of(out_root, rel)
         status = store.status(target)
         if status == "complete":  # (with a palette that fails to load: cannot tell)
-            blocker = None if palette_failure else inbox_mod.not_done_here(target, path, params, imposed)
+            blocker = (
+                None if palette_failure else inbox_mod.not_done_here(target, path, params, imposed)
+            )
             if blocker:
                 failed[rel] = blocker
             else:
@@ -184,9 +202,14 @@ def quantize_batch(
             if not kuri.is_remote(target):
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
             todo.append((path, rel, target))
-    logger.info("%d images in %s: %d new, %d already done (skipped)%s", len(images),
-                kuri.normalise(inbox), len(todo), len(skipped),
-                f", {len(failed)} blocked" if failed else "")
+    logger.info(
+        "%d images in %s: %d new, %d already done (skipped)%s",
+        len(images),
+        kuri.normalise(inbox),
+        len(todo),
+        len(skipped),
+        f", {len(failed)} blocked" if failed else "",
+    )
     for rel in sorted(failed):
         logger.error("%s: %s", rel, failed[rel])
 
@@ -197,12 +220,19 @@ def quantize_batch(
         reused = inbox_mod.existing_shared_palette(done_targets, params) if done_targets else None
         if reused is not None:
             logger.info("reusing the shared palette of %d existing stores", len(done_targets))
-            shared_fit = {"palette": reused, "reused": True, "n_unique": None, "mse": None,
-                          "seconds": 0.0}
+            shared_fit = {
+                "palette": reused,
+                "reused": True,
+                "n_unique": None,
+                "mse": None,
+                "seconds": 0.0,
+            }
         else:
             if done_targets:
-                logger.warning("existing stores do not share one palette made with these "
-                               "parameters; new stores get a newly fitted palette")
+                logger.warning(
+                    "existing stores do not share one palette made with these "
+                    "parameters; new stores get a newly fitted palette"
+                )
             # fitted on every image of the inbox (done ones too: the palette of the whole
             # mosaic), except those whose header cannot be read
             infos = [tasks.inspect_source.submit(str(p), max_pixels) for p, _ in images]
@@ -219,8 +249,9 @@ def quantize_batch(
                 fit_f = tasks.fit_shared_palette.submit(good, params, max_pixels)
                 fit_f.wait()
                 if fit_f.state.is_completed():
-                    shared_fit = dict(fit_f.result(), reused=False,
-                                      cached=fit_f.state.name == "Cached")
+                    shared_fit = dict(
+                        fit_f.result(), reused=False, cached=fit_f.state.name == "Cached"
+                    )
                 else:
                     todo = _fail_all(todo, failed, "shared palette", fit_f, logger)
 
@@ -238,8 +269,14 @@ def quantize_batch(
         verified = tasks.verify_store.submit(str(target), wait_for=[written])
         shown = None
         if preview:
-            shown = tasks.write_preview.submit(info, pal, str(inbox_mod.preview_path(target)),
-                                               params, max_pixels, wait_for=[verified])
+            shown = tasks.write_preview.submit(
+                info,
+                pal,
+                str(inbox_mod.preview_path(target)),
+                params,
+                max_pixels,
+                wait_for=[verified],
+            )
         chains.append((rel, target, [info, fit, written, verified], shown))
     wait([f for _, _, fs, s in chains for f in fs + [s] if f is not None])
 
@@ -253,26 +290,58 @@ def quantize_batch(
         meta = futures[2].result()["meta"]
         m = meta["metrics"]
         fit_state = futures[1].state if futures[1] is not None else None
-        results.append({
-            "image": str(rel), "store": str(target), "psnr": m["psnr"],
-            "bits_per_pixel": round(m["store_bits_per_pixel"], 4), "n_colors": meta["n_colors"],
-            "fit": ("imposed" if imposed is not None else "shared" if fit_state is None else
-                    "cached" if fit_state.name == "Cached" else "fitted"),
-            "preview": (shown.result()["path"] if shown is not None and shown.state.is_completed()
-                        else None),
-        })
+        results.append(
+            {
+                "image": str(rel),
+                "store": str(target),
+                "psnr": m["psnr"],
+                "bits_per_pixel": round(m["store_bits_per_pixel"], 4),
+                "n_colors": meta["n_colors"],
+                "fit": (
+                    "imposed"
+                    if imposed is not None
+                    else "shared"
+                    if fit_state is None
+                    else "cached"
+                    if fit_state.name == "Cached"
+                    else "fitted"
+                ),
+                "preview": (
+                    shown.result()["path"]
+                    if shown is not None and shown.state.is_completed()
+                    else None
+                ),
+            }
+        )
     seconds = time.perf_counter() - t0
-    out = {"inbox": kuri.normalise(inbox), "outbox": out_root,
-           "processed": [r["image"] for r in results], "skipped": skipped, "failed": failed,
-           "results": results, "shared_palette": shared_fit["palette"] if shared_fit else None,
-           "seconds": round(seconds, 3)}
-    report.publish(lambda: report.batch_artifacts(out, shared_fit), logger, f"the batch {out_root}",
-                  f"{len(results)} stores are written and verified")
-    logger.info("processed %d, skipped %d, failed %d in %.2f s", len(results), len(skipped),
-                len(failed), seconds)
+    out = {
+        "inbox": kuri.normalise(inbox),
+        "outbox": out_root,
+        "processed": [r["image"] for r in results],
+        "skipped": skipped,
+        "failed": failed,
+        "results": results,
+        "shared_palette": shared_fit["palette"] if shared_fit else None,
+        "seconds": round(seconds, 3),
+    }
+    report.publish(
+        lambda: report.batch_artifacts(out, shared_fit),
+        logger,
+        f"the batch {out_root}",
+        f"{len(results)} stores are written and verified",
+    )
+    logger.info(
+        "processed %d, skipped %d, failed %d in %.2f s",
+        len(results),
+        len(skipped),
+        len(failed),
+        seconds,
+    )
     if failed:  # each reason is logged above, on its own line
-        exc = KquantError(f"{len(failed)} of {len(images)} images failed: "
-                          + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
+        exc = KquantError(
+            f"{len(failed)} of {len(images)} images failed: "
+            + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+        )
         logger.error("quantize-batch failed: %s", report.one_line(exc))
         return Failed(message=report.one_line(exc), data=exc)
     return out

@@ -12,8 +12,20 @@ from kquant.io import uri as kuri
 from kquant.params import QuantizeParams
 
 #: Extensions the batch flow picks up from an inbox (case-insensitive).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp",
-                  ".ppm", ".pgm", ".pnm", ".zarr")
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pnm",
+    ".zarr",
+)
 #: Names of files still being copied in (left for the next run).
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart")
 #: ``<outbox>/<relative path of the image>.kquant``
@@ -21,10 +33,11 @@ STORE_SUFFIX = ".kquant"
 
 
 def preview_path(target: str | os.PathLike) -> str:
-    """Where the preview picture of a store goes: ``X.kquant`` -> ``X-preview.png`` (as ``kquant demo``)."""
+    """Where the preview picture of a store goes: ``X.kquant`` -> ``X-preview.png`` (as
+    ``kquant demo``)."""
     target = kuri.normalise(target).rstrip("/")
     head, _, name = target.rpartition("/")
-    stem = name[:-len(STORE_SUFFIX)] if name.endswith(STORE_SUFFIX) else name
+    stem = name[: -len(STORE_SUFFIX)] if name.endswith(STORE_SUFFIX) else name
     return f"{head}/{stem}-preview.png"
 
 
@@ -57,20 +70,24 @@ def _candidates(inbox: str, pattern: str) -> list[tuple[str, str, bool, float]]:
         protocol = inbox.split("://", 1)[0]
         out = []
         for path, info in sorted(fs.glob(f"{base}/{pattern}", detail=True).items()):
-            rel = path[len(base):].lstrip("/")
+            rel = path[len(base) :].lstrip("/")
             if rel:
-                out.append((f"{protocol}://{path}", rel, info.get("type") == "directory",
-                            _mtime(info)))
+                out.append(
+                    (f"{protocol}://{path}", rel, info.get("type") == "directory", _mtime(info))
+                )
         return out
     root = kuri.local_path(inbox)
     if not root.is_dir():
         raise InputError(f"inbox {root} is not a folder")
-    return [(str(p), p.relative_to(root).as_posix(), p.is_dir(), p.stat().st_mtime)
-            for p in sorted(root.glob(pattern))]
+    return [
+        (str(p), p.relative_to(root).as_posix(), p.is_dir(), p.stat().st_mtime)
+        for p in sorted(root.glob(pattern))
+    ]
 
 
-def list_images(inbox: str, pattern: str = "*", settle_seconds: float = 0.0,
-                logger=None) -> list[tuple[str, str]]:
+def list_images(
+    inbox: str, pattern: str = "*", settle_seconds: float = 0.0, logger=None
+) -> list[tuple[str, str]]:
     """``(URI, path relative to the inbox)`` of the images to consider, sorted.
 
     The inbox is a local folder (or ``file://`` URI) or an object-store prefix
@@ -83,8 +100,10 @@ def list_images(inbox: str, pattern: str = "*", settle_seconds: float = 0.0,
         If a local inbox is not a folder, or the inbox was not set.
     """
     if "{{" in str(inbox):
-        raise InputError(f"inbox is not set ({inbox}): set KQUANT_INBOX when deploying, "
-                         "or pass --param inbox=FOLDER")
+        raise InputError(
+            f"inbox is not set ({inbox}): set KQUANT_INBOX when deploying, "
+            "or pass --param inbox=FOLDER"
+        )
     now = time.time()
     found, unsettled = [], []
     for uri, rel, is_dir, mtime in _candidates(kuri.normalise(inbox), pattern):
@@ -100,8 +119,11 @@ def list_images(inbox: str, pattern: str = "*", settle_seconds: float = 0.0,
             continue
         found.append((uri, rel))
     if unsettled and logger is not None:
-        logger.info("left for the next run (modified less than %.0f s ago): %s", settle_seconds,
-                    ", ".join(unsettled))
+        logger.info(
+            "left for the next run (modified less than %.0f s ago): %s",
+            settle_seconds,
+            ", ".join(unsettled),
+        )
     return found
 
 
@@ -132,8 +154,17 @@ def not_done_here(target: str, source: str, params: dict, imposed: dict | None) 
         return str(exc)  # one line (KquantError)
     if "mtime_ns" not in meta.source:
         return None
-    if pipeline.finished_store(target, source, QuantizeParams.from_json(params),
-                               palette=imposed["palette"] if imposed else None) is not None:
+    if (
+        pipeline.finished_store(
+            target,
+            source,
+            QuantizeParams.from_json(params),
+            palette=imposed["palette"] if imposed else None,
+        )
+        is not None
+    ):
         return None
-    return (f"{target} exists, made from another version of the image or with other "
-            "parameters; remove it to quantize the image again")
+    return (
+        f"{target} exists, made from another version of the image or with other "
+        "parameters; remove it to quantize the image again"
+    )

@@ -95,17 +95,24 @@ def quantize_image(
             # this run's own store (an earlier run completed it): nothing to do
             imposed = tasks.load_palette(palette, params.to_json()) if palette is not None else None
             done = pipeline.finished_store(
-                target, source, QuantizeParams.from_json(imposed["params"]) if imposed else params,
-                palette=imposed["palette"] if imposed else None)
+                target,
+                source,
+                QuantizeParams.from_json(imposed["params"]) if imposed else params,
+                palette=imposed["palette"] if imposed else None,
+            )
             if done is not None:
                 return _already_done(done, target, t0, logger)
-            raise TargetExistsError(f"{target} exists, made from another source, another "
-                                    "version of it or other parameters (run with "
-                                    "overwrite=true to replace it)")
+            raise TargetExistsError(
+                f"{target} exists, made from another source, another "
+                "version of it or other parameters (run with "
+                "overwrite=true to replace it)"
+            )
         try:  # fail before any work: an existing target, a missing folder
             store.check_target(target, overwrite=overwrite)
         except TargetExistsError:
-            raise TargetExistsError(f"{target} exists (run with overwrite=true to replace it)") from None
+            raise TargetExistsError(
+                f"{target} exists (run with overwrite=true to replace it)"
+            ) from None
         timings = {}
         src = tasks.inspect_source(source, max_pixels)
         timings["inspect"] = time.perf_counter() - t0
@@ -121,11 +128,12 @@ def quantize_image(
             fit_cached = fit_state.name == "Cached"
         timings["fit"] = fit["seconds"] if not fit_cached else 0.0
         if fit_cached:
-            logger.info("palette taken from the cache (same source identity, k, seed, sample "
-                        "size): no refit")
+            logger.info(
+                "palette taken from the cache (same source identity, k, seed, sample "
+                "size): no refit"
+            )
 
-        written = tasks.write_store(src, target, fit, params, overwrite,
-                                    max_pixels, address)
+        written = tasks.write_store(src, target, fit, params, overwrite, max_pixels, address)
         timings["assign_write"] = written["seconds"]
         verified = tasks.verify_store(target, address)
         timings["verify"] = verified["seconds"]
@@ -136,8 +144,9 @@ def quantize_image(
     shown = None
     if preview:
         try:
-            shown = tasks.write_preview(src, fit["palette"], preview_path(target),
-                                        params, max_pixels)
+            shown = tasks.write_preview(
+                src, fit["palette"], preview_path(target), params, max_pixels
+            )
             timings["preview"] = shown["seconds"]
         except Exception as exc:  # the store is complete and verified; a preview is extra
             logger.warning("no preview: %s", report.one_line(exc))
@@ -147,46 +156,65 @@ def quantize_image(
         result["timings"]["fit_original"] = fit["seconds"]
     _report(result, logger)
     psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f} dB"
-    logger.info("done: %s, PSNR %s, %.3f bits/px, %.2f s", result["target"], psnr,
-                result["store_bits_per_pixel"], timings["total"])
+    logger.info(
+        "done: %s, PSNR %s, %.3f bits/px, %.2f s",
+        result["target"],
+        psnr,
+        result["store_bits_per_pixel"],
+        timings["total"],
+    )
     return result
 
 
 def _report(result: dict, logger) -> None:
     """The run's artifacts, once the Prefect API answers (a failure is a warning)."""
-    report.publish(lambda: report.report(result, report.slug(kuri.name(result["target"]))),
-                  logger, result["target"],
-                  f"the store {result['target']} is complete and verified")
+    report.publish(
+        lambda: report.report(result, report.slug(kuri.name(result["target"]))),
+        logger,
+        result["target"],
+        f"the store {result['target']} is complete and verified",
+    )
 
 
 def _already_done(st, target: str, t0: float, logger) -> dict:
     result = report.stored_summary(st, target, time.perf_counter() - t0)
-    logger.info("already done: %s is the complete store of %s with these parameters "
-                "(checksum %s); nothing rewritten", result["target"], result["source"],
-                result["checksum"])
+    logger.info(
+        "already done: %s is the complete store of %s with these parameters "
+        "(checksum %s); nothing rewritten",
+        result["target"],
+        result["source"],
+        result["checksum"],
+    )
     _report(result, logger)
     return result
 
 
 # --------------------------------------------------------------------------- command line
 
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m flows.quantize",
         description="Run the quantize-image Prefect flow in-process (ephemeral Prefect API; "
-                    "set PREFECT_API_URL to report to a server instead).")
+        "set PREFECT_API_URL to report to a server instead).",
+    )
     p.add_argument("source", nargs="?", help="image file or zarr array")
     p.add_argument("target", nargs="?", help="store to write")
-    p.add_argument("--demo", action="store_true",
-                   help="quantize the bundled sample into --out (overwriting)")
+    p.add_argument(
+        "--demo", action="store_true", help="quantize the bundled sample into --out (overwriting)"
+    )
     p.add_argument("--out", default="kquant-demo", help="folder of the --demo store and preview")
     add_arguments(p)  # the parameters of `kquant quantize`, from the same model
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-preview", dest="preview", action="store_false")
     p.add_argument("--address", default=None, help="dask scheduler address")
     p.add_argument("--max-pixels", type=int, default=None)
-    p.add_argument("--palette", default=None, metavar="FILE|STORE",
-                   help="map onto this palette instead of fitting one")
+    p.add_argument(
+        "--palette",
+        default=None,
+        metavar="FILE|STORE",
+        help="map onto this palette instead of fitting one",
+    )
     return p
 
 
@@ -230,17 +258,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with _client_retries():
-            state = quantize_image(source=source, target=target, params=params,
-                                   overwrite=overwrite, preview=args.preview,
-                                   address=args.address, max_pixels=args.max_pixels,
-                                   palette=args.palette, return_state=True)
+            state = quantize_image(
+                source=source,
+                target=target,
+                params=params,
+                overwrite=overwrite,
+                preview=args.preview,
+                address=args.address,
+                max_pixels=args.max_pixels,
+                palette=args.palette,
+                return_state=True,
+            )
     except Exception as exc:  # Prefect could not start the run or record its state
         from prefect.settings import PREFECT_API_URL
 
         url = PREFECT_API_URL.value()
-        print(f"quantize-image: error: the Prefect API {f'at {url}' if url else '(ephemeral)'} "
-              f"failed ({type(exc).__name__}: {report.one_line(exc)}); the run's state was "
-              "not recorded", file=sys.stderr)
+        print(
+            f"quantize-image: error: the Prefect API {f'at {url}' if url else '(ephemeral)'} "
+            f"failed ({type(exc).__name__}: {report.one_line(exc)}); the run's state was "
+            "not recorded",
+            file=sys.stderr,
+        )
         return 1
     if not state.is_completed():
         print(f"quantize-image: error: {state.message}", file=sys.stderr)
@@ -248,17 +286,25 @@ def main(argv: list[str] | None = None) -> int:
     r = state.result()
     psnr = "inf (lossless)" if r["psnr"] is None else f"{r['psnr']:.2f} dB"
     colours = "" if r["n_unique"] is None else f", {r['n_unique']} colours"
-    how = ("already done (complete store of this source and these parameters; not rewritten)"
-           if r["already_done"] else "imposed" if r["n_unique"] is None else
-           "cached" if r["fit_cached"] else "fitted")
-    print(f"store      {r['target']}\n"
-          f"image      {r['height']} x {r['width']} px{colours}\n"
-          f"palette    {r['n_colors']} colours ({r['bits']} bits/px)\n"
-          f"quality    PSNR {psnr}, MSE {r['mse']:.3f}\n"
-          f"size       {r['store_bytes']} bytes, {r['store_bits_per_pixel']:.3f} bits/px\n"
-          f"fit        {how}\n"
-          f"time       {r['timings']['total']:.2f} s (flow steps)"
-          + (f"\npreview    {r['preview']}" if r["preview"] else ""))
+    how = (
+        "already done (complete store of this source and these parameters; not rewritten)"
+        if r["already_done"]
+        else "imposed"
+        if r["n_unique"] is None
+        else "cached"
+        if r["fit_cached"]
+        else "fitted"
+    )
+    print(
+        f"store      {r['target']}\n"
+        f"image      {r['height']} x {r['width']} px{colours}\n"
+        f"palette    {r['n_colors']} colours ({r['bits']} bits/px)\n"
+        f"quality    PSNR {psnr}, MSE {r['mse']:.3f}\n"
+        f"size       {r['store_bytes']} bytes, {r['store_bits_per_pixel']:.3f} bits/px\n"
+        f"fit        {how}\n"
+        f"time       {r['timings']['total']:.2f} s (flow steps)"
+        + (f"\npreview    {r['preview']}" if r["preview"] else "")
+    )
     return 0
 
 

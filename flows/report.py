@@ -42,11 +42,12 @@ def slug(text: str, limit: int = 48) -> str:
     s = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
     if len(s) > limit:
         digest = hashlib.sha1(s.encode()).hexdigest()[:8]
-        s = s[:limit - 9].rstrip("-") + "-" + digest
+        s = s[: limit - 9].rstrip("-") + "-" + digest
     return s or "image"
 
 
 # --------------------------------------------------------------------------- Prefect API
+
 
 def api_answers() -> bool:
     """Whether the Prefect API answers its health check now (one request, no retries)."""
@@ -62,8 +63,7 @@ def api_answers() -> bool:
         return False
 
 
-def wait_for_api(logger, what: str, timeout: float | None = None,
-                 interval: float = 2.0) -> bool:
+def wait_for_api(logger, what: str, timeout: float | None = None, interval: float = 2.0) -> bool:
     """Wait until the Prefect API answers, at most ``timeout`` s (default
     ``$KQUANT_API_WAIT_SECONDS`` or :data:`API_WAIT_SECONDS`); True if it does.
 
@@ -78,8 +78,12 @@ def wait_for_api(logger, what: str, timeout: float | None = None,
         return True
     if timeout is None:
         timeout = float(os.environ.get("KQUANT_API_WAIT_SECONDS") or API_WAIT_SECONDS)
-    logger.warning("the Prefect API at %s does not answer; %s; waiting up to %.0f s for it",
-                   PREFECT_API_URL.value(), what, timeout)
+    logger.warning(
+        "the Prefect API at %s does not answer; %s; waiting up to %.0f s for it",
+        PREFECT_API_URL.value(),
+        what,
+        timeout,
+    )
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         time.sleep(interval)
@@ -105,17 +109,34 @@ def publish(make_artifacts, logger, what: str, done: str) -> None:
 
 # --------------------------------------------------------------------------- summaries
 
-def summary(source: dict, target: str, fit: dict, fit_cached: bool, written: dict,
-            verified: dict, preview: dict | None, timings: dict) -> dict:
+
+def summary(
+    source: dict,
+    target: str,
+    fit: dict,
+    fit_cached: bool,
+    written: dict,
+    verified: dict,
+    preview: dict | None,
+    timings: dict,
+) -> dict:
     """The flow's result: small and JSON-able."""
     meta = written["meta"]
     m = meta["metrics"]
     return {
-        "source": source["uri"], "target": kuri.normalise(target),
-        "height": meta["height"], "width": meta["width"], "n_colors": meta["n_colors"],
-        "bits": meta["bits"], "psnr": m["psnr"], "mse": m["mse"],
-        "store_bytes": m["store_bytes"], "store_bits_per_pixel": m["store_bits_per_pixel"],
-        "n_unique": fit["n_unique"], "fit_cached": fit_cached, "checksum": verified["checksum"],
+        "source": source["uri"],
+        "target": kuri.normalise(target),
+        "height": meta["height"],
+        "width": meta["width"],
+        "n_colors": meta["n_colors"],
+        "bits": meta["bits"],
+        "psnr": m["psnr"],
+        "mse": m["mse"],
+        "store_bytes": m["store_bytes"],
+        "store_bits_per_pixel": m["store_bits_per_pixel"],
+        "n_unique": fit["n_unique"],
+        "fit_cached": fit_cached,
+        "checksum": verified["checksum"],
         "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in fit["palette"]],
         "palette_counts": m["palette_counts"],
         "preview": preview["path"] if preview else None,
@@ -130,11 +151,19 @@ def stored_summary(st, target: str, seconds: float) -> dict:
     m = st.meta.metrics
     preview = preview_path(target)
     return {
-        "source": st.meta.source["uri"], "target": kuri.normalise(target),
-        "height": st.meta.height, "width": st.meta.width, "n_colors": st.meta.n_colors,
-        "bits": st.meta.bits, "psnr": m["psnr"], "mse": m["mse"],
-        "store_bytes": m["store_bytes"], "store_bits_per_pixel": m["store_bits_per_pixel"],
-        "n_unique": None, "fit_cached": False, "checksum": st.meta.checksum,
+        "source": st.meta.source["uri"],
+        "target": kuri.normalise(target),
+        "height": st.meta.height,
+        "width": st.meta.width,
+        "n_colors": st.meta.n_colors,
+        "bits": st.meta.bits,
+        "psnr": m["psnr"],
+        "mse": m["mse"],
+        "store_bytes": m["store_bytes"],
+        "store_bits_per_pixel": m["store_bits_per_pixel"],
+        "n_unique": None,
+        "fit_cached": False,
+        "checksum": st.meta.checksum,
         "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in st.palette.tolist()],
         "palette_counts": m["palette_counts"],
         "preview": preview if store.exists(preview) else None,
@@ -149,20 +178,33 @@ def palette_rows(palette: list, counts: list | None) -> list[dict]:
     rows = []
     for i, (r, g, b) in enumerate(palette):
         share = 100.0 * counts[i] / total if total else None
-        rows.append({"entry": i, "hex": f"#{r:02x}{g:02x}{b:02x}", "r": r, "g": g, "b": b,
-                     "pixels": counts[i] if counts else None,
-                     "share_pct": None if share is None else round(share, 2)})
+        rows.append(
+            {
+                "entry": i,
+                "hex": f"#{r:02x}{g:02x}{b:02x}",
+                "r": r,
+                "g": g,
+                "b": b,
+                "pixels": counts[i] if counts else None,
+                "share_pct": None if share is None else round(share, 2),
+            }
+        )
     return rows
 
 
 def markdown_report(s: dict) -> str:
     psnr = "∞ (lossless)" if s["psnr"] is None else f"{s['psnr']:.2f} dB"
     t = s["timings"]
-    fit = ("already done (the complete store of an earlier run with this source and these "
-           "parameters; nothing rewritten)" if s.get("already_done") else
-           "imposed (no fit)" if s["n_unique"] is None else
-           f"cached (no refit; fitted earlier in {t.get('fit', 0):.2f} s)" if s["fit_cached"]
-           else f"fitted in {t.get('fit', 0):.2f} s")
+    fit = (
+        "already done (the complete store of an earlier run with this source and these "
+        "parameters; nothing rewritten)"
+        if s.get("already_done")
+        else "imposed (no fit)"
+        if s["n_unique"] is None
+        else f"cached (no refit; fitted earlier in {t.get('fit', 0):.2f} s)"
+        if s["fit_cached"]
+        else f"fitted in {t.get('fit', 0):.2f} s"
+    )
     colours = "" if s["n_unique"] is None else f", {s['n_unique']:,} colours"
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k != "total")
     lines = [
@@ -187,6 +229,7 @@ def markdown_report(s: dict) -> str:
 
 
 # --------------------------------------------------------------------------- artifacts
+
 
 def thumbnail_data_url(png: str | os.PathLike, width: int = THUMB_WIDTH) -> str:
     """A ``data:image/jpeg;base64,...`` URL of a reduced copy of a PNG (path or URL).
@@ -218,56 +261,115 @@ def report(s: dict, key: str) -> dict:
     Keys (``<key>-summary``, ``<key>-palette``, ``<key>-preview``) depend on the
     store's name, so the Artifacts page keeps one history per store.
     """
-    ids = {"summary": str(create_markdown_artifact(
-        markdown=markdown_report(s), key=f"{key}-summary",
-        description=f"kquant store {s['target']}"))}
-    palette = [[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in s["palette"]]
-    ids["palette"] = str(create_table_artifact(
-        table=palette_rows(palette, s["palette_counts"]), key=f"{key}-palette",
-        description=f"palette of {kuri.name(s['target'])}: entry, hex, RGB, share of pixels"))
+    ids = {
+        "summary": str(
+            create_markdown_artifact(
+                markdown=markdown_report(s),
+                key=f"{key}-summary",
+                description=f"kquant store {s['target']}",
+            )
+        )
+    }
+    palette = [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in s["palette"]]
+    ids["palette"] = str(
+        create_table_artifact(
+            table=palette_rows(palette, s["palette_counts"]),
+            key=f"{key}-palette",
+            description=f"palette of {kuri.name(s['target'])}: entry, hex, RGB, share of pixels",
+        )
+    )
     if s.get("preview"):
-        ids["preview"] = str(create_image_artifact(
-            image_url=thumbnail_data_url(s["preview"]), key=f"{key}-preview",
-            description=f"original | quantized ({s['n_colors']} colours) of "
-                        f"{kuri.name(s['source'])}; full size: {s['preview']}"))
+        ids["preview"] = str(
+            create_image_artifact(
+                image_url=thumbnail_data_url(s["preview"]),
+                key=f"{key}-preview",
+                description=f"original | quantized ({s['n_colors']} colours) of "
+                f"{kuri.name(s['source'])}; full size: {s['preview']}",
+            )
+        )
     return ids
 
 
 def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
     key = "kquant-batch-" + slug(kuri.name(out["outbox"]), 32)
-    rows = [{"image": r["image"], "status": "written", "psnr_db": r["psnr"],
-             "bits_per_pixel": r["bits_per_pixel"], "fit": r["fit"], "store": r["store"]}
-            for r in out["results"]]
-    rows += [{"image": i, "status": "skipped (store exists)", "psnr_db": None,
-              "bits_per_pixel": None, "fit": None, "store": None} for i in out["skipped"]]
-    rows += [{"image": i, "status": f"failed: {why}", "psnr_db": None, "bits_per_pixel": None,
-              "fit": None, "store": None} for i, why in sorted(out["failed"].items())]
-    md = [f"# kquant batch: `{out['inbox']}` → `{out['outbox']}`", "",
-          f"**{len(out['processed'])}** written, **{len(out['skipped'])}** skipped "
-          f"(complete store exists), **{len(out['failed'])}** failed, in {out['seconds']:.2f} s.",
-          ""]
+    rows = [
+        {
+            "image": r["image"],
+            "status": "written",
+            "psnr_db": r["psnr"],
+            "bits_per_pixel": r["bits_per_pixel"],
+            "fit": r["fit"],
+            "store": r["store"],
+        }
+        for r in out["results"]
+    ]
+    rows += [
+        {
+            "image": i,
+            "status": "skipped (store exists)",
+            "psnr_db": None,
+            "bits_per_pixel": None,
+            "fit": None,
+            "store": None,
+        }
+        for i in out["skipped"]
+    ]
+    rows += [
+        {
+            "image": i,
+            "status": f"failed: {why}",
+            "psnr_db": None,
+            "bits_per_pixel": None,
+            "fit": None,
+            "store": None,
+        }
+        for i, why in sorted(out["failed"].items())
+    ]
+    md = [
+        f"# kquant batch: `{out['inbox']}` → `{out['outbox']}`",
+        "",
+        f"**{len(out['processed'])}** written, **{len(out['skipped'])}** skipped "
+        f"(complete store exists), **{len(out['failed'])}** failed, in {out['seconds']:.2f} s.",
+        "",
+    ]
     if shared_fit:
-        md.append(f"Shared palette of {len(shared_fit['palette'])} colours "
-                  + ("(imposed)." if shared_fit.get("imposed") else
-                     "(reused from existing stores)." if shared_fit.get("reused") else
-                     "(fitted on all the images together)."))
+        md.append(
+            f"Shared palette of {len(shared_fit['palette'])} colours "
+            + (
+                "(imposed)."
+                if shared_fit.get("imposed")
+                else "(reused from existing stores)."
+                if shared_fit.get("reused")
+                else "(fitted on all the images together)."
+            )
+        )
         md.append("")
     md += ["| image | status | PSNR | bits/px |", "|---|---|---|---|"]
     for r in rows:
         psnr = "" if r["psnr_db"] is None else f"{r['psnr_db']:.2f} dB"
         bpp = "" if r["bits_per_pixel"] is None else f"{r['bits_per_pixel']:.3f}"
         md.append(f"| `{r['image']}` | {r['status']} | {psnr} | {bpp} |")
-    create_markdown_artifact(markdown="\n".join(md) + "\n", key=f"{key}-summary",
-                             description=f"kquant batch {out['inbox']} -> {out['outbox']}")
+    create_markdown_artifact(
+        markdown="\n".join(md) + "\n",
+        key=f"{key}-summary",
+        description=f"kquant batch {out['inbox']} -> {out['outbox']}",
+    )
     if rows:
-        create_table_artifact(table=rows, key=f"{key}-images",
-                              description="one row per image: written, skipped or failed")
+        create_table_artifact(
+            table=rows,
+            key=f"{key}-images",
+            description="one row per image: written, skipped or failed",
+        )
     if shared_fit:
-        create_table_artifact(table=palette_rows(shared_fit["palette"], None),
-                              key=f"{key}-palette", description="the shared palette")
+        create_table_artifact(
+            table=palette_rows(shared_fit["palette"], None),
+            key=f"{key}-palette",
+            description="the shared palette",
+        )
     for r in out["results"]:
         if r["preview"]:
             create_image_artifact(
                 image_url=thumbnail_data_url(r["preview"]),
                 key=slug(kuri.name(r["store"])) + "-preview",
-                description=f"original | quantized of {r['image']}; full size: {r['preview']}")
+                description=f"original | quantized of {r['image']}; full size: {r['preview']}",
+            )

@@ -128,8 +128,9 @@ def fit_cache_key(context, inputs: dict) -> str:
 
 def shared_fit_cache_key(context, inputs: dict) -> str:
     """Cache key of a shared fit: every source's identity and the parameters."""
-    return _fit_key(sorted(ImageSource.from_json(s).identity for s in inputs["sources"]),
-                    inputs["params"])
+    return _fit_key(
+        sorted(ImageSource.from_json(s).identity for s in inputs["sources"]), inputs["params"]
+    )
 
 
 def _fit_record(result: FitResult, seconds: float) -> dict:
@@ -158,24 +159,40 @@ def _fit_info(fit: list | dict) -> FitResult | None:
 def inspect_source(source: str, max_pixels: int | None = None) -> dict:
     """Read the source's header (never its pixels): format, shape, identity."""
     src = pipeline.inspect(source, max_pixels=max_pixels)
-    get_run_logger().info("%s: %s, %d x %d px, %d bytes", src.uri, src.format, src.height,
-                          src.width, src.size_bytes)
+    get_run_logger().info(
+        "%s: %s, %d x %d px, %d bytes", src.uri, src.format, src.height, src.width, src.size_bytes
+    )
     return src.to_json()
 
 
-@task(name="fit-palette", cache_key_fn=fit_cache_key, persist_result=True,
-      result_serializer="json", **FIT_RETRIES)
-def fit_palette(source: dict, params: dict, max_pixels: int | None = None,
-                address: str | None = None) -> dict:
+@task(
+    name="fit-palette",
+    cache_key_fn=fit_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    **FIT_RETRIES,
+)
+def fit_palette(
+    source: dict, params: dict, max_pixels: int | None = None, address: str | None = None
+) -> dict:
     """Fit the palette of one image; cached on the source's identity and the fit parameters."""
     t0 = time.perf_counter()
     with dask_address(address) as addr:
-        result = pipeline.fit(ImageSource.from_json(source), QuantizeParams.from_json(params),
-                              max_pixels=max_pixels, address=addr)
+        result = pipeline.fit(
+            ImageSource.from_json(source),
+            QuantizeParams.from_json(params),
+            max_pixels=max_pixels,
+            address=addr,
+        )
     out = _fit_record(result, time.perf_counter() - t0)
-    get_run_logger().info("fitted %d colours to %s in %.2f s (MSE %.3f%s)", len(out["palette"]),
-                          source["uri"], out["seconds"], out["mse"],
-                          ", lossless" if out["lossless"] else "")
+    get_run_logger().info(
+        "fitted %d colours to %s in %.2f s (MSE %.3f%s)",
+        len(out["palette"]),
+        source["uri"],
+        out["seconds"],
+        out["mse"],
+        ", lossless" if out["lossless"] else "",
+    )
     return out
 
 
@@ -185,33 +202,56 @@ def load_palette(palette: str | list, params: dict) -> dict:
     fit record of mode ``imposed``, with the run's parameters for it (``"params"``: ``k``
     is the palette's size, no target PSNR; as the CLI's ``--palette``)."""
     pal, run_params = pipeline.imposed_palette(palette, QuantizeParams.from_json(params))
-    get_run_logger().info("imposed palette of %d colours from %s", len(pal),
-                          palette if isinstance(palette, str) else "the parameters")
+    get_run_logger().info(
+        "imposed palette of %d colours from %s",
+        len(pal),
+        palette if isinstance(palette, str) else "the parameters",
+    )
     # the fit record of the library's --palette; no colour count (none was taken)
-    return dict(_fit_record(pipeline.imposed_fit(pal, 0), 0.0), n_unique=None,
-                params=run_params.to_json())
+    return dict(
+        _fit_record(pipeline.imposed_fit(pal, 0), 0.0), n_unique=None, params=run_params.to_json()
+    )
 
 
-@task(name="fit-shared-palette", cache_key_fn=shared_fit_cache_key, persist_result=True,
-      result_serializer="json", **FIT_RETRIES)
-def fit_shared_palette(sources: list[dict], params: dict, max_pixels: int | None = None,
-                       address: str | None = None) -> dict:
+@task(
+    name="fit-shared-palette",
+    cache_key_fn=shared_fit_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    **FIT_RETRIES,
+)
+def fit_shared_palette(
+    sources: list[dict], params: dict, max_pixels: int | None = None, address: str | None = None
+) -> dict:
     """Fit one palette on all the images together (histograms merged, sample drawn across them)."""
     t0 = time.perf_counter()
     with dask_address(address) as addr:
-        result = pipeline.fit_shared([ImageSource.from_json(s) for s in sources],
-                                     QuantizeParams.from_json(params), max_pixels=max_pixels,
-                                     address=addr)
+        result = pipeline.fit_shared(
+            [ImageSource.from_json(s) for s in sources],
+            QuantizeParams.from_json(params),
+            max_pixels=max_pixels,
+            address=addr,
+        )
     out = _fit_record(result, time.perf_counter() - t0)
-    get_run_logger().info("fitted a shared palette of %d colours on %d images in %.2f s",
-                          len(out["palette"]), len(sources), out["seconds"])
+    get_run_logger().info(
+        "fitted a shared palette of %d colours on %d images in %.2f s",
+        len(out["palette"]),
+        len(sources),
+        out["seconds"],
+    )
     return out
 
 
 @task(name="assign-write", cache_policy=NO_CACHE, **IO_RETRIES)
-def write_store(source: dict, target: str, palette: list | dict, params: dict,
-                overwrite: bool = False, max_pixels: int | None = None,
-                address: str | None = None) -> dict:
+def write_store(
+    source: dict,
+    target: str,
+    palette: list | dict,
+    params: dict,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    address: str | None = None,
+) -> dict:
     """Assign every pixel to the palette and write the store (atomically: temp dir + rename).
 
     ``palette`` is a list of ``[r, g, b]`` or a fit record (its ``"palette"``; its fit
@@ -220,15 +260,25 @@ def write_store(source: dict, target: str, palette: list | dict, params: dict,
     fit_info = _fit_info(palette)
     t0 = time.perf_counter()
     with dask_address(address) as addr:
-        meta = pipeline.write(ImageSource.from_json(source), target,
-                              np.asarray(_palette(palette), np.uint8),
-                              QuantizeParams.from_json(params), overwrite=overwrite,
-                              max_pixels=max_pixels, address=addr, fit_info=fit_info)
+        meta = pipeline.write(
+            ImageSource.from_json(source),
+            target,
+            np.asarray(_palette(palette), np.uint8),
+            QuantizeParams.from_json(params),
+            overwrite=overwrite,
+            max_pixels=max_pixels,
+            address=addr,
+            fit_info=fit_info,
+        )
     seconds = time.perf_counter() - t0
     m = meta.metrics
-    get_run_logger().info("wrote %s in %.2f s: PSNR %s, %.3f bits/px", kuri.normalise(target),
-                          seconds, "inf" if m["psnr"] is None else f"{m['psnr']:.2f} dB",
-                          m["store_bits_per_pixel"])
+    get_run_logger().info(
+        "wrote %s in %.2f s: PSNR %s, %.3f bits/px",
+        kuri.normalise(target),
+        seconds,
+        "inf" if m["psnr"] is None else f"{m['psnr']:.2f} dB",
+        m["store_bits_per_pixel"],
+    )
     return {"meta": meta.to_json(), "seconds": round(seconds, 3)}
 
 
@@ -253,8 +303,9 @@ def verify_store(target: str, address: str | None = None) -> dict:
 
 
 @task(name="preview", cache_policy=NO_CACHE, **IO_RETRIES)
-def write_preview(source: dict, palette: list | dict, out: str, params: dict,
-                  max_pixels: int | None = None) -> dict:
+def write_preview(
+    source: dict, palette: list | dict, out: str, params: dict, max_pixels: int | None = None
+) -> dict:
     """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide).
 
     ``out`` may be an object-store URL: the picture is made locally, then uploaded.

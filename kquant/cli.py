@@ -46,13 +46,18 @@ def _window(text: str) -> tuple[int, int, int, int]:
         y0, y1 = (int(v) for v in rows.split(":"))
         x0, x1 = (int(v) for v in cols.split(":"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"window must look like y0:y1,x0:x1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"window must look like y0:y1,x0:x1, got {text!r}"
+        ) from None
     return y0, y1, x0, x1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="kquant", description="K-means colour quantization of RGB imagery "
-                "into a zarr store of a palette and bit-packed labels.")
+    p = _Parser(
+        prog="kquant",
+        description="K-means colour quantization of RGB imagery "
+        "into a zarr store of a palette and bit-packed labels.",
+    )
     from kquant import __version__
 
     p.add_argument("--version", action="version", version=f"kquant {__version__}")
@@ -62,11 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("source", help="image file (PNG, JPEG, TIFF, ...) or zarr array")
     q.add_argument("target", help="store to write (a zarr v3 group)")
     _add_run_options(q)
-    q.add_argument("--palette", metavar="FILE|STORE",
-                   help="remap onto this palette (a store, .gpl, .npy, hex/RGB text, or image) "
-                        "instead of fitting one")
+    q.add_argument(
+        "--palette",
+        metavar="FILE|STORE",
+        help="remap onto this palette (a store, .gpl, .npy, hex/RGB text, or image) "
+        "instead of fitting one",
+    )
     q.add_argument("--overwrite", action="store_true", help="replace an existing store/preview")
-    q.add_argument("--preview", metavar="P.png", help="also write original | reconstruction + palette")
+    q.add_argument(
+        "--preview", metavar="P.png", help="also write original | reconstruction + palette"
+    )
     q.add_argument("--json", action="store_true", help="print the result as JSON")
 
     d = sub.add_parser("decode", help="rebuild the RGB image (or a window) from a store")
@@ -95,10 +105,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     from kquant.params import add_arguments
 
     add_arguments(p)  # every QuantizeParams field the command line offers
-    p.add_argument("--address", default=None,
-                   help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)")
-    p.add_argument("--max-pixels", type=_positive_int, default=None,
-                   help="refuse images whose header claims more pixels")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        help="refuse images whose header claims more pixels",
+    )
 
 
 def _params(args):
@@ -116,13 +133,16 @@ def _summary(result) -> str:
         f"image      {result.meta.height} x {result.meta.width} px{colours}",
         f"palette    {result.meta.n_colors} colours ({result.meta.bits} bits/px)",
         f"quality    PSNR {psnr}, MSE {m['mse']:.3f}",
-        f"size       {format_bytes(m['store_bytes'])} on disk, {m['store_bits_per_pixel']:.3f} bits/px",
+        f"size       {format_bytes(m['store_bytes'])} on disk, "
+        f"{m['store_bits_per_pixel']:.3f} bits/px",
         f"time       {result.timings['total']:.2f} s",
     ]
     if "target_psnr_met" in m:
         target = result.meta.params.get("target_psnr")
-        lines.append(f"target     PSNR {target:.2f} dB "
-                     + ("met" if m["target_psnr_met"] else f"NOT met even at K={result.meta.k}"))
+        lines.append(
+            f"target     PSNR {target:.2f} dB "
+            + ("met" if m["target_psnr_met"] else f"NOT met even at K={result.meta.k}")
+        )
     if result.preview:
         lines.append(f"preview    {result.preview}")
     return "\n".join(lines)
@@ -131,13 +151,29 @@ def _summary(result) -> str:
 def _quantize(args) -> int:
     from kquant import pipeline
 
-    result = pipeline.quantize(args.source, args.target, _params(args), overwrite=args.overwrite,
-                               preview_path=args.preview, max_pixels=args.max_pixels,
-                               address=args.address, progress=sys.stderr.isatty(),
-                               palette=args.palette)
+    result = pipeline.quantize(
+        args.source,
+        args.target,
+        _params(args),
+        overwrite=args.overwrite,
+        preview_path=args.preview,
+        max_pixels=args.max_pixels,
+        address=args.address,
+        progress=sys.stderr.isatty(),
+        palette=args.palette,
+    )
     if args.json:
-        print(json.dumps({"target": result.target, "meta": result.meta.to_json(),
-                          "timings": result.timings, "preview": result.preview}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "target": result.target,
+                    "meta": result.meta.to_json(),
+                    "timings": result.timings,
+                    "preview": result.preview,
+                },
+                indent=2,
+            )
+        )
     else:
         print(_summary(result))
     return 0
@@ -146,8 +182,7 @@ def _quantize(args) -> int:
 def _decode(args) -> int:
     from kquant import export
 
-    out, (h, w) = export.decode(args.store, args.out, window=args.window,
-                                overwrite=args.overwrite)
+    out, (h, w) = export.decode(args.store, args.out, window=args.window, overwrite=args.overwrite)
     print(f"wrote {args.out} ({h} x {w} px)")
     return 0
 
@@ -168,23 +203,33 @@ def _info(args) -> int:
     if args.json:
         print(json.dumps(meta.to_json(), indent=2))
     if not meta.complete:
-        raise IncompleteStoreError(f"{args.store} is incomplete (status {meta.status!r}): "
-                                   "its run crashed or is still writing")
+        raise IncompleteStoreError(
+            f"{args.store} is incomplete (status {meta.status!r}): "
+            "its run crashed or is still writing"
+        )
     if args.verify:
         store.open_store(args.store).verify()
     if not args.json:
         m = meta.metrics
         psnr = m.get("psnr")
-        print(f"store      {uri_mod.normalise(args.store)}  (kquant format {meta.format_version}, "
-              f"written by kquant {meta.library_version})")
+        print(
+            f"store      {uri_mod.normalise(args.store)}  (kquant format {meta.format_version}, "
+            f"written by kquant {meta.library_version})"
+        )
         print(f"status     {meta.status}" + ("  (checksum verified)" if args.verify else ""))
         print(f"image      {meta.height} x {meta.width} px   source {meta.source.get('uri')}")
-        print(f"palette    {meta.n_colors} colours (k={meta.k}), {meta.bits} bits/px, "
-              f"chunks {meta.chunk_rows} x {meta.chunk_cols} px")
-        print(f"quality    PSNR {'inf (lossless)' if psnr is None else f'{psnr:.2f} dB'}, "
-              f"MSE {m.get('mse', math.nan):.3f}")
-        print(f"size       {format_bytes(m.get('store_bytes', 0))}, "
-              f"{m.get('store_bits_per_pixel', math.nan):.3f} bits/px on disk")
+        print(
+            f"palette    {meta.n_colors} colours (k={meta.k}), {meta.bits} bits/px, "
+            f"chunks {meta.chunk_rows} x {meta.chunk_cols} px"
+        )
+        print(
+            f"quality    PSNR {'inf (lossless)' if psnr is None else f'{psnr:.2f} dB'}, "
+            f"MSE {m.get('mse', math.nan):.3f}"
+        )
+        print(
+            f"size       {format_bytes(m.get('store_bytes', 0))}, "
+            f"{m.get('store_bits_per_pixel', math.nan):.3f} bits/px on disk"
+        )
         print(f"params     {json.dumps(meta.params, sort_keys=True)}")
     return 0
 
@@ -199,10 +244,16 @@ def _demo(args) -> int:
         raise ParameterError(f"{out} is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with resources.as_file(resources.files("kquant") / "data" / "sample.jpg") as sample:
-        result = pipeline.quantize(sample, out / "sample.kquant", _params(args), overwrite=True,
-                                   preview_path=out / "sample-preview.png",
-                                   max_pixels=args.max_pixels, address=args.address,
-                                   progress=sys.stderr.isatty())
+        result = pipeline.quantize(
+            sample,
+            out / "sample.kquant",
+            _params(args),
+            overwrite=True,
+            preview_path=out / "sample-preview.png",
+            max_pixels=args.max_pixels,
+            address=args.address,
+            progress=sys.stderr.isatty(),
+        )
     print(_summary(result))
     return 0
 
@@ -215,8 +266,16 @@ def _quiet_libraries() -> None:
     if os.environ.get("KQUANT_DEBUG"):
         return
     warnings.simplefilter("ignore")
-    for name in ("tifffile", "imageio", "PIL", "zarr", "numcodecs", "distributed", "fsspec",
-                 "asyncio"):
+    for name in (
+        "tifffile",
+        "imageio",
+        "PIL",
+        "zarr",
+        "numcodecs",
+        "distributed",
+        "fsspec",
+        "asyncio",
+    ):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -232,8 +291,7 @@ class _NoSparseForDaskArray:
 
     def find_spec(self, name, path=None, target=None):
         if name == "sparse" and _initialising("dask.array"):
-            raise ModuleNotFoundError("sparse is not imported by kquant's command line",
-                                      name=name)
+            raise ModuleNotFoundError("sparse is not imported by kquant's command line", name=name)
         return None
 
 
@@ -292,8 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("quantize", "demo", "decode", "export"):
         _skip_sparse_import()
-    handler = {"quantize": _quantize, "decode": _decode, "info": _info, "demo": _demo,
-               "export": _export}[args.command]
+    handler = {
+        "quantize": _quantize,
+        "decode": _decode,
+        "info": _info,
+        "demo": _demo,
+        "export": _export,
+    }[args.command]
     try:
         with contextlib.redirect_stdout(_GuardedStdout(sys.stdout)):
             return handler(args)
@@ -313,14 +376,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kquant: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except MemoryError:
-        print("kquant: error: out of memory (use smaller --chunk or a tiled input)", file=sys.stderr)
+        print(
+            "kquant: error: out of memory (use smaller --chunk or a tiled input)", file=sys.stderr
+        )
         return 1
     except Exception as exc:  # unexpected: still one line, traceback on request
         if os.environ.get("KQUANT_DEBUG"):
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"kquant: error: unexpected {type(exc).__name__}: {msg} "
-              "(set KQUANT_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"kquant: error: unexpected {type(exc).__name__}: {msg} "
+            "(set KQUANT_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -105,8 +105,15 @@ def warm_workers(fn) -> int:
 
     workers = list(client.scheduler_info().get("workers", {}))
     for address in workers:
-        fire_and_forget(client.submit(fn, workers=[address], allow_other_workers=False,
-                                      pure=False, key=f"kquant-warm-{address}-{os.getpid()}"))
+        fire_and_forget(
+            client.submit(
+                fn,
+                workers=[address],
+                allow_other_workers=False,
+                pure=False,
+                key=f"kquant-warm-{address}-{os.getpid()}",
+            )
+        )
     return len(workers)
 
 

@@ -75,30 +75,54 @@ class QuantizeParams:
         On any value out of range.
     """
 
-    k: int = _field(DEFAULT_K, "Palette size, 2-256 (with target_psnr: the largest allowed).",
-                    "-k", "--colors")
+    k: int = _field(
+        DEFAULT_K, "Palette size, 2-256 (with target_psnr: the largest allowed).", "-k", "--colors"
+    )
     seed: int = _field(0, "Seed of every random choice: same seed, same store.", "--seed")
     sample_size: int = _field(DEFAULT_SAMPLE, "Pixels sampled for the fit.", "--sample")
-    chunk: int | None = _field(None, "Chunk edge in pixels (rounded up to a multiple of 8; "
-                                     "default 2048, or whole TIFF tiles).", "--chunk")
-    restarts: int = _field(DEFAULT_RESTARTS, "Extra k-means++ restarts on the colour histogram.",
-                           "--restarts")
+    chunk: int | None = _field(
+        None,
+        "Chunk edge in pixels (rounded up to a multiple of 8; default 2048, or whole TIFF tiles).",
+        "--chunk",
+    )
+    restarts: int = _field(
+        DEFAULT_RESTARTS, "Extra k-means++ restarts on the colour histogram.", "--restarts"
+    )
     max_iter: int = _field(300, "Iteration cap of each Lloyd run.")
-    background: tuple[int, int, int] = _field((255, 255, 255),
-                                              "Colour transparent pixels are composited over.")
-    mode: Mode = _field("auto", "Fit on every pixel's colour histogram (exact, a second pass) "
-                                "or on a bounded sample of tiles (sample); auto: exact up to "
-                                "2^25 pixels.", "--mode")
-    shard: int | None = _field(None, "Shard edge in pixels (whole chunks; one task writes one "
-                                     "shard); none: no sharding.", "--shard")
-    space: Space = _field("rgb", "Colour space of the fit and the assignment (lab, oklab: "
-                                 "perceptual).", "--space")
-    dither: Dither = _field("none", "Ordered dithering: 8x8 Bayer or 64x64 blue noise "
-                                    "(chunk-parallel, without seams).", "--dither")
-    target_psnr: float | None = _field(None, "Use the smallest K (up to k) whose PSNR reaches "
-                                             "this many dB.", "--target-psnr", metavar="DB")
-    sample_fit: SampleFit = _field("auto", "Whether dask-ml's KMeans on the pixel sample seeds "
-                                           "the fit (auto: images of 2^23 pixels or more).")
+    background: tuple[int, int, int] = _field(
+        (255, 255, 255), "Colour transparent pixels are composited over."
+    )
+    mode: Mode = _field(
+        "auto",
+        "Fit on every pixel's colour histogram (exact, a second pass) "
+        "or on a bounded sample of tiles (sample); auto: exact up to "
+        "2^25 pixels.",
+        "--mode",
+    )
+    shard: int | None = _field(
+        None,
+        "Shard edge in pixels (whole chunks; one task writes one shard); none: no sharding.",
+        "--shard",
+    )
+    space: Space = _field(
+        "rgb", "Colour space of the fit and the assignment (lab, oklab: perceptual).", "--space"
+    )
+    dither: Dither = _field(
+        "none",
+        "Ordered dithering: 8x8 Bayer or 64x64 blue noise (chunk-parallel, without seams).",
+        "--dither",
+    )
+    target_psnr: float | None = _field(
+        None,
+        "Use the smallest K (up to k) whose PSNR reaches this many dB.",
+        "--target-psnr",
+        metavar="DB",
+    )
+    sample_fit: SampleFit = _field(
+        "auto",
+        "Whether dask-ml's KMeans on the pixel sample seeds "
+        "the fit (auto: images of 2^23 pixels or more).",
+    )
 
     def __post_init__(self) -> None:
         def set_(name: str, value: Any) -> None:  # a frozen dataclass validates in place
@@ -125,10 +149,14 @@ class QuantizeParams:
         _choice("sample_fit", self.sample_fit, typing.get_args(SampleFit))
         if self.target_psnr is not None:
             t = self.target_psnr
-            if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) \
-                    or not 1.0 <= float(t) <= 100.0:
-                raise ParameterError(f"target PSNR must be a number of dB between 1 and 100, "
-                                     f"got {t!r}")
+            if (
+                isinstance(t, bool)
+                or not isinstance(t, (int, float, np.integer, np.floating))
+                or not 1.0 <= float(t) <= 100.0
+            ):
+                raise ParameterError(
+                    f"target PSNR must be a number of dB between 1 and 100, got {t!r}"
+                )
             set_("target_psnr", float(t))
 
     def fit_mode(self, n_pixels: int) -> str:
@@ -186,8 +214,11 @@ class QuantizeParams:
         ParameterError
             On a value out of range.
         """
-        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-                 if "flags" in f.metadata and getattr(args, f.name, None) is not None}
+        given = {
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(cls)
+            if "flags" in f.metadata and getattr(args, f.name, None) is not None
+        }
         return cls(**given)
 
 
@@ -213,6 +244,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         text = f.metadata["description"]
         if default is not None and choices is None:
             text += f" (default {default})"
-        parser.add_argument(*flags, dest=f.name, type=kind, choices=choices,
-                            default=default if choices else None,
-                            metavar=f.metadata.get("metavar"), help=text)
+        parser.add_argument(
+            *flags,
+            dest=f.name,
+            type=kind,
+            choices=choices,
+            default=default if choices else None,
+            metavar=f.metadata.get("metavar"),
+            help=text,
+        )

@@ -47,6 +47,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 # --------------------------------------------------------------------------- images
 
+
 @pytest.fixture(scope="session")
 def china() -> np.ndarray:
     import imageio.v3 as iio
@@ -74,6 +75,7 @@ def photo_png(tmp_path) -> tuple[Path, np.ndarray]:
 
 # --------------------------------------------------------------------------- in-process
 
+
 @pytest.fixture(scope="session")
 def harness():
     from prefect.testing.utilities import prefect_test_harness
@@ -91,6 +93,7 @@ def client(harness):
 
 
 # --------------------------------------------------------------------------- real server + worker
+
 
 def stop_tree(proc: subprocess.Popen, timeout: float = 15.0) -> None:
     """Stop a process started in its own session and everything under it.
@@ -139,8 +142,14 @@ class PrefectStack:
         self.log = root / "serve.log"
 
     def prefect(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "prefect"), *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def client(self):
         """A sync Prefect client for this server (use as a context manager)."""
@@ -173,29 +182,40 @@ def prefect_stack(tmp_path_factory):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.pop("DASK_SCHEDULER_ADDRESS", None)
-    env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-        "KQUANT_PREFECT_PORT": str(port),
-        "PREFECT": str(BIN / "prefect"),
-        "KQUANT_INBOX": str(root / "inbox"),
-        "KQUANT_OUTBOX": str(root / "outbox"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            "KQUANT_PREFECT_PORT": str(port),
+            "PREFECT": str(BIN / "prefect"),
+            "KQUANT_INBOX": str(root / "inbox"),
+            "KQUANT_OUTBOX": str(root / "outbox"),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     # images already in the inbox when the inbox deployment is created
     (root / "inbox").mkdir()
     for i in range(2):
-        write_png(root / "inbox" / f"scan-{i}.png", photo_like(72, 96, seed=20 + i), age_seconds=120)
+        write_png(
+            root / "inbox" / f"scan-{i}.png", photo_like(72, 96, seed=20 + i), age_seconds=120
+        )
 
     log = open(root / "serve.log", "wb")
-    proc = subprocess.Popen([str(REPO / "deploy" / "serve.sh")], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(REPO / "deploy" / "serve.sh")],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     stack = PrefectStack(root, port, env, proc)
     try:
+
         def worker_ready():
             if proc.poll() is not None:
                 raise AssertionError(f"serve.sh exited with {proc.returncode}\n{stack.log_tail()}")
@@ -203,8 +223,14 @@ def prefect_stack(tmp_path_factory):
 
         wait_for(worker_ready, 120, "the Prefect server and worker", stack)
         t0 = time.monotonic()
-        out = subprocess.run([str(REPO / "deploy" / "deploy.sh")], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=240)
+        out = subprocess.run(
+            [str(REPO / "deploy" / "deploy.sh")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         stack.deploy_seconds = time.monotonic() - t0
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         yield stack

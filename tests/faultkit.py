@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from helpers import files  # noqa: F401  (re-exported for the fault tests)
-from helpers import poll
+from helpers import (
+    files,  # noqa: F401  (re-exported for the fault tests)
+    poll,
+)
 
 import kquant
-from kquant.store import locking
 from kquant.errors import IncompleteStoreError, StoreError
-from kquant.store import read_meta
+from kquant.store import locking, read_meta
 
 DASK = str(Path(sys.executable).parent / "dask")
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ FAULTS: collections.Counter = collections.Counter()
 
 # --------------------------------------------------------------------------- helpers
 
+
 def run_env(**extra) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
     env.pop("DASK_SCHEDULER_ADDRESS", None)
@@ -46,8 +48,14 @@ def spawn(log_dir: Path, name: str, *args: str, env: dict | None = None) -> subp
     """Start ``kquant ARGS`` in its own session (stdout/stderr to files in ``log_dir``)."""
     out = open(log_dir / f"{name}.out", "wb")
     err = open(log_dir / f"{name}.err", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "kquant", *map(str, args)], stdout=out,
-                            stderr=err, env=env or run_env(), start_new_session=True, cwd=log_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kquant", *map(str, args)],
+        stdout=out,
+        stderr=err,
+        env=env or run_env(),
+        start_new_session=True,
+        cwd=log_dir,
+    )
     out.close()
     err.close()
     proc.stderr_path = log_dir / f"{name}.err"
@@ -69,9 +77,13 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def quantize_cli(src, target, *extra, timeout=300, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kquant", "quantize", str(src), str(target),
-                           *ARGS, *extra], capture_output=True, text=True, timeout=timeout,
-                          env=env or run_env())
+    return subprocess.run(
+        [sys.executable, "-m", "kquant", "quantize", str(src), str(target), *ARGS, *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or run_env(),
+    )
 
 
 def tmp_dirs(target: Path) -> list[Path]:
@@ -82,12 +94,12 @@ def chunk_files(root: Path) -> int:
     return sum(1 for p in (root / "labels").rglob("*") if p.is_file() and p.name != "zarr.json")
 
 
-def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None,
-               interval: float = 0.02):
+def wait_until(
+    pred, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.02
+):
     def died():
         if proc is not None and proc.poll() is not None:
-            return (f"process exited ({proc.returncode}) before {what}:\n"
-                    + stderr_of(proc)[-2000:])
+            return f"process exited ({proc.returncode}) before {what}:\n" + stderr_of(proc)[-2000:]
         return None
 
     return poll(pred, timeout, what, interval=interval, abort=died)
@@ -95,6 +107,7 @@ def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = 
 
 def wait_for_write_pass(proc, target: Path, timeout: float = 180, ignore=()) -> Path:
     """Poll until a hidden temporary store of ``target`` (not in ``ignore``) holds a label chunk."""
+
     def writing():
         for d in tmp_dirs(target):
             if d in ignore:
@@ -138,8 +151,13 @@ def lock_holder(target: Path) -> dict:
 def assert_clean_finish(target: Path, reference: Path) -> None:
     """A complete store, verified by the CLI, byte-identical to the clean run's; no lock left."""
     assert files(target) == files(reference), "store differs from the clean run's"
-    p = subprocess.run([sys.executable, "-m", "kquant", "info", "--verify", str(target)],
-                       capture_output=True, text=True, timeout=120, env=run_env())
+    p = subprocess.run(
+        [sys.executable, "-m", "kquant", "info", "--verify", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=run_env(),
+    )
     assert p.returncode == 0 and "checksum verified" in p.stdout, p.stderr
     assert not os.path.exists(locking.lock_path(str(target)))
 
@@ -152,6 +170,7 @@ def one_error_line(text: str) -> str:
 
 # --------------------------------------------------------------------------- inputs
 
+
 def make_source(path: Path) -> Path:
     """A 4096 x 4096 tiled TIFF of photo tiles with 4 bits per channel (a fast exact fit)."""
     import tifffile
@@ -161,7 +180,13 @@ def make_source(path: Path) -> Path:
         from make_mosaic import TILE, tiles
     finally:
         sys.path.remove(str(REPO / "bench"))
-    tifffile.imwrite(path, (t & 0xF0 for t in tiles(TILES, TILES, seed=6)),
-                     shape=(TILES * TILE, TILES * TILE, 3), dtype=np.uint8, tile=(TILE, TILE),
-                     photometric="rgb", compression="zlib")
+    tifffile.imwrite(
+        path,
+        (t & 0xF0 for t in tiles(TILES, TILES, seed=6)),
+        shape=(TILES * TILE, TILES * TILE, 3),
+        dtype=np.uint8,
+        tile=(TILE, TILE),
+        photometric="rgb",
+        compression="zlib",
+    )
     return path

@@ -50,15 +50,26 @@ def moto_s3(log_dir, bucket: str):
 
         port = free_port()
         log = Path(log_dir) / "moto.log"
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
-                                 "127.0.0.1", "-p", str(port)], stdout=open(log, "w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         endpoint = f"http://127.0.0.1:{port}"
-        keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                "AWS_DEFAULT_REGION")
+        keys = (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+        )
         saved = {k: os.environ.get(k) for k in keys}
-        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
-                          AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
         s3fs.S3FileSystem.clear_instance_cache()
         try:
             deadline = time.time() + 30
@@ -68,7 +79,9 @@ def moto_s3(log_dir, bucket: str):
                     break
                 except OSError:
                     if time.time() > deadline:
-                        raise RuntimeError("moto server did not start: " + log.read_text())
+                        raise RuntimeError(
+                            "moto server did not start: " + log.read_text()
+                        ) from None
                     time.sleep(0.2)
             fs = s3fs.S3FileSystem(skip_instance_cache=True)
             fs.mkdir(bucket)
@@ -123,14 +136,33 @@ def dask_processes(log_dir, *, env=None, nworkers: int = 2, timeout: float = 90)
         address = f"tcp://127.0.0.1:{port}"
         logs = Path(log_dir)
         run_env = dict(os.environ, OMP_NUM_THREADS="1") if env is None else env
-        sched = subprocess.Popen([dask_bin, "scheduler", "--host", "127.0.0.1", "--port",
-                                  str(port), "--no-dashboard"], stdout=open(logs / "s.log", "w"),
-                                 stderr=subprocess.STDOUT, start_new_session=True, env=run_env)
-        worker = subprocess.Popen([dask_bin, "worker", address, "--nworkers", str(nworkers),
-                                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
-                                   "--local-directory", str(logs)],
-                                  stdout=open(logs / "w.log", "w"), stderr=subprocess.STDOUT,
-                                  start_new_session=True, env=run_env)
+        sched = subprocess.Popen(
+            [dask_bin, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=open(logs / "s.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=run_env,
+        )
+        worker = subprocess.Popen(
+            [
+                dask_bin,
+                "worker",
+                address,
+                "--nworkers",
+                str(nworkers),
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                "--local-directory",
+                str(logs),
+            ],
+            stdout=open(logs / "w.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=run_env,
+        )
         try:
             deadline = time.time() + timeout
             while True:
@@ -141,7 +173,9 @@ def dask_processes(log_dir, *, env=None, nworkers: int = 2, timeout: float = 90)
                 except OSError:
                     pass
                 if time.time() > deadline:
-                    raise RuntimeError("dask cluster did not start:\n" + (logs / "w.log").read_text())
+                    raise RuntimeError(
+                        "dask cluster did not start:\n" + (logs / "w.log").read_text()
+                    )
                 time.sleep(0.5)
             yield address, worker
         finally:
@@ -152,12 +186,15 @@ def dask_processes(log_dir, *, env=None, nworkers: int = 2, timeout: float = 90)
 
 
 def files(root) -> dict:
-    """Every file of a folder (a store) by relative path, with its bytes: for byte-identity checks."""
+    """Every file of a folder (a store) by relative path, with its bytes (byte-identity checks)."""
     from pathlib import Path
 
     root = Path(root)
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def poll(predicate, timeout: float, what: str, *, interval: float, abort=None, detail=None):
@@ -178,8 +215,10 @@ def poll(predicate, timeout: float, what: str, *, interval: float, abort=None, d
             if message:
                 raise AssertionError(message)
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
-                                 + (f"\n{detail()}" if detail is not None else ""))
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what}"
+                + (f"\n{detail()}" if detail is not None else "")
+            )
         time.sleep(interval)
 
 
@@ -192,9 +231,11 @@ def run_cli_listing_modules(args: list[str], modules: tuple[str, ...], *, after:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom kquant import cli\n"
-            f"rc = cli.main({[str(a) for a in args]!r})\n"
-            f"print(rc, *[m for m in {tuple(modules)!r} if m in sys.modules])\n" + after)
+    code = (
+        "import sys\nfrom kquant import cli\n"
+        f"rc = cli.main({[str(a) for a in args]!r})\n"
+        f"print(rc, *[m for m in {tuple(modules)!r} if m in sys.modules])\n" + after
+    )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
@@ -218,8 +259,12 @@ def truncated_png(path):
     return path
 
 
-def wait_for(predicate, timeout: float, what: str, stack=None,
-             interval: float = 0.5):
+def wait_for(predicate, timeout: float, what: str, stack=None, interval: float = 0.5):
     """:func:`poll` with a Prefect stack's log tail as the detail of a timeout."""
-    return poll(predicate, timeout, what, interval=interval,
-                detail=stack.log_tail if stack is not None else None)
+    return poll(
+        predicate,
+        timeout,
+        what,
+        interval=interval,
+        detail=stack.log_tail if stack is not None else None,
+    )

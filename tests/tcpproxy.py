@@ -154,7 +154,7 @@ class TcpProxy:
         for s in held:
             _reset(s)
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -170,7 +170,7 @@ class TcpProxy:
                 continue
             try:
                 client, _ = listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.accepted += 1
             with self._lock:
@@ -189,8 +189,9 @@ class TcpProxy:
             pair = (client, upstream)
             with self._lock:
                 self._pairs.add(pair)
-            threading.Thread(target=self._pump, args=(pair,), daemon=True,
-                             name="tcpproxy-pump").start()
+            threading.Thread(
+                target=self._pump, args=(pair,), daemon=True, name="tcpproxy-pump"
+            ).start()
 
     def _pump(self, pair: tuple[socket.socket, socket.socket]) -> None:
         client, upstream = pair

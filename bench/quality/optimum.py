@@ -41,15 +41,16 @@ def search(img: np.ndarray, k: int, seeds: int, restarts: int) -> dict:
     from sklearn.cluster import KMeans
 
     from kquant import fit
-    from kquant.label import assign
     from kquant.colour import histogram
+    from kquant.label import assign
 
     codes, counts = np.unique(histogram.encode(img.reshape(-1, 3)), return_counts=True)
     n = img.shape[0] * img.shape[1] * 3
     best_kq, t = None, time.perf_counter()
     for s in range(seeds):
-        r = fit.fit_palette(None, codes, counts, k, seed=s, restarts=restarts,
-                            swaps=2 * (8 + k // 4))
+        r = fit.fit_palette(
+            None, codes, counts, k, seed=s, restarts=restarts, swaps=2 * (8 + k // 4)
+        )
         best_kq = r.sse if best_kq is None else min(best_kq, r.sse)
     t_kq = time.perf_counter() - t
     rgb = histogram.decode(codes).astype(np.float64)
@@ -59,9 +60,14 @@ def search(img: np.ndarray, k: int, seeds: int, restarts: int) -> dict:
     lab = assign.nearest(rgb, pal)
     diff = rgb - pal[lab]
     sse_sk = float(np.dot(counts, (diff * diff).sum(1)))
-    return {"mse_search_kquant": best_kq / n, "mse_search_sklearn": sse_sk / n,
-            "seconds_kquant": t_kq, "seconds_sklearn": time.perf_counter() - t,
-            "seeds": seeds, "restarts": restarts}
+    return {
+        "mse_search_kquant": best_kq / n,
+        "mse_search_sklearn": sse_sk / n,
+        "seconds_kquant": t_kq,
+        "seconds_sklearn": time.perf_counter() - t,
+        "seeds": seeds,
+        "restarts": restarts,
+    }
 
 
 def report(found: dict) -> str:
@@ -70,9 +76,11 @@ def report(found: dict) -> str:
     for r in rows:
         if r.get("mse") and not r["method"].startswith("kquant-"):
             mse.setdefault((r["image"], r["k"]), {})[r["method"]] = r["mse"]
-    lines = ["| K | cases | kquant from best known (dB) | best other from best known (dB) "
-             "| largest possible mean margin (dB) | kquant is the best known on |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| K | cases | kquant from best known (dB) | best other from best known (dB) "
+        "| largest possible mean margin (dB) | kquant is the best known on |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for k in sorted({int(key.split("/")[1]) for key in found}):
         gaps_kq, gaps_other, n_best = [], [], 0
         for key, f in found.items():
@@ -85,9 +93,11 @@ def report(found: dict) -> str:
             gaps_kq.append(_db(methods["kquant"], best))
             gaps_other.append(_db(other, best))
             n_best += methods["kquant"] <= best * (1 + 1e-9)
-        lines.append(f"| {k} | {len(gaps_kq)} | {np.mean(gaps_kq):.3f} (max {max(gaps_kq):.3f}) "
-                     f"| {np.mean(gaps_other):.3f} (min {min(gaps_other):.3f}) "
-                     f"| {np.mean(gaps_other):.3f} | {n_best} / {len(gaps_kq)} |")
+        lines.append(
+            f"| {k} | {len(gaps_kq)} | {np.mean(gaps_kq):.3f} (max {max(gaps_kq):.3f}) "
+            f"| {np.mean(gaps_other):.3f} (min {min(gaps_other):.3f}) "
+            f"| {np.mean(gaps_other):.3f} | {n_best} / {len(gaps_kq)} |"
+        )
     return "\n".join(lines)
 
 

@@ -47,12 +47,25 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
 README = HERE.parent / "README.md"
 KS = (8, 16, 64, 256)
-METHODS = ("kquant", "kquant-lab", "kquant-oklab", "notebook", "sklearn-round", "pil-mediancut",
-           "pil-mediancut-km", "pil-maxcoverage", "pil-maxcoverage-km", "pil-fastoctree",
-           "pil-fastoctree-km", "libimagequant", "pngquant")
+METHODS = (
+    "kquant",
+    "kquant-lab",
+    "kquant-oklab",
+    "notebook",
+    "sklearn-round",
+    "pil-mediancut",
+    "pil-mediancut-km",
+    "pil-maxcoverage",
+    "pil-maxcoverage-km",
+    "pil-fastoctree",
+    "pil-fastoctree-km",
+    "libimagequant",
+    "pngquant",
+)
 
 
 # --------------------------------------------------------------------------- images
+
 
 def images() -> dict[str, np.ndarray]:
     """Every RGB (3-channel uint8) sample image bundled with scikit-learn and scikit-image."""
@@ -60,16 +73,28 @@ def images() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_sample_image
 
     out = {"china": load_sample_image("china.jpg"), "flower": load_sample_image("flower.jpg")}
-    for name in ("astronaut", "chelsea", "coffee", "colorwheel", "hubble_deep_field",
-                 "immunohistochemistry", "retina", "rocket"):
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "colorwheel",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "rocket",
+    ):
         out[name] = getattr(sd, name)()
     left, right, _ = sd.stereo_motorcycle()
     out["motorcycle_left"], out["motorcycle_right"] = left, right
-    return {k: np.ascontiguousarray(v[..., :3]) for k, v in out.items()
-            if v.ndim == 3 and v.shape[2] == 3 and v.dtype == np.uint8}
+    return {
+        k: np.ascontiguousarray(v[..., :3])
+        for k, v in out.items()
+        if v.ndim == 3 and v.shape[2] == 3 and v.dtype == np.uint8
+    }
 
 
 # --------------------------------------------------------------------------- metrics
+
 
 def _nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     from kquant.label import assign
@@ -84,10 +109,11 @@ def measure(img: np.ndarray, palette: np.ndarray, labels: np.ndarray) -> dict:
     pal = np.asarray(palette, np.int64)
     diff = img.astype(np.int64) - pal[labels]
     mse = float(np.square(diff).sum()) / img.size
-    psnr = 10 * np.log10(255.0 ** 2 / mse) if mse > 0 else float("inf")
+    psnr = 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf")
     # CIEDE2000 over unique (source colour, label) pairs, weighted by their counts
-    code = ((img[..., 0].astype(np.int64) << 16) | (img[..., 1].astype(np.int64) << 8)
-            | img[..., 2]) << 8 | labels.astype(np.int64)
+    code = (
+        (img[..., 0].astype(np.int64) << 16) | (img[..., 1].astype(np.int64) << 8) | img[..., 2]
+    ) << 8 | labels.astype(np.int64)
     uniq, counts = np.unique(code.ravel(), return_counts=True)
     src = np.stack([(uniq >> 24) & 255, (uniq >> 16) & 255, (uniq >> 8) & 255], 1)
     dst = pal[uniq & 255]
@@ -101,7 +127,7 @@ def indexed_png_bytes(palette: np.ndarray, labels: np.ndarray) -> int:
 
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     pal = np.zeros((256, 3), np.uint8)
-    pal[:len(palette)] = palette
+    pal[: len(palette)] = palette
     im.putpalette(pal.ravel().tolist(), rawmode="RGB")
     buf = io.BytesIO()
     bits = max(1, int(np.ceil(np.log2(max(len(palette), 2)))))
@@ -126,6 +152,7 @@ def read_png_indexed(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------- methods
 
+
 def run_kquant(img, png, k, tmp, *, space="rgb"):
     import kquant
     from kquant import pipeline
@@ -137,8 +164,12 @@ def run_kquant(img, png, k, tmp, *, space="rgb"):
     dt = time.perf_counter() - t
     st = kquant.open_store(out)
     labels = np.asarray(st.labels.compute(scheduler="sync"))
-    return st.palette, labels, dt, {"store_bytes": int(res.meta.metrics["store_bytes"]),
-                                    "store_dir_bytes": _dir_bytes(out)}
+    return (
+        st.palette,
+        labels,
+        dt,
+        {"store_bytes": int(res.meta.metrics["store_bytes"]), "store_dir_bytes": _dir_bytes(out)},
+    )
 
 
 def _dir_bytes(path: Path) -> int:
@@ -157,8 +188,11 @@ def _sklearn_fit(img, k):
         pixels = img.reshape(-1, 3).astype(np.float64)
         t = time.perf_counter()
         km = KMeans(n_clusters=k, random_state=0, n_init="auto").fit(pixels)
-        _SK_CACHE[key] = (km.cluster_centers_, km.labels_.reshape(img.shape[:2]),
-                          time.perf_counter() - t)
+        _SK_CACHE[key] = (
+            km.cluster_centers_,
+            km.labels_.reshape(img.shape[:2]),
+            time.perf_counter() - t,
+        )
     return _SK_CACHE[key]
 
 
@@ -178,8 +212,11 @@ def run_sklearn_round(img, png, k, tmp):
 def run_pillow(img, png, k, tmp, *, method, kmeans):
     from PIL import Image
 
-    m = {"mediancut": Image.Quantize.MEDIANCUT, "maxcoverage": Image.Quantize.MAXCOVERAGE,
-         "fastoctree": Image.Quantize.FASTOCTREE}[method]
+    m = {
+        "mediancut": Image.Quantize.MEDIANCUT,
+        "maxcoverage": Image.Quantize.MAXCOVERAGE,
+        "fastoctree": Image.Quantize.FASTOCTREE,
+    }[method]
     pil = Image.fromarray(img)
     t = time.perf_counter()
     q = pil.quantize(colors=k, method=m, kmeans=kmeans, dither=Image.Dither.NONE)
@@ -205,8 +242,9 @@ def run_libimagequant(img, png, k, tmp):
 def run_pngquant(img, png, k, tmp):
     out = Path(tmp) / f"pngquant-{k}.png"
     t = time.perf_counter()
-    subprocess.run(["pngquant", str(k), "--nofs", "--force", "--output", str(out), str(png)],
-                   check=True)
+    subprocess.run(
+        ["pngquant", str(k), "--nofs", "--force", "--output", str(out), str(png)], check=True
+    )
     dt = time.perf_counter() - t
     pal, lab = read_png_indexed(out)
     return pal, lab, dt, {"png_bytes": out.stat().st_size}
@@ -239,6 +277,7 @@ def available(method: str) -> bool:
 
 # --------------------------------------------------------------------------- speed
 
+
 def speed(reps: int = 5, baseline: str | None = None) -> dict:
     """In-process 512x512 K=16 (kquant vs libimagequant) and CLI wall time vs pngquant.
 
@@ -249,7 +288,6 @@ def speed(reps: int = 5, baseline: str | None = None) -> dict:
     ``baseline`` (another checkout's root) its CLI is timed in the same loop too.
     """
     import skimage.data as sd
-
     from PIL import Image
 
     root = str(HERE.parent.parent)
@@ -268,32 +306,65 @@ def speed(reps: int = 5, baseline: str | None = None) -> dict:
             first.append(run_kquant(img, fresh, 16, tmp)[2])
             iq.append(run_libimagequant(img, astro, 16, tmp)[2])
             repeat.append(run_kquant(img, astro, 16, tmp)[2])
-        out["inprocess_512_k16"] = {"kquant": min(first), "kquant_repeat": min(repeat),
-                                    "libimagequant": min(iq), "ratio": min(first) / min(iq),
-                                    "ratio_repeat": min(repeat) / min(iq)}
+        out["inprocess_512_k16"] = {
+            "kquant": min(first),
+            "kquant_repeat": min(repeat),
+            "libimagequant": min(iq),
+            "ratio": min(first) / min(iq),
+            "ratio_repeat": min(repeat) / min(iq),
+        }
         kq_bin = Path(sys.executable).with_name("kquant")
         trees = {"kquant": root} | ({"kquant_baseline": baseline} if baseline else {})
         for name, src in (("astronaut_512", astro), ("retina_2mpx", retina)):
             times = {key: [] for key in (*trees, "pngquant")}
-            for r in range(reps):
+            for _ in range(reps):
                 for key, tree in trees.items():
                     env = dict(os.environ, PYTHONPATH=tree)
                     t = time.perf_counter()
-                    subprocess.run([str(kq_bin), "quantize", str(src), str(Path(tmp) / "o.kquant"),
-                                    "-k", "16", "--overwrite"], check=True, env=env,
-                                   stdout=subprocess.DEVNULL)
+                    subprocess.run(
+                        [
+                            str(kq_bin),
+                            "quantize",
+                            str(src),
+                            str(Path(tmp) / "o.kquant"),
+                            "-k",
+                            "16",
+                            "--overwrite",
+                        ],
+                        check=True,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                    )
                     times[key].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                subprocess.run(["pngquant", "16", "--nofs", "--force", "--output",
-                                str(Path(tmp) / "o.png"), str(src)], check=True)
+                subprocess.run(
+                    [
+                        "pngquant",
+                        "16",
+                        "--nofs",
+                        "--force",
+                        "--output",
+                        str(Path(tmp) / "o.png"),
+                        str(src),
+                    ],
+                    check=True,
+                )
                 times["pngquant"].append(time.perf_counter() - t)
             best = {key: min(v) for key, v in times.items()}
-            out[f"cli_{name}_k16"] = best | {"ratio": best["kquant"] / best["pngquant"]} | (
-                {"ratio_baseline": best["kquant_baseline"] / best["pngquant"]} if baseline else {})
+            out[f"cli_{name}_k16"] = (
+                best
+                | {"ratio": best["kquant"] / best["pngquant"]}
+                | (
+                    {"ratio_baseline": best["kquant_baseline"] / best["pngquant"]}
+                    if baseline
+                    else {}
+                )
+            )
     return out
 
 
 # --------------------------------------------------------------------------- driver
+
 
 def run(names, ks, methods, results):
     from PIL import Image
@@ -310,13 +381,24 @@ def run(names, ks, methods, results):
                     if not available(method):
                         continue
                     pal, lab, dt, extra = RUNNERS[method](img, png, k, tmp)
-                    row = {"image": name, "k": k, "method": method, "pixels": int(img.shape[0] * img.shape[1]),
-                           "seconds": dt, "n_colors": int(len(pal)), **measure(img, pal, lab), **extra}
+                    row = {
+                        "image": name,
+                        "k": k,
+                        "method": method,
+                        "pixels": int(img.shape[0] * img.shape[1]),
+                        "seconds": dt,
+                        "n_colors": int(len(pal)),
+                        **measure(img, pal, lab),
+                        **extra,
+                    }
                     if method in ("kquant", "kquant-lab", "kquant-oklab", "libimagequant"):
                         row["pillow_png_bytes"] = indexed_png_bytes(pal, lab)
                     results[(name, k, method)] = row
-                    print(f"{name:22s} K={k:3d} {method:20s} PSNR {row['psnr']:7.3f} "
-                          f"dE {row['de2000']:6.3f} {dt:7.3f} s", flush=True)
+                    print(
+                        f"{name:22s} K={k:3d} {method:20s} PSNR {row['psnr']:7.3f} "
+                        f"dE {row['de2000']:6.3f} {dt:7.3f} s",
+                        flush=True,
+                    )
                 _SK_CACHE.clear()
     return results
 
@@ -325,7 +407,9 @@ def load() -> dict:
     if not RESULTS.exists():
         return {}
     data = json.loads(RESULTS.read_text())
-    return {(r["image"], r["k"], r["method"]): r for r in data["rows"]} | {"speed": data.get("speed")}
+    return {(r["image"], r["k"], r["method"]): r for r in data["rows"]} | {
+        "speed": data.get("speed")
+    }
 
 
 def save(results: dict) -> None:
@@ -343,8 +427,11 @@ def main(argv=None) -> None:
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--report", action="store_true", help="only rebuild the README tables")
     ap.add_argument("--reps", type=int, default=5, help="speed: runs of each, best kept")
-    ap.add_argument("--baseline", default=None,
-                    help="speed: also time the CLI of this checkout (its root folder)")
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="speed: also time the CLI of this checkout (its root folder)",
+    )
     args = ap.parse_args(argv)
     results = load()
     if not args.report:

@@ -27,10 +27,11 @@ def main() -> int:
     import kquant
 
     cluster = SLURMCluster(
-        queue="normal",                 # your partition
-        account=None,                   # your account, if the site needs one
-        cores=4, processes=4,           # 4 single-threaded worker processes per job
-        memory="8GiB",                  # ~1-2 GiB per worker process is plenty
+        queue="normal",  # your partition
+        account=None,  # your account, if the site needs one
+        cores=4,
+        processes=4,  # 4 single-threaded worker processes per job
+        memory="8GiB",  # ~1-2 GiB per worker process is plenty
         walltime="01:00:00",
         job_script_prologue=["source ~/venvs/kquant/bin/activate"],
         local_directory="$TMPDIR",
@@ -38,12 +39,19 @@ def main() -> int:
     cluster.scale(jobs=a.jobs)
     with Client(cluster) as client:
         client.wait_for_workers(1, timeout=600)
-        res = kquant.quantize(a.source, a.target, kquant.QuantizeParams(k=a.colors),
-                              overwrite=a.overwrite, address=cluster.scheduler_address)
+        res = kquant.quantize(
+            a.source,
+            a.target,
+            kquant.QuantizeParams(k=a.colors),
+            overwrite=a.overwrite,
+            address=cluster.scheduler_address,
+        )
     cluster.close()
     m = res.meta.metrics
-    print(f"{res.target}: PSNR {m['psnr']}, {m['store_bits_per_pixel']:.3f} bits/px, "
-          f"{res.timings['total']:.1f} s")
+    print(
+        f"{res.target}: PSNR {m['psnr']}, {m['store_bits_per_pixel']:.3f} bits/px, "
+        f"{res.timings['total']:.1f} s"
+    )
     return 0
 
 

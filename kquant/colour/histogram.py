@@ -14,14 +14,19 @@ from kquant.jit import compiled
 def encode(rgb: np.ndarray) -> np.ndarray:
     """Pack (..., 3) uint8 RGB into uint32 codes ``R << 16 | G << 8 | B``."""
     rgb = np.asarray(rgb)
-    return ((rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8)
-            | rgb[..., 2].astype(np.uint32))
+    return (
+        (rgb[..., 0].astype(np.uint32) << 16)
+        | (rgb[..., 1].astype(np.uint32) << 8)
+        | rgb[..., 2].astype(np.uint32)
+    )
 
 
 def decode(codes: np.ndarray) -> np.ndarray:
     """Inverse of :func:`encode`: uint32 codes to (..., 3) uint8 RGB."""
     codes = np.asarray(codes, dtype=np.uint32)
-    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8)
+    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1).astype(
+        np.uint8
+    )
 
 
 def block_histogram(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +82,11 @@ def _count_into_py(dense, block):  # pragma: no cover - compiled
     h, w = block.shape[0], block.shape[1]
     for y in range(h):
         for x in range(w):
-            dense[(np.int64(block[y, x, 0]) << 16) | (np.int64(block[y, x, 1]) << 8)
-                  | np.int64(block[y, x, 2])] += 1
+            dense[
+                (np.int64(block[y, x, 0]) << 16)
+                | (np.int64(block[y, x, 1]) << 8)
+                | np.int64(block[y, x, 2])
+            ] += 1
 
 
 def accumulate(dense: np.ndarray | None, block: np.ndarray, dtype=np.int64) -> np.ndarray:
@@ -140,8 +148,10 @@ def colour_histogram(image, *, fan_in: int = 8, chains: int | None = None, per_b
     if image.shape[0] * image.shape[1] >= CHAIN_MIN_PIXELS and len(blocks) > 1:
         n = max(1, min(len(blocks), chains or os.cpu_count() or 2))
         ends = []
-        sizes = [int(np.prod([image.chunks[d][i] for d, i in enumerate(loc[:2])]))
-                 for loc in np.ndindex(*image.numblocks)]
+        sizes = [
+            int(np.prod([image.chunks[d][i] for d, i in enumerate(loc[:2])]))
+            for loc in np.ndindex(*image.numblocks)
+        ]
         for c in range(n):
             state = None
             dtype = np.uint32 if sum(sizes[c::n]) < 1 << 32 else np.int64
@@ -166,6 +176,8 @@ def merge_tree(parts: list, *, fan_in: int = 8):
 
     level = list(parts)
     while len(level) > 1:
-        level = [dask.delayed(merge_histograms)(*level[i:i + fan_in])
-                 for i in range(0, len(level), fan_in)]
+        level = [
+            dask.delayed(merge_histograms)(*level[i : i + fan_in])
+            for i in range(0, len(level), fan_in)
+        ]
     return level[0]

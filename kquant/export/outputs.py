@@ -23,8 +23,9 @@ def _format(out: Path, what: str):
     return module
 
 
-def export(store_uri: str | os.PathLike, out: str | os.PathLike, *,
-           overwrite: bool = False) -> Path:
+def export(
+    store_uri: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Write the store at ``store_uri`` as an indexed PNG or a palette TIFF at ``out``.
 
     The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``).
@@ -58,9 +59,13 @@ def export(store_uri: str | os.PathLike, out: str | os.PathLike, *,
     return out
 
 
-def decode(store_uri: str | os.PathLike, out: str | os.PathLike, *,
-           window: tuple[int, int, int, int] | None = None,
-           overwrite: bool = False) -> tuple[Path, tuple[int, int]]:
+def decode(
+    store_uri: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    window: tuple[int, int, int, int] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, tuple[int, int]]:
     """Write the RGB image of the store at ``store_uri`` (or the window ``(y0, y1, x0, x1)``
     of it) to ``out``, a PNG or a tiled TIFF by its suffix, whole or not at all.
 

@@ -23,10 +23,10 @@ def compose(original: np.ndarray, reconstruction: np.ndarray, palette: np.ndarra
     n = len(palette)
     canvas = np.full((h + GAP + SWATCH_HEIGHT, width, 3), 255, np.uint8)
     canvas[:h, :w] = original
-    canvas[:h, w + GAP:] = reconstruction
+    canvas[:h, w + GAP :] = reconstruction
     edges = np.linspace(0, width, n + 1).round().astype(int)
     for i, colour in enumerate(np.asarray(palette, np.uint8)):
-        canvas[h + GAP:, edges[i]:edges[i + 1]] = colour
+        canvas[h + GAP :, edges[i] : edges[i + 1]] = colour
     return canvas
 
 

@@ -17,7 +17,7 @@ def _tiles(arr, fill_shape: tuple[int, ...]):
         for j in range(arr.numblocks[1]):
             block = np.asarray(arr.blocks[i, j].compute(scheduler="threads"))
             pad = np.zeros(fill_shape, np.uint8)
-            pad[:block.shape[0], :block.shape[1]] = block
+            pad[: block.shape[0], : block.shape[1]] = block
             yield pad
 
 
@@ -27,18 +27,26 @@ def _write(arr, fh: BinaryIO, **tags) -> None:
     h, w = arr.shape[:2]
     if h >= TILE and w >= TILE:
         arr = arr.rechunk((TILE, TILE) + arr.shape[2:])
-        tifffile.imwrite(fh, _tiles(arr, (TILE, TILE) + arr.shape[2:]), shape=arr.shape,
-                         dtype=np.uint8, tile=(TILE, TILE), compression="zlib",
-                         bigtiff=arr.size > 2**31, **tags)
+        tifffile.imwrite(
+            fh,
+            _tiles(arr, (TILE, TILE) + arr.shape[2:]),
+            shape=arr.shape,
+            dtype=np.uint8,
+            tile=(TILE, TILE),
+            compression="zlib",
+            bigtiff=arr.size > 2**31,
+            **tags,
+        )
     else:
-        tifffile.imwrite(fh, np.asarray(arr.compute(scheduler="threads")), compression="zlib",
-                         **tags)
+        tifffile.imwrite(
+            fh, np.asarray(arr.compute(scheduler="threads")), compression="zlib", **tags
+        )
 
 
 def write_indexed(st, fh: BinaryIO) -> None:
     """The labels of the store ``st`` as a palette TIFF with its colour map."""
     colormap = np.zeros((3, 256), np.uint16)
-    colormap[:, :len(st.palette)] = st.palette.T.astype(np.uint16) * 257
+    colormap[:, : len(st.palette)] = st.palette.T.astype(np.uint16) * 257
     _write(st.labels, fh, photometric="palette", colormap=colormap)
 
 

@@ -17,7 +17,18 @@ from kquant.fit.kmeans import integer_polish, kmeans_plusplus, lloyd, lloyd_boun
 from kquant.fit.target_psnr import fit_for_psnr, sse_for_psnr
 
 __all__ = [
-    "SAMPLE_FIT_MODES", "FitResult", "coarse_histogram", "finalist_threads", "fit_for_psnr",
-    "fit_palette", "fit_sample", "integer_polish", "kmeans_plusplus", "lloyd", "lloyd_bounded",
-    "prepare_sample_fit", "sse_for_psnr", "swap_moves",
+    "SAMPLE_FIT_MODES",
+    "FitResult",
+    "coarse_histogram",
+    "finalist_threads",
+    "fit_for_psnr",
+    "fit_palette",
+    "fit_sample",
+    "integer_polish",
+    "kmeans_plusplus",
+    "lloyd",
+    "lloyd_bounded",
+    "prepare_sample_fit",
+    "sse_for_psnr",
+    "swap_moves",
 ]

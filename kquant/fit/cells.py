@@ -7,8 +7,6 @@ import numpy as np
 from kquant.fit import tuning
 
 
-
-
 def _rank(keys: np.ndarray, size: int) -> np.ndarray:
     """Rank of each key among the distinct keys (0 <= keys < size): ``np.unique``'s
     inverse, by a table of flags instead of a sort when ``size`` is at most tuning.RANK_MAX."""
@@ -22,8 +20,14 @@ def _rank(keys: np.ndarray, size: int) -> np.ndarray:
     return number[keys]
 
 
-def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = None,
-                     coords: np.ndarray | None = None, heavy: float | None = None):
+def coarse_histogram(
+    rgb: np.ndarray,
+    counts: np.ndarray,
+    *,
+    bits: int | None = None,
+    coords: np.ndarray | None = None,
+    heavy: float | None = None,
+):
     """Merge colours into cells of ``bits`` bits per RGB channel, each at its weighted mean.
 
     For any centre, the cost of a cell's pixels is ``W |m - c|^2`` plus a constant
@@ -61,8 +65,13 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
         if heavy is None or dense[occupied].max() <= heavy * cw.sum():
             # counting, not sorting: the cells in the order np.unique would give
             w = dense[occupied]
-            pts = np.stack([np.bincount(cell, weights=cw * pf[:, j],
-                                        minlength=1 << (3 * b))[occupied] for j in range(3)], 1)
+            pts = np.stack(
+                [
+                    np.bincount(cell, weights=cw * pf[:, j], minlength=1 << (3 * b))[occupied]
+                    for j in range(3)
+                ],
+                1,
+            )
             return pts / w[:, None], w
         inv = _rank(cell, 1 << (3 * b))
     else:
@@ -76,8 +85,9 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
             size = (1 << (3 * b)) + (1 << (3 * fine))
             if size <= tuning.RANK_MAX:  # fine cells numbered above every coarse one
                 key = cell.copy()
-                key[dense] = (1 << (3 * b)) + ((qf[:, 0] << (2 * fine)) | (qf[:, 1] << fine)
-                                               | qf[:, 2])
+                key[dense] = (1 << (3 * b)) + (
+                    (qf[:, 0] << (2 * fine)) | (qf[:, 1] << fine) | qf[:, 2]
+                )
                 inv = _rank(key, size)
             else:
                 # fine cells get codes above every coarse one
@@ -86,4 +96,3 @@ def coarse_histogram(rgb: np.ndarray, counts: np.ndarray, *, bits: int | None = 
     w = np.bincount(inv, weights=cw)
     pts = np.stack([np.bincount(inv, weights=cw * pf[:, j]) for j in range(3)], axis=1)
     return pts / w[:, None], w
-

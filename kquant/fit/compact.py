@@ -21,8 +21,9 @@ import threading
 
 import numpy as np
 
-from kquant.label import cell_candidates
 from kquant.jit import compiled
+from kquant.label import cell_candidates
+
 
 def _cells_py(codes, counts, bits, heavy, fine_bits, w, s, wf, sf):  # pragma: no cover
     sh = 8 - bits
@@ -88,8 +89,9 @@ def _pass_py(codes, counts, centers, cand, ncand, lo, hi, sums, mass, worst):  #
     return inertia
 
 
-def cells(codes: np.ndarray, counts: np.ndarray, bits: int, *,
-          heavy: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cells(
+    codes: np.ndarray, counts: np.ndarray, bits: int, *, heavy: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Colours merged into cells of ``bits`` bits per channel, each at its weighted mean.
 
     Parameters
@@ -134,8 +136,9 @@ def _threads(n: int) -> int:
     return max(1, min(os.cpu_count() or 1, n // (1 << 20) or 1))
 
 
-def assign_pass(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
-                occupied: np.ndarray | None = None):
+def assign_pass(
+    codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, occupied: np.ndarray | None = None
+):
     """One pass: per-cluster weighted sums and masses, the inertia, and the costliest colour.
 
     Each colour tries only the centres that can be nearest in its cell of 8x8x8 colours
@@ -155,7 +158,8 @@ def assign_pass(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
     centers = np.ascontiguousarray(centers, np.float64)
     k, n = len(centers), len(codes)
     cand, ncand = cell_candidates.candidates(
-        centers, cell_candidates.occupied_cells(codes) if occupied is None else occupied)
+        centers, cell_candidates.occupied_cells(codes) if occupied is None else occupied
+    )
     t = _threads(n)
     bounds = np.linspace(0, n, t + 1).astype(np.int64)
     sums = np.zeros((t, k, 3))
@@ -164,8 +168,18 @@ def assign_pass(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
     inertia = np.zeros(t)
 
     def run(i):
-        inertia[i] = kernel(codes, counts, centers, cand, ncand, bounds[i], bounds[i + 1],
-                            sums[i], mass[i], worst[i])
+        inertia[i] = kernel(
+            codes,
+            counts,
+            centers,
+            cand,
+            ncand,
+            bounds[i],
+            bounds[i + 1],
+            sums[i],
+            mass[i],
+            worst[i],
+        )
 
     if t == 1:
         run(0)
@@ -177,8 +191,9 @@ def assign_pass(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray,
             th.join()
     # the costliest colour overall: recompute each slice's candidate's cost
     cand = worst[:, 0]
-    rgb = np.stack([(codes[cand] >> 16) & 255, (codes[cand] >> 8) & 255, codes[cand] & 255],
-                   1).astype(np.float64)
+    rgb = np.stack(
+        [(codes[cand] >> 16) & 255, (codes[cand] >> 8) & 255, codes[cand] & 255], 1
+    ).astype(np.float64)
     d = ((rgb[:, None, :] - centers[None]) ** 2).sum(axis=2).min(axis=1) * counts[cand]
     return sums.sum(axis=0), mass.sum(axis=0), float(inertia.sum()), int(cand[np.argmax(d)])
 
@@ -198,8 +213,14 @@ def _update(centers, sums, mass, codes, worst):
     return new
 
 
-def lloyd(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *, max_iter: int = 300,
-          rtol: float = 1e-5):
+def lloyd(
+    codes: np.ndarray,
+    counts: np.ndarray,
+    centers: np.ndarray,
+    *,
+    max_iter: int = 300,
+    rtol: float = 1e-5,
+):
     """Weighted Lloyd on the histogram until an iteration gains less than ``rtol``.
 
     Returns
@@ -213,7 +234,7 @@ def lloyd(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *, max_ite
     occupied = cell_candidates.occupied_cells(codes)
     sums, mass, inertia, worst = assign_pass(codes, counts, c, occupied)
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         new = _update(c, sums, mass, codes, worst)
         n_sums, n_mass, n_inertia, n_worst = assign_pass(codes, counts, new, occupied)
         if n_inertia > inertia:  # (only by rounding) keep the better
@@ -225,8 +246,9 @@ def lloyd(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *, max_ite
     return c, inertia, n_iter
 
 
-def integer_polish(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *,
-                   max_iter: int = 50):
+def integer_polish(
+    codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *, max_iter: int = 50
+):
     """Round centres to uint8 and continue Lloyd in integers while the exact error drops.
 
     Returns
@@ -241,12 +263,14 @@ def integer_polish(codes: np.ndarray, counts: np.ndarray, centers: np.ndarray, *
     occupied = cell_candidates.occupied_cells(codes)
     sums, mass, sse, worst = assign_pass(codes, counts, pal.astype(np.float64), occupied)
     for _ in range(max_iter):
-        new = np.clip(np.rint(_update(pal.astype(np.float64), sums, mass, codes, worst)),
-                      0, 255).astype(np.uint8)
+        new = np.clip(
+            np.rint(_update(pal.astype(np.float64), sums, mass, codes, worst)), 0, 255
+        ).astype(np.uint8)
         if np.array_equal(new, pal):
             break
-        n_sums, n_mass, n_sse, n_worst = assign_pass(codes, counts, new.astype(np.float64),
-                                                     occupied)
+        n_sums, n_mass, n_sse, n_worst = assign_pass(
+            codes, counts, new.astype(np.float64), occupied
+        )
         if n_sse >= sse:
             break
         pal, sums, mass, sse, worst = new, n_sums, n_mass, n_sse, n_worst

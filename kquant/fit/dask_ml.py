@@ -6,12 +6,19 @@ from __future__ import annotations
 import numpy as np
 
 from kquant.colour import histogram
-from kquant.fit.kmeans import _labels_and_dist, _repair_empty, kmeans_plusplus
 from kquant.fit import tuning
+from kquant.fit.kmeans import _labels_and_dist, _repair_empty, kmeans_plusplus
 
 
-def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
-               tol: float = 1e-4, init: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def fit_sample(
+    sample: np.ndarray,
+    k: int,
+    *,
+    seed: int,
+    max_iter: int = 50,
+    tol: float = 1e-4,
+    init: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
     """Fit dask-ml's KMeans on a pixel sample, guarding its defects.
 
     * ``init`` is an array from :func:`kmeans_plusplus` (dask-ml's k-means++
@@ -35,7 +42,9 @@ def fit_sample(sample: np.ndarray, k: int, *, seed: int, max_iter: int = 50,
     KMeans = _dask_ml_kmeans()
     sample = np.asarray(sample, np.uint8)
     if len(sample) > tuning.SAMPLE_FIT_MAX:  # a seeding: a bounded subsample is enough
-        pick = np.random.default_rng([seed, 4]).choice(len(sample), tuning.SAMPLE_FIT_MAX, replace=False)
+        pick = np.random.default_rng([seed, 4]).choice(
+            len(sample), tuning.SAMPLE_FIT_MAX, replace=False
+        )
         sample = sample[np.sort(pick)]
     x = np.asarray(sample, np.float64)
     codes, counts = np.unique(histogram.encode(sample), return_counts=True)
@@ -92,4 +101,3 @@ def prepare_sample_fit() -> None:
     x = da.from_array(np.arange(48, dtype=np.float64).reshape(16, 3), chunks=(8, 3))
     with dask.config.set(scheduler="sync"):
         KMeans(n_clusters=2, init=np.array([[0.0, 1, 2], [45, 46, 47]]), max_iter=2).fit(x)
-

@@ -21,13 +21,12 @@ import os
 
 import numpy as np
 
-from kquant.colour import spaces
-from kquant.colour import histogram
+from kquant.colour import histogram, spaces
 from kquant.errors import ParameterError
+from kquant.fit import tuning
 from kquant.fit.dask_ml import fit_sample
 from kquant.fit.histograms import histogram_for
 from kquant.fit.kmeans import kmeans_plusplus, lloyd_bounded, swap_moves
-from kquant.fit import tuning
 
 SAMPLE_FIT_MODES = ("auto", "always", "never")
 
@@ -85,7 +84,11 @@ class FitResult:
         """The result as JSON values (the palette as a list of ``[r, g, b]``)."""
         d = dataclasses.asdict(self)
         d["palette"] = np.asarray(self.palette).tolist()
-        d["sse"], d["n_pixels"], d["n_unique"] = int(self.sse), int(self.n_pixels), int(self.n_unique)
+        d["sse"], d["n_pixels"], d["n_unique"] = (
+            int(self.sse),
+            int(self.n_pixels),
+            int(self.n_unique),
+        )
         d["mse"] = float(self.mse)
         return d
 
@@ -99,10 +102,20 @@ class FitResult:
         return cls(**d)
 
 
-def fit_palette(sample: np.ndarray | None, colours: np.ndarray, counts: np.ndarray, k: int, *,
-                seed: int = 0, restarts: int = 4, max_iter: int = 300,
-                sample_fit: str = "auto", swaps: int | None = None,
-                space: str = "rgb", sampled: bool = False) -> FitResult:
+def fit_palette(
+    sample: np.ndarray | None,
+    colours: np.ndarray,
+    counts: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    restarts: int = 4,
+    max_iter: int = 300,
+    sample_fit: str = "auto",
+    swaps: int | None = None,
+    space: str = "rgb",
+    sampled: bool = False,
+) -> FitResult:
     """Fit a K-colour palette from a pixel sample and the image's exact histogram.
 
     Parameters
@@ -148,19 +161,31 @@ def fit_palette(sample: np.ndarray | None, colours: np.ndarray, counts: np.ndarr
     # the products here are thin (n x 3 by 3 x k): one BLAS thread is fastest, and
     # leaves the other cores to dask
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit(sample, colours, counts, k, seed=seed, restarts=restarts,
-                    max_iter=max_iter, sample_fit=sample_fit, swaps=swaps, space=space,
-                    sampled=sampled)
+        return _fit(
+            sample,
+            colours,
+            counts,
+            k,
+            seed=seed,
+            restarts=restarts,
+            max_iter=max_iter,
+            sample_fit=sample_fit,
+            swaps=swaps,
+            space=space,
+            sampled=sampled,
+        )
 
 
-def _fit(sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, swaps, space,
-         sampled) -> FitResult:
+def _fit(
+    sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, swaps, space, sampled
+) -> FitResult:
     spaces.check_space(space)
     if not 2 <= int(k) <= 256:
         raise ParameterError(f"k must be between 2 and 256, got {k}")
     if sample_fit not in SAMPLE_FIT_MODES:
-        raise ParameterError(f"sample_fit must be one of {', '.join(SAMPLE_FIT_MODES)}, "
-                             f"got {sample_fit!r}")
+        raise ParameterError(
+            f"sample_fit must be one of {', '.join(SAMPLE_FIT_MODES)}, got {sample_fit!r}"
+        )
     colours = np.asarray(colours, np.uint32)
     counts = np.asarray(counts, np.int64)
     if not colours.size:
@@ -169,8 +194,14 @@ def _fit(sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, sw
     n_colours = len(colours)
     if n_colours <= k:  # lossless: exactly the image's colours, most used first
         order = np.argsort(-counts, kind="stable")
-        return FitResult(palette=histogram.decode(colours)[order], sse=0, n_pixels=n_pixels,
-                         n_unique=n_colours, lossless=True, refined_from="exact")
+        return FitResult(
+            palette=histogram.decode(colours)[order],
+            sse=0,
+            n_pixels=n_pixels,
+            n_unique=n_colours,
+            lossless=True,
+            refined_from="exact",
+        )
 
     hist = histogram_for(colours, counts, space=space, sampled=sampled)
     # 1. seed on the coarse cells (on the colours themselves when there are too few cells)
@@ -178,29 +209,42 @@ def _fit(sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, sw
     if len(coarse[0]) <= 2 * k:
         coarse = hist.points()
     seeds, sample_inertia = [], None
-    if sample is not None and (sample_fit == "always" or (
-            sample_fit == "auto" and n_pixels >= tuning.SAMPLE_FIT_MIN_PIXELS)):
+    if sample is not None and (
+        sample_fit == "always"
+        or (sample_fit == "auto" and n_pixels >= tuning.SAMPLE_FIT_MIN_PIXELS)
+    ):
         start, sample_inertia = fit_sample(sample, k, seed=seed)
         seeds.append(("sample", spaces.from_rgb(start, space)))
     for r in range(restarts + 1):
-        seeds.append((f"kmeans++-{r}", kmeans_plusplus(*coarse, k,
-                                                       seed=np.random.default_rng([seed, 2, r]))))
+        seeds.append(
+            (f"kmeans++-{r}", kmeans_plusplus(*coarse, k, seed=np.random.default_rng([seed, 2, r])))
+        )
     runs = _converge(coarse, seeds, max_iter)
     inertia, name, centers = runs[0]
 
     # 2. swap moves on the best
     n_swaps = hist.swaps_factor * (8 + k // 4) if swaps is None else int(swaps)
     if n_swaps > 0:
-        centers, inertia, accepted = swap_moves(*coarse, centers, inertia, trials=n_swaps,
-                                                seed=np.random.default_rng([seed, 3]),
-                                                max_iter=max_iter, trial_iter=tuning.SWAP_TRIAL_ITER)
+        centers, inertia, accepted = swap_moves(
+            *coarse,
+            centers,
+            inertia,
+            trials=n_swaps,
+            seed=np.random.default_rng([seed, 3]),
+            max_iter=max_iter,
+            trial_iter=tuning.SWAP_TRIAL_ITER,
+        )
         if accepted:
             name += f"+{accepted}swaps"
 
     # 3. finalists: the best, the next seedings where the histogram's form asks for them,
     # and the runner-up when the coarse cells cannot tell it from the best
     n_final = hist.finalists(k)
-    if hist.runner_up and len(runs) > n_final and runs[n_final][0] <= inertia * (1 + tuning.RUNNER_UP_GAP):
+    if (
+        hist.runner_up
+        and len(runs) > n_final
+        and runs[n_final][0] <= inertia * (1 + tuning.RUNNER_UP_GAP)
+    ):
         n_final += 1
     finalists = [(name, centers)] + [(r[1], r[2]) for r in runs[1:n_final]]
 
@@ -212,8 +256,9 @@ def _fit(sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, sw
             c = lloyd_bounded(points, weights, c, max_iter=max_iter)[0]
         return hist.lloyd(c, max_iter=max_iter)
 
-    done = _map_finalists(refine, [c for _, c in finalists],
-                          parallel=n_colours >= tuning.PARALLEL_FINALISTS_MIN)
+    done = _map_finalists(
+        refine, [c for _, c in finalists], parallel=n_colours >= tuning.PARALLEL_FINALISTS_MIN
+    )
     best = None
     for (name, _), (centers, inertia, n_iter) in zip(finalists, done):
         if best is None or inertia < best[0]:
@@ -223,9 +268,16 @@ def _fit(sample, colours, counts, k, *, seed, restarts, max_iter, sample_fit, sw
     # 5. polish in integers; entries most used first
     pal, sse, use = hist.polish(centers)
     pal = pal[np.argsort(-use, kind="stable")]
-    return FitResult(palette=pal, sse=int(sse), n_pixels=n_pixels, n_unique=n_colours,
-                     lossless=False, sample_inertia=sample_inertia, refined_from=name,
-                     n_iter=n_iter)
+    return FitResult(
+        palette=pal,
+        sse=int(sse),
+        n_pixels=n_pixels,
+        n_unique=n_colours,
+        lossless=False,
+        sample_inertia=sample_inertia,
+        refined_from=name,
+        n_iter=n_iter,
+    )
 
 
 def _converge(coarse, seeds: list, max_iter: int) -> list:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kquant.colour import spaces
-from kquant.colour import histogram
-from kquant.fit import compact, kmeans
+from kquant.colour import histogram, spaces
+from kquant.fit import compact, kmeans, tuning
 from kquant.fit.cells import coarse_histogram
-from kquant.fit import tuning
 
 #: Relative gain under which Lloyd stops on histograms too large to run to a fixed point.
 RTOL_LARGE = 1e-5
@@ -63,11 +61,13 @@ class DenseHistogram:
     def lloyd(self, centers: np.ndarray, *, max_iter: int) -> tuple[np.ndarray, float, int]:
         """Lloyd on every colour from ``centers``: ``(centers, inertia, n_iter)``."""
         if self.n_colours <= tuning.FULL_CONVERGENCE_MAX:
-            centers, _, inertia, n_iter = kmeans.lloyd_bounded(self.x, self.w, centers,
-                                                               max_iter=max_iter)
+            centers, _, inertia, n_iter = kmeans.lloyd_bounded(
+                self.x, self.w, centers, max_iter=max_iter
+            )
         else:  # tens of millions of colours: stop once an iteration gains little
-            centers, _, inertia, n_iter = kmeans.lloyd(self.x, self.w, centers,
-                                                       max_iter=max_iter, rtol=RTOL_LARGE)
+            centers, _, inertia, n_iter = kmeans.lloyd(
+                self.x, self.w, centers, max_iter=max_iter, rtol=RTOL_LARGE
+            )
         return centers, inertia, n_iter
 
     def polish(self, centers: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
@@ -110,17 +110,18 @@ class CompactHistogram:
         return compact.cells(self.colours, self.counts, bits, heavy=heavy)
 
     def lloyd(self, centers: np.ndarray, *, max_iter: int) -> tuple[np.ndarray, float, int]:
-        """Lloyd on every colour from ``centers`` until it gains little: ``(centers, inertia, n_iter)``."""
-        return compact.lloyd(self.colours, self.counts, centers, max_iter=max_iter,
-                             rtol=RTOL_LARGE)
+        """Lloyd on every colour from ``centers`` until it gains little:
+        ``(centers, inertia, n_iter)``."""
+        return compact.lloyd(self.colours, self.counts, centers, max_iter=max_iter, rtol=RTOL_LARGE)
 
     def polish(self, centers: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
         """The uint8 palette, its exact RGB error and the pixels of each entry."""
         return compact.integer_polish(self.colours, self.counts, centers)
 
 
-def histogram_for(colours: np.ndarray, counts: np.ndarray, *, space: str,
-                  sampled: bool) -> DenseHistogram | CompactHistogram:
+def histogram_for(
+    colours: np.ndarray, counts: np.ndarray, *, space: str, sampled: bool
+) -> DenseHistogram | CompactHistogram:
     """The form a histogram is fitted in: compact for many RGB colours (more than
     tuning.FULL_CONVERGENCE_MAX, or tuning.SAMPLED_LARGE_MIN for a sample's), dense otherwise."""
     many = tuning.SAMPLED_LARGE_MIN if sampled else tuning.FULL_CONVERGENCE_MAX

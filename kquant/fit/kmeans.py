@@ -18,8 +18,8 @@ import math
 import numpy as np
 
 from kquant import jit
-from kquant.label import assign
 from kquant.fit import tuning
+from kquant.label import assign
 
 
 def _labels_and_dist(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,11 +29,13 @@ def _labels_and_dist(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np
     labels = np.empty(len(x), np.intp)
     dist = np.empty(len(x), np.float64)
     for s in range(0, len(x), tuning.SLAB_ROWS):
-        xs = x[s:s + tuning.SLAB_ROWS]
+        xs = x[s : s + tuning.SLAB_ROWS]
         d = norms - 2.0 * np.einsum("ij,kj->ik", xs, c)
         lab = d.argmin(axis=1)
-        labels[s:s + tuning.SLAB_ROWS] = lab
-        dist[s:s + tuning.SLAB_ROWS] = np.maximum(d[np.arange(len(xs)), lab] + (xs * xs).sum(axis=1), 0.0)
+        labels[s : s + tuning.SLAB_ROWS] = lab
+        dist[s : s + tuning.SLAB_ROWS] = np.maximum(
+            d[np.arange(len(xs)), lab] + (xs * xs).sum(axis=1), 0.0
+        )
     return labels, dist
 
 
@@ -78,8 +80,9 @@ def _weighted_means(x: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int):
     return sums, mass
 
 
-def _repair_empty(centers: np.ndarray, mass: np.ndarray, x: np.ndarray, w: np.ndarray,
-                  dist: np.ndarray) -> bool:
+def _repair_empty(
+    centers: np.ndarray, mass: np.ndarray, x: np.ndarray, w: np.ndarray, dist: np.ndarray
+) -> bool:
     """Move centres of empty clusters onto the colours that cost most (in place)."""
     empty = np.flatnonzero(mass <= 0)
     if not len(empty):
@@ -95,8 +98,14 @@ def _repair_empty(centers: np.ndarray, mass: np.ndarray, x: np.ndarray, w: np.nd
     return True
 
 
-def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, *, seed: int | np.random.Generator,
-                    n_local_trials: int | None = None) -> np.ndarray:
+def kmeans_plusplus(
+    x: np.ndarray,
+    w: np.ndarray,
+    k: int,
+    *,
+    seed: int | np.random.Generator,
+    n_local_trials: int | None = None,
+) -> np.ndarray:
     """Weighted greedy k-means++ seeding (as scikit-learn's, with sample weights).
 
     Parameters
@@ -122,7 +131,7 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, *, seed: int | np.rand
     first = rng.choice(n, p=w / w.sum())
     centers[0] = x[first]
     diff0 = x - centers[0]
-    closest = np.einsum('ij,ij->i', diff0, diff0)
+    closest = np.einsum("ij,ij->i", diff0, diff0)
     pot = float(np.dot(w, closest))
     xt = np.ascontiguousarray(x.T)  # channels as rows: the differences vectorise along points
     for c in range(1, k):
@@ -145,8 +154,9 @@ def kmeans_plusplus(x: np.ndarray, w: np.ndarray, k: int, *, seed: int | np.rand
     return centers
 
 
-def lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter: int = 300,
-          rtol: float = 0.0):
+def lloyd(
+    x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter: int = 300, rtol: float = 0.0
+):
     """Weighted Lloyd iterations until the assignment no longer changes.
 
     With ``rtol > 0`` it also stops once an iteration lowers the inertia by less
@@ -172,7 +182,7 @@ def lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter: int = 
     labels, dist, sums, mass = _assign_pass(x, w, centers)
     inertia = float(np.dot(w, dist))
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         nonempty = mass > 0
         centers[nonempty] = sums[nonempty] / mass[nonempty, None]
         _repair_empty(centers, mass, x, w, dist)
@@ -184,7 +194,6 @@ def lloyd(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter: int = 
         if rtol and previous - inertia < rtol * previous:
             break
     return centers, labels, inertia, n_iter
-
 
 
 def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter: int = 50):
@@ -207,7 +216,7 @@ def integer_polish(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_ite
         lab = assign.nearest(xi, pal, blas=True)
         diff = np.take(pal.astype(np.int64), lab, axis=0)
         np.subtract(xi, diff, out=diff)
-        return lab, int(np.dot(wi, np.einsum('ij,ij->i', diff, diff)))
+        return lab, int(np.dot(wi, np.einsum("ij,ij->i", diff, diff)))
 
     pal = np.clip(np.rint(centers), 0, 255).astype(np.uint8)
     labels, sse = cost(pal)
@@ -268,14 +277,14 @@ def _two_nearest(x: np.ndarray, centers: np.ndarray, xt: np.ndarray | None = Non
         lab = np.empty(n, np.intp)
         second = np.empty(n, np.intp)
     for s in range(0, n if n > tuning.SLAB_ROWS else 0, tuning.SLAB_ROWS):
-        xs = x[s:s + tuning.SLAB_ROWS].astype(np.float32)
+        xs = x[s : s + tuning.SLAB_ROWS].astype(np.float32)
         d = xs @ twice
         np.subtract(norms, d, out=d)
         a = d.argmin(axis=1)
-        lab[s:s + tuning.SLAB_ROWS] = a
+        lab[s : s + tuning.SLAB_ROWS] = a
         if k > 1:
             d[np.arange(len(a)), a] = np.inf
-            second[s:s + tuning.SLAB_ROWS] = d.argmin(axis=1)
+            second[s : s + tuning.SLAB_ROWS] = d.argmin(axis=1)
     xt = np.ascontiguousarray(x.T) if xt is None else xt
     ct = np.ascontiguousarray(c.T)
     d1 = _sq_dist(xt, ct, lab)
@@ -324,12 +333,13 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
         """Per cluster: weight and weighted coordinates of ``points`` (in point order, as
         four bincounts would add them, in one)."""
         keys = (clusters * 4 + rows).ravel()
-        return np.bincount(keys, weights=wxw.take(points, axis=1).ravel(),
-                           minlength=4 * k).reshape(k, 4)
+        return np.bincount(keys, weights=wxw.take(points, axis=1).ravel(), minlength=4 * k).reshape(
+            k, 4
+        )
 
     sums, mass = exact_sums(lab)
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         nonempty = mass > 0
         if nonempty.all():
             new = sums / mass[:, None]
@@ -386,9 +396,17 @@ def lloyd_bounded(x: np.ndarray, w: np.ndarray, centers: np.ndarray, *, max_iter
     return c, lab, inertia, n_iter
 
 
-
-def swap_moves(x: np.ndarray, w: np.ndarray, centers: np.ndarray, inertia: float, *,
-               trials: int, seed, max_iter: int = 300, trial_iter: int | None = None):
+def swap_moves(
+    x: np.ndarray,
+    w: np.ndarray,
+    centers: np.ndarray,
+    inertia: float,
+    *,
+    trials: int,
+    seed,
+    max_iter: int = 300,
+    trial_iter: int | None = None,
+):
     """Improve a Lloyd solution by merge/split swaps, keeping only improvements.
 
     Each trial removes one of the three centres whose removal costs least (their
@@ -410,9 +428,9 @@ def swap_moves(x: np.ndarray, w: np.ndarray, centers: np.ndarray, inertia: float
     for _ in range(trials):
         removal = np.bincount(lab, weights=w * (d2 - d1), minlength=k)
         sse = np.bincount(lab, weights=w * d1, minlength=k)
-        j = int(rng.choice(np.argsort(removal, kind="stable")[:min(3, k)]))
+        j = int(rng.choice(np.argsort(removal, kind="stable")[: min(3, k)]))
         sse[j] = -1.0
-        tgt = int(rng.choice(np.argsort(-sse, kind="stable")[:min(3, k - 1)]))
+        tgt = int(rng.choice(np.argsort(-sse, kind="stable")[: min(3, k - 1)]))
         idx = np.flatnonzero(lab == tgt)
         p = w[idx] * d1[idx]
         if not len(idx) or p.sum() <= 0:
@@ -427,8 +445,15 @@ def swap_moves(x: np.ndarray, w: np.ndarray, centers: np.ndarray, inertia: float
     return centers, inertia, accepted
 
 
-def space_polish(rgb: np.ndarray, x: np.ndarray, w: np.ndarray, centers: np.ndarray,
-                  space: str, *, max_iter: int = 10):
+def space_polish(
+    rgb: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    centers: np.ndarray,
+    space: str,
+    *,
+    max_iter: int = 10,
+):
     """Round perceptual centres to uint8 RGB and continue Lloyd while the perceptual error drops.
 
     Returns
@@ -463,4 +488,3 @@ def space_polish(rgb: np.ndarray, x: np.ndarray, w: np.ndarray, centers: np.ndar
     diff = np.asarray(rgb, np.int64) - pal.astype(np.int64)[labels]
     sse = int(np.dot(np.asarray(w, np.int64), np.einsum("ij,ij->i", diff, diff)))
     return pal, labels.astype(np.uint8), sse
-

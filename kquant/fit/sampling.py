@@ -46,8 +46,10 @@ def block_samplers(image, n: int, *, seed: int = 0) -> list:
 
     locs = list(np.ndindex(*image.numblocks))
     sizes = [int(np.prod([image.chunks[d][i] for d, i in enumerate(loc[:2])])) for loc in locs]
-    return [functools.partial(sample_block, n=c, seed=seed, block_id=loc) if c else None
-            for c, loc in zip(allocate(sizes, int(n)), locs)]
+    return [
+        functools.partial(sample_block, n=c, seed=seed, block_id=loc) if c else None
+        for c, loc in zip(allocate(sizes, int(n)), locs)
+    ]
 
 
 def sample_pixels(image, n: int, *, seed: int = 0):
@@ -62,12 +64,17 @@ def sample_pixels(image, n: int, *, seed: int = 0):
     locs = list(np.ndindex(*image.numblocks))
     sizes = [int(np.prod([image.chunks[d][i] for d, i in enumerate(loc[:2])])) for loc in locs]
     counts = allocate(sizes, int(n))
-    parts = [dask.delayed(sample_block)(b, c, seed=seed, block_id=loc)
-             for b, c, loc in zip(blocks, counts, locs) if c]
+    parts = [
+        dask.delayed(sample_block)(b, c, seed=seed, block_id=loc)
+        for b, c, loc in zip(blocks, counts, locs)
+        if c
+    ]
     return dask.delayed(np.concatenate)(parts, axis=0)
 
 
-def choose_blocks(numblocks: tuple[int, int], n_windows: int, *, seed: int) -> list[tuple[int, int]]:
+def choose_blocks(
+    numblocks: tuple[int, int], n_windows: int, *, seed: int
+) -> list[tuple[int, int]]:
     """``n_windows`` distinct block indices spread over the image (all blocks if fewer), sorted.
 
     Stratified: the block grid is cut into about ``n_windows`` equal rectangles and one
@@ -84,9 +91,12 @@ def choose_blocks(numblocks: tuple[int, int], n_windows: int, *, seed: int) -> l
     grid_cols = min(cols, max(1, n_windows // grid_rows))
     row_edges = np.linspace(0, rows, grid_rows + 1).astype(np.int64)
     col_edges = np.linspace(0, cols, grid_cols + 1).astype(np.int64)
-    chosen = {int(rng.integers(row_edges[a], row_edges[a + 1])) * cols
-              + int(rng.integers(col_edges[b], col_edges[b + 1]))
-              for a in range(grid_rows) for b in range(grid_cols)}
+    chosen = {
+        int(rng.integers(row_edges[a], row_edges[a + 1])) * cols
+        + int(rng.integers(col_edges[b], col_edges[b + 1]))
+        for a in range(grid_rows)
+        for b in range(grid_cols)
+    }
     if len(chosen) < n_windows:  # the remainder, uniformly among the blocks not chosen
         rest = np.setdiff1d(np.arange(total), np.fromiter(chosen, np.int64))
         chosen.update(rng.choice(rest, size=n_windows - len(chosen), replace=False).tolist())
@@ -117,8 +127,7 @@ MAX_WINDOWS = 1024
 
 def windows_for(n_pixels: int) -> int:
     """Windows :func:`sample_windows` reads for an image of ``n_pixels`` pixels."""
-    return int(min(MAX_WINDOWS, max(WINDOWS,
-                                    round(WINDOWS_PER_GPX * math.sqrt(n_pixels / 2**30)))))
+    return int(min(MAX_WINDOWS, max(WINDOWS, round(WINDOWS_PER_GPX * math.sqrt(n_pixels / 2**30)))))
 
 
 def sample_windows(image, n: int, *, seed: int = 0, n_windows: int = WINDOWS):
@@ -139,6 +148,9 @@ def sample_windows(image, n: int, *, seed: int = 0, n_windows: int = WINDOWS):
     # the graph of the chosen blocks only: ``image.to_delayed()`` would build and optimise
     # the tasks of every block (0.19 s at 1 Gpx, 0.8 s at 4 Gpx, against 0.03 / 0.07 s)
     graph = dict(image.__dask_graph__().cull(set(keys)))
-    parts = [dask.delayed(sample_block)(Delayed(key, graph), c, seed=seed, block_id=(i, j))
-             for key, (i, j), c in zip(keys, chosen, counts) if c]
+    parts = [
+        dask.delayed(sample_block)(Delayed(key, graph), c, seed=seed, block_id=(i, j))
+        for key, (i, j), c in zip(keys, chosen, counts)
+        if c
+    ]
     return dask.delayed(np.concatenate)(parts, axis=0)

@@ -10,13 +10,23 @@ from kquant.fit.driver import FitResult, fit_palette
 
 def sse_for_psnr(psnr_db: float, n_pixels: int) -> float:
     """Largest sum of squared channel errors whose PSNR still reaches ``psnr_db``."""
-    return 3.0 * n_pixels * 255.0 ** 2 / 10.0 ** (psnr_db / 10.0)
+    return 3.0 * n_pixels * 255.0**2 / 10.0 ** (psnr_db / 10.0)
 
 
-def fit_for_psnr(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray,
-                 target_psnr: float, *, k_max: int = 256, seed: int = 0, restarts: int = 4,
-                 max_iter: int = 300, sample_fit: str = "auto",
-                 space: str = "rgb", sampled: bool = False) -> tuple[FitResult, bool]:
+def fit_for_psnr(
+    sample: np.ndarray,
+    colours: np.ndarray,
+    counts: np.ndarray,
+    target_psnr: float,
+    *,
+    k_max: int = 256,
+    seed: int = 0,
+    restarts: int = 4,
+    max_iter: int = 300,
+    sample_fit: str = "auto",
+    space: str = "rgb",
+    sampled: bool = False,
+) -> tuple[FitResult, bool]:
     """The smallest palette whose PSNR reaches ``target_psnr`` (as pngquant's ``--quality``).
 
     K is searched by bisection on quick fits (no restarts, no swaps), assuming
@@ -43,12 +53,29 @@ def fit_for_psnr(sample: np.ndarray, colours: np.ndarray, counts: np.ndarray,
     counts = np.asarray(counts, np.int64)
     limit = sse_for_psnr(target_psnr, int(counts.sum()))
     n_unique = len(colours)
-    full = dict(seed=seed, restarts=restarts, max_iter=max_iter, sample_fit=sample_fit,
-                space=space, sampled=sampled)
+    full = dict(
+        seed=seed,
+        restarts=restarts,
+        max_iter=max_iter,
+        sample_fit=sample_fit,
+        space=space,
+        sampled=sampled,
+    )
 
     def quick(k):
-        return fit_palette(sample, colours, counts, k, seed=seed, restarts=0, swaps=0,
-                           max_iter=max_iter, sample_fit="never", space=space, sampled=sampled)
+        return fit_palette(
+            sample,
+            colours,
+            counts,
+            k,
+            seed=seed,
+            restarts=0,
+            swaps=0,
+            max_iter=max_iter,
+            sample_fit="never",
+            space=space,
+            sampled=sampled,
+        )
 
     lo, hi = 2, min(int(k_max), max(2, n_unique))
     if quick(hi).sse > limit:  # not even the largest palette: give the best we can

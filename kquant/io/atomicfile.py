@@ -23,8 +23,14 @@ from kquant.errors import TargetExistsError
 
 #: Tag of the temporary names: ``.NAME.kquant-tmp-<12 hex digits>`` beside the output.
 TMP_TAG = "kquant-tmp"
-_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-          | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 
 
 def temporary_name(path: str | os.PathLike) -> str:

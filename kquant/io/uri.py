@@ -27,7 +27,7 @@ def local_path(uri) -> Path:
     """Absolute local path of a plain path or ``file://`` URL."""
     text = os.fspath(uri)
     if text.startswith("file://"):
-        text = text[len("file://"):]
+        text = text[len("file://") :]
     return Path(text).expanduser().absolute()
 
 
@@ -79,8 +79,9 @@ def zarr_store(uri, *, read_only: bool = False):
         return str(local_path(uri))
     from zarr.storage import FsspecStore
 
-    return FsspecStore.from_url(os.fspath(uri), storage_options=storage_options() or None,
-                                read_only=read_only)
+    return FsspecStore.from_url(
+        os.fspath(uri), storage_options=storage_options() or None, read_only=read_only
+    )
 
 
 def name(uri) -> str:
@@ -98,21 +99,37 @@ def join(base, rel: str) -> str:
     """``base/rel`` for a folder path or an object-store prefix."""
     base = normalise(base)
     return f"{base.rstrip('/')}/{rel}" if is_remote(base) else str(local_path(base) / rel)
+
+
 # --------------------------------------------------------------------------- errors
 
 #: Error codes of an object store that mean the credentials may not do this.
-_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidAccessKeyId",
-           "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "InvalidSecurity",
-           "RequestTimeTooSkewed", "403"}
+_DENIED = {
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "InvalidSecurity",
+    "RequestTimeTooSkewed",
+    "403",
+}
 #: Exception classes (by name: botocore, aiohttp, fsspec, builtins) of an unreachable endpoint.
-_UNREACHABLE = {"EndpointConnectionError": "connection refused or failed",
-                "ConnectTimeoutError": "connect timeout", "ReadTimeoutError": "read timeout",
-                "ConnectionClosedError": "connection closed",
-                "ServerDisconnectedError": "connection closed",
-                "ClientConnectorError": "connection refused or failed",
-                "ClientOSError": "connection failed", "FSTimeoutError": "timeout",
-                "ConnectionResetError": "connection reset",
-                "ConnectionRefusedError": "connection refused", "TimeoutError": "timeout"}
+_UNREACHABLE = {
+    "EndpointConnectionError": "connection refused or failed",
+    "ConnectTimeoutError": "connect timeout",
+    "ReadTimeoutError": "read timeout",
+    "ConnectionClosedError": "connection closed",
+    "ServerDisconnectedError": "connection closed",
+    "ClientConnectorError": "connection refused or failed",
+    "ClientOSError": "connection failed",
+    "FSTimeoutError": "timeout",
+    "ConnectionResetError": "connection reset",
+    "ConnectionRefusedError": "connection refused",
+    "TimeoutError": "timeout",
+}
 #: Codes that callers report better themselves (a missing object: "no such file", ...).
 _NOT_FOUND = {"NoSuchKey", "404", "NoSuchUpload", "NoSuchVersion"}
 
@@ -145,16 +162,19 @@ def storage_error(exc: BaseException, *urls) -> ObjectStoreError | None:
         if isinstance(error, dict) and error.get("Code"):
             code, message = str(error["Code"]), " ".join(str(error.get("Message", "")).split())
             bucket = error.get("BucketName")
-            url = next((u for u in remote if bucket and _bucket(u) == bucket),
-                       remote[0] if remote else f"s3://{bucket or '?'}")
+            url = next(
+                (u for u in remote if bucket and _bucket(u) == bucket),
+                remote[0] if remote else f"s3://{bucket or '?'}",
+            )
             if code == "NoSuchBucket":
                 return ObjectStoreError(f"{url}: bucket '{bucket or _bucket(url)}' does not exist")
             if code in _DENIED:
                 return ObjectStoreError(f"{url}: access denied ({code}: {message or 'forbidden'})")
             if code in _NOT_FOUND:
                 return None
-            return ObjectStoreError(f"{url}: the object store refused the request "
-                                    f"({code}: {message or 'no message'})")
+            return ObjectStoreError(
+                f"{url}: the object store refused the request ({code}: {message or 'no message'})"
+            )
         names = [c.__name__ for c in type(e).__mro__]
         reason = next((_UNREACHABLE[n] for n in names if n in _UNREACHABLE), None)
         if reason is not None:
@@ -162,11 +182,14 @@ def storage_error(exc: BaseException, *urls) -> ObjectStoreError | None:
             request = str(kwargs.get("endpoint_url") or "")
             parts = urlsplit(request)
             path = parts.path.lstrip("/")
-            url = next((u for u in remote if path and path.startswith(_bucket(u) + "/")),
-                       remote[0] if remote else request or "the object store")
+            url = next(
+                (u for u in remote if path and path.startswith(_bucket(u) + "/")),
+                remote[0] if remote else request or "the object store",
+            )
             where = f" at {parts.scheme}://{parts.netloc}" if parts.netloc else ""
-            return StorageUnreachableError(f"{url}: cannot reach the object store{where} "
-                                           f"({reason})")
+            return StorageUnreachableError(
+                f"{url}: cannot reach the object store{where} ({reason})"
+            )
     return None
 
 

@@ -20,7 +20,7 @@ SHIFT = 3
 #: Cells per channel.
 PER = 256 >> SHIFT
 #: Number of cells.
-N_CELLS = PER ** 3
+N_CELLS = PER**3
 
 
 def _candidates_py(centers, occupied, cand, ncand):  # pragma: no cover - compiled
@@ -78,8 +78,11 @@ def candidates(centers: np.ndarray, occupied: np.ndarray | None = None):
 def occupied_cells(codes: np.ndarray) -> np.ndarray:
     """Flags of the cells that hold at least one of ``codes`` (``R<<16 | G<<8 | B``)."""
     codes = np.asarray(codes, np.uint32)
-    cell = ((codes >> (16 + SHIFT)) << (2 * (8 - SHIFT))) | \
-        (((codes >> (8 + SHIFT)) & (PER - 1)) << (8 - SHIFT)) | ((codes & 255) >> SHIFT)
+    cell = (
+        ((codes >> (16 + SHIFT)) << (2 * (8 - SHIFT)))
+        | (((codes >> (8 + SHIFT)) & (PER - 1)) << (8 - SHIFT))
+        | ((codes & 255) >> SHIFT)
+    )
     flags = np.zeros(N_CELLS, np.bool_)
     flags[cell] = True
     return flags

@@ -101,7 +101,7 @@ def pack_rows(labels: np.ndarray, bits: int) -> np.ndarray:
             out |= grouped[:, :, i] << (8 - bits * (i + 1))
         return out
     # general widths (3, 5, 6, 7): through a bit plane
-    bitplane = np.unpackbits(labels[:, :, None], axis=2)[:, :, 8 - bits:]
+    bitplane = np.unpackbits(labels[:, :, None], axis=2)[:, :, 8 - bits :]
     return np.packbits(bitplane.reshape(h, w * bits), axis=1, bitorder="big")
 
 

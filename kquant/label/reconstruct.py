@@ -13,5 +13,6 @@ def reconstruct_block(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 def reconstruct(labels, palette: np.ndarray):
     """Lazy (H, W, 3) uint8 image of a dask (H, W) label array."""
     palette = np.asarray(palette, np.uint8)
-    return labels.map_blocks(reconstruct_block, palette, dtype=np.uint8, new_axis=2,
-                             chunks=labels.chunks + ((3,),))
+    return labels.map_blocks(
+        reconstruct_block, palette, dtype=np.uint8, new_axis=2, chunks=labels.chunks + ((3,),)
+    )

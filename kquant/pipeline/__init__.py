@@ -11,15 +11,45 @@
 """
 
 from kquant.pipeline.fitting import fit, fit_histogram, inspect, sample_chunks, sample_graph
-from kquant.pipeline.plan import (LUT_MIN_PIXELS, same_source, source_record, store_chunks,
-                                  store_shards, uses_lut, write_metrics)
-from kquant.pipeline.run import (QuantizeResult, finished_store, imposed_fit, imposed_palette,
-                                 preview, quantize, write)
+from kquant.pipeline.plan import (
+    LUT_MIN_PIXELS,
+    same_source,
+    source_record,
+    store_chunks,
+    store_shards,
+    uses_lut,
+    write_metrics,
+)
+from kquant.pipeline.run import (
+    QuantizeResult,
+    finished_store,
+    imposed_fit,
+    imposed_palette,
+    preview,
+    quantize,
+    write,
+)
 from kquant.pipeline.shared_palette import fit_shared
 
 __all__ = [
-    "LUT_MIN_PIXELS", "QuantizeResult", "finished_store", "fit", "fit_histogram", "fit_shared",
-    "imposed_fit", "imposed_palette", "inspect", "preview", "quantize", "same_source",
-    "sample_chunks", "sample_graph", "source_record", "store_chunks", "store_shards",
-    "uses_lut", "write", "write_metrics",
+    "LUT_MIN_PIXELS",
+    "QuantizeResult",
+    "finished_store",
+    "fit",
+    "fit_histogram",
+    "fit_shared",
+    "imposed_fit",
+    "imposed_palette",
+    "inspect",
+    "preview",
+    "quantize",
+    "same_source",
+    "sample_chunks",
+    "sample_graph",
+    "source_record",
+    "store_chunks",
+    "store_shards",
+    "uses_lut",
+    "write",
+    "write_metrics",
 ]

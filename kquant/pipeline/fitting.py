@@ -19,6 +19,7 @@ from kquant.params import QuantizeParams
 from kquant.pipeline import chunked, in_memory
 from kquant.pipeline.plan import uses_lut
 
+
 def inspect(source, *, max_pixels: int | None = None) -> ImageSource:
     """Header of the source (see :func:`kquant.readers.inspect_image`).
 
@@ -44,15 +45,18 @@ def sample_chunks(src: ImageSource) -> int:
     return 256
 
 
-def sample_graph(src: ImageSource, n: int, params: QuantizeParams, *,
-                 max_pixels: int | None = None):
+def sample_graph(
+    src: ImageSource, n: int, params: QuantizeParams, *, max_pixels: int | None = None
+):
     """The delayed (m, 3) sample of about ``n`` pixels of sample mode: tiles spread over
     the image (:func:`kquant.sampling.sample_windows`, :func:`kquant.sampling.windows_for`),
     read at the file's tile size (:func:`sample_chunks`)."""
-    image = readers.open_source(src, chunks=sample_chunks(src), max_pixels=max_pixels,
-                                background=params.background)
-    return sampling.sample_windows(image, n, seed=params.seed,
-                                   n_windows=sampling.windows_for(src.n_pixels))
+    image = readers.open_source(
+        src, chunks=sample_chunks(src), max_pixels=max_pixels, background=params.background
+    )
+    return sampling.sample_windows(
+        image, n, seed=params.seed, n_windows=sampling.windows_for(src.n_pixels)
+    )
 
 
 def _compute_reading(work: list, use_sample: bool, progress: bool):
@@ -67,8 +71,14 @@ def _compute_reading(work: list, use_sample: bool, progress: bool):
     return cluster.compute_alongside(prepare_sample_fit, *work, progress=progress)
 
 
-def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None = None,
-        address: str | None = None, progress: bool = False) -> FitResult:
+def fit(
+    source,
+    params: QuantizeParams | None = None,
+    *,
+    max_pixels: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+) -> FitResult:
     """Fit the palette of a source.
 
     In ``exact`` mode one pass over every pixel computes the colour histogram
@@ -89,7 +99,8 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
     # dask-ml's sample fit seeds only large images (see kquant.fit.tuning.SAMPLE_FIT_MIN_PIXELS);
     # otherwise the exact pass skips drawing the sample
     use_sample = params.sample_fit == "always" or (
-        params.sample_fit == "auto" and src.n_pixels >= SAMPLE_FIT_MIN_PIXELS)
+        params.sample_fit == "auto" and src.n_pixels >= SAMPLE_FIT_MIN_PIXELS
+    )
     t0 = time.perf_counter()
     with cluster.scheduler(address), uri_mod.storage_errors(src.uri):
         if mode == "exact" and not use_sample and in_memory.eligible(src, params, address=address):
@@ -100,29 +111,39 @@ def fit(source, params: QuantizeParams | None = None, *, max_pixels: int | None 
             sample = None
             if use_sample:  # drawn in the tasks that count each block: read once, not held
                 samplers = sampling.block_samplers(image, params.sample_size, seed=params.seed)
-                ((colours, counts), parts), = _compute_reading(
-                    [histogram.colour_histogram(image, per_block=samplers)], True, progress)
+                (((colours, counts), parts),) = _compute_reading(
+                    [histogram.colour_histogram(image, per_block=samplers)], True, progress
+                )
                 sample = np.concatenate(parts, axis=0)
             else:
-                ((colours, counts),) = cluster.compute(histogram.colour_histogram(image),
-                                                       progress=progress)
+                ((colours, counts),) = cluster.compute(
+                    histogram.colour_histogram(image), progress=progress
+                )
         else:
             (sample,) = _compute_reading(
                 [sample_graph(src, params.sample_size, params, max_pixels=max_pixels)],
-                use_sample, progress)
+                use_sample,
+                progress,
+            )
             colours, counts = histogram.block_histogram(sample[None])
         if uses_lut(src, params):  # the workers are idle while this process fits
             cluster.warm_workers(chunked.warm_write_pass)
     t1 = time.perf_counter()
-    result = fit_histogram(sample, colours, counts, params, sampled=mode == "sample",
-                           sample_fit="always" if use_sample else "never")
-    timings = {"read" if mode == "exact" else "sample": t1 - t0,
-               "fit": time.perf_counter() - t1}
+    result = fit_histogram(
+        sample,
+        colours,
+        counts,
+        params,
+        sampled=mode == "sample",
+        sample_fit="always" if use_sample else "never",
+    )
+    timings = {"read" if mode == "exact" else "sample": t1 - t0, "fit": time.perf_counter() - t1}
     return dataclasses.replace(result, mode=mode, timings=timings)
 
 
-def fit_histogram(sample, colours, counts, params: QuantizeParams, *, sampled: bool,
-                  sample_fit: str = "auto") -> FitResult:
+def fit_histogram(
+    sample, colours, counts, params: QuantizeParams, *, sampled: bool, sample_fit: str = "auto"
+) -> FitResult:
     """The fit of ``params`` (K or a target PSNR, seed, restarts, space) on a histogram.
 
     ``sample``, ``colours``, ``counts`` and ``sample_fit`` are those of
@@ -135,10 +156,17 @@ def fit_histogram(sample, colours, counts, params: QuantizeParams, *, sampled: b
     ParameterError
         As :func:`kquant.fit.fit_palette`.
     """
-    options = dict(seed=params.seed, restarts=params.restarts, max_iter=params.max_iter,
-                   sample_fit=sample_fit, space=params.space, sampled=sampled)
+    options = dict(
+        seed=params.seed,
+        restarts=params.restarts,
+        max_iter=params.max_iter,
+        sample_fit=sample_fit,
+        space=params.space,
+        sampled=sampled,
+    )
     if params.target_psnr is not None:
-        result, met = fit_for_psnr(sample, colours, counts, params.target_psnr,
-                              k_max=params.k, **options)
+        result, met = fit_for_psnr(
+            sample, colours, counts, params.target_psnr, k_max=params.k, **options
+        )
         return dataclasses.replace(result, target_met=met)
     return fit_palette(sample, colours, counts, params.k, **options)

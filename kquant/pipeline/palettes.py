@@ -28,8 +28,13 @@ def _check(pal, where: str) -> np.ndarray:
     arr = np.asarray(pal)
     if arr.ndim != 2 or arr.shape[1] != 3 or not 1 <= len(arr) <= 256:
         raise InputError(f"{where}: a palette needs 1 to 256 RGB colours, got shape {arr.shape}")
-    if arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)) \
-            or np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 255:
+    if (
+        arr.dtype.kind not in "iuf"
+        or not np.all(np.isfinite(arr))
+        or np.any(arr != np.round(arr))
+        or arr.min() < 0
+        or arr.max() > 255
+    ):
         raise InputError(f"{where}: palette values must be integers 0-255")
     return arr.astype(np.uint8)
 
@@ -76,11 +81,13 @@ def _image(path: Path) -> np.ndarray:
             rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"{path}: not a palette file, store or image ({exc})") from None
-    codes, first = np.unique(rgb.astype(np.uint32) @ np.array([65536, 256, 1], np.uint32),
-                             return_index=True)
+    codes, first = np.unique(
+        rgb.astype(np.uint32) @ np.array([65536, 256, 1], np.uint32), return_index=True
+    )
     if len(codes) > 256:
-        raise InputError(f"{path}: an image used as a palette may have at most 256 colours, "
-                         f"it has {len(codes)}")
+        raise InputError(
+            f"{path}: an image used as a palette may have at most 256 colours, it has {len(codes)}"
+        )
     return _check(rgb[np.sort(first)], str(path))
 
 

@@ -36,8 +36,11 @@ def label_options(params: QuantizeParams, palette: np.ndarray) -> dict | None:
     """Options of :func:`kquant.dither.label_block`; None for the plain RGB assignment."""
     if plain_rgb(params):
         return None
-    return {"space": params.space, "dither": params.dither,
-            "dither_amount": dither.amount(palette) if params.dither != "none" else 0.0}
+    return {
+        "space": params.space,
+        "dither": params.dither,
+        "dither_amount": dither.amount(palette) if params.dither != "none" else 0.0,
+    }
 
 
 def store_chunks(image) -> tuple[int, int]:
@@ -59,9 +62,15 @@ def store_shards(chunks: tuple[int, int], shard: int | None) -> tuple[int, int] 
 def source_record(src: ImageSource) -> dict:
     """The ``source`` attribute of a store written from ``src``: what it was and the file's
     identity (URI, size, mtime, ETag), so a rerun can tell its own store (:func:`same_source`)."""
-    return {"uri": src.uri, "format": src.format, "size_bytes": src.size_bytes,
-            "mtime_ns": src.mtime_ns, "etag": src.etag, "orientation": src.orientation,
-            "mode": src.mode}
+    return {
+        "uri": src.uri,
+        "format": src.format,
+        "size_bytes": src.size_bytes,
+        "mtime_ns": src.mtime_ns,
+        "etag": src.etag,
+        "orientation": src.orientation,
+        "mode": src.mode,
+    }
 
 
 def same_source(record: dict, source) -> bool:
@@ -78,12 +87,21 @@ def same_source(record: dict, source) -> bool:
     except (OSError, ValueError, StopIteration, KquantError):
         return False
     return (record.get("size_bytes"), record.get("mtime_ns"), record.get("etag", "")) == (
-        size, mtime_ns, etag)
+        size,
+        mtime_ns,
+        etag,
+    )
 
 
-def write_metrics(sse: int, counts, n_pixels: int, params: QuantizeParams,
-                  label_options: dict | None, assigned: str,
-                  fit_info: FitResult | None) -> dict:
+def write_metrics(
+    sse: int,
+    counts,
+    n_pixels: int,
+    params: QuantizeParams,
+    label_options: dict | None,
+    assigned: str,
+    fit_info: FitResult | None,
+) -> dict:
     """The ``metrics`` attribute of a store: error, PSNR, palette use and how it was made."""
     mse = metrics.mse(sse, n_pixels)
     psnr = metrics.psnr(mse)
@@ -92,7 +110,14 @@ def write_metrics(sse: int, counts, n_pixels: int, params: QuantizeParams,
         extra["dither_amount"] = label_options["dither_amount"]
     if params.target_psnr is not None:
         extra["target_psnr_met"] = bool(not np.isfinite(psnr) or psnr >= params.target_psnr)
-    return {"sse": sse, "mse": mse, "psnr": psnr if np.isfinite(psnr) else None,
-            "lossless": sse == 0, "n_pixels": n_pixels,
-            "palette_counts": [int(c) for c in counts], "assign": assigned,
-            "fit_mode": fit_info.mode if fit_info else None, **extra}
+    return {
+        "sse": sse,
+        "mse": mse,
+        "psnr": psnr if np.isfinite(psnr) else None,
+        "lossless": sse == 0,
+        "n_pixels": n_pixels,
+        "palette_counts": [int(c) for c in counts],
+        "assign": assigned,
+        "fit_mode": fit_info.mode if fit_info else None,
+        **extra,
+    }

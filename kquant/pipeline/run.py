@@ -10,15 +10,16 @@ import time
 import numpy as np
 
 from kquant import store
+from kquant.errors import KquantError
 from kquant.fit import FitResult
 from kquant.io import uri as uri_mod
 from kquant.io.readers import ImageSource
-from kquant.errors import KquantError
 from kquant.label import assign, dither
 from kquant.params import QuantizeParams
 from kquant.pipeline import chunked, in_memory
 from kquant.pipeline.fitting import fit, inspect
 from kquant.pipeline.plan import label_options, same_source
+
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeResult:
@@ -35,9 +36,18 @@ class QuantizeResult:
         return self.fit.palette
 
 
-def write(source, target, palette: np.ndarray, params: QuantizeParams | None = None, *,
-          overwrite: bool = False, max_pixels: int | None = None, address: str | None = None,
-          progress: bool = False, fit_info: FitResult | None = None) -> store.StoreMeta:
+def write(
+    source,
+    target,
+    palette: np.ndarray,
+    params: QuantizeParams | None = None,
+    *,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    fit_info: FitResult | None = None,
+) -> store.StoreMeta:
     """Assign every pixel to ``palette`` and write a complete store at ``target``.
 
     Raises
@@ -59,18 +69,39 @@ def write(source, target, palette: np.ndarray, params: QuantizeParams | None = N
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     if in_memory.eligible(src, params, address=address, target=target):  # one chunk: no dask
         palette = np.asarray(palette, np.uint8)
-        return in_memory.write(src, target, palette, params, overwrite=overwrite,
-                              max_pixels=max_pixels, fit_info=fit_info,
-                              label_options=label_options(params, palette))
-    return chunked.write(src, target, palette, params, overwrite=overwrite,
-                         max_pixels=max_pixels, address=address, progress=progress,
-                         fit_info=fit_info)
+        return in_memory.write(
+            src,
+            target,
+            palette,
+            params,
+            overwrite=overwrite,
+            max_pixels=max_pixels,
+            fit_info=fit_info,
+            label_options=label_options(params, palette),
+        )
+    return chunked.write(
+        src,
+        target,
+        palette,
+        params,
+        overwrite=overwrite,
+        max_pixels=max_pixels,
+        address=address,
+        progress=progress,
+        fit_info=fit_info,
+    )
 
 
-
-def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = None, *,
-            max_pixels: int | None = None, max_width: int = 1600,
-            overwrite: bool = True) -> str:
+def preview(
+    source,
+    palette: np.ndarray,
+    out,
+    params: QuantizeParams | None = None,
+    *,
+    max_pixels: int | None = None,
+    max_width: int = 1600,
+    overwrite: bool = True,
+) -> str:
     """Write original | reconstruction with the palette strip to ``out`` (PNG).
 
     ``overwrite`` replaces an existing plain file at ``out`` (the default: a preview is
@@ -97,8 +128,11 @@ def preview(source, palette: np.ndarray, out, params: QuantizeParams | None = No
         image = chunked.image(src, params, max_pixels)
         small = np.asarray(image[::step, ::step].compute(scheduler="threads"))
     options = label_options(params, np.asarray(palette, np.uint8))
-    labels = (dither.label_block(small, palette, **options) if options
-              else assign.nearest_block(small, palette))
+    labels = (
+        dither.label_block(small, palette, **options)
+        if options
+        else assign.nearest_block(small, palette)
+    )
     recon = np.asarray(palette, np.uint8)[labels]
     pv.write_png(out, pv.compose(small, recon, palette), overwrite=overwrite)
     return str(out)
@@ -125,21 +159,43 @@ def imposed_palette(palette, params: QuantizeParams) -> tuple[np.ndarray, Quanti
         arr = palettes.read_palette(palette)
     else:
         arr = np.asarray(palette)
-        if arr.ndim != 2 or arr.shape[1] != 3 or not 1 <= len(arr) <= 256 \
-                or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
+        if (
+            arr.ndim != 2
+            or arr.shape[1] != 3
+            or not 1 <= len(arr) <= 256
+            or arr.dtype.kind not in "iu"
+            or arr.min() < 0
+            or arr.max() > 255
+        ):
             raise ParameterError("an imposed palette must be 1-256 RGB colours of integers 0-255")
     return arr.astype(np.uint8), dataclasses.replace(params, k=max(2, len(arr)), target_psnr=None)
 
 
 def imposed_fit(palette: np.ndarray, n_pixels: int) -> FitResult:
     """The :class:`FitResult` recorded for an imposed palette (``mode="imposed"``)."""
-    return FitResult(palette=np.asarray(palette, np.uint8), sse=0, n_pixels=int(n_pixels),
-                     n_unique=0, lossless=False, refined_from="imposed", mode="imposed")
+    return FitResult(
+        palette=np.asarray(palette, np.uint8),
+        sse=0,
+        n_pixels=int(n_pixels),
+        n_unique=0,
+        lossless=False,
+        refined_from="imposed",
+        mode="imposed",
+    )
 
 
-def quantize(source, target, params: QuantizeParams | None = None, *, overwrite: bool = False,
-             preview_path=None, max_pixels: int | None = None, address: str | None = None,
-             progress: bool = False, palette=None) -> QuantizeResult:
+def quantize(
+    source,
+    target,
+    params: QuantizeParams | None = None,
+    *,
+    overwrite: bool = False,
+    preview_path=None,
+    max_pixels: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    palette=None,
+) -> QuantizeResult:
     """Quantize ``source`` into a kquant store at ``target`` (the whole job).
 
     Parameters
@@ -187,13 +243,22 @@ def quantize(source, target, params: QuantizeParams | None = None, *, overwrite:
     if preview_path is not None:
         store.check_output(preview_path, overwrite=overwrite, sources=[source], stores=[target])
     with locking.hold(target):  # fail fast if another run writes the same target
-        return _quantize(source, target, params, overwrite=overwrite, preview_path=preview_path,
-                         max_pixels=max_pixels, address=address, progress=progress,
-                         palette=palette)
+        return _quantize(
+            source,
+            target,
+            params,
+            overwrite=overwrite,
+            preview_path=preview_path,
+            max_pixels=max_pixels,
+            address=address,
+            progress=progress,
+            palette=palette,
+        )
 
 
-def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, address, progress,
-              palette=None):
+def _quantize(
+    source, target, params, *, overwrite, preview_path, max_pixels, address, progress, palette=None
+):
     timings = {}
     t0 = time.perf_counter()
     imposed = None
@@ -209,21 +274,37 @@ def _quantize(source, target, params, *, overwrite, preview_path, max_pixels, ad
     timings["fit"] = time.perf_counter() - t
     timings.update({f"fit.{k}": v for k, v in result.timings.items()})
     t = time.perf_counter()
-    meta = write(src, target, result.palette, params, overwrite=overwrite,
-                 max_pixels=max_pixels, address=address, progress=progress, fit_info=result)
+    meta = write(
+        src,
+        target,
+        result.palette,
+        params,
+        overwrite=overwrite,
+        max_pixels=max_pixels,
+        address=address,
+        progress=progress,
+        fit_info=result,
+    )
     timings["assign_write"] = time.perf_counter() - t
     if imposed is not None:
-        result = dataclasses.replace(result, sse=int(meta.metrics["sse"]),
-                                     lossless=bool(meta.metrics["lossless"]))
+        result = dataclasses.replace(
+            result, sse=int(meta.metrics["sse"]), lossless=bool(meta.metrics["lossless"])
+        )
     written_preview = None
     if preview_path is not None:
         t = time.perf_counter()
-        written_preview = preview(src, result.palette, preview_path, params, max_pixels=max_pixels,
-                                  overwrite=overwrite)
+        written_preview = preview(
+            src, result.palette, preview_path, params, max_pixels=max_pixels, overwrite=overwrite
+        )
         timings["preview"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    return QuantizeResult(target=uri_mod.normalise(target), meta=meta, fit=result,
-                          timings=timings, preview=written_preview)
+    return QuantizeResult(
+        target=uri_mod.normalise(target),
+        meta=meta,
+        fit=result,
+        timings=timings,
+        preview=written_preview,
+    )
 
 
 def finished_store(target, source, params: QuantizeParams, *, palette=None):

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 from kquant import cluster
 from kquant.colour import histogram
-from kquant.fit import sampling
 from kquant.errors import ParameterError
-from kquant.fit import FitResult
-from kquant.params import QuantizeParams
+from kquant.fit import FitResult, sampling
 from kquant.io.readers import ImageSource
+from kquant.params import QuantizeParams
 
 
-def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int | None = None,
-               address: str | None = None, progress: bool = False) -> FitResult:
+def fit_shared(
+    sources,
+    params: QuantizeParams | None = None,
+    *,
+    max_pixels: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+) -> FitResult:
     """Fit one palette on several images together.
 
     Parameters
@@ -61,8 +66,7 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     from kquant.pipeline.fitting import fit_histogram, inspect, sample_graph
 
     params = params or QuantizeParams()
-    srcs = [s if isinstance(s, ImageSource) else inspect(s, max_pixels=max_pixels)
-            for s in sources]
+    srcs = [s if isinstance(s, ImageSource) else inspect(s, max_pixels=max_pixels) for s in sources]
     if not srcs:
         raise ParameterError("no images to fit a shared palette on")
     # the rule of pipeline.fit, on the pixels of all the images together
@@ -72,14 +76,18 @@ def fit_shared(sources, params: QuantizeParams | None = None, *, max_pixels: int
     if mode == "exact":  # one pass over every pixel: exact merged histogram + sample
         images = [image(s, params, max_pixels) for s in srcs]
         hist = histogram.merge_tree([histogram.colour_histogram(im) for im in images])
-        samples = [sampling.sample_pixels(im, n, seed=params.seed)
-                   for im, n in zip(images, shares) if n > 0]
+        samples = [
+            sampling.sample_pixels(im, n, seed=params.seed)
+            for im, n in zip(images, shares)
+            if n > 0
+        ]
         sample = dask.delayed(np.concatenate)(samples, axis=0)
         with cluster.scheduler(address):
             (colours, counts), sample = cluster.compute(hist, sample, progress=progress)
     else:  # too many pixels for a full pass: a bounded number of tiles of each image
-        samples = [sample_graph(s, n, params, max_pixels=max_pixels)
-                   for s, n in zip(srcs, shares) if n > 0]
+        samples = [
+            sample_graph(s, n, params, max_pixels=max_pixels) for s, n in zip(srcs, shares) if n > 0
+        ]
         with cluster.scheduler(address):
             parts = cluster.compute(*samples, progress=progress)
         sample = np.concatenate(parts, axis=0)

@@ -9,17 +9,42 @@
 * :mod:`~kquant.store.direct` -- the zarr files of small stores, written directly.
 """
 
-from kquant.store.format import (FORMAT, FORMAT_VERSION, READABLE_VERSIONS, STATUS_COMPLETE,
-                                 STATUS_WRITING, StoreMeta, chunk_digest, combine_digests,
-                                 zstd_level)
+from kquant.store.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    READABLE_VERSIONS,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    StoreMeta,
+    chunk_digest,
+    combine_digests,
+    zstd_level,
+)
 from kquant.store.reader import KquantStore, open_store, read_meta
 from kquant.store.recovery import recover
 from kquant.store.targets import check_output, check_target, exists, remove, status
 from kquant.store.writer import DirectStoreWriter, StoreWriter, write_packed_chunk
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "STATUS_COMPLETE", "STATUS_WRITING",
-    "DirectStoreWriter", "KquantStore", "StoreMeta", "StoreWriter", "check_output",
-    "check_target", "chunk_digest", "combine_digests", "exists", "open_store", "read_meta",
-    "recover", "remove", "status", "write_packed_chunk", "zstd_level",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "STATUS_COMPLETE",
+    "STATUS_WRITING",
+    "DirectStoreWriter",
+    "KquantStore",
+    "StoreMeta",
+    "StoreWriter",
+    "check_output",
+    "check_target",
+    "chunk_digest",
+    "combine_digests",
+    "exists",
+    "open_store",
+    "read_meta",
+    "recover",
+    "remove",
+    "status",
+    "write_packed_chunk",
+    "zstd_level",
 ]

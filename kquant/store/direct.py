@@ -26,19 +26,31 @@ def group_document(attributes: dict) -> bytes:
     return _dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"})
 
 
-def array_document(shape: tuple[int, ...], chunks: tuple[int, ...], *,
-                   zstd_level: int | None = None,
-                   dimension_names: tuple[str, ...] | None = None) -> bytes:
+def array_document(
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    *,
+    zstd_level: int | None = None,
+    dimension_names: tuple[str, ...] | None = None,
+) -> bytes:
     """``zarr.json`` of a uint8 array (fill value 0), uncompressed or zstd-compressed."""
     codecs: list[dict] = [{"name": "bytes"}]
     if zstd_level is not None:
-        codecs.append({"name": "zstd", "configuration": {"level": int(zstd_level),
-                                                           "checksum": False}})
-    doc = {"shape": [int(s) for s in shape], "data_type": "uint8",
-           "chunk_grid": {"name": "regular",
-                          "configuration": {"chunk_shape": [int(c) for c in chunks]}},
-           "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-           "fill_value": 0, "codecs": codecs, "attributes": {}}
+        codecs.append(
+            {"name": "zstd", "configuration": {"level": int(zstd_level), "checksum": False}}
+        )
+    doc = {
+        "shape": [int(s) for s in shape],
+        "data_type": "uint8",
+        "chunk_grid": {
+            "name": "regular",
+            "configuration": {"chunk_shape": [int(c) for c in chunks]},
+        },
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": codecs,
+        "attributes": {},
+    }
     if dimension_names is not None:
         doc["dimension_names"] = list(dimension_names)
     doc.update(zarr_format=3, node_type="array", storage_transformers=[])
@@ -62,8 +74,9 @@ def chunk_bytes(chunk: np.ndarray, *, zstd_level: int | None = None) -> bytes | 
     return bytes(Zstd(level=int(zstd_level), checksum=False).encode(chunk.reshape(-1)))
 
 
-def write_chunk(array_dir, index: tuple[int, ...], chunk: np.ndarray, *,
-                zstd_level: int | None = None) -> None:
+def write_chunk(
+    array_dir, index: tuple[int, ...], chunk: np.ndarray, *, zstd_level: int | None = None
+) -> None:
     """Write one whole chunk of the array in ``array_dir`` at ``index`` as zarr does
     (:func:`chunk_bytes`; nothing for a chunk of zeros)."""
     from pathlib import Path

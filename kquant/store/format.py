@@ -4,20 +4,20 @@ Layout (see ``docs/format.md``)::
 
     STORE/                 zarr v3 group, attributes {"kquant": StoreMeta}
       palette              (n, 3) uint8, one chunk
-      labels               (H, ceil(W * bits / 8)) uint8, packed rows, zstd (level 17 up to 16 Mpx, else 3)
+      labels               (H, ceil(W * bits / 8)) uint8, packed rows, zstd
+                           (level 17 up to 16 Mpx, else 3)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import numpy as np
 
+from kquant.errors import StoreError
 from kquant.label import packing
-from kquant.errors import (StoreError)
-import hashlib
-
 
 FORMAT = "kquant-store"
 FORMAT_VERSION = 2
@@ -84,26 +84,38 @@ class StoreMeta:
         if self.format != FORMAT:
             raise StoreError(f"not a kquant store (format {self.format!r})")
         if self.format_version > FORMAT_VERSION:
-            raise StoreError(f"store format version {self.format_version} is newer than this "
-                             f"kquant ({FORMAT_VERSION}); upgrade kquant")
+            raise StoreError(
+                f"store format version {self.format_version} is newer than this "
+                f"kquant ({FORMAT_VERSION}); upgrade kquant"
+            )
         if self.status not in (STATUS_WRITING, STATUS_COMPLETE):
             raise StoreError(f"unknown store status {self.status!r}")
         if self.format_version not in READABLE_VERSIONS:
             raise StoreError(f"unknown store format version {self.format_version!r}")
-        expected = (packing.bits_for(self.n_colors) if self.format_version == 1
-                    else packing.storage_bits(self.n_colors))
+        expected = (
+            packing.bits_for(self.n_colors)
+            if self.format_version == 1
+            else packing.storage_bits(self.n_colors)
+        )
         if self.bits != expected:
-            raise StoreError(f"store bits {self.bits} do not match {self.n_colors} colours "
-                             f"(format {self.format_version})")
+            raise StoreError(
+                f"store bits {self.bits} do not match {self.n_colors} colours "
+                f"(format {self.format_version})"
+            )
         if self.chunk_cols % packing.PIXEL_ALIGN and self.chunk_cols < self.width:
-            raise StoreError(f"chunk width {self.chunk_cols} is not a multiple of {packing.PIXEL_ALIGN}")
+            raise StoreError(
+                f"chunk width {self.chunk_cols} is not a multiple of {packing.PIXEL_ALIGN}"
+            )
         if (self.shard_rows is None) != (self.shard_cols is None):
             raise StoreError("shard_rows and shard_cols must be given together")
         if self.shard_rows is not None:
-            if (self.shard_rows % self.chunk_rows
-                    or (self.shard_cols % self.chunk_cols and self.chunk_cols < self.width)):
-                raise StoreError(f"shard {self.shard_rows}x{self.shard_cols} is not a whole number "
-                                 f"of chunks {self.chunk_rows}x{self.chunk_cols}")
+            if self.shard_rows % self.chunk_rows or (
+                self.shard_cols % self.chunk_cols and self.chunk_cols < self.width
+            ):
+                raise StoreError(
+                    f"shard {self.shard_rows}x{self.shard_cols} is not a whole number "
+                    f"of chunks {self.chunk_rows}x{self.chunk_cols}"
+                )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -146,7 +158,7 @@ class StoreMeta:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "StoreMeta":
+    def from_json(cls, data: Any) -> StoreMeta:
         if not isinstance(data, dict):
             raise StoreError("not a kquant store (no kquant attributes)")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -155,7 +167,7 @@ class StoreMeta:
         except TypeError as exc:
             raise StoreError(f"malformed kquant attributes: {exc}") from None
 
-    def replace(self, **changes) -> "StoreMeta":
+    def replace(self, **changes) -> StoreMeta:
         return dataclasses.replace(self, **changes)
 
 

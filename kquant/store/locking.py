@@ -42,11 +42,11 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from kquant.io import uri as uri_mod
 from kquant.errors import LockLostError, NoSpaceError, ParameterError, TargetLockedError
+from kquant.io import uri as uri_mod
 
 #: Seconds a lock on object storage stays valid without a renewal (``KQUANT_LOCK_LEASE_SECONDS``).
 DEFAULT_LEASE = 300.0
@@ -113,8 +113,9 @@ def heartbeat_seconds(lease: float | None = None) -> float:
     lease = lease_seconds() if lease is None else lease
     beat = _seconds("KQUANT_LOCK_HEARTBEAT_SECONDS", lease / BEATS_PER_LEASE)
     if beat * 2 > lease:
-        raise ParameterError(f"KQUANT_LOCK_HEARTBEAT_SECONDS ({beat:g}) must be at most half "
-                             f"the lease ({lease:g} s)")
+        raise ParameterError(
+            f"KQUANT_LOCK_HEARTBEAT_SECONDS ({beat:g}) must be at most half the lease ({lease:g} s)"
+        )
     return beat
 
 
@@ -170,14 +171,21 @@ def _describe(info: dict) -> str:
 
 
 def _record(target: str, *, lease: float | None = None, heartbeat: float | None = None) -> dict:
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "pidns": _pid_namespace(),
-            "started": time.time(), "target": target, "token": uuid.uuid4().hex}
+    info = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pidns": _pid_namespace(),
+        "started": time.time(),
+        "target": target,
+        "token": uuid.uuid4().hex,
+    }
     if lease is not None:
         info.update(lease=lease, heartbeat_every=heartbeat, heartbeat=time.time())
     return info
 
 
 # --------------------------------------------------------------------------- local files
+
 
 def _create_local(path: str, payload: bytes) -> bool:
     # the holder's record is written to a private file first, then hard-linked into place
@@ -198,8 +206,9 @@ def _create_local(path: str, payload: bytes) -> bool:
         return True
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpaceError(f"no space left on the device of {path} to take the lock "
-                               f"({os.strerror(exc.errno)})") from None
+            raise NoSpaceError(
+                f"no space left on the device of {path} to take the lock ({os.strerror(exc.errno)})"
+            ) from None
         raise
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -264,15 +273,18 @@ def _acquire_local(target: str, path: str) -> tuple[_Hold, bool]:
             return _Hold(count=1, remote=False, record=info), took_over
         holder = _read_local(path)
         if not _dead_here(holder, info["host"]):
-            raise TargetLockedError(f"{target} is being written by another run "
-                                    f"({_describe(holder) if holder else 'unknown holder'}); "
-                                    f"if that run is gone, delete {path}")
+            raise TargetLockedError(
+                f"{target} is being written by another run "
+                f"({_describe(holder) if holder else 'unknown holder'}); "
+                f"if that run is gone, delete {path}"
+            )
         if _bury(path, info["host"]):
             took_over = True
     raise TargetLockedError(f"{target} is locked ({path})")
 
 
 # --------------------------------------------------------------------------- object storage
+
 
 def _client_error_code(exc: BaseException) -> str | None:
     for e in uri_mod._causes(exc):
@@ -353,7 +365,7 @@ def _remote_read(fs, p: str) -> tuple[dict, str | None, float | None] | None:
     modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
     age = None
     if isinstance(modified, datetime):  # this host's clock: the store gives no other here
-        age = (datetime.now(timezone.utc) - modified).total_seconds()
+        age = (datetime.now(UTC) - modified).total_seconds()
     elif isinstance(modified, (int, float)):
         age = time.time() - float(modified)
     return _parse(data), str(info.get("ETag") or "") or None, age
@@ -445,8 +457,15 @@ def _acquire_remote(target: str, path: str) -> tuple[_Hold, bool]:
         sent = time.monotonic()
         etag = _remote_create(fs, p, payload)
         if etag is not None:
-            return _Hold(count=1, remote=True, record=info, etag=etag if isinstance(etag, str)
-                         else None, lease=lease, heartbeat=beat, renewed=sent), False
+            return _Hold(
+                count=1,
+                remote=True,
+                record=info,
+                etag=etag if isinstance(etag, str) else None,
+                lease=lease,
+                heartbeat=beat,
+                renewed=sent,
+            ), False
         current = _remote_read(fs, p)
         if current is None:
             continue  # released in between: create ours
@@ -455,8 +474,10 @@ def _acquire_remote(target: str, path: str) -> tuple[_Hold, bool]:
             state = _describe(holder) if holder.get("pid") is not None else "unknown holder"
             if age is not None:
                 state += f", renewed {max(age, 0):.0f} s ago"
-            raise TargetLockedError(f"{target} is being written by another run ({state}); "
-                                    f"if that run is gone, delete {path}")
+            raise TargetLockedError(
+                f"{target} is being written by another run ({state}); "
+                f"if that run is gone, delete {path}"
+            )
         sent = time.monotonic()
         if _remote_replace(fs, p, payload, stale_etag) is None:
             continue  # another run took it over first: its lock is fresh now
@@ -464,10 +485,18 @@ def _acquire_remote(target: str, path: str) -> tuple[_Hold, bool]:
         time.sleep(0.2)
         back = _remote_read(fs, p)
         if back is None or back[0].get("token") != info["token"]:
-            raise TargetLockedError(f"{target}: another run took over its stale lock first "
-                                    f"({path})")
-        return _Hold(count=1, remote=True, record=info, etag=back[1], lease=lease,
-                     heartbeat=beat, renewed=sent), True
+            raise TargetLockedError(
+                f"{target}: another run took over its stale lock first ({path})"
+            )
+        return _Hold(
+            count=1,
+            remote=True,
+            record=info,
+            etag=back[1],
+            lease=lease,
+            heartbeat=beat,
+            renewed=sent,
+        ), True
     raise TargetLockedError(f"{target} is locked ({path})")
 
 
@@ -492,6 +521,7 @@ def _heartbeat(path: str, hold: _Hold) -> None:
 
 
 # --------------------------------------------------------------------------- public API
+
 
 def acquire(target: str) -> str:
     """Take the lock of ``target`` (re-entrant in this process); return the lock's path.
@@ -519,8 +549,12 @@ def acquire(target: str) -> str:
             hold, took_over = (_acquire_remote if remote else _acquire_local)(target, path)
         _held[path] = hold
     if remote:
-        hold.thread = threading.Thread(target=_heartbeat, args=(path, hold), daemon=True,
-                                       name=f"kquant-lock-heartbeat {target}")
+        hold.thread = threading.Thread(
+            target=_heartbeat,
+            args=(path, hold),
+            daemon=True,
+            name=f"kquant-lock-heartbeat {target}",
+        )
         hold.thread.start()
     if remote or took_over:
         try:
@@ -555,11 +589,14 @@ def check(target: str) -> None:
         if hold.lost is None:
             idle = time.monotonic() - hold.renewed
             if idle > _fence(hold):
-                hold.lost = (f"not renewed for {idle:.0f} s, lease {hold.lease:g} s; "
-                             "another run may take it over")
+                hold.lost = (
+                    f"not renewed for {idle:.0f} s, lease {hold.lease:g} s; "
+                    "another run may take it over"
+                )
         if hold.lost is not None:
-            raise LockLostError(f"{target}: this run lost its lock ({hold.lost}); "
-                                "it stopped writing")
+            raise LockLostError(
+                f"{target}: this run lost its lock ({hold.lost}); it stopped writing"
+            )
 
 
 def lost(target: str) -> bool:

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from kquant.label import packing
+from kquant.errors import IncompleteStoreError, StoreError
 from kquant.io import uri as uri_mod
-from kquant.errors import (IncompleteStoreError, StoreError)
+from kquant.label import packing
 from kquant.store.format import StoreMeta, chunk_digest, combine_digests
 
 
@@ -31,8 +31,9 @@ class KquantStore:
 
         self.root, self.meta, self.palette = root, meta, palette
         # blocks of whole shards (from_zarr would pick the inner chunks), the unit of the checksum
-        self.packed = da.from_zarr(uri_mod.zarr_store(root, read_only=True), component="labels",
-                                   chunks=meta.packed_block)
+        self.packed = da.from_zarr(
+            uri_mod.zarr_store(root, read_only=True), component="labels", chunks=meta.packed_block
+        )
         cols = meta.block[1]
         widths = tuple(min(cols, meta.width - x) for x in range(0, meta.width, cols))
         bits = meta.bits
@@ -41,8 +42,9 @@ class KquantStore:
             j = block_info[0]["chunk-location"][1]
             return packing.unpack_rows(block, bits, widths[j])
 
-        self.labels = self.packed.map_blocks(unpack, dtype=np.uint8,
-                                             chunks=(self.packed.chunks[0], widths))
+        self.labels = self.packed.map_blocks(
+            unpack, dtype=np.uint8, chunks=(self.packed.chunks[0], widths)
+        )
         self.rgb = reconstruct.reconstruct(self.labels, palette)
 
     @property
@@ -128,10 +130,14 @@ def open_store(uri: str | os.PathLike) -> KquantStore:
     root = uri_mod.normalise(uri)
     meta = read_meta(root)
     if not meta.complete:
-        raise IncompleteStoreError(f"{root} is incomplete (status {meta.status!r}): "
-                                   "its run crashed or is still writing")
-    palette = np.asarray(zarr.open_array(store=uri_mod.zarr_store(root, read_only=True),
-                                         path="palette", mode="r")[...])
+        raise IncompleteStoreError(
+            f"{root} is incomplete (status {meta.status!r}): its run crashed or is still writing"
+        )
+    palette = np.asarray(
+        zarr.open_array(store=uri_mod.zarr_store(root, read_only=True), path="palette", mode="r")[
+            ...
+        ]
+    )
     if palette.shape != (meta.n_colors, 3) or palette.dtype != np.uint8:
         raise StoreError(f"{root}: palette of shape {palette.shape} does not match the attributes")
     return KquantStore(root, meta, palette)

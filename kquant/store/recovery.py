@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 
-
 from kquant.io import uri as uri_mod
 from kquant.store.format import STATUS_COMPLETE, STATUS_WRITING
-
 
 
 def _group_status(doc) -> str | None:
@@ -40,7 +38,7 @@ def _remote_state(fs, path: str) -> str:
         return status
     if status is None:
         return "other"
-    names = [f[len(path) + 1:] for f in fs.find(path) if f != f"{path}/zarr.json"]
+    names = [f[len(path) + 1 :] for f in fs.find(path) if f != f"{path}/zarr.json"]
     if not names:
         return "partial" if fs.exists(f"{path}/zarr.json") else "absent"
     return "partial" if all(n.split("/", 1)[0] in ("palette", "labels") for n in names) else "other"
@@ -54,7 +52,7 @@ def _remote_tmps(fs, path: str) -> list[str]:
         found = fs.find(head, prefix=prefix, withdirs=True)
     except TypeError:  # an fsspec implementation without prefix listings
         found = fs.glob(f"{head}/{prefix}*")
-    roots = {f"{head}/{f[len(head) + 1:].split('/', 1)[0]}" for f in found}
+    roots = {f"{head}/{f[len(head) + 1 :].split('/', 1)[0]}" for f in found}
     return sorted(r for r in roots if r.rpartition("/")[2].startswith(prefix))
 
 
@@ -66,7 +64,7 @@ def _move_remote(fs, src: str, dst: str, check=None) -> None:
     for f in sorted(f for f in fs.find(src) if f != f"{src}/zarr.json"):
         if check is not None:
             check()
-        fs.copy(f, dst + f[len(src):])
+        fs.copy(f, dst + f[len(src) :])
     if check is not None:
         check()
     fs.copy(f"{src}/zarr.json", f"{dst}/zarr.json")  # the group's attributes last
@@ -140,10 +138,16 @@ def _recover_local(target: str) -> None:
 
     head, name = os.path.split(target)
     pattern = f"{glob.escape(head)}/.{glob.escape(name)}.kquant-"
-    tmps = [t for t in sorted(glob.glob(pattern + "tmp-*"))
-            if os.path.isdir(t) and not os.path.islink(t)]
-    olds = [t for t in sorted(glob.glob(pattern + "old-*"))
-            if os.path.isdir(t) and not os.path.islink(t)]
+    tmps = [
+        t
+        for t in sorted(glob.glob(pattern + "tmp-*"))
+        if os.path.isdir(t) and not os.path.islink(t)
+    ]
+    olds = [
+        t
+        for t in sorted(glob.glob(pattern + "old-*"))
+        if os.path.isdir(t) and not os.path.islink(t)
+    ]
     if not os.path.lexists(target):  # stopped between the two renames of a commit
         done = [t for t in tmps if _local_status(t) == STATUS_COMPLETE]
         if done:

@@ -8,14 +8,11 @@ import shutil
 import uuid
 from pathlib import Path
 
-
+from kquant.errors import KquantError, ParameterError, StoreError, TargetExistsError
 from kquant.io import uri as uri_mod
-from kquant.errors import (KquantError, ParameterError,
-                     StoreError, TargetExistsError)
 from kquant.store.format import FORMAT
 from kquant.store.reader import read_meta
 from kquant.store.recovery import _remote_state, _remove_remote
-
 
 
 def _exists(uri: str) -> bool:
@@ -46,7 +43,6 @@ def _remove(uri: str) -> None:
         shutil.rmtree(uri, ignore_errors=True)
     elif os.path.lexists(uri):
         os.unlink(uri)
-
 
 
 def _sibling(uri: str, tag: str) -> str:
@@ -92,7 +88,9 @@ def check_target(target: str | os.PathLike, *, overwrite: bool, source=None) -> 
             what = "is" if _holds(source, uri) else "holds"
             raise UnsafeTargetError(f"{uri} {what} the source {_uri_of(source)}: not replaced")
         if not overwrite:
-            raise TargetExistsError(f"{uri} exists (use --overwrite, or overwrite=True, to replace it)")
+            raise TargetExistsError(
+                f"{uri} exists (use --overwrite, or overwrite=True, to replace it)"
+            )
         reason = _not_replaceable(uri)
         if reason:
             raise UnsafeTargetError(f"{uri} {reason}: not replaced, even with --overwrite")
@@ -147,8 +145,9 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, sources=(), stores=
             raise UnsafeTargetError(f"{path} {where} the source {_uri_of(src)}: not written")
     for st in stores:
         if _holds(st, path, follow=False):
-            raise UnsafeTargetError(f"{path} lies inside the store {uri_mod.normalise(st)}: "
-                                    "not written")
+            raise UnsafeTargetError(
+                f"{path} lies inside the store {uri_mod.normalise(st)}: not written"
+            )
     if os.path.lexists(path):
         if not overwrite:
             raise TargetExistsError(f"{path} exists (use --overwrite to replace it)")
@@ -185,8 +184,10 @@ def _holds(container, item, *, follow: bool = True) -> bool:
         c, i = _remote_key(container), _remote_key(item)
         return i == c or i.startswith(c.rstrip("/") + "/")
     head, name = os.path.split(os.path.abspath(item))
-    items = {os.path.abspath(item),
-             os.path.realpath(item) if follow else os.path.join(os.path.realpath(head), name)}
+    items = {
+        os.path.abspath(item),
+        os.path.realpath(item) if follow else os.path.join(os.path.realpath(head), name),
+    }
     for c in {os.path.abspath(container), os.path.realpath(container)}:
         for i in items:
             if i == c or i.startswith(c.rstrip(os.sep) + os.sep):
@@ -214,13 +215,21 @@ def _not_replaceable(uri: str) -> str | None:
         fs, path = uri_mod.filesystem(uri)
         if fs.isfile(path):
             return "is an object, not a kquant store"
-        names = {p.rstrip("/").rpartition("/")[2] for p in fs.ls(path, detail=False)
-                 if p.rstrip("/") != path.rstrip("/")}  # not a folder marker object
+        names = {
+            p.rstrip("/").rpartition("/")[2]
+            for p in fs.ls(path, detail=False)
+            if p.rstrip("/") != path.rstrip("/")
+        }  # not a folder marker object
         read = lambda: fs.cat_file(f"{path}/zarr.json")  # noqa: E731
     else:
         if not os.path.isdir(uri):  # follows a link: a link to a store may be replaced
-            kind = "a symbolic link to nothing" if os.path.islink(uri) and not os.path.exists(uri) \
-                else "a file" if os.path.isfile(uri) else "not a folder"
+            kind = (
+                "a symbolic link to nothing"
+                if os.path.islink(uri) and not os.path.exists(uri)
+                else "a file"
+                if os.path.isfile(uri)
+                else "not a folder"
+            )
             return f"is {kind}, not a kquant store"
         names = set(os.listdir(uri))
         read = lambda: Path(uri, "zarr.json").read_bytes()  # noqa: E731

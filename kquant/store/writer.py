@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from kquant.label import packing
+from kquant.errors import (
+    KquantError,
+    NoSpaceError,
+    ParameterError,
+    StorageUnreachableError,
+    StoreError,
+    TargetExistsError,
+)
 from kquant.io import uri as uri_mod
-from kquant.errors import (KquantError, NoSpaceError, ParameterError,
-                     StorageUnreachableError, StoreError, TargetExistsError)
+from kquant.label import packing
 from kquant.store.format import STATUS_COMPLETE, STATUS_WRITING, StoreMeta, zstd_level
 from kquant.store.recovery import _move_remote
 from kquant.store.targets import _exists, _remove, _sibling, check_target
@@ -63,8 +69,9 @@ class _Gate:
 _gates: dict[str, _Gate] = {}
 
 
-def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
-                       chunk: tuple[int, int]) -> None:
+def write_packed_chunk(
+    root: str, packed: np.ndarray, row0: int, byte0: int, chunk: tuple[int, int]
+) -> None:
     """Write one packed block into ``root/labels``: exactly one zarr chunk, or one shard.
 
     A write into a store whose writer (in this process) has aborted is skipped.
@@ -96,11 +103,17 @@ def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
         rows, cols = grid
         h, w = packed.shape
         end_r, end_c = row0 + h, byte0 + w
-        aligned = (row0 % rows == 0 and byte0 % cols == 0
-                   and (h == rows or end_r == shape[0]) and (w == cols or end_c == shape[1]))
+        aligned = (
+            row0 % rows == 0
+            and byte0 % cols == 0
+            and (h == rows or end_r == shape[0])
+            and (w == cols or end_c == shape[1])
+        )
         if not aligned or (rows, cols) != tuple(chunk):
-            raise StoreError(f"write of {packed.shape} at ({row0}, {byte0}) is not aligned to "
-                             f"zarr {'shards' if sharded else 'chunks'} {(rows, cols)}")
+            raise StoreError(
+                f"write of {packed.shape} at ({row0}, {byte0}) is not aligned to "
+                f"zarr {'shards' if sharded else 'chunks'} {(rows, cols)}"
+            )
         if layout is None:
             arr[row0:end_r, byte0:end_c] = packed
             return
@@ -110,8 +123,9 @@ def write_packed_chunk(root: str, packed: np.ndarray, row0: int, byte0: int,
         if (h, w) != (rows, cols):  # an edge chunk is stored whole, padded with the fill value
             full = np.zeros((rows, cols), np.uint8)
             full[:h, :w] = packed
-        direct.write_chunk(Path(root) / "labels", (row0 // rows, byte0 // cols), full,
-                               zstd_level=level)
+        direct.write_chunk(
+            Path(root) / "labels", (row0 // rows, byte0 // cols), full, zstd_level=level
+        )
     finally:
         if gate is not None:
             gate.leave()
@@ -130,12 +144,15 @@ def _direct_layout(root: str) -> tuple[tuple[int, int], tuple[int, int], int] | 
         return None
     doc = json.loads((Path(root) / "labels" / "zarr.json").read_bytes())
     codecs = doc.get("codecs", [])
-    if ([c.get("name") for c in codecs] != ["bytes", "zstd"] or codecs[0].get("configuration")
-            or codecs[1].get("configuration", {}).get("checksum") is not False
-            or doc.get("chunk_key_encoding") != {"name": "default",
-                                                 "configuration": {"separator": "/"}}
-            or doc.get("fill_value") != 0 or doc.get("data_type") != "uint8"
-            or doc.get("chunk_grid", {}).get("name") != "regular"):
+    if (
+        [c.get("name") for c in codecs] != ["bytes", "zstd"]
+        or codecs[0].get("configuration")
+        or codecs[1].get("configuration", {}).get("checksum") is not False
+        or doc.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "/"}}
+        or doc.get("fill_value") != 0
+        or doc.get("data_type") != "uint8"
+        or doc.get("chunk_grid", {}).get("name") != "regular"
+    ):
         return None
     chunks = tuple(doc["chunk_grid"]["configuration"]["chunk_shape"])
     return tuple(doc["shape"]), chunks, int(codecs[1]["configuration"]["level"])
@@ -144,8 +161,6 @@ def _direct_layout(root: str) -> tuple[tuple[int, int], tuple[int, int], int] | 
 #: Label chunks of local unsharded stores are written as files by kquant.store.direct
 #: (False: always through zarr; the tests compare both).
 DIRECT_CHUNK_WRITES = True
-
-
 
 
 def _dir_bytes(uri: str) -> int:
@@ -186,7 +201,9 @@ class StoreWriter:
         self.overwrite = overwrite
         palette = np.asarray(palette, np.uint8)
         if palette.shape != (meta.n_colors, 3):
-            raise ParameterError(f"palette shape {palette.shape} does not match {meta.n_colors} colours")
+            raise ParameterError(
+                f"palette shape {palette.shape} does not match {meta.n_colors} colours"
+            )
         self.meta = meta.replace(status=STATUS_WRITING)
         self.palette = palette
         self.remote = uri_mod.is_remote(self.target)
@@ -194,7 +211,7 @@ class StoreWriter:
         self.root = self.target if in_place else _sibling(self.target, "tmp")
         self._moving = False
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         from kquant.store import locking
 
         locking.acquire(self.target)
@@ -212,8 +229,10 @@ class StoreWriter:
     def _raise_if_no_space(self, exc: BaseException | None) -> None:
         """A full disk (or quota) becomes one clear line instead of an unexpected OSError."""
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpaceError(f"no space left on the device of {self.target} "
-                               f"({os.strerror(exc.errno)}); the partial store was removed") from exc
+            raise NoSpaceError(
+                f"no space left on the device of {self.target} "
+                f"({os.strerror(exc.errno)}); the partial store was removed"
+            ) from exc
 
     def _create(self) -> None:
         import zarr
@@ -226,19 +245,29 @@ class StoreWriter:
         from zarr.codecs import ZstdCodec
 
         if not self.overwrite and _exists(self.target):  # appeared since check_target
-            raise TargetExistsError(f"{self.target} exists (use --overwrite, or overwrite=True, to replace it)")
+            raise TargetExistsError(
+                f"{self.target} exists (use --overwrite, or overwrite=True, to replace it)"
+            )
         group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="w-", zarr_format=3)
         group.attrs["kquant"] = self.meta.to_json()
-        pal = group.create_array("palette", shape=self.palette.shape, dtype="uint8",
-                                 chunks=self.palette.shape, compressors=None)
+        pal = group.create_array(
+            "palette",
+            shape=self.palette.shape,
+            dtype="uint8",
+            chunks=self.palette.shape,
+            compressors=None,
+        )
         pal[...] = self.palette
         group.create_array(
             "labels",
             shape=(self.meta.height, packing.packed_width(self.meta.width, self.meta.bits)),
-            dtype="uint8", chunks=self.meta.packed_chunks, shards=self.meta.packed_shards,
+            dtype="uint8",
+            chunks=self.meta.packed_chunks,
+            shards=self.meta.packed_shards,
             fill_value=0,
             compressors=ZstdCodec(level=zstd_level(self.meta.height * self.meta.width)),
-            dimension_names=("y", "packed_x"))
+            dimension_names=("y", "packed_x"),
+        )
 
     def __exit__(self, exc_type, exc, tb) -> None:
         from kquant.store import locking
@@ -298,9 +327,12 @@ class StoreWriter:
         _gates.pop(self.root, None)  # every block is written
         n_pixels = self.meta.height * self.meta.width
         data_bytes = _dir_bytes(self.root)
-        metrics = dict(metrics, store_bytes=data_bytes,
-                       store_bits_per_pixel=8.0 * data_bytes / n_pixels,
-                       label_bits_per_pixel=self.meta.bits)
+        metrics = dict(
+            metrics,
+            store_bytes=data_bytes,
+            store_bits_per_pixel=8.0 * data_bytes / n_pixels,
+            label_bits_per_pixel=self.meta.bits,
+        )
         final = self.meta.replace(status=STATUS_COMPLETE, metrics=metrics, checksum=checksum)
         locking.check(self.target)
         self._write_attributes(final)
@@ -353,28 +385,37 @@ class DirectStoreWriter(StoreWriter):
 
     def __init__(self, target, meta: StoreMeta, palette: np.ndarray, *, overwrite: bool = False):
         super().__init__(target, meta, palette, overwrite=overwrite)
-        if self.remote or meta.shard_rows is not None or meta.packed_chunks != (
-                meta.height, packing.packed_width(meta.width, meta.bits)):
+        if (
+            self.remote
+            or meta.shard_rows is not None
+            or meta.packed_chunks != (meta.height, packing.packed_width(meta.width, meta.bits))
+        ):
             raise ParameterError("a direct store write needs a local, unsharded store of one chunk")
 
     def _create(self) -> None:
         from kquant.store import direct
 
         if not self.overwrite and _exists(self.target):  # appeared since check_target
-            raise TargetExistsError(f"{self.target} exists (use --overwrite, or overwrite=True, "
-                                    "to replace it)")
+            raise TargetExistsError(
+                f"{self.target} exists (use --overwrite, or overwrite=True, to replace it)"
+            )
         root = Path(self.root)
         root.mkdir()
         self._write_attributes(self.meta)
         (root / "palette").mkdir()
         (root / "palette" / direct.ZARR_JSON).write_bytes(
-            direct.array_document(self.palette.shape, self.palette.shape))
+            direct.array_document(self.palette.shape, self.palette.shape)
+        )
         self._write_chunk("palette", self.palette, None)
         (root / "labels").mkdir()
-        (root / "labels" / direct.ZARR_JSON).write_bytes(direct.array_document(
-            self.meta.packed_chunks, self.meta.packed_chunks,
-            zstd_level=zstd_level(self.meta.height * self.meta.width),
-            dimension_names=("y", "packed_x")))
+        (root / "labels" / direct.ZARR_JSON).write_bytes(
+            direct.array_document(
+                self.meta.packed_chunks,
+                self.meta.packed_chunks,
+                zstd_level=zstd_level(self.meta.height * self.meta.width),
+                dimension_names=("y", "packed_x"),
+            )
+        )
 
     def _write_chunk(self, array: str, data: np.ndarray, level: int | None) -> None:
         from kquant.store import direct
@@ -384,8 +425,10 @@ class DirectStoreWriter(StoreWriter):
     def write_labels(self, packed: np.ndarray) -> None:
         """Write the packed labels (the whole array: its one chunk)."""
         if packed.shape != self.meta.packed_chunks:
-            raise StoreError(f"packed labels of shape {packed.shape} are not the store's one "
-                             f"chunk {self.meta.packed_chunks}")
+            raise StoreError(
+                f"packed labels of shape {packed.shape} are not the store's one "
+                f"chunk {self.meta.packed_chunks}"
+            )
         gate = _gates.get(self.root)
         if gate is not None and not gate.enter():
             return
@@ -399,4 +442,5 @@ class DirectStoreWriter(StoreWriter):
         from kquant.store import direct
 
         (Path(self.root) / direct.ZARR_JSON).write_bytes(
-            direct.group_document({"kquant": meta.to_json()}))
+            direct.group_document({"kquant": meta.to_json()})
+        )

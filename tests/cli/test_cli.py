@@ -4,18 +4,26 @@ import json
 import os
 import subprocess
 import sys
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-import kquant
 from helpers import photo_like
+
+import kquant
 
 
 def run(*args, cwd=None, env=None):
     e = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "kquant", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=e, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kquant", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=e,
+        timeout=300,
+    )
 
 
 def assert_one_line_error(proc, *fragments):
@@ -29,8 +37,17 @@ def assert_one_line_error(proc, *fragments):
 
 def test_quantize_info_decode(photo_png, tmp_path):
     path, img = photo_png
-    p = run("quantize", path, tmp_path / "s.kq", "-k", "8", "--chunk", "64", "--preview",
-            tmp_path / "p.png")
+    p = run(
+        "quantize",
+        path,
+        tmp_path / "s.kq",
+        "-k",
+        "8",
+        "--chunk",
+        "64",
+        "--preview",
+        tmp_path / "p.png",
+    )
     assert p.returncode == 0, p.stderr
     assert "PSNR" in p.stdout and (tmp_path / "p.png").is_file()
     info = run("info", tmp_path / "s.kq", "--json", "--verify")
@@ -55,13 +72,16 @@ def test_demo_runs_on_the_bundled_sample(tmp_path):
     assert (tmp_path / "demo" / "sample-preview.png").is_file()
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["-k", "1"], "between 2 and 256"),
-    (["-k", "257"], "between 2 and 256"),
-    (["--chunk", "0"], "chunk must be a positive integer"),
-    (["--sample", "3"], "sample size"),
-    (["--max-pixels", "100"], "above the limit"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["-k", "1"], "between 2 and 256"),
+        (["-k", "257"], "between 2 and 256"),
+        (["--chunk", "0"], "chunk must be a positive integer"),
+        (["--sample", "3"], "sample size"),
+        (["--max-pixels", "100"], "above the limit"),
+    ],
+)
 def test_bad_parameters(photo_png, tmp_path, args, fragment):
     path, _ = photo_png
     p = run("quantize", path, tmp_path / "s.kq", *args)
@@ -71,8 +91,11 @@ def test_bad_parameters(photo_png, tmp_path, args, fragment):
 
 
 def test_bad_inputs_leave_nothing(tmp_path):
-    cases = {"empty.png": b"", "text.jpg": b"just some text\n" * 10,
-             "random.tif": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))}
+    cases = {
+        "empty.png": b"",
+        "text.jpg": b"just some text\n" * 10,
+        "random.tif": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+    }
     iio.imwrite(tmp_path / "ok.png", photo_like(64, 64))
     data = (tmp_path / "ok.png").read_bytes()
     cases["truncated.png"] = data[: len(data) // 3]
@@ -101,8 +124,9 @@ def test_info_refuses_incomplete_and_foreign(tmp_path):
     from kquant.store import StoreMeta
 
     g = zarr.open_group(str(tmp_path / "half.kq"), mode="w")
-    g.attrs["kquant"] = StoreMeta(height=4, width=4, k=2, n_colors=2, bits=1, chunk_rows=4,
-                                  chunk_cols=4).to_json()
+    g.attrs["kquant"] = StoreMeta(
+        height=4, width=4, k=2, n_colors=2, bits=1, chunk_rows=4, chunk_cols=4
+    ).to_json()
     p = run("info", tmp_path / "half.kq")
     assert p.returncode == 3
     assert_one_line_error(p, "incomplete")

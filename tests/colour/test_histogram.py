@@ -1,11 +1,12 @@
-"""Colour codes and histograms: counting blocks, merges, dense chains, samples drawn while counting."""
+"""Colour codes and histograms: blocks, merges, dense chains, samples drawn while counting."""
 
 import dask.array as da
 import numpy as np
 import pytest
+from helpers import photo_like
+
 from kquant.colour import histogram
 from kquant.fit import sampling
-from helpers import photo_like
 
 
 def _oracle(img):
@@ -24,7 +25,8 @@ def test_tree_merged_histogram_equals_full(chunks):
     rng = np.random.default_rng(2)
     img = rng.integers(0, 8, size=(60, 70, 3), dtype=np.uint8) * 30  # many repeats
     colours, counts = histogram.colour_histogram(
-        da.from_array(img, chunks=chunks + (3,)), fan_in=3).compute()
+        da.from_array(img, chunks=chunks + (3,)), fan_in=3
+    ).compute()
     ref_c, ref_n = _oracle(img)
     assert np.array_equal(colours, ref_c) and np.array_equal(counts, ref_n)
     assert counts.sum() == 60 * 70
@@ -40,8 +42,10 @@ def test_large_block_counting_path():
 
 def test_dense_and_sorted_merges_agree(monkeypatch):
     rng = np.random.default_rng(4)
-    parts = [histogram.block_histogram(rng.integers(0, 40, size=(50, 60, 3), dtype=np.uint8))
-             for _ in range(5)]
+    parts = [
+        histogram.block_histogram(rng.integers(0, 40, size=(50, 60, 3), dtype=np.uint8))
+        for _ in range(5)
+    ]
     sorted_merge = histogram.merge_histograms(*parts)
     monkeypatch.setattr(histogram, "DENSE_MERGE", 0)
     dense_merge = histogram.merge_histograms(*parts)
@@ -70,7 +74,8 @@ def test_histogram_draws_the_sample_in_the_counting_tasks(monkeypatch, chain):
     if chain:
         monkeypatch.setattr(histogram, "CHAIN_MIN_PIXELS", 1)
     (colours, counts), parts = histogram.colour_histogram(
-        image, per_block=sampling.block_samplers(image, 5000, seed=3)).compute(scheduler="threads")
+        image, per_block=sampling.block_samplers(image, 5000, seed=3)
+    ).compute(scheduler="threads")
     ref_colours, ref_counts = histogram.block_histogram(img)
     assert np.array_equal(colours, ref_colours) and np.array_equal(counts, ref_counts)
     ref_sample = sampling.sample_pixels(image, 5000, seed=3).compute(scheduler="threads")
@@ -96,8 +101,9 @@ def test_each_chain_link_gets_its_own_block_callable_only(monkeypatch):
     img = photo_like(240, 320, seed=9)
     image = da.from_array(img, chunks=(16, 16, 3))  # 300 blocks
     monkeypatch.setattr(histogram, "CHAIN_MIN_PIXELS", 1)
-    samplers = [Counted(f) if f is not None else None
-                for f in sampling.block_samplers(image, 6000, seed=4)]
+    samplers = [
+        Counted(f) if f is not None else None for f in sampling.block_samplers(image, 6000, seed=4)
+    ]
     graph = histogram.colour_histogram(image, per_block=samplers)
     n = sum(f is not None for f in samplers)
     assert n == 300 and len(tokenized) <= 2 * n  # was n * n

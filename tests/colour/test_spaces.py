@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from kquant.colour import spaces
 from kquant.errors import ParameterError
 from kquant.params import QuantizeParams

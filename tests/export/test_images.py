@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-import kquant
 from helpers import photo_like
+
+import kquant
 from kquant.errors import ParameterError
 from kquant.params import QuantizeParams
 
@@ -33,7 +34,7 @@ def test_export_png_and_tiff_round_trip(tmp_path, k):
         assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
         assert np.array_equal(page.asarray(), labels)
         cmap = page.colormap
-        assert np.array_equal(cmap[:, :len(st.palette)].T // 257, st.palette)
+        assert np.array_equal(cmap[:, : len(st.palette)].T // 257, st.palette)
     with Image.open(tif) as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), rgb)
 

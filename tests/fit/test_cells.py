@@ -2,6 +2,7 @@
 
 import numpy as np
 from helpers import photo_like
+
 from kquant import fit
 from kquant.colour import histogram
 
@@ -26,7 +27,7 @@ def test_coarse_histogram_preserves_mass_and_mean():
 def test_coarse_histogram_splits_heavy_cells():
     """A dense dark region (one 5-bit cell) must offer several points to seed from."""
     rng = np.random.default_rng(3)
-    dark = rng.integers(0, 8, size=(5000, 3))          # all in the cell (0, 0, 0)
+    dark = rng.integers(0, 8, size=(5000, 3))  # all in the cell (0, 0, 0)
     rest = rng.integers(0, 256, size=(500, 3))
     rgb = np.concatenate([dark, rest]).astype(np.uint8)
     colours, counts = np.unique(histogram.encode(rgb), return_counts=True)

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 from helpers import photo_like
+from oracles import nearest_oracle
+
 from kquant import fit
 from kquant.colour import histogram
-from kquant.label import cell_candidates
 from kquant.fit import compact as fit_large
-from oracles import nearest_oracle
+from kquant.label import cell_candidates
 
 
 def _histogram(n_colours, seed=0, heavy_colour=None):
@@ -44,7 +45,9 @@ def test_cells_equal_coarse_histogram(bits, heavy):
     ref_pts, ref_w = fit.coarse_histogram(histogram.decode(codes), counts, bits=bits, heavy=heavy)
     order, ref_order = np.lexsort(pts.T), np.lexsort(ref_pts.T)
     assert len(pts) == len(ref_pts)
-    assert np.allclose(pts[order], ref_pts[ref_order]) and np.array_equal(w[order], ref_w[ref_order])
+    assert np.allclose(pts[order], ref_pts[ref_order]) and np.array_equal(
+        w[order], ref_w[ref_order]
+    )
 
 
 def test_threaded_pass_equals_one_slice():
@@ -64,13 +67,18 @@ def test_cell_pruned_pass_equals_brute_force_with_ties(k):
     edge = rng.integers(0, 32, size=(3000, 3)) * 8 + rng.choice([0, 7], size=(3000, 3))
     codes = np.unique(np.concatenate([base, histogram.encode(edge.astype(np.uint8))]))
     counts = rng.integers(1, 9, size=len(codes)).astype(np.int64)
-    centers = np.concatenate([rng.integers(0, 256, size=(k - k // 4, 3)).astype(np.float64),
-                              rng.uniform(0, 255, size=(k // 4, 3))])
+    centers = np.concatenate(
+        [
+            rng.integers(0, 256, size=(k - k // 4, 3)).astype(np.float64),
+            rng.uniform(0, 255, size=(k // 4, 3)),
+        ]
+    )
     if k >= 4:
         centers[1] = centers[0]  # duplicate: index 1 never wins
         centers[3] = [8.0, 16.0, 31.5]  # on cell boundaries
-    _, mass, inertia, _ = _assert_brute_force(codes, counts, centers,
-                                              fit_large.assign_pass(codes, counts, centers))
+    _, mass, inertia, _ = _assert_brute_force(
+        codes, counts, centers, fit_large.assign_pass(codes, counts, centers)
+    )
     occupied = cell_candidates.occupied_cells(codes)
     assert 0 < occupied.sum() < occupied.size
     again = fit_large.assign_pass(codes, counts, centers, occupied)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from helpers import photo_like
+
 from kquant import fit
 
 
@@ -26,7 +27,9 @@ class TestDaskMlGuards:
         rng = np.random.default_rng(1)
         bright = (200 + rng.integers(0, 40, size=(2000, 3))).astype(np.float64)
         init = np.array([[210.0, 210, 210], [230, 230, 230], [5, 5, 5]])  # third never wins
-        km = KMeans(n_clusters=3, init=init, max_iter=5).fit(da.from_array(bright, chunks=(1000, 3)))
+        km = KMeans(n_clusters=3, init=init, max_iter=5).fit(
+            da.from_array(bright, chunks=(1000, 3))
+        )
         assert np.any(np.all(km.cluster_centers_ == 0, axis=1))  # the defect: a black centre
 
         centers, _ = fit.fit_sample(bright.astype(np.uint8), 3, seed=0, init=init, max_iter=5)
@@ -55,8 +58,11 @@ def test_dask_ml_sees_a_bounded_deterministic_subsample(monkeypatch):
 
     seen = []
     real_fit = KMeans.fit
-    monkeypatch.setattr(KMeans, "fit", lambda self, x, *a, **k: seen.append(x.shape[0])
-                        or real_fit(self, x, *a, **k))
+    monkeypatch.setattr(
+        KMeans,
+        "fit",
+        lambda self, x, *a, **k: seen.append(x.shape[0]) or real_fit(self, x, *a, **k),
+    )
     monkeypatch.setattr(fit.tuning, "SAMPLE_FIT_MAX", 1500)
     sample = photo_like(80, 90, seed=2).reshape(-1, 3)
     c1, i1 = fit.fit_sample(sample, 6, seed=3)
@@ -82,10 +88,17 @@ def test_dask_ml_kernel_is_cached_on_disk_in_a_fresh_process(tmp_path):
         "c, _ = fit.fit_sample(x, 4, seed=1)\n"
         "st = k_means._centers_dense.stats\n"
         "print(json.dumps([sum(st.cache_hits.values()), sum(st.cache_misses.values()),\n"
-        "                  c.tolist()]))\n")
+        "                  c.tolist()]))\n"
+    )
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    runs = [json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                      text=True, check=True).stdout) for _ in range(2)]
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(2)
+    ]
     assert runs[0][:2] == [0, 1]  # compiled, and saved
     assert runs[1][:2] == [1, 0]  # loaded
     assert runs[0][2] == runs[1][2]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from helpers import photo_like
+
 from kquant import fit
 from kquant.colour import histogram
 from kquant.fit.histograms import DenseHistogram

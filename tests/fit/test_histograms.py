@@ -1,14 +1,16 @@
 """The two forms of histogram: when the compact one is taken, its finalists, threads."""
 
 import threading
+
 import numpy as np
 import pytest
 from helpers import photo_like
+from oracles import nearest_oracle
+
 from kquant import fit
 from kquant.colour import histogram
 from kquant.fit import compact as fit_large
 from kquant.fit import driver, kmeans, tuning
-from oracles import nearest_oracle
 
 
 def test_fit_palette_uses_the_compact_path_above_the_limit(monkeypatch):
@@ -17,8 +19,9 @@ def test_fit_palette_uses_the_compact_path_above_the_limit(monkeypatch):
     monkeypatch.setattr(tuning, "FULL_CONVERGENCE_MAX", len(codes) // 4)
     used = []
     real = fit_large.integer_polish
-    monkeypatch.setattr(fit_large, "integer_polish",
-                        lambda *a, **k: used.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        fit_large, "integer_polish", lambda *a, **k: used.append(1) or real(*a, **k)
+    )
     res = fit.fit_palette(None, codes, counts, 16, seed=0)
     assert used and len(res.palette) == 16
     lab = nearest_oracle(img, res.palette)
@@ -56,6 +59,7 @@ def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampl
         def run(*a, **k):
             names.append(threading.current_thread().name)
             return real(*a, **k)
+
         return run
 
     monkeypatch.setattr(driver, "lloyd_bounded", recorded(fit.lloyd_bounded))
@@ -73,9 +77,14 @@ def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampl
     assert (one.sse, one.refined_from, one.n_iter) == (many.sse, many.refined_from, many.n_iter)
 
 
-@pytest.mark.parametrize("k, sampled", [(tuning.SAMPLED_ONE_FINALIST_K, True),
-                                        (tuning.SAMPLED_ONE_FINALIST_K - 1, True),
-                                        (tuning.SAMPLED_ONE_FINALIST_K, False)])
+@pytest.mark.parametrize(
+    "k, sampled",
+    [
+        (tuning.SAMPLED_ONE_FINALIST_K, True),
+        (tuning.SAMPLED_ONE_FINALIST_K - 1, True),
+        (tuning.SAMPLED_ONE_FINALIST_K, False),
+    ],
+)
 def test_a_sample_refines_one_finalist_from_a_large_k(monkeypatch, k, sampled):
     img = photo_like(120, 160, seed=6)
     codes, counts = histogram.block_histogram(img)

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 from helpers import photo_like
+from oracles import pixel_lloyd
+
 from kquant import fit
 from kquant.colour import histogram
-from oracles import pixel_lloyd
 
 
 def _hist(img):

@@ -1,11 +1,13 @@
 """Samples: bounded, deterministic, proportional to blocks; sample windows spread over the image."""
 
+import threading
+
 import dask.array as da
 import numpy as np
 import pytest
-from kquant.fit import sampling
-import threading
 from helpers import photo_like
+
+from kquant.fit import sampling
 
 
 def test_sampling_is_bounded_deterministic_and_chunk_proportional():
@@ -35,13 +37,17 @@ def test_sample_windows_reads_only_the_chosen_blocks():
     chosen = sampling.choose_blocks(lazy.numblocks[:2], 10, seed=1)
     assert sorted(set(seen)) == sorted(chosen) and len(chosen) == 10
     assert sample.shape == (3000, 3)
-    allowed = {tuple(p) for (i, j) in chosen
-               for p in img[i * 32:(i + 1) * 32, j * 32:(j + 1) * 32].reshape(-1, 3)}
+    allowed = {
+        tuple(p)
+        for (i, j) in chosen
+        for p in img[i * 32 : (i + 1) * 32, j * 32 : (j + 1) * 32].reshape(-1, 3)
+    }
     assert {tuple(p) for p in sample} <= allowed
 
 
-@pytest.mark.parametrize("chunks,rechunk", [((32, 32, 3), None), ((48, 40, 3), None),
-                                             ((64, 64, 3), (40, 56, 3))])
+@pytest.mark.parametrize(
+    "chunks,rechunk", [((32, 32, 3), None), ((48, 40, 3), None), ((64, 64, 3), (40, 56, 3))]
+)
 def test_sample_windows_match_a_numpy_oracle(chunks, rechunk):
     img = photo_like(256, 320, seed=3)
     lazy = da.from_array(img, chunks=chunks)
@@ -54,10 +60,15 @@ def test_sample_windows_match_a_numpy_oracle(chunks, rechunk):
     assert own == set(chosen)  # tasks for the chosen blocks only, not one per block
     rows, cols = np.cumsum((0,) + lazy.chunks[0]), np.cumsum((0,) + lazy.chunks[1])
     sizes = [lazy.chunks[0][i] * lazy.chunks[1][j] for i, j in chosen]
-    oracle = np.concatenate([
-        sampling.sample_block(img[rows[i]:rows[i + 1], cols[j]:cols[j + 1]], c, seed=2,
-                              block_id=(i, j))
-        for (i, j), c in zip(chosen, sampling.allocate(sizes, 2000)) if c])
+    oracle = np.concatenate(
+        [
+            sampling.sample_block(
+                img[rows[i] : rows[i + 1], cols[j] : cols[j + 1]], c, seed=2, block_id=(i, j)
+            )
+            for (i, j), c in zip(chosen, sampling.allocate(sizes, 2000))
+            if c
+        ]
+    )
     assert np.array_equal(sample.compute(scheduler="threads"), oracle)
 
 
@@ -74,10 +85,13 @@ def test_windows_are_spread_over_the_image():
     of a 62x62 grid leaves some of these rectangles empty, and others with several)."""
     chosen = sampling.choose_blocks((62, 62), 256, seed=5)
     edges = np.linspace(0, 62, 17).astype(int)
-    cells = [(np.searchsorted(edges, i, "right") - 1, np.searchsorted(edges, j, "right") - 1)
-             for i, j in chosen]
-    assert len(chosen) == 256 and sorted(set(cells)) == [(a, b) for a in range(16)
-                                                         for b in range(16)]
+    cells = [
+        (np.searchsorted(edges, i, "right") - 1, np.searchsorted(edges, j, "right") - 1)
+        for i, j in chosen
+    ]
+    assert len(chosen) == 256 and sorted(set(cells)) == [
+        (a, b) for a in range(16) for b in range(16)
+    ]
     assert chosen == sorted(chosen) == sampling.choose_blocks((62, 62), 256, seed=5)
     assert chosen != sampling.choose_blocks((62, 62), 256, seed=6)
     for shape, n in [((7, 300), 50), ((1, 10), 3), ((300, 2), 77), ((5, 5), 24), ((3, 3), 20)]:
@@ -86,6 +100,8 @@ def test_windows_are_spread_over_the_image():
         assert all(0 <= i < shape[0] and 0 <= j < shape[1] for i, j in got)
     rng = np.random.default_rng(0)  # the old uniform draw, for contrast
     flat = rng.choice(62 * 62, 256, replace=False)
-    uniform = {(np.searchsorted(edges, f // 62, "right"), np.searchsorted(edges, f % 62, "right"))
-               for f in flat}
+    uniform = {
+        (np.searchsorted(edges, f // 62, "right"), np.searchsorted(edges, f % 62, "right"))
+        for f in flat
+    }
     assert len(uniform) < 256

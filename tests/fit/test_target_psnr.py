@@ -2,6 +2,7 @@
 
 import numpy as np
 from helpers import photo_like
+
 from kquant import fit
 from kquant.colour import histogram
 

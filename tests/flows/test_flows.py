@@ -10,23 +10,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import photo_like, truncated_png, write_png
 
 from kquant.params import QuantizeParams
-
-from helpers import photo_like, truncated_png, write_png
 
 
 def _artifacts(client, flow_run_id):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    arts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    arts = client.read_artifacts(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    )
     return {a.key: a for a in arts}
 
 
 def _task_states(client, flow_run_id) -> dict[str, str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    )
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
@@ -38,8 +41,12 @@ def _logs(client, flow_run_id, must_contain: str, timeout: float = 15.0) -> list
     APILogHandler().flush()
     deadline = time.monotonic() + timeout
     while True:
-        logs = [lg.message for lg in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        logs = [
+            lg.message
+            for lg in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+        ]
         if any(must_contain in m for m in logs) or time.monotonic() > deadline:
             return logs
         time.sleep(0.5)
@@ -51,13 +58,18 @@ def _run_id(state):
 
 # --------------------------------------------------------------------------- quantize-image
 
+
 def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path):
     from flows.quantize import quantize_image
     from kquant.store import open_store
 
     src = write_png(tmp_path / "photo.png", photo_like(90, 130, seed=1))
-    state = quantize_image(source=str(src), target=str(tmp_path / "a.kquant"), params=QuantizeParams(k=8, sample_size=5000),
-                           return_state=True)
+    state = quantize_image(
+        source=str(src),
+        target=str(tmp_path / "a.kquant"),
+        params=QuantizeParams(k=8, sample_size=5000),
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     r = state.result()
     st = open_store(tmp_path / "a.kquant")
@@ -91,8 +103,12 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
         assert im.format == "JPEG" and im.width >= 2 * 130
 
     # a rerun on the same file and parameters does not refit: the fit task is Cached
-    again = quantize_image(source=str(src), target=str(tmp_path / "b.kquant"), params=QuantizeParams(k=8, sample_size=5000),
-                           return_state=True)
+    again = quantize_image(
+        source=str(src),
+        target=str(tmp_path / "b.kquant"),
+        params=QuantizeParams(k=8, sample_size=5000),
+        return_state=True,
+    )
     assert again.is_completed(), again.message
     assert again.result()["fit_cached"] is True
     assert _task_states(client, _run_id(again))["fit-palette"] == "Cached"
@@ -100,13 +116,23 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
     assert "cached" in _artifacts(client, _run_id(again))["b-kquant-summary"].data
 
     # other parameters, or the same path with a new mtime: refit
-    other_k = quantize_image(source=str(src), target=str(tmp_path / "c.kquant"), params=QuantizeParams(k=6, sample_size=5000),
-                             preview=False, return_state=True)
+    other_k = quantize_image(
+        source=str(src),
+        target=str(tmp_path / "c.kquant"),
+        params=QuantizeParams(k=6, sample_size=5000),
+        preview=False,
+        return_state=True,
+    )
     assert other_k.result()["fit_cached"] is False
     t = time.time() + 5
     os.utime(src, (t, t))
-    touched = quantize_image(source=str(src), target=str(tmp_path / "d.kquant"), params=QuantizeParams(k=8, sample_size=5000),
-                             preview=False, return_state=True)
+    touched = quantize_image(
+        source=str(src),
+        target=str(tmp_path / "d.kquant"),
+        params=QuantizeParams(k=8, sample_size=5000),
+        preview=False,
+        return_state=True,
+    )
     assert touched.result()["fit_cached"] is False
     assert _task_states(client, _run_id(touched))["fit-palette"] == "Completed"
 
@@ -118,11 +144,22 @@ def test_quantize_image_on_an_existing_dask_cluster(harness, tmp_path):
     from kquant.store import open_store
 
     src = write_png(tmp_path / "p.png", photo_like(64, 72, seed=4))
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
-                      host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
-        state = quantize_image(source=str(src), target=str(tmp_path / "p.kquant"), params=QuantizeParams(k=5, sample_size=2000, chunk=32),
-                               preview=False,
-                               address=cluster.scheduler_address, return_state=True)
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        state = quantize_image(
+            source=str(src),
+            target=str(tmp_path / "p.kquant"),
+            params=QuantizeParams(k=5, sample_size=2000, chunk=32),
+            preview=False,
+            address=cluster.scheduler_address,
+            return_state=True,
+        )
     assert state.is_completed(), state.message
     open_store(tmp_path / "p.kquant").verify()
 
@@ -131,14 +168,19 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".kquant" in p.name)
 
 
-@pytest.mark.parametrize("case", ["corrupt", "not-an-image", "missing-folder", "bad-k",
-                                  "target-exists"])
+@pytest.mark.parametrize(
+    "case", ["corrupt", "not-an-image", "missing-folder", "bad-k", "target-exists"]
+)
 def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
     from flows.quantize import quantize_image
 
     good = write_png(tmp_path / "good.png", photo_like(40, 48, seed=2))
     target = tmp_path / "out.kquant"
-    kwargs = dict(source=str(good), target=str(target), params=QuantizeParams(k=4, sample_size=1000), )
+    kwargs = dict(
+        source=str(good),
+        target=str(target),
+        params=QuantizeParams(k=4, sample_size=1000),
+    )
     expect = {
         "corrupt": "is not a readable image",
         "not-an-image": "is not a recognised image",
@@ -176,8 +218,7 @@ def test_quantize_image_fails_on_bad_input(harness, client, tmp_path, case):
         assert not (tmp_path / "no").exists()
 
 
-def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, client,
-                                                                    tmp_path):
+def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, client, tmp_path):
     """Its complete store is recognised (same file: path, size, mtime; same parameters) and
     the run ends Completed "already done" without rewriting it; another version of the
     source, other parameters or another imposed palette are refused; overwrite rewrites."""
@@ -186,7 +227,11 @@ def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, cl
 
     src = write_png(tmp_path / "p.png", photo_like(70, 90, seed=21))
     target = tmp_path / "p.kquant"
-    kw = dict(source=str(src), target=str(target), params=QuantizeParams(k=6, sample_size=3000), )
+    kw = dict(
+        source=str(src),
+        target=str(target),
+        params=QuantizeParams(k=6, sample_size=3000),
+    )
     first = quantize_image(**kw, return_state=True)
     assert first.is_completed(), first.message
     assert first.result()["already_done"] is False
@@ -197,16 +242,18 @@ def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, cl
     r = again.result()
     assert r["already_done"] is True and r["checksum"] == first.result()["checksum"]
     assert {k: r[k] for k in ("psnr", "palette", "palette_counts", "n_colors", "preview")} == {
-        k: first.result()[k] for k in ("psnr", "palette", "palette_counts", "n_colors",
-                                       "preview")}
+        k: first.result()[k] for k in ("psnr", "palette", "palette_counts", "n_colors", "preview")
+    }
     assert {p: p.stat().st_mtime_ns for p in target.rglob("*")} == stamps
-    assert any(m.startswith("already done: ") for m in _logs(client, _run_id(again),
-                                                             "already done"))
+    assert any(
+        m.startswith("already done: ") for m in _logs(client, _run_id(again), "already done")
+    )
     assert "already done" in _artifacts(client, _run_id(again))["p-kquant-summary"].data
 
     for changed in (dict(k=5), dict(seed=1), dict(space="lab")):
-        other = quantize_image(**dict(kw, params=dataclasses.replace(kw["params"], **changed)),
-                               return_state=True)
+        other = quantize_image(
+            **dict(kw, params=dataclasses.replace(kw["params"], **changed)), return_state=True
+        )
         assert other.is_failed() and "exists" in other.message, (changed, other.message)
     t = time.time() + 5
     os.utime(src, (t, t))  # the same path, another version of the file
@@ -229,11 +276,14 @@ def test_a_rerun_with_the_same_source_and_parameters_is_already_done(harness, cl
 
 # --------------------------------------------------------------------------- quantize-batch
 
+
 def _tiles(folder: Path, n: int, *, seed: int = 7, age: float = 60.0) -> list[Path]:
     """``n`` tiles cut from one picture (a mosaic)."""
     big = photo_like(64, 48 * n, seed=seed)
-    return [write_png(folder / f"tile-{i:02d}.png", big[:, 48 * i:48 * (i + 1)], age_seconds=age)
-            for i in range(n)]
+    return [
+        write_png(folder / f"tile-{i:02d}.png", big[:, 48 * i : 48 * (i + 1)], age_seconds=age)
+        for i in range(n)
+    ]
 
 
 def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
@@ -247,8 +297,14 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     write_png(inbox / ".hidden.png", photo_like(16, 16))
     write_png(inbox / "copying.png.part", photo_like(16, 16))
 
-    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=6, sample_size=4000), 
-                           shared_palette=True, settle_seconds=5, return_state=True)
+    state = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=6, sample_size=4000),
+        shared_palette=True,
+        settle_seconds=5,
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     r = state.result()
     assert r["processed"] == ["tile-00.png", "tile-01.png", "tile-02.png"]
@@ -265,15 +321,25 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     own = pipeline.fit(str(inbox / "tile-00.png"), QuantizeParams(k=6, sample_size=4000)).palette
     assert not np.array_equal(own, stores[0].palette)
     arts = _artifacts(client, _run_id(state))
-    assert {"kquant-batch-out-summary", "kquant-batch-out-images", "kquant-batch-out-palette",
-            "tile-00-png-kquant-preview"} <= set(arts)
+    assert {
+        "kquant-batch-out-summary",
+        "kquant-batch-out-images",
+        "kquant-batch-out-palette",
+        "tile-00-png-kquant-preview",
+    } <= set(arts)
     rows = json.loads(arts["kquant-batch-out-images"].data)
     assert [row["status"] for row in rows] == ["written"] * 3
 
     # a rerun skips every complete store and writes nothing
     stamps = {p: p.stat().st_mtime_ns for p in outbox.rglob("zarr.json")}
-    again = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=6, sample_size=4000), 
-                           shared_palette=True, settle_seconds=5, return_state=True)
+    again = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=6, sample_size=4000),
+        shared_palette=True,
+        settle_seconds=5,
+        return_state=True,
+    )
     assert again.is_completed(), again.message
     assert again.result()["processed"] == [] and len(again.result()["skipped"]) == 3
     assert {p: p.stat().st_mtime_ns for p in outbox.rglob("zarr.json")} == stamps
@@ -282,8 +348,14 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
     # remapped onto the palette the existing stores share
     new = write_png(inbox / "tile-03.png", photo_like(64, 48, seed=17), age_seconds=60)
     write_png(inbox / "fresh.png", photo_like(20, 20, seed=3))  # modified just now
-    third = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=6, sample_size=4000), 
-                           shared_palette=True, settle_seconds=5, return_state=True)
+    third = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=6, sample_size=4000),
+        shared_palette=True,
+        settle_seconds=5,
+        return_state=True,
+    )
     assert third.is_completed(), third.message
     assert third.result()["processed"] == [new.name]
     assert sorted(third.result()["skipped"]) == ["tile-00.png", "tile-01.png", "tile-02.png"]
@@ -301,8 +373,15 @@ def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_pat
     write_png(inbox / "sub" / "b.png", photo_like(40, 70, seed=12), age_seconds=60)
     truncated_png(inbox / "broken.png")
 
-    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", params=QuantizeParams(k=5, sample_size=3000),
-                           settle_seconds=0, preview=False, return_state=True)
+    state = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        pattern="**/*",
+        params=QuantizeParams(k=5, sample_size=3000),
+        settle_seconds=0,
+        preview=False,
+        return_state=True,
+    )
     assert state.is_failed()
     assert "1 of 3 images failed" in state.message and "broken.png" in state.message
     assert "is not a readable image" in state.message
@@ -315,20 +394,30 @@ def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_pat
     assert any(m.startswith("broken.png: ") and "is not a readable image" in m for m in logs)
 
     # the good images are done; the rerun fails again only on the broken one
-    again = quantize_batch(inbox=str(inbox), outbox=str(outbox), pattern="**/*", params=QuantizeParams(k=5, sample_size=3000),
-                           settle_seconds=0, preview=False, return_state=True)
+    again = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        pattern="**/*",
+        params=QuantizeParams(k=5, sample_size=3000),
+        settle_seconds=0,
+        preview=False,
+        return_state=True,
+    )
     assert again.is_failed() and "1 of 3 images failed" in again.message
     rows = json.loads(_artifacts(client, _run_id(again))["kquant-batch-out-images"].data)
     assert sorted((row["image"], row["status"].split(":")[0]) for row in rows) == [
-        ("a.png", "skipped (store exists)"), ("broken.png", "failed"),
-        ("sub/b.png", "skipped (store exists)")]
+        ("a.png", "skipped (store exists)"),
+        ("broken.png", "failed"),
+        ("sub/b.png", "skipped (store exists)"),
+    ]
 
 
 def test_batch_fails_on_a_missing_inbox(harness, client, tmp_path):
     from flows.batch import quantize_batch
 
-    state = quantize_batch(inbox=str(tmp_path / "nope"), outbox=str(tmp_path / "out"),
-                           return_state=True)
+    state = quantize_batch(
+        inbox=str(tmp_path / "nope"), outbox=str(tmp_path / "out"), return_state=True
+    )
     assert state.is_failed() and "is not a folder" in state.message
     assert not (tmp_path / "out").exists()
     logs = _logs(client, _run_id(state), "quantize-batch failed:")
@@ -336,18 +425,24 @@ def test_batch_fails_on_a_missing_inbox(harness, client, tmp_path):
     assert not [m for m in logs if "Traceback" in m or "\n" in m], logs
 
 
-def test_batch_skips_its_own_stores_and_refuses_one_of_another_version(harness, client,
-                                                                       tmp_path):
+def test_batch_skips_its_own_stores_and_refuses_one_of_another_version(harness, client, tmp_path):
     """As quantize-image: a complete store of the same file and parameters is done; one of
     another version of the image (new mtime) or of other parameters is reported, untouched."""
     from flows.batch import quantize_batch
 
     inbox, outbox = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
-    a, b = (write_png(inbox / f"{n}.png", photo_like(30, 40, seed=i), age_seconds=60)
-            for i, n in enumerate("ab"))
-    kw = dict(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=4, sample_size=1000), settle_seconds=0,
-              preview=False)
+    a, b = (
+        write_png(inbox / f"{n}.png", photo_like(30, 40, seed=i), age_seconds=60)
+        for i, n in enumerate("ab")
+    )
+    kw = dict(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=4, sample_size=1000),
+        settle_seconds=0,
+        preview=False,
+    )
     assert quantize_batch(**kw, return_state=True).result()["processed"] == ["a.png", "b.png"]
     stamps = {p: p.stat().st_mtime_ns for p in outbox.rglob("*")}
     t = time.time() - 30
@@ -360,9 +455,12 @@ def test_batch_skips_its_own_stores_and_refuses_one_of_another_version(harness, 
     assert not [m for m in logs if "Traceback" in m], logs
     rows = json.loads(_artifacts(client, _run_id(state))["kquant-batch-out-images"].data)
     assert [(r["image"], r["status"].split(":")[0]) for r in rows] == [
-        ("a.png", "skipped (store exists)"), ("b.png", "failed")]
-    other_k = quantize_batch(**dict(kw, params=dataclasses.replace(kw["params"], k=5)),
-                             return_state=True)
+        ("a.png", "skipped (store exists)"),
+        ("b.png", "failed"),
+    ]
+    other_k = quantize_batch(
+        **dict(kw, params=dataclasses.replace(kw["params"], k=5)), return_state=True
+    )
     assert other_k.is_failed() and "2 of 2 images failed" in other_k.message
     assert {p: p.stat().st_mtime_ns for p in outbox.rglob("*")} == stamps
 
@@ -403,9 +501,15 @@ def test_batch_shared_palette_goes_on_without_a_corrupt_tile(harness, tmp_path):
     inbox.mkdir()
     _tiles(inbox, 2, seed=8)
     truncated_png(inbox / "tile-99.png")
-    state = quantize_batch(inbox=str(inbox), outbox=str(outbox), params=QuantizeParams(k=4, sample_size=2000), 
-                           shared_palette=True, settle_seconds=0, preview=False,
-                           return_state=True)
+    state = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=4, sample_size=2000),
+        shared_palette=True,
+        settle_seconds=0,
+        preview=False,
+        return_state=True,
+    )
     assert state.is_failed() and "1 of 3 images failed: tile-99.png" in state.message
     a, b = (open_store(outbox / f"tile-0{i}.png.kquant") for i in range(2))
     assert np.array_equal(a.palette, b.palette)
@@ -418,8 +522,13 @@ def test_batch_outbox_inside_the_inbox_is_not_reprocessed(harness, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     _tiles(inbox, 1)
-    kw = dict(inbox=str(inbox), outbox=str(inbox / "done"), pattern="**/*", params=QuantizeParams(k=4, sample_size=1000),
-              settle_seconds=0)
+    kw = dict(
+        inbox=str(inbox),
+        outbox=str(inbox / "done"),
+        pattern="**/*",
+        params=QuantizeParams(k=4, sample_size=1000),
+        settle_seconds=0,
+    )
     first = quantize_batch(**kw, return_state=True)
     assert first.is_completed() and first.result()["processed"] == ["tile-00.png"]
     assert (inbox / "done" / "tile-00.png-preview.png").is_file()
@@ -441,8 +550,12 @@ def test_mode_and_shard_reach_the_store(harness, tmp_path):
     rng = np.random.default_rng(2)
     img = rng.integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
     iio.imwrite(tmp_path / "m.png", img)
-    out = quantize_image(str(tmp_path / "m.png"), str(tmp_path / "m.kquant"), params=QuantizeParams(k=8, restarts=0, chunk=32, shard=64, mode="sample"), 
-                         preview=False)
+    out = quantize_image(
+        str(tmp_path / "m.png"),
+        str(tmp_path / "m.kquant"),
+        params=QuantizeParams(k=8, restarts=0, chunk=32, shard=64, mode="sample"),
+        preview=False,
+    )
     st = kquant.open_store(out["target"])
     assert st.meta.params["mode"] == "sample" and st.meta.shard_rows == 64
     assert zarr.open_array(out["target"], path="labels").shards is not None
@@ -463,16 +576,22 @@ def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
     img = photo_like(64, 80, seed=61)
     iio.imwrite(tmp_path / "p.png", img)
     options = {"space": "lab", "dither": "blue-noise", "target_psnr": 15.0}
-    out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"),
-                         params=QuantizeParams(k=16, restarts=0, **options), preview=False)
-    ref = kquant.quantize(tmp_path / "p.png", tmp_path / "ref.kquant",
-                          QuantizeParams(k=16, restarts=0, **options))
+    out = quantize_image(
+        str(tmp_path / "p.png"),
+        str(tmp_path / "p.kquant"),
+        params=QuantizeParams(k=16, restarts=0, **options),
+        preview=False,
+    )
+    ref = kquant.quantize(
+        tmp_path / "p.png", tmp_path / "ref.kquant", QuantizeParams(k=16, restarts=0, **options)
+    )
     st = kquant.open_store(out["target"])
     assert {key: st.meta.params[key] for key in options} == options
     assert st.meta.params == ref.meta.params
     assert np.array_equal(st.palette, ref.fit.palette) and len(st.palette) < 16
-    assert np.array_equal(np.asarray(st.labels.compute()),
-                          np.asarray(kquant.open_store(ref.target).labels.compute()))
+    assert np.array_equal(
+        np.asarray(st.labels.compute()), np.asarray(kquant.open_store(ref.target).labels.compute())
+    )
     assert ref.fit.target_met  # the smallest K whose (undithered) fit reaches 15 dB
     assert st.meta.metrics["target_psnr_met"] == (st.meta.metrics["psnr"] >= 15.0)
     assert st.meta.metrics["dither_amount"] > 0
@@ -481,11 +600,18 @@ def test_space_dither_and_target_psnr_reach_the_store(harness, tmp_path):
     inbox.mkdir()
     iio.imwrite(inbox / "a.png", img[:32])
     iio.imwrite(inbox / "b.png", img[32:])
-    res = quantize_batch(str(inbox), str(tmp_path / "out"), params=QuantizeParams(k=6, restarts=0, space="lab"), 
-                         shared_palette=True, preview=False, settle_seconds=0, )
+    res = quantize_batch(
+        str(inbox),
+        str(tmp_path / "out"),
+        params=QuantizeParams(k=6, restarts=0, space="lab"),
+        shared_palette=True,
+        preview=False,
+        settle_seconds=0,
+    )
     assert len(res["processed"]) == 2
-    want = shared_palette.fit_shared([str(inbox / "a.png"), str(inbox / "b.png")],
-                             QuantizeParams(k=6, restarts=0, space="lab")).palette
+    want = shared_palette.fit_shared(
+        [str(inbox / "a.png"), str(inbox / "b.png")], QuantizeParams(k=6, restarts=0, space="lab")
+    ).palette
     for name in ("a.png", "b.png"):
         got = kquant.open_store(tmp_path / "out" / (name + ".kquant"))
         assert got.meta.params["space"] == "lab" and np.array_equal(got.palette, want)
@@ -506,33 +632,59 @@ def test_an_imposed_palette_as_the_cli_does(harness, tmp_path):
     gpl = tmp_path / "p.gpl"
     pal = np.array([[0, 0, 0], [250, 250, 250], [200, 30, 30], [30, 90, 200], [90, 160, 60]])
     gpl.write_text("GIMP Palette\n#\n" + "".join(f"{r} {g} {b}\tc\n" for r, g, b in pal))
-    out = quantize_image(str(tmp_path / "p.png"), str(tmp_path / "p.kquant"), params=QuantizeParams(k=16, target_psnr=40.0, dither="bayer"),
-                         preview=False, palette=str(gpl), )
-    ref = kquant.quantize(tmp_path / "p.png", tmp_path / "ref.kquant",
-                          kquant.QuantizeParams(dither="bayer"), palette=gpl)
+    out = quantize_image(
+        str(tmp_path / "p.png"),
+        str(tmp_path / "p.kquant"),
+        params=QuantizeParams(k=16, target_psnr=40.0, dither="bayer"),
+        preview=False,
+        palette=str(gpl),
+    )
+    ref = kquant.quantize(
+        tmp_path / "p.png",
+        tmp_path / "ref.kquant",
+        kquant.QuantizeParams(dither="bayer"),
+        palette=gpl,
+    )
     st = kquant.open_store(out["target"])
     assert np.array_equal(st.palette, pal) and st.meta.params == ref.meta.params
     assert st.meta.params["k"] == 5 and st.meta.params["target_psnr"] is None
     assert st.meta.metrics["fit_mode"] == "imposed" == ref.meta.metrics["fit_mode"]
-    assert np.array_equal(np.asarray(st.labels.compute()),
-                          np.asarray(kquant.open_store(ref.target).labels.compute()))
+    assert np.array_equal(
+        np.asarray(st.labels.compute()), np.asarray(kquant.open_store(ref.target).labels.compute())
+    )
     assert out["n_unique"] is None and not out["fit_cached"]
     # a store's palette, and the module's command line
-    assert main([str(tmp_path / "p.png"), str(tmp_path / "q.kquant"), "--palette",
-                 str(tmp_path / "ref.kquant"), "--no-preview"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "p.png"),
+                str(tmp_path / "q.kquant"),
+                "--palette",
+                str(tmp_path / "ref.kquant"),
+                "--no-preview",
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(kquant.open_store(tmp_path / "q.kquant").palette, pal)
 
     inbox = tmp_path / "in"
     inbox.mkdir()
     iio.imwrite(inbox / "a.png", img[:24])
     iio.imwrite(inbox / "b.png", img[24:])
-    res = quantize_batch(str(inbox), str(tmp_path / "out"), preview=False, settle_seconds=0,
-                         palette=pal.tolist())
+    res = quantize_batch(
+        str(inbox), str(tmp_path / "out"), preview=False, settle_seconds=0, palette=pal.tolist()
+    )
     assert sorted(res["processed"]) == ["a.png", "b.png"]
     assert {r["fit"] for r in res["results"]} == {"imposed"}
     for name in ("a.png", "b.png"):
         got = kquant.open_store(tmp_path / "out" / (name + ".kquant"))
         assert np.array_equal(got.palette, pal) and got.meta.metrics["fit_mode"] == "imposed"
     with pytest.raises(kquant.KquantError):  # a missing palette file: the batch fails
-        quantize_batch(str(inbox), str(tmp_path / "out2"), preview=False, settle_seconds=0,
-                       palette=str(tmp_path / "missing.gpl"))
+        quantize_batch(
+            str(inbox),
+            str(tmp_path / "out2"),
+            preview=False,
+            settle_seconds=0,
+            palette=str(tmp_path / "missing.gpl"),
+        )

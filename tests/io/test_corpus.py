@@ -14,14 +14,15 @@ import sys
 import time
 import zlib
 from pathlib import Path
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image, ImageOps
-import kquant
 from helpers import photo_like
+from PIL import Image, ImageOps
 
+import kquant
 
 TIME_CAP = 60.0
 
@@ -40,20 +41,29 @@ def _png(rows: np.ndarray, bit_depth: int, colour_type: int, *, bad_crc: bool = 
     raw = rows.astype(">u2" if bit_depth == 16 else np.uint8).reshape(h, -1).view(np.uint8)
     data = b"".join(b"\x00" + raw[y].tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(data), corrupt=bad_crc) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(data), corrupt=bad_crc)
+        + chunk(b"IEND", b"")
+    )
 
 
 def run_cli(*args, limit=True):
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "kquant", *map(str, args)], capture_output=True,
-                       text=True, timeout=300, preexec_fn=_limits if limit else None,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p = subprocess.run(
+        [sys.executable, "-m", "kquant", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limits if limit else None,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     return p, time.perf_counter() - t
 
 
 def _make_rejects(d: Path) -> dict[str, tuple[bytes, str]]:
-    good_png = (d / "g.png")
+    good_png = d / "g.png"
     iio.imwrite(good_png, photo_like(64, 64))
     png = good_png.read_bytes()
     jpeg = _jpeg(photo_like(64, 64))
@@ -63,13 +73,15 @@ def _make_rejects(d: Path) -> dict[str, tuple[bytes, str]]:
     rng = np.random.default_rng(0)
     frames = [photo_like(16, 16, seed=s) for s in range(3)]
     gif = io.BytesIO()
-    Image.fromarray(frames[0]).save(gif, format="GIF", save_all=True,
-                                    append_images=[Image.fromarray(f) for f in frames[1:]])
+    Image.fromarray(frames[0]).save(
+        gif, format="GIF", save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]]
+    )
     multi = io.BytesIO()
     tifffile.imwrite(multi, np.stack(frames), photometric="rgb")
     cmyk_tif = io.BytesIO()
-    tifffile.imwrite(cmyk_tif, rng.integers(0, 256, (16, 16, 4), dtype=np.uint8),
-                     photometric="separated")
+    tifffile.imwrite(
+        cmyk_tif, rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), photometric="separated"
+    )
     nan_tif = io.BytesIO()
     f = np.full((16, 16, 3), 0.5, np.float32)
     f[3, 4, 1] = np.nan
@@ -83,8 +95,10 @@ def _make_rejects(d: Path) -> dict[str, tuple[bytes, str]]:
         "zero.png": (b"", "empty"),
         "text.jpg": (b"this is not a picture\n" * 20, "not a recognised image"),
         "random.tif": (rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), "random.tif"),
-        "random.png": (b"\x89PNG\r\n\x1a\n" + rng.integers(0, 256, 500, dtype=np.uint8).tobytes(),
-                       "random.png"),
+        "random.png": (
+            b"\x89PNG\r\n\x1a\n" + rng.integers(0, 256, 500, dtype=np.uint8).tobytes(),
+            "random.png",
+        ),
         "bomb.png": (_png_header_only(100_000, 100_000), "10000000000 pixels"),
         "bomb.jpg": (_sof_bomb(jpeg), "4294836225 pixels"),
         "bomb.tif": (_tiff_bomb(tif_tmp), "10000000000 pixels"),
@@ -112,8 +126,10 @@ def _few_colours(h, w, n, seed=0):
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature, IHDR (correct CRC) and IEND: a header-only bomb."""
+
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
@@ -132,7 +148,7 @@ def _sof_bomb(jpeg: bytes) -> bytes:
     """The same JPEG with its frame header claiming 65535 x 65535 and its data cut off."""
     data = bytearray(jpeg)
     i = data.find(b"\xff\xc0")
-    data[i + 5:i + 9] = struct.pack(">HH", 65535, 65535)
+    data[i + 5 : i + 9] = struct.pack(">HH", 65535, 65535)
     sos = data.find(b"\xff\xda")
     return bytes(data[: sos + 64])  # whole header, a few bytes of scan data
 
@@ -141,21 +157,24 @@ def _tiff_bomb(tmp: Path) -> bytes:
     tifffile.imwrite(tmp, np.zeros((64, 64, 3), np.uint8), tile=(16, 16), photometric="rgb")
     with tifffile.TiffFile(tmp) as tf:
         tags = tf.pages[0].tags
-        spots = [(tags["ImageWidth"].valueoffset, tags["ImageWidth"].dtype),
-                 (tags["ImageLength"].valueoffset, tags["ImageLength"].dtype)]
+        spots = [
+            (tags["ImageWidth"].valueoffset, tags["ImageWidth"].dtype),
+            (tags["ImageLength"].valueoffset, tags["ImageLength"].dtype),
+        ]
     data = bytearray(tmp.read_bytes())
-    for off, dtype in spots:
-        data[off:off + 4] = struct.pack("<I", 100_000)  # 100000 x 100000 = 10^10 pixels
+    for off, _dtype in spots:
+        data[off : off + 4] = struct.pack("<I", 100_000)  # 100000 x 100000 = 10^10 pixels
     return bytes(data)
 
 
 def _corrupt_tiff(tmp: Path) -> bytes:
-    tifffile.imwrite(tmp, photo_like(256, 256), tile=(64, 64), compression="zlib",
-                     photometric="rgb")
+    tifffile.imwrite(
+        tmp, photo_like(256, 256), tile=(64, 64), compression="zlib", photometric="rgb"
+    )
     data = bytearray(tmp.read_bytes())
     with tifffile.TiffFile(tmp) as tf:
         off = tf.pages[0].dataoffsets[5]
-    data[off:off + 64] = os.urandom(64)
+    data[off : off + 64] = os.urandom(64)
     return bytes(data)
 
 
@@ -172,10 +191,15 @@ def test_rejected_inputs(tmp_path):
         p, seconds = run_cli("quantize", src, target, "-k", "8")
         COUNTS["tried"] += 1
         lines = p.stderr.strip().splitlines()
-        ok = (p.returncode not in (0, None) and len(lines) == 1
-              and lines[0].startswith("kquant: error:") and fragment in lines[0]
-              and seconds < TIME_CAP and not target.exists()
-              and not list(tmp_path.glob(f".{name}.kquant*")))
+        ok = (
+            p.returncode not in (0, None)
+            and len(lines) == 1
+            and lines[0].startswith("kquant: error:")
+            and fragment in lines[0]
+            and seconds < TIME_CAP
+            and not target.exists()
+            and not list(tmp_path.glob(f".{name}.kquant*"))
+        )
         if ok:
             COUNTS["rejected"] += 1
         else:
@@ -213,24 +237,34 @@ def test_grey_palette_rgba_16bit_float_are_converted_exactly(tmp_path):
     exp = np.rint(g16 / 257.0).astype(np.uint8)
     assert np.array_equal(_store_rgb(tmp_path / "grey16.png", tmp_path), np.dstack([exp] * 3))
     # 16-bit RGB PNG: Pillow reduces it to its high bytes (documented exception)
-    rgb16 = (_few_colours(20, 30, 6, seed=4).astype(np.uint16) * 257 + 90)
+    rgb16 = _few_colours(20, 30, 6, seed=4).astype(np.uint16) * 257 + 90
     (tmp_path / "rgb16.png").write_bytes(_png(rgb16, 16, 2))
-    assert np.array_equal(_store_rgb(tmp_path / "rgb16.png", tmp_path), (rgb16 >> 8).astype(np.uint8))
+    assert np.array_equal(
+        _store_rgb(tmp_path / "rgb16.png", tmp_path), (rgb16 >> 8).astype(np.uint8)
+    )
     # palette PNG
     pal_img = Image.fromarray(_few_colours(25, 35, 7, seed=5)).quantize(colors=7)
     pal_img.save(tmp_path / "pal.png")
-    assert np.array_equal(_store_rgb(tmp_path / "pal.png", tmp_path), np.asarray(pal_img.convert("RGB")))
+    assert np.array_equal(
+        _store_rgb(tmp_path / "pal.png", tmp_path), np.asarray(pal_img.convert("RGB"))
+    )
     # RGBA: composited over white
-    rgba = np.dstack([_few_colours(20, 20, 3, seed=6), np.where(np.eye(20) > 0, 0, 255).astype(np.uint8)])
+    rgba = np.dstack(
+        [_few_colours(20, 20, 3, seed=6), np.where(np.eye(20) > 0, 0, 255).astype(np.uint8)]
+    )
     iio.imwrite(tmp_path / "rgba.png", rgba)
     exp = np.where(np.eye(20)[:, :, None] > 0, 255, rgba[:, :, :3]).astype(np.uint8)
     assert np.array_equal(_store_rgb(tmp_path / "rgba.png", tmp_path), exp)
     # float TIFF in [0, 1] with few values
-    fcolours = np.array([[0, .25, .5], [1, 1, 1], [.5, 0, .75], [.1, .2, .3], [1, 0, 0]], np.float32)
+    fcolours = np.array(
+        [[0, 0.25, 0.5], [1, 1, 1], [0.5, 0, 0.75], [0.1, 0.2, 0.3], [1, 0, 0]], np.float32
+    )
     f = fcolours[rng.integers(0, 5, (16, 24))]
     tifffile.imwrite(tmp_path / "float.tif", f, photometric="rgb")
-    assert np.array_equal(_store_rgb(tmp_path / "float.tif", tmp_path),
-                          np.rint(f.astype(np.float64) * 255).astype(np.uint8))
+    assert np.array_equal(
+        _store_rgb(tmp_path / "float.tif", tmp_path),
+        np.rint(f.astype(np.float64) * 255).astype(np.uint8),
+    )
 
 
 def test_cmyk_and_rotated_jpeg(tmp_path):

@@ -2,17 +2,18 @@
 
 import struct
 import zlib
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 import zarr
-from PIL import Image, ImageOps
-import kquant
 from helpers import photo_like
-from kquant.io import convert
-from kquant.io import readers
+from PIL import Image, ImageOps
+
+import kquant
 from kquant.errors import ImageTooLargeError, InputError
+from kquant.io import convert, readers
 
 
 def _read(path, **kw):
@@ -22,6 +23,7 @@ def _read(path, **kw):
 def _png_header_only(width, height):
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
@@ -104,8 +106,9 @@ def test_striped_planar_and_16_bit_tiff(tmp_path):
     img = photo_like(60, 70)
     tifffile.imwrite(tmp_path / "s.tif", img, rowsperstrip=8, photometric="rgb")
     assert np.array_equal(_read(tmp_path / "s.tif", chunks=16), img)
-    tifffile.imwrite(tmp_path / "p.tif", np.moveaxis(img, 2, 0), planarconfig="separate",
-                     photometric="rgb")
+    tifffile.imwrite(
+        tmp_path / "p.tif", np.moveaxis(img, 2, 0), planarconfig="separate", photometric="rgb"
+    )
     assert np.array_equal(_read(tmp_path / "p.tif"), img)
     img16 = img.astype(np.uint16) * 257
     tifffile.imwrite(tmp_path / "16.tif", img16, photometric="rgb", tile=(32, 32))
@@ -126,8 +129,9 @@ def test_palette_and_miniswhite_tiff(tmp_path):
 
 def test_zarr_array_input(tmp_path):
     img = photo_like(50, 60)
-    z = zarr.create_array(str(tmp_path / "img.zarr"), shape=img.shape, dtype="uint8",
-                          chunks=(16, 16, 3))
+    z = zarr.create_array(
+        str(tmp_path / "img.zarr"), shape=img.shape, dtype="uint8", chunks=(16, 16, 3)
+    )
     z[...] = img
     assert np.array_equal(_read(tmp_path / "img.zarr", chunks=24), img)
     f = zarr.create_array(str(tmp_path / "f.zarr"), shape=(4, 4, 3), dtype="float32")
@@ -143,11 +147,14 @@ def test_float_rule():
         convert.to_rgb8(block * 2)
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"", "empty"),
-    (b"hello, I am text pretending to be a picture\n", "not a recognised image"),
-    (bytes(range(256)) * 8, "not a recognised image"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "empty"),
+        (b"hello, I am text pretending to be a picture\n", "not a recognised image"),
+        (bytes(range(256)) * 8, "not a recognised image"),
+    ],
+)
 def test_not_images(tmp_path, content, match):
     path = tmp_path / "x.png"
     path.write_bytes(content)
@@ -191,14 +198,17 @@ def test_missing_and_directory(tmp_path):
 
 def test_bigtiff_tiled_and_striped_chunks_follow_the_file(tmp_path):
     img = photo_like(200, 260)
-    tifffile.imwrite(tmp_path / "b.tif", img, tile=(48, 64), compression="zlib", bigtiff=True,
-                     photometric="rgb")
+    tifffile.imwrite(
+        tmp_path / "b.tif", img, tile=(48, 64), compression="zlib", bigtiff=True, photometric="rgb"
+    )
     with open(tmp_path / "b.tif", "rb") as fh:
         assert fh.read(4) == b"II+\x00"  # BigTIFF
     arr = kquant.open_image(tmp_path / "b.tif", chunks=100)
     assert arr.chunks[0][0] == 96 and arr.chunks[1][0] == 64  # whole tiles
     assert np.array_equal(arr.compute(), img)
-    tifffile.imwrite(tmp_path / "s.tif", img, rowsperstrip=24, photometric="rgb", compression="zlib")
+    tifffile.imwrite(
+        tmp_path / "s.tif", img, rowsperstrip=24, photometric="rgb", compression="zlib"
+    )
     arr = kquant.open_image(tmp_path / "s.tif", chunks=100)
     assert arr.chunks[0][0] == 96 and arr.chunks[1] == (260,)  # whole strips, full width
     assert np.array_equal(arr.compute(), img)
@@ -214,8 +224,8 @@ def test_png_exif_after_the_pixels_is_applied(tmp_path):
     data = (tmp_path / "early.png").read_bytes()
     chunks, pos = [], 8
     while pos < len(data):
-        length = struct.unpack(">I", data[pos:pos + 4])[0]
-        chunks.append(data[pos:pos + 12 + length])
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        chunks.append(data[pos : pos + 12 + length])
         pos += 12 + length
     tags = [c[4:8] for c in chunks]
     exif_chunk = chunks[tags.index(b"eXIf")]
@@ -229,19 +239,38 @@ def test_png_exif_after_the_pixels_is_applied(tmp_path):
         assert np.array_equal(_read(tmp_path / name), np.rot90(img, -1))
 
 
-@pytest.mark.parametrize("kind", ["rgb.png", "rgba.png", "l.png", "la.png", "rgb.jpg", "l.jpg",
-                                  "rgb.bmp", "rgb.webp", "p.png", "p.gif", "i16.png",
-                                  "oriented.jpg", "cmyk.jpg"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "rgb.png",
+        "rgba.png",
+        "l.png",
+        "la.png",
+        "rgb.jpg",
+        "l.jpg",
+        "rgb.bmp",
+        "rgb.webp",
+        "p.png",
+        "p.gif",
+        "i16.png",
+        "oriented.jpg",
+        "cmyk.jpg",
+    ],
+)
 def test_plain_decode_equals_imageio(tmp_path, kind):
     """Plain modes are decoded by Pillow directly: the same array as imageio's plugin."""
     img = photo_like(33, 47, seed=4)
     name, ext = kind.split(".")
-    pil = {"rgb": lambda: Image.fromarray(img), "rgba": lambda: Image.fromarray(img).convert("RGBA"),
-           "l": lambda: Image.fromarray(img).convert("L"), "la": lambda: Image.fromarray(img).convert("LA"),
-           "p": lambda: Image.fromarray(img).quantize(30),
-           "i16": lambda: Image.fromarray((img[..., 0].astype(np.uint16) * 257)),
-           "oriented": lambda: Image.fromarray(img), "cmyk": lambda: Image.fromarray(img).convert("CMYK"),
-           }[name]()
+    pil = {
+        "rgb": lambda: Image.fromarray(img),
+        "rgba": lambda: Image.fromarray(img).convert("RGBA"),
+        "l": lambda: Image.fromarray(img).convert("L"),
+        "la": lambda: Image.fromarray(img).convert("LA"),
+        "p": lambda: Image.fromarray(img).quantize(30),
+        "i16": lambda: Image.fromarray(img[..., 0].astype(np.uint16) * 257),
+        "oriented": lambda: Image.fromarray(img),
+        "cmyk": lambda: Image.fromarray(img).convert("CMYK"),
+    }[name]()
     path = tmp_path / kind
     if name == "oriented":
         exif = pil.getexif()

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import tifffile
-import kquant
 from helpers import photo_like
-from kquant.io import tiff_tiles
-from kquant.errors import InputError
 
+import kquant
+from kquant.errors import InputError
+from kquant.io import tiff_tiles
 
 LAYOUTS = [
     dict(tile=(64, 48), compression="zlib"),
@@ -30,8 +30,13 @@ def test_windows_equal_tifffile(tmp_path, kind, layout):
     elif kind == "rgba8":
         img = np.dstack([img, img[..., :1]])
     path = tmp_path / "x.tif"
-    tifffile.imwrite(path, img, photometric="minisblack" if img.ndim == 2 else "rgb",
-                     **({"extrasamples": ["unassalpha"]} if kind == "rgba8" else {}), **layout)
+    tifffile.imwrite(
+        path,
+        img,
+        photometric="minisblack" if img.ndim == 2 else "rgb",
+        **({"extrasamples": ["unassalpha"]} if kind == "rgba8" else {}),
+        **layout,
+    )
     reader = tiff_tiles.open_reader(str(path))
     assert reader is not None and reader.shape == img.shape
     ref = tifffile.imread(path)
@@ -58,8 +63,9 @@ def test_whole_pipeline_reads_the_same_through_both_readers(tmp_path, monkeypatc
 def test_planar_and_multipage_are_left_to_the_zarr_reader(tmp_path):
     img = photo_like(40, 50)
     planar = tmp_path / "p.tif"
-    tifffile.imwrite(planar, np.moveaxis(img, 2, 0), photometric="rgb", planarconfig="separate",
-                     tile=(16, 16))
+    tifffile.imwrite(
+        planar, np.moveaxis(img, 2, 0), photometric="rgb", planarconfig="separate", tile=(16, 16)
+    )
     assert tiff_tiles.open_reader(str(planar)) is None
     assert np.array_equal(np.asarray(kquant.open_image(str(planar)).compute()), img)
 
@@ -71,7 +77,7 @@ def test_a_corrupt_tile_is_one_input_error(tmp_path):
     with tifffile.TiffFile(path) as tf:
         off, n = tf.pages[0].dataoffsets[3], tf.pages[0].databytecounts[3]
     raw = bytearray(path.read_bytes())
-    raw[off + 2:off + n] = bytes(n - 2)  # keep the zlib header, zero the stream
+    raw[off + 2 : off + n] = bytes(n - 2)  # keep the zlib header, zero the stream
     path.write_bytes(bytes(raw))
     reader = tiff_tiles.open_reader(str(path))
     assert reader[0:64, 0:64].shape == (64, 64, 3)  # intact tiles still read

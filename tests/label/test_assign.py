@@ -3,9 +3,9 @@
 import dask.array as da
 import numpy as np
 import pytest
-from kquant.label import assign
-from kquant.label import reconstruct
 from oracles import nearest_oracle
+
+from kquant.label import assign, reconstruct
 
 
 @pytest.mark.parametrize("k", [2, 3, 16, 100, 256])
@@ -19,7 +19,12 @@ def test_nearest_equals_integer_argmin(k):
 def test_ties_go_to_lowest_index():
     palette = np.array([[10, 10, 10], [0, 0, 0], [10, 10, 10], [20, 20, 20]], np.uint8)
     pixels = np.array([[10, 10, 10], [5, 5, 5], [15, 15, 15], [255, 255, 255]], np.uint8)
-    assert assign.nearest(pixels, palette).tolist() == [0, 0, 0, 3]  # 5 is equidistant from 0 and 10
+    assert assign.nearest(pixels, palette).tolist() == [
+        0,
+        0,
+        0,
+        3,
+    ]  # 5 is equidistant from 0 and 10
     assert np.array_equal(assign.nearest(pixels, palette), nearest_oracle(pixels, palette))
 
 

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 from helpers import photo_like
-from kquant.label import dither
-from kquant.errors import ParameterError
 from oracles import nearest_oracle
+
+from kquant.errors import ParameterError
+from kquant.label import dither
 
 
 def _low_frequency_power(ranks):
@@ -44,21 +45,31 @@ def test_blue_noise_matrix():
     assert t[5, 3] == pytest.approx((m[(60 + 5) % 64, (62 + 3) % 64] + 0.5) / 4096 - 0.5)
 
 
-@pytest.mark.parametrize("space,method", [("rgb", "bayer"), ("lab", "bayer"),
-                                          ("rgb", "blue-noise"), ("lab", "blue-noise")])
+@pytest.mark.parametrize(
+    "space,method",
+    [("rgb", "bayer"), ("lab", "bayer"), ("rgb", "blue-noise"), ("lab", "blue-noise")],
+)
 def test_dither_blockwise_equals_whole_image(space, method):
     img = photo_like(77, 91, seed=14)
-    pal = np.array([[0, 0, 0], [255, 255, 255], [200, 40, 40], [40, 200, 40], [40, 40, 200],
-                    [128, 128, 128]], np.uint8)
+    pal = np.array(
+        [[0, 0, 0], [255, 255, 255], [200, 40, 40], [40, 200, 40], [40, 40, 200], [128, 128, 128]],
+        np.uint8,
+    )
     amt = dither.amount(pal)
     whole = dither.label_block(img, pal, space=space, dither=method, dither_amount=amt)
     for rows, cols in ((8, 8), (13, 24), (40, 16), (77, 91), (5, 90)):
         out = np.empty_like(whole)
         for y in range(0, 77, rows):
             for x in range(0, 91, cols):
-                out[y:y + rows, x:x + cols] = dither.label_block(
-                    img[y:y + rows, x:x + cols], pal, space=space, dither=method,
-                    dither_amount=amt, y0=y, x0=x)
+                out[y : y + rows, x : x + cols] = dither.label_block(
+                    img[y : y + rows, x : x + cols],
+                    pal,
+                    space=space,
+                    dither=method,
+                    dither_amount=amt,
+                    y0=y,
+                    x0=x,
+                )
         assert np.array_equal(out, whole), (rows, cols)
     # numpy oracle of the whole image: threshold by global coordinates, round, nearest
     if space == "rgb":
@@ -77,11 +88,14 @@ def test_dither_reproduces_grey_levels_with_black_and_white(method):
     pal = np.array([[0, 0, 0], [255, 255, 255]], np.uint8)
     plain = pal[dither.label_block(img, pal)].astype(float)
     dith = pal[dither.label_block(img, pal, dither=method, dither_amount=255.0)].astype(float)
+
     # local (8x8) means follow the ramp only when dithered
     def block_err(rec):
         a = rec[..., 0].reshape(4, 8, 32, 8).mean((1, 3))
         b = img[..., 0].astype(float).reshape(4, 8, 32, 8).mean((1, 3))
         return np.abs(a - b).mean()
+
     assert block_err(dith) < 10 < block_err(plain)
-    assert np.array_equal(dither.label_block(img, pal, dither=method, dither_amount=0.0),
-                          dither.label_block(img, pal))
+    assert np.array_equal(
+        dither.label_block(img, pal, dither=method, dither_amount=0.0), dither.label_block(img, pal)
+    )

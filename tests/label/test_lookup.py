@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 from helpers import photo_like
-from kquant.label import lookup
 from oracles import nearest_oracle
+
+from kquant.label import lookup
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,15 @@ def test_lookup_table_equals_exact_argmin(palette, table):
     assert np.array_equal(table[codes], nearest_oracle(rgb, palette))
 
 
-@pytest.mark.parametrize("pal", [
-    [[0, 0, 0], [2, 0, 0], [1, 5, 0], [1, -5 % 256, 0]],  # ties on whole planes
-    [[10, 10, 10], [10, 10, 10], [250, 3, 7], [9, 11, 10]],  # a duplicate entry
-    "random16", "random256"])
+@pytest.mark.parametrize(
+    "pal",
+    [
+        [[0, 0, 0], [2, 0, 0], [1, 5, 0], [1, -5 % 256, 0]],  # ties on whole planes
+        [[10, 10, 10], [10, 10, 10], [250, 3, 7], [9, 11, 10]],  # a duplicate entry
+        "random16",
+        "random256",
+    ],
+)
 def test_cell_pruned_table_equals_exact_argmin_with_ties(pal):
     rng = np.random.default_rng(3)
     if isinstance(pal, str):
@@ -47,10 +53,12 @@ def test_cell_pruned_table_equals_exact_argmin_with_ties(pal):
     pal = np.asarray(pal, np.uint8)
     table = lookup.build(pal)
     planes = np.arange(1 << 16)
-    codes = np.concatenate([(r << 16) | planes for r in (0, 1, 2, 7, 8, 100, 255)]
-                           + [rng.integers(0, 1 << 24, size=100_000)])
+    codes = np.concatenate(
+        [(r << 16) | planes for r in (0, 1, 2, 7, 8, 100, 255)]
+        + [rng.integers(0, 1 << 24, size=100_000)]
+    )
     rgb = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], 1).astype(np.uint8)
-    ref = np.concatenate([nearest_oracle(rgb[i:i + 8192], pal) for i in range(0, len(rgb), 8192)])
+    ref = np.concatenate([nearest_oracle(rgb[i : i + 8192], pal) for i in range(0, len(rgb), 8192)])
     assert np.array_equal(table[codes], ref)
 
 

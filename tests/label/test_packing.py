@@ -2,13 +2,32 @@
 
 import numpy as np
 import pytest
-from kquant.label import packing
+
 from kquant.errors import ParameterError
+from kquant.label import packing
 
 
-@pytest.mark.parametrize("n,bits", [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (8, 3), (9, 4),
-                                    (16, 4), (17, 5), (32, 5), (33, 6), (64, 6), (65, 7),
-                                    (128, 7), (129, 8), (256, 8)])
+@pytest.mark.parametrize(
+    "n,bits",
+    [
+        (1, 1),
+        (2, 1),
+        (3, 2),
+        (4, 2),
+        (5, 3),
+        (8, 3),
+        (9, 4),
+        (16, 4),
+        (17, 5),
+        (32, 5),
+        (33, 6),
+        (64, 6),
+        (65, 7),
+        (128, 7),
+        (129, 8),
+        (256, 8),
+    ],
+)
 def test_bits_for(n, bits):
     assert packing.bits_for(n) == bits
 
@@ -37,7 +56,7 @@ def test_matches_bitstring_oracle(bits):
     labels = rng.integers(0, 2**bits, size=(1, 11), dtype=np.uint8)
     digits = "".join(format(int(v), f"0{bits}b") for v in labels[0])
     digits += "0" * (-len(digits) % 8)
-    expected = [int(digits[i:i + 8], 2) for i in range(0, len(digits), 8)]
+    expected = [int(digits[i : i + 8], 2) for i in range(0, len(digits), 8)]
     assert packing.pack_rows(labels, bits)[0].tolist() == expected
 
 
@@ -51,7 +70,7 @@ def test_aligned_column_blocks_pack_independently():
     for bits in range(1, 9):
         labels = rng.integers(0, 2**bits, size=(3, 45), dtype=np.uint8)
         whole = packing.pack_rows(labels, bits)
-        parts = [packing.pack_rows(labels[:, i:i + 16], bits) for i in range(0, 45, 16)]
+        parts = [packing.pack_rows(labels[:, i : i + 16], bits) for i in range(0, 45, 16)]
         assert np.array_equal(np.concatenate(parts, axis=1), whole)
 
 
@@ -64,8 +83,9 @@ def test_rejects_labels_that_do_not_fit():
         packing.unpack_rows(np.zeros((2, 1), np.uint8), 4, 5)
 
 
-@pytest.mark.parametrize("n, bits", [(1, 1), (2, 1), (3, 2), (4, 2), (5, 4), (8, 4), (16, 4),
-                                     (17, 8), (64, 8), (256, 8)])
+@pytest.mark.parametrize(
+    "n, bits", [(1, 1), (2, 1), (3, 2), (4, 2), (5, 4), (8, 4), (16, 4), (17, 8), (64, 8), (256, 8)]
+)
 def test_storage_bits(n, bits):
     from kquant.label import packing
 

@@ -4,11 +4,12 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 from helpers import files, photo_like, run_cli_listing_modules
+
 import kquant
 from kquant import errors, pipeline, store
-from kquant.pipeline import in_memory
 from kquant.io import readers
 from kquant.params import QuantizeParams
+from kquant.pipeline import in_memory
 
 
 def _both(src, tmp_path, monkeypatch, params, **kwargs):
@@ -66,7 +67,8 @@ def test_inmemory_store_is_byte_identical_to_dask_store(case, tmp_path, monkeypa
     st.verify()
     assert st.labels.shape == img.shape[:2]
     assert res_fast.meta.metrics["sse"] == int(
-        ((img.astype(np.int64) - st.palette[np.asarray(st.labels)].astype(np.int64)) ** 2).sum())
+        ((img.astype(np.int64) - st.palette[np.asarray(st.labels)].astype(np.int64)) ** 2).sum()
+    )
 
 
 @pytest.mark.parametrize("options", [dict(k=16), dict(k=256, restarts=0), dict(k=8, space="lab")])
@@ -113,15 +115,17 @@ def test_imposed_palette_and_preview(tmp_path, monkeypatch):
     img = photo_like(90, 70, seed=9)
     src = tmp_path / "p.jpg"
     iio.imwrite(src, img, quality=90)
-    palette = np.array([[0, 0, 0], [255, 255, 255], [200, 30, 30], [30, 200, 30], [30, 30, 200]],
-                       np.uint8)
+    palette = np.array(
+        [[0, 0, 0], [255, 255, 255], [200, 30, 30], [30, 200, 30], [30, 30, 200]], np.uint8
+    )
     fast, slow, _, _ = _both(src, tmp_path, monkeypatch, QuantizeParams(), palette=palette)
     assert fast == slow
     pipeline.quantize(src, tmp_path / "a.kq", QuantizeParams(k=4), preview_path=tmp_path / "a.png")
     with monkeypatch.context() as m:
         m.setattr(in_memory, "eligible", lambda *a, **k: False)
-        pipeline.quantize(src, tmp_path / "b.kq", QuantizeParams(k=4),
-                          preview_path=tmp_path / "b.png")
+        pipeline.quantize(
+            src, tmp_path / "b.kq", QuantizeParams(k=4), preview_path=tmp_path / "b.png"
+        )
     assert np.array_equal(iio.imread(tmp_path / "a.png"), iio.imread(tmp_path / "b.png"))
 
 
@@ -174,8 +178,9 @@ def test_direct_writer_protocol(tmp_path, monkeypatch):
 
 
 def test_direct_writer_refuses_other_layouts(tmp_path):
-    meta = store.StoreMeta(height=10, width=64, k=4, n_colors=4, bits=2, chunk_rows=8,
-                           chunk_cols=64)
+    meta = store.StoreMeta(
+        height=10, width=64, k=4, n_colors=4, bits=2, chunk_rows=8, chunk_cols=64
+    )
     with pytest.raises(errors.ParameterError):
         store.DirectStoreWriter(tmp_path / "x.kq", meta, np.zeros((4, 3), np.uint8))
 
@@ -183,11 +188,15 @@ def test_direct_writer_refuses_other_layouts(tmp_path):
 def test_cli_small_image_imports_neither_dask_nor_zarr(tmp_path, photo_png):
     path, img = photo_png
     p = run_cli_listing_modules(
-        ["quantize", path, tmp_path / "q.kq", "-k", "8"], ("dask", "zarr", "numba", "sparse"),
-        after="import dask.array, sparse\nprint('dask.array and sparse importable afterwards')")
+        ["quantize", path, tmp_path / "q.kq", "-k", "8"],
+        ("dask", "zarr", "numba", "sparse"),
+        after="import dask.array, sparse\nprint('dask.array and sparse importable afterwards')",
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-2:] == [
-        "0", "dask.array and sparse importable afterwards"]
+        "0",
+        "dask.array and sparse importable afterwards",
+    ]
     st = kquant.open_store(tmp_path / "q.kq")
     st.verify()
     assert st.labels.shape == img.shape[:2]
@@ -196,8 +205,10 @@ def test_cli_small_image_imports_neither_dask_nor_zarr(tmp_path, photo_png):
 def test_cli_dask_path_still_skips_sparse(tmp_path, photo_png):
     """Two chunks: the dask path, still without pydata/sparse (nor numba)."""
     path, _ = photo_png
-    p = run_cli_listing_modules(["quantize", path, tmp_path / "q.kq", "-k", "8", "--chunk", "64"],
-                                ("dask.array", "zarr", "numba", "sparse"))
+    p = run_cli_listing_modules(
+        ["quantize", path, tmp_path / "q.kq", "-k", "8", "--chunk", "64"],
+        ("dask.array", "zarr", "numba", "sparse"),
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "0 dask.array zarr"
     kquant.open_store(tmp_path / "q.kq").verify()

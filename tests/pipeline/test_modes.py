@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import tifffile
-import kquant
 from helpers import photo_like
+from oracles import nearest_oracle
+
+import kquant
 from kquant import QuantizeParams
 from kquant.label import lookup
-from oracles import nearest_oracle
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,12 @@ def test_sample_mode_with_lookup_table(tmp_path, monkeypatch, chunk):
     img = photo_like(300, 410, seed=5)
     path = tmp_path / "t.tif"
     tifffile.imwrite(path, img, tile=(64, 64), compression="zlib", photometric="rgb")
-    monkeypatch.setattr("kquant.pipeline.plan.LUT_MIN_PIXELS", 0)  # force the table path on a small image
-    res = kquant.quantize(path, tmp_path / "s.kq", QuantizeParams(k=16, mode="sample", chunk=chunk,
-                                                                   sample_size=5000))
+    monkeypatch.setattr(
+        "kquant.pipeline.plan.LUT_MIN_PIXELS", 0
+    )  # force the table path on a small image
+    res = kquant.quantize(
+        path, tmp_path / "s.kq", QuantizeParams(k=16, mode="sample", chunk=chunk, sample_size=5000)
+    )
     st = kquant.open_store(tmp_path / "s.kq")
     assert res.fit.mode == "sample" and st.meta.metrics["fit_mode"] == "sample"
     assert st.meta.metrics["assign"] == "lut"

@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
-import kquant
 from helpers import photo_like
+from oracles import nearest_oracle
+
+import kquant
 from kquant.colour import spaces
 from kquant.label import dither
 from kquant.params import QuantizeParams
-from oracles import nearest_oracle
 
 
 def test_lab_mode_lowers_the_perceptual_error(tmp_path):
@@ -24,7 +25,7 @@ def test_lab_mode_lowers_the_perceptual_error(tmp_path):
         # labels are the nearest entries in that space
         assert np.array_equal(labels.ravel(), spaces.nearest(img.reshape(-1, 3), st.palette, space))
         diff = spaces.from_rgb(img, "lab") - spaces.from_rgb(st.palette[labels], "lab")
-        lab_err[space] = float((diff ** 2).sum())
+        lab_err[space] = float((diff**2).sum())
         assert st.meta.params["space"] == space
     assert lab_err["lab"] < lab_err["rgb"]
 
@@ -38,8 +39,11 @@ def test_dithered_store_is_the_same_over_chunkings(tmp_path, method):
     iio.imwrite(src, img)
     labels = []
     for chunk in (16, 40, None):
-        res = kquant.quantize(src, tmp_path / f"c{chunk}.kq",
-                              QuantizeParams(k=6, chunk=chunk, dither=method, restarts=0))
+        res = kquant.quantize(
+            src,
+            tmp_path / f"c{chunk}.kq",
+            QuantizeParams(k=6, chunk=chunk, dither=method, restarts=0),
+        )
         st = kquant.open_store(res.target)
         labels.append((st.palette, np.asarray(st.labels.compute())))
         assert st.meta.metrics["dither_amount"] == pytest.approx(dither.amount(st.palette))

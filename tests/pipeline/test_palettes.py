@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-import kquant
-from kquant.pipeline import palettes
-from kquant.errors import InputError
-from kquant.params import QuantizeParams
 from oracles import nearest_oracle
 
+import kquant
+from kquant.errors import InputError
+from kquant.params import QuantizeParams
+from kquant.pipeline import palettes
 
 PAL = np.array([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 128, 255], [17, 200, 90]], np.uint8)
 
@@ -17,8 +17,10 @@ def _palette_files(tmp_path):
 
     files = {}
     p = tmp_path / "p.gpl"
-    p.write_text("GIMP Palette\nName: test\nColumns: 4\n#\n"
-                 + "".join(f"{r:3d} {g:3d} {b:3d}\tc{i}\n" for i, (r, g, b) in enumerate(PAL)))
+    p.write_text(
+        "GIMP Palette\nName: test\nColumns: 4\n#\n"
+        + "".join(f"{r:3d} {g:3d} {b:3d}\tc{i}\n" for i, (r, g, b) in enumerate(PAL))
+    )
     files["gpl"] = p
     p = tmp_path / "p.txt"
     p.write_text("// hex and decimal\n#000000\nffffff\n255,0,0\n0 128 255\n\n#11C85A\n")

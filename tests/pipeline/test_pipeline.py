@@ -1,14 +1,16 @@
 """The pipeline end to end: labels, windows, determinism, sharding, previews."""
 
 import math
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import kquant
 from helpers import files, photo_like
+from oracles import nearest_oracle
+
+import kquant
 from kquant import QuantizeParams
 from kquant.label import packing
-from oracles import nearest_oracle
 
 
 @pytest.mark.parametrize("chunk", [None, 8, 40, 64])
@@ -61,7 +63,11 @@ def test_the_store_records_its_source_identity(photo_png, tmp_path):
     record = kquant.open_store(tmp_path / "s.kq").meta.source
     st = os.stat(src)
     assert {k: record[k] for k in ("uri", "size_bytes", "mtime_ns", "etag")} == {
-        "uri": str(src), "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "etag": ""}
+        "uri": str(src),
+        "size_bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "etag": "",
+    }
     assert pipeline.same_source(record, src)
     assert pipeline.same_source(record, f"file://{src}")
     assert not pipeline.same_source(record, path)  # another path
@@ -96,14 +102,15 @@ def test_tiny_images(tmp_path, shape):
 
 def test_preview_picture(photo_png, tmp_path):
     path, img = photo_png
-    res = kquant.quantize(path, tmp_path / "s.kq", QuantizeParams(k=4, restarts=0),
-                          preview_path=tmp_path / "p.png")
+    res = kquant.quantize(
+        path, tmp_path / "s.kq", QuantizeParams(k=4, restarts=0), preview_path=tmp_path / "p.png"
+    )
     pic = iio.imread(tmp_path / "p.png")
     h, w = img.shape[:2]
     assert np.array_equal(pic[:h, :w], img)
-    right = pic[:h, w + 8:2 * w + 8]
+    right = pic[:h, w + 8 : 2 * w + 8]
     assert np.array_equal(right, res.palette[nearest_oracle(img, res.palette)])
-    strip = pic[h + 8:, :, :].reshape(-1, 3)
+    strip = pic[h + 8 :, :, :].reshape(-1, 3)
     assert {tuple(c) for c in np.unique(strip, axis=0)} == {tuple(c) for c in res.palette}
 
 
@@ -114,13 +121,19 @@ def test_sharded_store_equals_unsharded(photo_png, tmp_path, chunk, shard):
     path, img = photo_png
     p = QuantizeParams(k=16, chunk=chunk, restarts=0)
     kquant.quantize(path, tmp_path / "plain.kq", p)
-    kquant.quantize(path, tmp_path / "sharded.kq", QuantizeParams(k=16, chunk=chunk, restarts=0,
-                                                                    shard=shard))
-    plain, sharded = kquant.open_store(tmp_path / "plain.kq"), kquant.open_store(tmp_path / "sharded.kq")
+    kquant.quantize(
+        path, tmp_path / "sharded.kq", QuantizeParams(k=16, chunk=chunk, restarts=0, shard=shard)
+    )
+    plain, sharded = (
+        kquant.open_store(tmp_path / "plain.kq"),
+        kquant.open_store(tmp_path / "sharded.kq"),
+    )
     arr = zarr.open_array(str(tmp_path / "sharded.kq"), path="labels")
     assert arr.shards is not None and arr.chunks == plain.meta.packed_chunks
     assert np.array_equal(sharded.labels.compute(), plain.labels.compute())
-    assert np.array_equal(sharded.window(20, 90, 30, 170).compute(), plain.rgb.compute()[20:90, 30:170])
+    assert np.array_equal(
+        sharded.window(20, 90, 30, 170).compute(), plain.rgb.compute()[20:90, 30:170]
+    )
     sharded.verify()
 
 
@@ -128,8 +141,17 @@ def test_writes_smaller_than_a_shard_are_refused(tmp_path):
     from kquant import store
     from kquant.errors import StoreError
 
-    meta = store.StoreMeta(height=64, width=64, k=16, n_colors=16, bits=4, chunk_rows=16,
-                           chunk_cols=16, shard_rows=32, shard_cols=32)
+    meta = store.StoreMeta(
+        height=64,
+        width=64,
+        k=16,
+        n_colors=16,
+        bits=4,
+        chunk_rows=16,
+        chunk_cols=16,
+        shard_rows=32,
+        shard_cols=32,
+    )
     with store.StoreWriter(tmp_path / "s.kq", meta, np.zeros((16, 3), np.uint8)) as w:
         with pytest.raises(StoreError, match="shards"):  # one inner chunk of a shard
             store.write_packed_chunk(w.root, np.zeros((16, 8), np.uint8), 0, 0, (16, 8))

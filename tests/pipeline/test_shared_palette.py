@@ -1,6 +1,7 @@
 """kquant.pipeline.fit_shared: one palette over several images (no Prefect involved)."""
 
 from __future__ import annotations
+
 import numpy as np
 import pytest
 from helpers import photo_like, write_png
@@ -17,8 +18,8 @@ def halves(tmp_path):
 
 def test_exact_mode_merges_the_histograms(halves):
     from kquant import pipeline
-    from kquant.pipeline import shared_palette
     from kquant.params import QuantizeParams
+    from kquant.pipeline import shared_palette
 
     a, b, whole = halves
     params = QuantizeParams(k=6, sample_size=4000, mode="exact")
@@ -28,8 +29,8 @@ def test_exact_mode_merges_the_histograms(halves):
     assert res.palette.shape == (6, 3) and res.palette.dtype == np.uint8
     assert res.sse <= 1.02 * ref.sse  # as good as fitting the stitched image
     # sse is the exact error of the palette over both images
-    from kquant.label import assign
     from kquant.io.readers import open_image
+    from kquant.label import assign
 
     err = 0
     for p in (a, b):
@@ -40,8 +41,8 @@ def test_exact_mode_merges_the_histograms(halves):
 
 
 def test_sample_mode_reads_a_bounded_sample(halves):
-    from kquant.pipeline import shared_palette
     from kquant.params import QuantizeParams
+    from kquant.pipeline import shared_palette
 
     a, b, _ = halves
     res = shared_palette.fit_shared([a, b], QuantizeParams(k=5, sample_size=3000, mode="sample"))
@@ -50,8 +51,8 @@ def test_sample_mode_reads_a_bounded_sample(halves):
 
 
 def test_no_images_is_a_parameter_error():
-    from kquant.pipeline import shared_palette
     from kquant.errors import ParameterError
+    from kquant.pipeline import shared_palette
 
     with pytest.raises(ParameterError, match="no images"):
         shared_palette.fit_shared([])
@@ -62,8 +63,8 @@ def test_space_and_target_psnr_as_for_one_image(halves, options):
     """In exact mode the union of the halves' histograms is the whole image's: the shared fit
     gives the palette that pipeline.fit gives the stitched image, with the same options."""
     from kquant import pipeline
-    from kquant.pipeline import shared_palette
     from kquant.params import QuantizeParams
+    from kquant.pipeline import shared_palette
 
     a, b, whole = halves
     params = QuantizeParams(**({"k": 6, "mode": "exact"} | options))

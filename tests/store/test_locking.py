@@ -6,11 +6,13 @@ import socket
 import subprocess
 import sys
 import time
+
 import pytest
+
 import kquant
 from kquant import QuantizeParams
-from kquant.store import locking
 from kquant.errors import TargetExistsError, TargetLockedError
+from kquant.store import locking
 
 
 def test_second_writer_fails_fast_naming_the_holder(photo_png, tmp_path):
@@ -18,8 +20,12 @@ def test_second_writer_fails_fast_naming_the_holder(photo_png, tmp_path):
     target = str(tmp_path / "s.kq")
     with locking.hold(target):
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "kquant", "quantize", str(path), target],
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-m", "kquant", "quantize", str(path), target],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 2
         line = p.stderr.strip().splitlines()[-1]
         assert "being written by another run" in line and f"pid {os.getpid()}" in line
@@ -69,11 +75,15 @@ def test_racing_takeovers_of_a_stale_lock_leave_one_holder(tmp_path):
     dead.wait()
     with open(locking.lock_path(target), "w") as fh:
         json.dump({"host": socket.gethostname(), "pid": dead.pid, "started": time.time()}, fh)
-    code = ("import sys, time\nfrom kquant.store import locking\n"
-            "try:\n    locking.acquire(sys.argv[1])\nexcept Exception as e:\n"
-            "    print('lost', e); sys.exit(3)\nprint('won'); sys.stdout.flush(); time.sleep(3)\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code, target], stdout=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    code = (
+        "import sys, time\nfrom kquant.store import locking\n"
+        "try:\n    locking.acquire(sys.argv[1])\nexcept Exception as e:\n"
+        "    print('lost', e); sys.exit(3)\nprint('won'); sys.stdout.flush(); time.sleep(3)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, target], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert sum(o.startswith("won") for o in outs) == 1, outs
     assert all(o.startswith(("won", "lost")) for o in outs), outs

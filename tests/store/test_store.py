@@ -1,12 +1,14 @@
 """The store: attributes, writer and reader, aborts, alignment, checksums, direct writes."""
 
 import json
+
 import numpy as np
 import pytest
 import zarr
+
 from kquant import store
-from kquant.store import writer as store_writer
 from kquant.errors import IncompleteStoreError, StoreError, TargetExistsError
+from kquant.store import writer as store_writer
 
 
 def _meta(**kw):
@@ -38,9 +40,17 @@ def test_meta_round_trips_through_json():
     assert again == m
 
 
-@pytest.mark.parametrize("bad", [dict(bits=3), dict(height=0), dict(chunk_cols=12),
-                                 dict(format="other"), dict(status="done"),
-                                 dict(format_version=99)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(bits=3),
+        dict(height=0),
+        dict(chunk_cols=12),
+        dict(format="other"),
+        dict(status="done"),
+        dict(format_version=99),
+    ],
+)
 def test_meta_validates(bad):
     with pytest.raises(StoreError):
         _meta(**bad)
@@ -140,9 +150,9 @@ def test_direct_chunk_writes_equal_zarr_writes(tmp_path, monkeypatch, k, shard):
     """Label chunks written as files are the bytes zarr writes: edge chunks padded, chunks
     of label 0 only left out; sharded stores stay with zarr."""
     import tifffile
+    from helpers import files, photo_like
 
     import kquant
-    from helpers import files, photo_like
 
     img = photo_like(300, 250, seed=k)
     img[:140, :130] = img[0, 0]  # a flat corner: chunks of label 0 only (the most used)

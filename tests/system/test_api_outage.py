@@ -10,15 +10,17 @@ request) so that a 20 s outage outlasts the client's retries, as a longer outage
 the retries the flows set (flows.report.CLIENT_MAX_RETRIES: about 8.5 minutes)."""
 
 from __future__ import annotations
+
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import faultkit as tf
 import pytest
 from helpers import wait_for
-import faultkit as tf
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,14 @@ def _flow_cli(server: Server, log_dir: Path, name: str, *args) -> subprocess.Pop
     """``python -m flows.quantize ARGS`` against the server (stdout, stderr to files)."""
     env = dict(server.env, PREFECT_CLIENT_MAX_RETRIES="2")
     out, err = open(log_dir / f"{name}.out", "wb"), open(log_dir / f"{name}.err", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.quantize", *map(str, args)],
-                            cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.quantize", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=err,
+        start_new_session=True,
+    )
     out.close()
     err.close()
     proc.stderr_path = log_dir / f"{name}.err"
@@ -49,8 +57,11 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str
         proc.wait(timeout=timeout)
     finally:
         tf.stop(proc)
-    return (proc.returncode, proc.stdout_path.read_text(errors="replace"),
-            proc.stderr_path.read_text(errors="replace"))
+    return (
+        proc.returncode,
+        proc.stdout_path.read_text(errors="replace"),
+        proc.stderr_path.read_text(errors="replace"),
+    )
 
 
 def _run_name(stderr: str) -> str:
@@ -70,8 +81,11 @@ def _store_complete(target: Path) -> bool:
 
 
 def _stamps(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.stat().st_mtime_ns
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -91,9 +105,15 @@ class Server:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         self.env.pop("DASK_SCHEDULER_ADDRESS", None)
-        self.env.update({"PREFECT_HOME": str(root / "home"), "PREFECT_API_URL": self.api_url,
-                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                         "OMP_NUM_THREADS": "1"})
+        self.env.update(
+            {
+                "PREFECT_HOME": str(root / "home"),
+                "PREFECT_API_URL": self.api_url,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DO_NOT_TRACK": "1",
+                "OMP_NUM_THREADS": "1",
+            }
+        )
         (root / "home").mkdir()
         self.proc, self.starts = None, 0
 
@@ -101,9 +121,20 @@ class Server:
         self.starts += 1
         log = open(self.root / f"server-{self.starts}.log", "wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-             str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                str(BIN / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         wait_for(self.healthy, 120, "the Prefect server to answer", self)
 
@@ -111,8 +142,9 @@ class Server:
         import urllib.request
 
         if self.proc.poll() is not None:
-            raise AssertionError(f"prefect server exited with {self.proc.returncode}\n"
-                                 + self.log_tail())
+            raise AssertionError(
+                f"prefect server exited with {self.proc.returncode}\n" + self.log_tail()
+            )
         try:
             with urllib.request.urlopen(self.api_url + "/health", timeout=2) as r:
                 return r.status == 200
@@ -162,15 +194,20 @@ class Server:
 
         with self.client() as c:
             run = next(r for r in c.read_flow_runs() if r.name == run_name)
-            return [lg.message for lg in c.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+            return [
+                lg.message
+                for lg in c.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+                )
+            ]
 
 
 BIN = Path(sys.executable).parent
 
 
 def test_server_killed_mid_run_then_restarted_the_run_completes_and_a_rerun_is_already_done(
-        server, tmp_path):
+    server, tmp_path
+):
     """The store is complete and verified, the flow process exits 0, the run is Completed on
     the restarted server; the same run again ends Completed "already done" without touching
     the store; other parameters are refused in one line."""
@@ -180,8 +217,12 @@ def test_server_killed_mid_run_then_restarted_the_run_completes_and_a_rerun_is_a
     flow = _flow_cli(server, tmp_path, "run", *args)
     try:
         # the run is on the server: kill the server before any task has started
-        wait_for(lambda: "RUNNING" in {s for s, _ in server.runs().values()}, 120,
-                 "the flow run to be Running", server)
+        wait_for(
+            lambda: "RUNNING" in {s for s, _ in server.runs().values()},
+            120,
+            "the flow run to be Running",
+            server,
+        )
         server.kill()
         # the whole run happens during the outage, which lasts well past the client's
         # retries of the report and of the final state (2 + 4 s each)
@@ -195,8 +236,13 @@ def test_server_killed_mid_run_then_restarted_the_run_completes_and_a_rerun_is_a
     assert rc == 0, f"flow exited {rc} (alive at the restart: {alive_at_restart})\n{err[-4000:]}"
     assert f"store      {target}" in out
     assert "does not answer" in err and "answers again" in err  # it waited for the API
-    p = subprocess.run([sys.executable, "-m", "kquant", "info", "--verify", str(target)],
-                       capture_output=True, text=True, timeout=120, env=tf.run_env())
+    p = subprocess.run(
+        [sys.executable, "-m", "kquant", "info", "--verify", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=tf.run_env(),
+    )
     assert p.returncode == 0 and "checksum verified" in p.stdout, p.stderr
     name = _run_name(err)
     state, message = server.runs()[name]
@@ -223,8 +269,7 @@ def test_a_user_error_is_one_line_in_the_run_logs_without_a_traceback(server, tm
     """A missing source: the run ends Failed with the reason; its logs on the server hold
     the one-line reason and no traceback; the command prints one error line, exit 1."""
     missing = tmp_path / "no-such.png"
-    rc, out, err = _finish(_flow_cli(server, tmp_path, "missing", missing,
-                                     tmp_path / "out.kquant"))
+    rc, out, err = _finish(_flow_cli(server, tmp_path, "missing", missing, tmp_path / "out.kquant"))
     assert rc == 1
     lines = _error_lines(err)
     assert lines == [f"quantize-image: error: no such file: {missing}"], err[-3000:]
@@ -232,8 +277,14 @@ def test_a_user_error_is_one_line_in_the_run_logs_without_a_traceback(server, tm
     name = _run_name(err)
     state, message = server.runs()[name]
     assert state == "FAILED" and message == f"no such file: {missing}"
-    logs = wait_for(lambda: (lg := server.logs(name)) and any(
-        "Finished in state Failed" in m for m in lg) and lg, 30, "the run's logs", server)
+    logs = wait_for(
+        lambda: (
+            (lg := server.logs(name)) and any("Finished in state Failed" in m for m in lg) and lg
+        ),
+        30,
+        "the run's logs",
+        server,
+    )
     assert f"quantize-image failed: no such file: {missing}" in logs
     assert not [m for m in logs if "Traceback" in m or "\n" in m], logs
     assert not (tmp_path / "out.kquant").exists()

@@ -3,11 +3,13 @@
 import os
 import subprocess
 import sys
+
 import numpy as np
 import pytest
 import tifffile
+from helpers import dask_processes, files, free_port, photo_like
+
 import kquant
-from helpers import files, dask_processes, free_port, photo_like
 from kquant import QuantizeParams
 
 
@@ -31,15 +33,17 @@ def test_cluster_store_is_byte_identical_to_local(tmp_path, scheduler_address, m
 
 @pytest.mark.parametrize("mode", ["exact", "sample"])
 def test_sample_fit_on_a_cluster_overlaps_dask_ml_import_and_is_identical(
-        tmp_path, scheduler_address, monkeypatch, mode):
+    tmp_path, scheduler_address, monkeypatch, mode
+):
     """With dask-ml's sample fit, the client prepares dask-ml while the workers read."""
     from kquant import fit as fit_mod
 
     img = photo_like(256, 300, seed=12)
     src = tmp_path / "t.tif"
     tifffile.imwrite(src, img, tile=(64, 64), compression="zlib", photometric="rgb")
-    params = QuantizeParams(k=8, chunk=128, mode=mode, sample_size=3000, restarts=0,
-                            sample_fit="always")
+    params = QuantizeParams(
+        k=8, chunk=128, mode=mode, sample_size=3000, restarts=0, sample_fit="always"
+    )
     calls = []
     real = fit_mod.prepare_sample_fit
     monkeypatch.setattr(fit_mod, "prepare_sample_fit", lambda: calls.append(1) or real())
@@ -52,6 +56,7 @@ def test_sample_fit_on_a_cluster_overlaps_dask_ml_import_and_is_identical(
 
 def test_warm_workers_runs_once_on_every_worker(tmp_path, scheduler_address):
     from helpers import poll
+
     from kquant import cluster
 
     d = str(tmp_path)  # a lambda: pickled by value (the workers cannot import this module)
@@ -63,15 +68,19 @@ def test_warm_workers_runs_once_on_every_worker(tmp_path, scheduler_address):
         pids = set(client.run(os.getpid).values())
         assert cluster.warm_workers(mark) == len(pids) == 2
     # fire and forget: the tasks run even though the client has gone
-    marked = poll(lambda: {int(p.name) for p in tmp_path.iterdir()} == pids or None, 30,
-                  "every worker to run the warm-up", interval=0.1)
+    marked = poll(
+        lambda: {int(p.name) for p in tmp_path.iterdir()} == pids or None,
+        30,
+        "every worker to run the warm-up",
+        interval=0.1,
+    )
     assert marked
 
 
 def test_workers_load_the_lookup_table_kernels_while_the_client_fits(
-        tmp_path, scheduler_address, monkeypatch):
+    tmp_path, scheduler_address, monkeypatch
+):
     from distributed import Client
-
 
     monkeypatch.setattr("kquant.pipeline.plan.LUT_MIN_PIXELS", 0)  # the table path on a small image
     img = photo_like(200, 264, seed=13)
@@ -84,11 +93,13 @@ def test_workers_load_the_lookup_table_kernels_while_the_client_fits(
     assert files(tmp_path / "local.kq") == files(tmp_path / "cluster.kq")
     with Client(scheduler_address) as c:
         keys = c.run_on_scheduler(
-            lambda dask_scheduler: [str(t[0]) for t in list(dask_scheduler.transition_log)])
+            lambda dask_scheduler: [str(t[0]) for t in list(dask_scheduler.transition_log)]
+        )
         workers = list(c.scheduler_info()["workers"])
     warmed = {k for k in keys if k.startswith("kquant-warm-")}
-    assert {w for w in workers if any(k.startswith(f"kquant-warm-{w}-") for k in warmed)} \
-        == set(workers)
+    assert {w for w in workers if any(k.startswith(f"kquant-warm-{w}-") for k in warmed)} == set(
+        workers
+    )
 
 
 def test_cli_uses_dask_scheduler_address(tmp_path, scheduler_address, photo_png):
@@ -96,24 +107,54 @@ def test_cli_uses_dask_scheduler_address(tmp_path, scheduler_address, photo_png)
 
     path, img = photo_png
     env = dict(os.environ, DASK_SCHEDULER_ADDRESS=scheduler_address)
-    p = subprocess.run([sys.executable, "-m", "kquant", "quantize", str(path),
-                        str(tmp_path / "s.kq"), "-k", "6", "--chunk", "64"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kquant",
+            "quantize",
+            str(path),
+            str(tmp_path / "s.kq"),
+            "-k",
+            "6",
+            "--chunk",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     st = kquant.open_store(tmp_path / "s.kq")
     d = ((img[:, :, None, :].astype(int) - st.palette[None, None].astype(int)) ** 2).sum(-1)
     assert np.array_equal(st.labels.compute(), d.argmin(-1))
     with Client(scheduler_address) as c:  # the scheduler ran the write tasks
         keys = c.run_on_scheduler(
-            lambda dask_scheduler: [str(t[0]) for t in list(dask_scheduler.transition_log)])
+            lambda dask_scheduler: [str(t[0]) for t in list(dask_scheduler.transition_log)]
+        )
     assert any("_assign_write_block" in k for k in keys)
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, photo_png):
     path, _ = photo_png
-    p = subprocess.run([sys.executable, "-m", "kquant", "quantize", str(path), str(tmp_path / "s.kq"),
-                        "--address", f"tcp://127.0.0.1:{free_port()}"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kquant",
+            "quantize",
+            str(path),
+            str(tmp_path / "s.kq"),
+            "--address",
+            f"tcp://127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines()[-1].startswith("kquant: error: cannot reach dask scheduler")
+    assert (
+        p.stderr.strip().splitlines()[-1].startswith("kquant: error: cannot reach dask scheduler")
+    )
     assert not (tmp_path / "s.kq").exists()

@@ -1,35 +1,48 @@
-"""End to end: a real `prefect server start` on 127.0.0.1, a real process worker, deploy/prefect.yaml.
+"""End to end: a real `prefect server start` on 127.0.0.1, a real process worker,
+deploy/prefect.yaml.
 
 The session fixture ``prefect_stack`` (conftest.py) runs ``deploy/serve.sh`` in
 a temporary PREFECT_HOME and deploys with ``deploy/deploy.sh``; it stops the
 server, the worker and any flow-run process at the end of the session."""
 
 from __future__ import annotations
+
 import json
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+
 from helpers import photo_like, wait_for, write_png
 
 
 def _artifacts(client, flow_run_id) -> dict:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    arts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    arts = client.read_artifacts(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    )
     return {a.key: a for a in arts}
 
 
 def _run_scheduled_now(stack, client, deployment_id):
-    """Take the deployment's next run created by the scheduler, make it due now, wait for its end."""
+    """Take the deployment's next run created by the scheduler, make it due now, wait for its
+    end."""
     from prefect.states import Scheduled
 
-    run = wait_for(lambda: _next_scheduled_run(client, deployment_id), 60,
-                "a scheduled run of the inbox deployment", stack)
+    run = wait_for(
+        lambda: _next_scheduled_run(client, deployment_id),
+        60,
+        "a scheduled run of the inbox deployment",
+        stack,
+    )
     assert run.auto_scheduled, "expected a run created by the deployment's schedule"
-    client.set_flow_run_state(run.id, Scheduled(scheduled_time=datetime.now(timezone.utc)),
-                              force=True)
-    done = wait_for(lambda: (r := client.read_flow_run(run.id)).state.type.value in FINAL and r,
-                 180, f"scheduled run {run.name} to finish", stack)
+    client.set_flow_run_state(run.id, Scheduled(scheduled_time=datetime.now(UTC)), force=True)
+    done = wait_for(
+        lambda: (r := client.read_flow_run(run.id)).state.type.value in FINAL and r,
+        180,
+        f"scheduled run {run.name} to finish",
+        stack,
+    )
     return done
 
 
@@ -37,17 +50,24 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def _next_scheduled_run(client, deployment_id):
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId,
-                                                FlowRunFilter, FlowRunFilterState,
-                                                FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
     runs = client.read_flow_runs(
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=1,
+    )
     return runs[0] if runs else None
 
 
@@ -60,11 +80,26 @@ def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
     target = tmp_path / "holiday.kquant"
     t0 = time.monotonic()
     out = prefect_stack.prefect(
-        "deployment", "run", "quantize-image/adhoc", "--param", f"source={src}",
-        "--param", f"target={target}", "--param", 'params={"k": 12}', "--watch", "--watch-interval", "1", "--watch-timeout", "180")
+        "deployment",
+        "run",
+        "quantize-image/adhoc",
+        "--param",
+        f"source={src}",
+        "--param",
+        f"target={target}",
+        "--param",
+        'params={"k": 12}',
+        "--watch",
+        "--watch-interval",
+        "1",
+        "--watch-timeout",
+        "180",
+    )
     seconds = time.monotonic() - t0
-    print(f"\nadhoc deployment run, submitted to Completed: {seconds:.1f} s "
-          f"(deploy took {prefect_stack.deploy_seconds:.1f} s)")
+    print(
+        f"\nadhoc deployment run, submitted to Completed: {seconds:.1f} s "
+        f"(deploy took {prefect_stack.deploy_seconds:.1f} s)"
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:] + prefect_stack.log_tail()
     assert "Completed" in out.stdout
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
@@ -84,13 +119,16 @@ def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
         assert "DASK_SCHEDULER_ADDRESS" in deployment.job_variables["env"]
         # the flow runs' Prefect client rides out a server restart
         assert deployment.job_variables["env"]["PREFECT_CLIENT_MAX_RETRIES"] == str(
-            CLIENT_MAX_RETRIES)
+            CLIENT_MAX_RETRIES
+        )
         arts = _artifacts(client, run.id)
     assert {a.type for a in arts.values()} == {"markdown", "table", "image"}
     md = arts["holiday-kquant-summary"].data
     assert "PSNR" in md and "bits/px" in md and target.as_uri() in md
     rows = json.loads(arts["holiday-kquant-palette"].data)
-    assert [r["hex"] for r in rows] == [f"#{a:02x}{b:02x}{c:02x}" for a, b, c in st.palette.tolist()]
+    assert [r["hex"] for r in rows] == [
+        f"#{a:02x}{b:02x}{c:02x}" for a, b, c in st.palette.tolist()
+    ]
     assert arts["holiday-kquant-preview"].data.startswith("data:image/jpeg;base64,")
 
 
@@ -111,7 +149,9 @@ def test_scheduled_inbox_processes_new_images_then_skips_them(prefect_stack):
         assert first.state.type.value == "COMPLETED", first.state.message + prefect_stack.log_tail()
         rows = json.loads(_artifacts(client, first.id)["kquant-batch-outbox-images"].data)
         assert sorted((r["image"], r["status"]) for r in rows) == [
-            ("scan-0.png", "written"), ("scan-1.png", "written")]
+            ("scan-0.png", "written"),
+            ("scan-1.png", "written"),
+        ]
         stamps = {}
         for i in range(2):
             st = open_store(outbox / f"scan-{i}.png.kquant")
@@ -122,11 +162,15 @@ def test_scheduled_inbox_processes_new_images_then_skips_them(prefect_stack):
         write_png(inbox / "scan-2.png", photo_like(64, 80, seed=33), age_seconds=120)
         second = _run_scheduled_now(prefect_stack, client, dep.id)
         assert second.id != first.id
-        assert second.state.type.value == "COMPLETED", second.state.message + prefect_stack.log_tail()
+        assert second.state.type.value == "COMPLETED", (
+            second.state.message + prefect_stack.log_tail()
+        )
         rows = json.loads(_artifacts(client, second.id)["kquant-batch-outbox-images"].data)
         assert sorted((r["image"], r["status"]) for r in rows) == [
-            ("scan-0.png", "skipped (store exists)"), ("scan-1.png", "skipped (store exists)"),
-            ("scan-2.png", "written")]
+            ("scan-0.png", "skipped (store exists)"),
+            ("scan-1.png", "skipped (store exists)"),
+            ("scan-2.png", "written"),
+        ]
     st = open_store(outbox / "scan-2.png.kquant")
     st.verify()
     assert st.shape == (64, 80)
@@ -137,8 +181,19 @@ def test_scheduled_inbox_processes_new_images_then_skips_them(prefect_stack):
 def test_adhoc_bad_input_ends_failed_with_reason(prefect_stack, tmp_path):
     (tmp_path / "notes.png").write_text("not a picture\n")
     out = prefect_stack.prefect(
-        "deployment", "run", "quantize-image/adhoc", "--param", f"source={tmp_path / 'notes.png'}",
-        "--param", f"target={tmp_path / 'x.kquant'}", "--watch", "--watch-interval", "1", "--watch-timeout", "180")
+        "deployment",
+        "run",
+        "quantize-image/adhoc",
+        "--param",
+        f"source={tmp_path / 'notes.png'}",
+        "--param",
+        f"target={tmp_path / 'x.kquant'}",
+        "--watch",
+        "--watch-interval",
+        "1",
+        "--watch-timeout",
+        "180",
+    )
     assert out.returncode != 0
     assert "Failed" in out.stdout
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
@@ -148,7 +203,9 @@ def test_adhoc_bad_input_ends_failed_with_reason(prefect_stack, tmp_path):
         assert client.read_flow_run(run_id).state.type.value == "FAILED"
 
         def reason():
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+            )
             return [lg.message for lg in logs if lg.message.startswith("quantize-image failed:")]
 
         line = wait_for(reason, 20, "the failure reason in the flow run's logs")[0]

@@ -1,22 +1,41 @@
-"""Faults injected into real processes, killed by PID: crashes, concurrent writers, Ctrl-C, a full disk."""
+"""Faults injected into real processes, killed by PID: crashes, concurrent writers, Ctrl-C,
+a full disk."""
 
 from __future__ import annotations
+
 import os
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
 import psutil
 import pytest
-import kquant
-from faultkit import (ARGS, FAULTS, assert_clean_finish, assert_nothing_complete,
-                      chunk_files, files, lock_holder, make_source, one_error_line, quantize_cli,
-                      run_env, spawn, stderr_of, stop, tmp_dirs, wait_for_write_pass, wait_until)
+from faultkit import (
+    ARGS,
+    FAULTS,
+    assert_clean_finish,
+    assert_nothing_complete,
+    chunk_files,
+    files,
+    lock_holder,
+    make_source,
+    one_error_line,
+    quantize_cli,
+    run_env,
+    spawn,
+    stderr_of,
+    stop,
+    tmp_dirs,
+    wait_for_write_pass,
+    wait_until,
+)
 from helpers import dask_processes
-from kquant.store import locking
+
+import kquant
 from kquant.errors import IncompleteStoreError
-from kquant.store import read_meta
+from kquant.store import locking, read_meta
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +74,16 @@ def small_tmpfs(tmp_path, reference):
     size = sum(len(b) for b in files(reference).values()) // 2
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode}): "
-                    "the full-disk test needs root or CAP_SYS_ADMIN")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode}): "
+            "the full-disk test needs root or CAP_SYS_ADMIN"
+        )
     try:
         yield mnt
     finally:
@@ -131,19 +155,26 @@ def test_kill9_dask_worker_during_write(source, reference, tmp_path, dask_cluste
                         return addr
                 return None
 
-            victim = wait_until(busy_writer, 60, "a worker running a write task", proc,
-                                interval=0.01)
+            victim = wait_until(
+                busy_writer, 60, "a worker running a write task", proc, interval=0.01
+            )
             pid = pids[victim]
             # the worker process, not its nanny: a child of the `dask worker` command
             assert pid != worker_group.pid
             assert psutil.Process(pid).ppid() in {worker_group.pid} | {
-                c.pid for c in psutil.Process(worker_group.pid).children()}
+                c.pid for c in psutil.Process(worker_group.pid).children()
+            }
             os.kill(pid, signal.SIGKILL)
             FAULTS["kill -9 dask worker (write)"] += 1
             killed_during_run = proc.poll() is None
-            wait_until(lambda: not psutil.pid_exists(pid)
-                       or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30,
-                       "the worker to die")
+            wait_until(
+                lambda: (
+                    not psutil.pid_exists(pid)
+                    or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+                ),
+                30,
+                "the worker to die",
+            )
         rc = proc.wait(timeout=300)
     finally:
         stop(proc)
@@ -169,8 +200,11 @@ def test_two_concurrent_cli_writers(source, reference, tmp_path):
     FAULTS["concurrent writers"] += 1
     try:
         # the loser stops at the lock, long before the winner has written anything
-        loser = wait_until(lambda: next((p for p in procs if p.poll() is not None), None), 120,
-                           "one writer to give up")
+        loser = wait_until(
+            lambda: next((p for p in procs if p.poll() is not None), None),
+            120,
+            "one writer to give up",
+        )
         winner = next(p for p in procs if p is not loser)
         assert winner.poll() is None, "both writers ended: no contention was seen"
         assert loser.returncode == 2

@@ -1,17 +1,18 @@
 """kill -9 of the Prefect worker and of the flow-run process mid-run, on the real stack."""
 
 from __future__ import annotations
+
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import faultkit as tf
 import psutil
 import pytest
 from helpers import wait_for
-import faultkit as tf
-
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
@@ -19,13 +20,22 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 def _start_worker(stack, log: Path) -> subprocess.Popen:
     env = dict(stack.env, OMP_NUM_THREADS="1")
     out = open(log, "wb")
-    proc = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type",
-                             "process"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     out.close()
     proc.stderr_path = log  # for tf.wait_until's report
-    wait_for(lambda: proc.poll() is None and "started" in log.read_text(errors="replace"), 120,
-             f"the {POOL} worker to start", stack)
+    wait_for(
+        lambda: proc.poll() is None and "started" in log.read_text(errors="replace"),
+        120,
+        f"the {POOL} worker to start",
+        stack,
+    )
     return proc
 
 
@@ -42,9 +52,15 @@ def _flow_process(worker: subprocess.Popen):
 
 def _submit(stack, client, source: Path, target: Path):
     dep = client.read_deployment_by_name(DEPLOYMENT)
-    return client.create_flow_run_from_deployment(dep.id, parameters={
-        "source": str(source), "target": str(target),
-        "params": {"k": 16, "seed": 3, "restarts": 0}, "preview": False})
+    return client.create_flow_run_from_deployment(
+        dep.id,
+        parameters={
+            "source": str(source),
+            "target": str(target),
+            "params": {"k": 16, "seed": 3, "restarts": 0},
+            "preview": False,
+        },
+    )
 
 
 def _state(client, run_id) -> str:
@@ -58,8 +74,9 @@ def fault_deployment(prefect_stack, tmp_path_factory):
     assert out.returncode == 0 or "already exists" in out.stdout + out.stderr, out.stderr
     yaml = root / "prefect.yaml"
     yaml.write_text(PREFECT_YAML)
-    out = prefect_stack.prefect("--no-prompt", "deploy", "--prefect-file", str(yaml),
-                                "--name", "faults")
+    out = prefect_stack.prefect(
+        "--no-prompt", "deploy", "--prefect-file", str(yaml), "--name", "faults"
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return root
 
@@ -94,8 +111,9 @@ deployments:
 """
 
 
-def test_kill9_prefect_worker_and_flow_process_then_rerun(prefect_stack, fault_deployment,
-                                                          tmp_path):
+def test_kill9_prefect_worker_and_flow_process_then_rerun(
+    prefect_stack, fault_deployment, tmp_path
+):
     src = tf.make_source(tmp_path / "mosaic.tif")
     reference = tmp_path / "clean.kq"  # a clean run of the CLI with the same parameters
     p = tf.quantize_cli(src, reference)
@@ -136,23 +154,34 @@ def test_kill9_prefect_worker_and_flow_process_then_rerun(prefect_stack, fault_d
             flow2.kill()
             tf.FAULTS["kill -9 flow-run process (write, worker alive)"] += 1
             psutil.wait_procs([flow2], timeout=30)
-            state2 = wait_for(lambda: (s := _state(client, run2.id)) in FINAL and s, 120,
-                              "the worker to report the killed flow run", prefect_stack)
+            state2 = wait_for(
+                lambda: (s := _state(client, run2.id)) in FINAL and s,
+                120,
+                "the worker to report the killed flow run",
+                prefect_stack,
+            )
             assert state2 in ("CRASHED", "FAILED"), state2
             tf.assert_nothing_complete(target, kind="kill -9 flow-run process")
             assert not target.exists()
 
             # 3. a rerun of the deployment completes with the clean run's store
             run3 = _submit(prefect_stack, client, src, target)
-            state3 = wait_for(lambda: (s := _state(client, run3.id)) in FINAL and s, 240,
-                              "the rerun to finish", prefect_stack)
+            state3 = wait_for(
+                lambda: (s := _state(client, run3.id)) in FINAL and s,
+                240,
+                "the rerun to finish",
+                prefect_stack,
+            )
             assert state3 == "COMPLETED", (tmp_path / "worker2.log").read_text()[-3000:]
             assert _state(client, run1.id) != "COMPLETED"
         tf.assert_clean_finish(target, reference)
         assert not tf.tmp_dirs(target)  # the killed runs' temporary stores were removed
-        print(f"\nPrefect faults: flow-run process alive after its worker's kill -9: "
-              f"{flow1_alive_after_worker}; killed run states: {_state_names(prefect_stack, run1, run2)}; "
-              f"counts: {dict(sorted(tf.FAULTS.items()))}")
+        print(
+            f"\nPrefect faults: flow-run process alive after its worker's kill -9: "
+            f"{flow1_alive_after_worker}; killed run states: "
+            f"{_state_names(prefect_stack, run1, run2)}; "
+            f"counts: {dict(sorted(tf.FAULTS.items()))}"
+        )
     finally:
         stop_tree = type(prefect_stack).__init__.__globals__["stop_tree"]  # tests/conftest.py
         for w in workers:

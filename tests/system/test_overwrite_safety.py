@@ -11,14 +11,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-import kquant
 from helpers import moto_s3, photo_like
-from kquant import QuantizeParams, export, pipeline, store
 
+import kquant
+from kquant import QuantizeParams, export, pipeline, store
 
 VICTIM = b"precious data outside the output folder\n"
 
@@ -26,8 +27,14 @@ VICTIM = b"precious data outside the output folder\n"
 def run(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     e = dict(os.environ, **(env or {}))
     e.pop("KQUANT_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "kquant", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=e, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kquant", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=e,
+        timeout=300,
+    )
 
 
 def assert_refused(p: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -72,8 +79,13 @@ def test_overwrite_refuses_the_folder_holding_the_source(tmp_path, form):
     (d / "sub").mkdir()
     (d / "sub" / "more.png").write_bytes(b"more")
     source, cwd = str(d / "china.png"), None
-    target = {"plain": str(d), "trailing-slash": f"{d}/", "file-url": f"file://{d}",
-              "relative": "d", "symlink": str(tmp_path / "link")}[form]
+    target = {
+        "plain": str(d),
+        "trailing-slash": f"{d}/",
+        "file-url": f"file://{d}",
+        "relative": "d",
+        "symlink": str(tmp_path / "link"),
+    }[form]
     if form == "relative":
         source, cwd = "d/china.png", tmp_path
     if form == "symlink":
@@ -87,16 +99,28 @@ def test_overwrite_refuses_the_folder_holding_the_source(tmp_path, form):
 @pytest.mark.parametrize("form", ["same", "relative", "file-url"])
 def test_overwrite_refuses_the_source_itself(tmp_path, form):
     src = photo(tmp_path / "p.png")
-    target, cwd = {"same": (src, None), "relative": ("./p.png", tmp_path),
-                   "file-url": (f"file://{src}", None)}[form]
+    target, cwd = {
+        "same": (src, None),
+        "relative": ("./p.png", tmp_path),
+        "file-url": (f"file://{src}", None),
+    }[form]
     before = snapshot(tmp_path)
     p = run("quantize", src, target, "--overwrite", "-k", "8", cwd=cwd)
     assert_refused(p, "is the source")
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("kind", ["folder", "file", "store-holding-source",
-                                  "store-with-foreign-file", "link-to-folder", "dangling-link"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "folder",
+        "file",
+        "store-holding-source",
+        "store-with-foreign-file",
+        "link-to-folder",
+        "dangling-link",
+    ],
+)
 def test_overwrite_refuses_what_kquant_did_not_write(tmp_path, kind):
     src = photo(tmp_path / "src.png")
     t = tmp_path / "t.kquant"
@@ -138,10 +162,21 @@ def test_preview_is_never_the_source_nor_inside_the_store(tmp_path):
     src = photo(tmp_path / "src.png")
     make_store(src, tmp_path / "s.kquant")
     before = snapshot(tmp_path)
-    assert_refused(run("quantize", src, tmp_path / "n.kquant", "--preview", src, "--overwrite"),
-                   "is the source")
-    assert_refused(run("quantize", src, tmp_path / "s.kquant", "--overwrite", "--preview",
-                       tmp_path / "s.kquant" / "p.png"), "inside the store")
+    assert_refused(
+        run("quantize", src, tmp_path / "n.kquant", "--preview", src, "--overwrite"),
+        "is the source",
+    )
+    assert_refused(
+        run(
+            "quantize",
+            src,
+            tmp_path / "s.kquant",
+            "--overwrite",
+            "--preview",
+            tmp_path / "s.kquant" / "p.png",
+        ),
+        "inside the store",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -158,8 +193,9 @@ def test_overwrite_replaces_what_kquant_wrote(tmp_path):
     assert kquant.open_store(tmp_path / "s.kquant").meta.n_colors == 8
     # an incomplete store (a crashed run's): replaced
     g = zarr.open_group(str(tmp_path / "half.kquant"), mode="w")
-    g.attrs["kquant"] = StoreMeta(height=4, width=4, k=2, n_colors=2, bits=1, chunk_rows=4,
-                                  chunk_cols=4).to_json()
+    g.attrs["kquant"] = StoreMeta(
+        height=4, width=4, k=2, n_colors=2, bits=1, chunk_rows=4, chunk_cols=4
+    ).to_json()
     p = run("quantize", src, tmp_path / "half.kquant", "--overwrite", "-k", "4", "--restarts", "0")
     assert p.returncode == 0, p.stderr
     assert kquant.open_store(tmp_path / "half.kquant").meta.complete
@@ -168,8 +204,18 @@ def test_overwrite_replaces_what_kquant_wrote(tmp_path):
         (tmp_path / name).write_bytes(b"an old output")
     assert run("decode", tmp_path / "s.kquant", tmp_path / "d.png", "--overwrite").returncode == 0
     assert run("export", tmp_path / "s.kquant", tmp_path / "e.tif", "--overwrite").returncode == 0
-    p = run("quantize", src, tmp_path / "s.kquant", "--overwrite", "-k", "8", "--restarts", "0",
-            "--preview", tmp_path / "p.png")
+    p = run(
+        "quantize",
+        src,
+        tmp_path / "s.kquant",
+        "--overwrite",
+        "-k",
+        "8",
+        "--restarts",
+        "0",
+        "--preview",
+        tmp_path / "p.png",
+    )
     assert p.returncode == 0, p.stderr
     st = kquant.open_store(tmp_path / "s.kquant")
     assert np.array_equal(iio.imread(tmp_path / "d.png"), st.rgb.compute())
@@ -189,8 +235,7 @@ def test_library_calls_apply_the_same_rule(tmp_path):
     with pytest.raises(UnsafeTargetError):
         pipeline.quantize(src, d, QuantizeParams(k=4), overwrite=True)
     with pytest.raises(UnsafeTargetError):
-        pipeline.write(src, d, np.eye(3, dtype=np.uint8) * 255, QuantizeParams(k=4),
-                       overwrite=True)
+        pipeline.write(src, d, np.eye(3, dtype=np.uint8) * 255, QuantizeParams(k=4), overwrite=True)
     with pytest.raises(UnsafeTargetError):
         pipeline.preview(src, np.eye(3, dtype=np.uint8) * 255, src)
     with pytest.raises(UnsafeTargetError):
@@ -205,8 +250,12 @@ def test_library_calls_apply_the_same_rule(tmp_path):
 def test_overwrite_on_s3_never_wipes_a_prefix(tmp_path):
     with moto_s3(tmp_path, "kqbox") as s3:
         png = photo(tmp_path / "a.png")
-        objects = {"kqbox/inbox/a.png": png.read_bytes(), "kqbox/inbox/b.png": b"another image",
-                   "kqbox/inbox/notes/readme.txt": b"notes", "kqbox/other/keep.txt": b"keep"}
+        objects = {
+            "kqbox/inbox/a.png": png.read_bytes(),
+            "kqbox/inbox/b.png": b"another image",
+            "kqbox/inbox/notes/readme.txt": b"notes",
+            "kqbox/other/keep.txt": b"keep",
+        }
         for key, data in objects.items():
             s3.pipe_file(key, data)
 
@@ -214,20 +263,37 @@ def test_overwrite_on_s3_never_wipes_a_prefix(tmp_path):
             s3.invalidate_cache()
             return {k: s3.cat_file(k) for k in s3.find("kqbox")}
 
-        for target, fragment in [("s3://kqbox/inbox", "holds the source"),
-                                 ("s3://kqbox/inbox/", "holds the source"),
-                                 ("s3://kqbox//inbox", "holds the source"),
-                                 ("s3://kqbox/inbox/a.png", "is the source"),
-                                 ("s3://kqbox/other", "not a kquant store")]:
+        for target, fragment in [
+            ("s3://kqbox/inbox", "holds the source"),
+            ("s3://kqbox/inbox/", "holds the source"),
+            ("s3://kqbox//inbox", "holds the source"),
+            ("s3://kqbox/inbox/a.png", "is the source"),
+            ("s3://kqbox/other", "not a kquant store"),
+        ]:
             p = run("quantize", "s3://kqbox/inbox/a.png", target, "--overwrite", "-k", "8")
             assert_refused(p, fragment)
             assert stored() == objects, target
         # a store on the bucket is still replaced
-        p = run("quantize", "s3://kqbox/inbox/a.png", "s3://kqbox/out/a.kquant", "-k", "4",
-                "--restarts", "0")
+        p = run(
+            "quantize",
+            "s3://kqbox/inbox/a.png",
+            "s3://kqbox/out/a.kquant",
+            "-k",
+            "4",
+            "--restarts",
+            "0",
+        )
         assert p.returncode == 0, p.stderr
-        p = run("quantize", "s3://kqbox/inbox/a.png", "s3://kqbox/out/a.kquant", "-k", "8",
-                "--restarts", "0", "--overwrite")
+        p = run(
+            "quantize",
+            "s3://kqbox/inbox/a.png",
+            "s3://kqbox/out/a.kquant",
+            "-k",
+            "8",
+            "--restarts",
+            "0",
+            "--overwrite",
+        )
         assert p.returncode == 0, p.stderr
         assert kquant.open_store("s3://kqbox/out/a.kquant").meta.n_colors == 8
         assert {k: v for k, v in stored().items() if k in objects} == objects
@@ -245,15 +311,29 @@ def test_outputs_never_follow_planted_symlinks(tmp_path, command):
     name = {"preview": "p.png", "decode": "x.png", "export": "x.tif"}[command]
     out = out_dir / name
     # the names an attacker can predict: the fixed temporary names of earlier versions
-    planted = [out_dir / f"{name}.kquant-tmp.png", out_dir / f".{name}.kquant-tmp{out.suffix}",
-               out_dir / f".{name}.kquant-tmp"]
+    planted = [
+        out_dir / f"{name}.kquant-tmp.png",
+        out_dir / f".{name}.kquant-tmp{out.suffix}",
+        out_dir / f".{name}.kquant-tmp",
+    ]
     for link in planted:
         link.symlink_to(victim)
 
     def write(*extra):
         if command == "preview":
-            return run("quantize", src, tmp_path / "s.kquant", "--overwrite", "-k", "4",
-                       "--restarts", "0", "--preview", out, *extra)
+            return run(
+                "quantize",
+                src,
+                tmp_path / "s.kquant",
+                "--overwrite",
+                "-k",
+                "4",
+                "--restarts",
+                "0",
+                "--preview",
+                out,
+                *extra,
+            )
         return run(command, tmp_path / "s.kquant", out, *extra)
 
     p = write()
@@ -289,8 +369,8 @@ def test_dangling_symlink_counts_as_an_existing_output(tmp_path):
 
 def test_exclusive_temporary_file_skips_a_planted_name(tmp_path, monkeypatch):
     """Even a guessed temporary name is not followed: it exists, another one is drawn."""
-    from kquant.io import atomicfile
     from kquant.errors import TargetExistsError
+    from kquant.io import atomicfile
 
     victim = tmp_path / "victim.bin"
     victim.write_bytes(VICTIM)
@@ -327,9 +407,11 @@ def test_output_cut_short_by_head_ends_quietly(tmp_path, buffered, lines):
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
     for extra in ("", "--json"):
-        script = (f'"{sys.executable}" -m kquant info "{tmp_path / "s.kquant"}" {extra} '
-                  f'2>"{tmp_path / "err"}" | head -n {lines} >"{tmp_path / "out"}"; '
-                  f'echo "${{PIPESTATUS[0]}}" >"{tmp_path / "status"}"')
+        script = (
+            f'"{sys.executable}" -m kquant info "{tmp_path / "s.kquant"}" {extra} '
+            f'2>"{tmp_path / "err"}" | head -n {lines} >"{tmp_path / "out"}"; '
+            f'echo "${{PIPESTATUS[0]}}" >"{tmp_path / "status"}"'
+        )
         subprocess.run(["bash", "-c", script], env=env, timeout=120, check=True)
         status = int((tmp_path / "status").read_text())
         assert (tmp_path / "err").read_text() == ""

@@ -3,15 +3,17 @@
 import os
 import subprocess
 import sys
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-import kquant
 from helpers import moto_s3, photo_like
+from oracles import nearest_oracle
+
+import kquant
 from kquant import QuantizeParams, pipeline
 from kquant.errors import KquantError
-from oracles import nearest_oracle
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,9 @@ def s3(tmp_path_factory):
 
 def test_store_on_s3_round_trips(s3, photo_png):
     path, img = photo_png
-    res = kquant.quantize(path, "s3://kqtest/a/photo.kquant", QuantizeParams(k=8, chunk=64, restarts=1))
+    res = kquant.quantize(
+        path, "s3://kqtest/a/photo.kquant", QuantizeParams(k=8, chunk=64, restarts=1)
+    )
     assert res.target == "s3://kqtest/a/photo.kquant"
     assert s3.exists("kqtest/a/photo.kquant/zarr.json")
     assert not [p for p in s3.ls("kqtest/a") if "kquant-tmp" in p]
@@ -31,8 +35,12 @@ def test_store_on_s3_round_trips(s3, photo_png):
     assert np.array_equal(st.labels.compute(), nearest_oracle(img, st.palette))
     assert np.array_equal(st.window(10, 50, 60, 130).compute(), st.rgb.compute()[10:50, 60:130])
     st.verify()
-    p = subprocess.run([sys.executable, "-m", "kquant", "info", "s3://kqtest/a/photo.kquant", "--json"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "kquant", "info", "s3://kqtest/a/photo.kquant", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     with pytest.raises(KquantError, match="exists"):
         kquant.quantize(path, "s3://kqtest/a/photo.kquant", QuantizeParams(k=8))
@@ -77,13 +85,16 @@ def test_failed_overwrite_on_s3_keeps_the_old_store(s3, tmp_path, photo_png):
     old = kquant.open_store(target).meta.checksum
     # a tiled TIFF whose later tiles are garbage: the header reads, the write pass fails
     bad = tmp_path / "bad.tif"
-    tifffile.imwrite(bad, photo_like(256, 256), tile=(64, 64), compression="zlib", photometric="rgb")
+    tifffile.imwrite(
+        bad, photo_like(256, 256), tile=(64, 64), compression="zlib", photometric="rgb"
+    )
     data = bytearray(bad.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 4000] = os.urandom(4000)
+    data[len(data) // 2 : len(data) // 2 + 4000] = os.urandom(4000)
     bad.write_bytes(bytes(data))
     with pytest.raises(KquantError):
-        pipeline.write(bad, target, np.zeros((4, 3), np.uint8), QuantizeParams(k=4, chunk=64),
-                       overwrite=True)
+        pipeline.write(
+            bad, target, np.zeros((4, 3), np.uint8), QuantizeParams(k=4, chunk=64), overwrite=True
+        )
     assert kquant.open_store(target).meta.checksum == old
     assert not [p for p in s3.ls("kqtest/b") if "kquant-tmp" in p]
     # and a successful overwrite replaces it
@@ -99,11 +110,19 @@ def test_lock_on_s3_is_exclusive(s3):
     try:
         assert s3.exists("kqtest/c/.photo.kquant.kquant-lock")
         # another process's view: our in-process hold does not count for it
-        p = subprocess.run([sys.executable, "-c",
-                            "import sys; from kquant.store import locking\n"
-                            "try:\n    locking.acquire(sys.argv[1])\n"
-                            "except Exception as e:\n    print(type(e).__name__, e); sys.exit(3)",
-                            target], capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from kquant.store import locking\n"
+                "try:\n    locking.acquire(sys.argv[1])\n"
+                "except Exception as e:\n    print(type(e).__name__, e); sys.exit(3)",
+                target,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 3 and "TargetLockedError" in p.stdout, p.stdout + p.stderr
     finally:
         locking.release(target)

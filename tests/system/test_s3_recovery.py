@@ -24,14 +24,14 @@ from tcpproxy import TcpProxy
 
 import kquant
 from kquant import QuantizeParams
-from kquant.store import locking
 from kquant.errors import TargetLockedError
-from kquant.store import read_meta
+from kquant.store import locking, read_meta
 
 BUCKET = "kqrec"
 #: A run gives up within seconds when the endpoint is gone.
-FAST_FAIL = {"config_kwargs": {"connect_timeout": 1, "read_timeout": 2,
-                               "retries": {"total_max_attempts": 1}}}
+FAST_FAIL = {
+    "config_kwargs": {"connect_timeout": 1, "read_timeout": 2, "retries": {"total_max_attempts": 1}}
+}
 #: 256 x 256 px in 64 x 64 tiles: 16 label chunks, a run of ~3 s.
 ARGS = ("--restarts", "0", "--chunk", "64", "--seed", "1")
 
@@ -51,19 +51,30 @@ def proxy(s3):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     path = tmp_path_factory.mktemp("src") / "img.tif"
-    tifffile.imwrite(path, photo_like(256, 256, seed=5) & 0xF0, tile=(64, 64),
-                     compression="zlib", photometric="rgb")
+    tifffile.imwrite(
+        path,
+        photo_like(256, 256, seed=5) & 0xF0,
+        tile=(64, 64),
+        compression="zlib",
+        photometric="rgb",
+    )
     return path
 
 
 def env_via(proxy, **extra) -> dict:
-    return run_env(AWS_ENDPOINT_URL=proxy.url, KQUANT_STORAGE_OPTIONS=json.dumps(FAST_FAIL),
-                   **extra)
+    return run_env(
+        AWS_ENDPOINT_URL=proxy.url, KQUANT_STORAGE_OPTIONS=json.dumps(FAST_FAIL), **extra
+    )
 
 
 def kquant_cli(env, *args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kquant", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "kquant", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def leftovers(s3, folder: str) -> list[str]:
@@ -136,8 +147,9 @@ def test_outage_while_writing_the_overwrite_copy_keeps_the_old_store(s3, proxy, 
     target = f"s3://{BUCKET}/keep/img.kquant"
     env = env_via(proxy)
     kquant.quantize(source, target, QuantizeParams(k=2, restarts=0, chunk=64))
-    proxy.arm(rb"PUT /kqrec/keep/\.img\.kquant\.kquant-tmp-[0-9a-f]+/labels/c/", after=4,
-              mode="refuse")
+    proxy.arm(
+        rb"PUT /kqrec/keep/\.img\.kquant\.kquant-tmp-[0-9a-f]+/labels/c/", after=4, mode="refuse"
+    )
     p = kquant_cli(env, "quantize", source, target, "-k", "4", "--overwrite", *ARGS)
     assert proxy.tripped.is_set() and p.returncode == 1, p.stderr
     old = kquant.open_store(target)
@@ -188,17 +200,35 @@ def test_racing_takeovers_of_a_stale_s3_lock_leave_one_holder(s3, proxy, tmp_pat
     one run holds the lock; the others fail as if it were held."""
     target = f"s3://{BUCKET}/race/img.kquant"
     key = f"{BUCKET}/race/.img.kquant.kquant-lock"
-    s3.pipe(key, json.dumps({"host": socket.gethostname(), "pid": _dead_pid(),
-                             "started": time.time(), "lease": 300, "token": "dead"}).encode())
+    s3.pipe(
+        key,
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": _dead_pid(),
+                "started": time.time(),
+                "lease": 300,
+                "token": "dead",
+            }
+        ).encode(),
+    )
     # the slow run's second write request to the lock (the first is its refused create):
     # a PUT, a DELETE or a bulk delete (POST ?delete)
-    proxy.delay(rb"(PUT|DELETE) /kqrec/race/\.img\.kquant\.kquant-lock|POST /kqrec\?delete",
-                2.0, after=2)
+    proxy.delay(
+        rb"(PUT|DELETE) /kqrec/race/\.img\.kquant\.kquant-lock|POST /kqrec\?delete", 2.0, after=2
+    )
     go = tmp_path / "go"
     runs = [(run_env(AWS_ENDPOINT_URL=proxy.url), "0")] + [(run_env(), "0.5")] * 2
-    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(go), target, after],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env) for env, after in runs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONTENDER, str(go), target, after],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for env, after in runs
+    ]
     assert all(p.stdout.readline().startswith("ready") for p in procs)
     go.touch()
     try:
@@ -216,9 +246,12 @@ def test_lock_of_another_host_is_taken_over_only_after_its_lease(s3):
     """A lock written elsewhere is respected while its lease (by the store's clock) runs,
     and taken over once it ran out without a renewal."""
     target = f"s3://{BUCKET}/lease/img.kquant"
-    s3.pipe(f"{BUCKET}/lease/.img.kquant.kquant-lock", json.dumps(
-        {"host": "elsewhere", "pid": 1, "started": time.time(), "lease": 2,
-         "token": "theirs"}).encode())
+    s3.pipe(
+        f"{BUCKET}/lease/.img.kquant.kquant-lock",
+        json.dumps(
+            {"host": "elsewhere", "pid": 1, "started": time.time(), "lease": 2, "token": "theirs"}
+        ).encode(),
+    )
     with pytest.raises(TargetLockedError, match="elsewhere"):
         locking.acquire(target)
     time.sleep(3.2)  # the lease, and a second of the store's clock resolution
@@ -257,8 +290,13 @@ def test_live_holder_is_respected_and_a_frozen_one_taken_over(s3, monkeypatch):
     lease = {"KQUANT_LOCK_LEASE_SECONDS": "2", "KQUANT_LOCK_HEARTBEAT_SECONDS": "0.25"}
     for k, v in lease.items():
         monkeypatch.setenv(k, v)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, target], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=run_env(**lease))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=run_env(**lease),
+    )
     try:
         assert holder.stdout.readline().startswith("held")
         time.sleep(3.2)  # longer than the lease: only the heartbeat keeps it fresh
@@ -282,12 +320,19 @@ def test_live_holder_is_respected_and_a_frozen_one_taken_over(s3, monkeypatch):
 
 # --------------------------------------------------------------------------- errors
 
+
 def _moto_auth(count: str) -> None:
     """Make moto check credentials ("0") or not ("inf"); its test key is not a real one."""
     endpoint = os.environ["AWS_ENDPOINT_URL"]
-    urllib.request.urlopen(urllib.request.Request(
-        f"{endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
-        headers={"Content-Type": "text/plain"}), timeout=10).read()
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth",
+            data=count.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        ),
+        timeout=10,
+    ).read()
 
 
 @pytest.fixture
@@ -307,22 +352,34 @@ def test_object_store_errors_name_the_url_and_the_cause(s3, source, case, reques
     env = run_env(KQUANT_STORAGE_OPTIONS=json.dumps(FAST_FAIL))
     local_out = request.getfixturevalue("tmp_path") / "out.kquant"
     if case == "target-bucket":
-        args, url, cause = (source, "s3://nobucket/out.kquant"), "s3://nobucket/out.kquant", \
-            "bucket 'nobucket' does not exist"
+        args, url, cause = (
+            (source, "s3://nobucket/out.kquant"),
+            "s3://nobucket/out.kquant",
+            "bucket 'nobucket' does not exist",
+        )
     elif case == "source-bucket":
-        args, url, cause = ("s3://nobucket/img.tif", local_out), "s3://nobucket/img.tif", \
-            "bucket 'nobucket' does not exist"
+        args, url, cause = (
+            ("s3://nobucket/img.tif", local_out),
+            "s3://nobucket/img.tif",
+            "bucket 'nobucket' does not exist",
+        )
     elif case == "denied":
         request.getfixturevalue("denied")
-        args, url, cause = (f"s3://{BUCKET}/src/img.tif", local_out), \
-            f"s3://{BUCKET}/src/img.tif", "access denied (InvalidAccessKeyId"
+        args, url, cause = (
+            (f"s3://{BUCKET}/src/img.tif", local_out),
+            f"s3://{BUCKET}/src/img.tif",
+            "access denied (InvalidAccessKeyId",
+        )
     else:
         with socket.socket() as s:  # a port nothing listens on
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-        args, url, cause = (source, f"s3://{BUCKET}/out.kquant"), f"s3://{BUCKET}/out.kquant", \
-            f"cannot reach the object store at http://127.0.0.1:{port}"
+        args, url, cause = (
+            (source, f"s3://{BUCKET}/out.kquant"),
+            f"s3://{BUCKET}/out.kquant",
+            f"cannot reach the object store at http://127.0.0.1:{port}",
+        )
     p = kquant_cli(env, "quantize", *args, "-k", "4", *ARGS)
     line = one_error_line(p.stderr)
     assert p.returncode != 0
