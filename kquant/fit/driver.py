@@ -259,11 +259,10 @@ def _fit(
     done = _map_finalists(
         refine, [c for _, c in finalists], parallel=n_colours >= tuning.PARALLEL_FINALISTS_MIN
     )
-    best = None
-    for (name, _), (centers, inertia, n_iter) in zip(finalists, done):
-        if best is None or inertia < best[0]:
-            best = (inertia, name, centers, n_iter)
-    _, name, centers, n_iter = best
+    # the lowest inertia; in a tie, the earlier finalist
+    best = min(range(len(done)), key=lambda i: (done[i][1], i))
+    name = finalists[best][0]
+    centers, _, n_iter = done[best]
 
     # 5. polish in integers; entries most used first
     pal, sse, use = hist.polish(centers)
@@ -280,12 +279,13 @@ def _fit(
     )
 
 
-def _converge(coarse, seeds: list, max_iter: int) -> list:
+def _converge(coarse: tuple[np.ndarray, np.ndarray], seeds: list, max_iter: int) -> list:
     """``(inertia, name, centres)`` of each seeding run to convergence on the coarse cells,
     lowest inertia first (ties in seeding order)."""
+    points, weights = coarse
     runs = []
     for name, init in seeds:
-        centers, _, inertia, _ = lloyd_bounded(*coarse, init, max_iter=max_iter)
+        centers, _, inertia, _ = lloyd_bounded(points, weights, init, max_iter=max_iter)
         runs.append((inertia, name, centers))
     runs.sort(key=lambda r: r[0])
     return runs

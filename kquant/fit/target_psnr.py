@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kquant.errors import ParameterError
@@ -53,7 +55,7 @@ def fit_for_psnr(
     counts = np.asarray(counts, np.int64)
     limit = sse_for_psnr(target_psnr, int(counts.sum()))
     n_unique = len(colours)
-    full = dict(
+    full: dict[str, Any] = dict(
         seed=seed,
         restarts=restarts,
         max_iter=max_iter,

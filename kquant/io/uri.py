@@ -134,8 +134,8 @@ _UNREACHABLE = {
 _NOT_FOUND = {"NoSuchKey", "404", "NoSuchUpload", "NoSuchVersion"}
 
 
-def _causes(exc: BaseException):
-    seen = set()
+def _causes(exc: BaseException | None):
+    seen: set[int] = set()
     while exc is not None and id(exc) not in seen and len(seen) < 10:
         seen.add(id(exc))
         yield exc

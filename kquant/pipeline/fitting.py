@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 
@@ -156,7 +157,7 @@ def fit_histogram(
     ParameterError
         As :func:`kquant.fit.fit_palette`.
     """
-    options = dict(
+    options: dict[str, Any] = dict(
         seed=params.seed,
         restarts=params.restarts,
         max_iter=params.max_iter,

@@ -63,7 +63,8 @@ def _text(path: Path, gimp: bool) -> np.ndarray:
         try:
             if len(parts) != 3:
                 raise ValueError
-            rows.append(tuple(int(p) for p in parts))
+            r, g, b = (int(p) for p in parts)
+            rows.append((r, g, b))
         except ValueError:
             raise InputError(f"{path}:{n}: not a colour: {s!r}") from None
     return _check(np.array(rows, np.int64).reshape(-1, 3), str(path))

@@ -108,7 +108,7 @@ class StoreMeta:
             )
         if (self.shard_rows is None) != (self.shard_cols is None):
             raise StoreError("shard_rows and shard_cols must be given together")
-        if self.shard_rows is not None:
+        if self.shard_rows is not None and self.shard_cols is not None:
             if self.shard_rows % self.chunk_rows or (
                 self.shard_cols % self.chunk_cols and self.chunk_cols < self.width
             ):
@@ -138,14 +138,14 @@ class StoreMeta:
     @property
     def packed_shards(self) -> tuple[int, int] | None:
         """Shard shape of the packed labels array (rows, bytes), or None if unsharded."""
-        if self.shard_rows is None:
+        if self.shard_rows is None or self.shard_cols is None:
             return None
         return self._packed(self.shard_rows, self.shard_cols)
 
     @property
     def block(self) -> tuple[int, int]:
         """Pixels (rows, cols) written by one task: a shard if sharded, else a chunk."""
-        if self.shard_rows is None:
+        if self.shard_rows is None or self.shard_cols is None:
             return self.chunk_rows, self.chunk_cols
         return self.shard_rows, self.shard_cols
 

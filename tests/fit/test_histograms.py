@@ -54,10 +54,18 @@ def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampl
     monkeypatch.setattr(tuning, "RUNNER_UP_GAP", float("inf"))  # exact path: 2 finalists
     monkeypatch.setattr(tuning, "PARALLEL_FINALISTS_MIN", 0)
     names = []
+    # in the pool, the first two refinements meet here before going on: they run side by
+    # side (a pool thread that finished one could otherwise take the next one too)
+    meet = threading.Barrier(2, timeout=30)
+    met = set()
 
     def recorded(real):
         def run(*a, **k):
-            names.append(threading.current_thread().name)
+            name = threading.current_thread().name
+            names.append(name)
+            if name.startswith("kquant-fit") and name not in met and len(met) < 2:
+                met.add(name)
+                meet.wait()
             return real(*a, **k)
 
         return run
@@ -69,6 +77,8 @@ def test_finalists_refined_in_threads_give_the_sequential_fit(monkeypatch, sampl
     for threads in (1, 3):
         monkeypatch.setattr(driver, "finalist_threads", lambda n, t=threads: min(n, t))
         names.clear()
+        met.clear()
+        meet.reset()
         fits[threads] = fit.fit_palette(None, codes, counts, 8, seed=2, sampled=sampled)
         in_pool = [n for n in names if n.startswith("kquant-fit")]
         assert (len(set(in_pool)) >= 2) == (threads > 1)
