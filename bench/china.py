@@ -1,4 +1,4 @@
-"""Issue 2 benchmark: kquant vs the notebook's method on scikit-learn's china.jpg at K=16.
+"""kquant against the origin notebook's method on scikit-learn's china.jpg at K=16.
 
 Run: .venv/bin/python bench/china.py
 Prints PSNR of both, kquant's wall time (in-process, after imports) and store bytes.

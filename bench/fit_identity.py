@@ -3,7 +3,8 @@
 Every RGB sample image of scikit-learn and scikit-image (as ``bench/quality``) at K = 8, 16,
 64, 256 in RGB, K = 16 in Lab and OKLab, K = 16 on a sample's histogram and with a target
 PSNR; and, on a photo mosaic (``bench/make_mosaic.py``; millions of colours: the compact
-kernels), the pipeline's exact and sample fits at K = 16, 64 and 256.
+kernels), the pipeline's exact fits at K = 16 and 64 and sample fits at K = 16, 64 and 256:
+101 fits in all (bench/README.md, "Fit identity").
 
 Run it on two checkouts and compare::
 

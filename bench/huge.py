@@ -1,4 +1,4 @@
-"""Issue 4 benchmark: end-to-end throughput and peak memory on a gigapixel tiled TIFF.
+"""End-to-end throughput and peak memory of kquant on a gigapixel tiled TIFF.
 
 Usage:
     python bench/make_mosaic.py /data/mosaic-1g.tif --gigapixels 1

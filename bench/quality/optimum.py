@@ -1,4 +1,4 @@
-"""How far is each method from the best palette anyone can find? (issue 5, quality target)
+"""How far is each method from the best palette anyone can find?
 
 For every image of ``run.py`` and each K, a long search for the lowest squared error:
 kquant's fit with ``--seeds`` different seeds, each with ``--restarts`` k-means++

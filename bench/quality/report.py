@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-HEADING = "## Palette quality (issue 5)"
+HEADING = "## Palette quality"
 OURS = ("kquant", "kquant-lab", "kquant-oklab")
 
 

@@ -1,4 +1,4 @@
-"""Issue 5 benchmark: palette quality, speed and size of kquant against its peers.
+"""Palette quality, speed and size of kquant against its peers.
 
 Every RGB sample image bundled with scikit-learn and scikit-image, K = 8, 16, 64, 256,
 dithering off. Methods:
@@ -23,7 +23,7 @@ Run::
     .venv/bin/python bench/quality/run.py --speed-only --baseline ../other-checkout
 
 Results go to ``bench/quality/results.json``; ``--report`` writes the tables into
-``bench/README.md`` (section ``## Palette quality (issue 5)``).
+``bench/README.md`` (section ``## Palette quality``).
 """
 
 from __future__ import annotations
