@@ -5,9 +5,12 @@ dithering off. Methods:
 
 * ``kquant``        -- ``kquant.pipeline.quantize`` in-process (PNG file -> store), default params
 * ``kquant-lab``, ``kquant-oklab`` -- the same with ``space="lab"`` / ``"oklab"`` (perceptual modes)
-* ``notebook``      -- scikit-learn KMeans on all pixels, ``floor()`` of the centres (the origin notebook)
-* ``sklearn-round`` -- the same fit, centres rounded to nearest, pixels re-assigned to the nearest entry
-* ``pil-*``         -- Pillow's median cut / max coverage / fast octree, ``-km`` with its kmeans refinement
+* ``notebook``      -- scikit-learn KMeans on all pixels, ``floor()`` of the centres (the
+  origin notebook)
+* ``sklearn-round`` -- the same fit, centres rounded to nearest, pixels re-assigned to the
+  nearest entry
+* ``pil-*``         -- Pillow's median cut / max coverage / fast octree, ``-km`` with its
+  kmeans refinement
 * ``libimagequant`` -- the ``imagequant`` package (dithering 0)
 * ``pngquant``      -- the pngquant CLI (``--nofs``), whole process
 
