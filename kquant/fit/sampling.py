@@ -104,22 +104,8 @@ def choose_blocks(
 
 
 #: Windows (tiles) read for the sample of a gigapixel; an image of n pixels reads
-#: ``WINDOWS_PER_GPX * sqrt(n / 2**30)`` of them, at least WINDOWS and at most MAX_WINDOWS.
-#: Measured on the 1 Gpx mosaic (whose colour cast drifts across the image), seeds 1-3,
-#: palettes scored on the full histogram (exact mode: 24.86 / 29.14 / 33.18 dB at K = 16 /
-#: 64 / 256), mean PSNR:
-#:
-#: ============================  =======  =======  =======  ==============
-#: windows                       K=16     K=64     K=256    sample read
-#: ============================  =======  =======  =======  ==============
-#: 128, uniform (until 2026-11)  24.826   29.040   33.036   0.23 s
-#: 128, stratified               24.846   29.101   33.100   0.23 s
-#: 256, stratified               24.858   29.122   33.135   0.44 s
-#: 512, stratified               24.857   29.130   33.155   0.90 s
-#: ============================  =======  =======  =======  ==============
-#:
-#: On the 4 Gpx mosaic (uniform draws, K=16, exact 24.87 dB): 128 windows 24.786 dB, 256
-#: 24.862, 512 24.864, 1024 24.866.
+#: ``WINDOWS_PER_GPX * sqrt(n / 2**30)``, at least WINDOWS, at most MAX_WINDOWS (measured:
+#: bench/README.md, "The sample's tiles are spread over the image").
 WINDOWS_PER_GPX = 256
 WINDOWS = 128
 MAX_WINDOWS = 1024

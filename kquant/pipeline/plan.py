@@ -14,10 +14,8 @@ from kquant.io.readers import ImageSource
 from kquant.label import dither, metrics, packing
 from kquant.params import QuantizeParams
 
-#: Images of at least this many pixels are labelled through a 2**24-entry lookup table.
-#: Its build takes ~0.1 s for any K and numba's import ~0.4 s; measured in fresh processes
-#: writing photo-like TIFFs, the table already wins at 1 Mpx (K=16: 1.14 vs 1.37 s;
-#: K=256: 1.28 vs 2.95 s) and by far at 16 Mpx (K=256: 3.8 vs 30 s).
+#: Images of at least this many pixels are labelled through the 2**24-entry lookup table
+#: (it wins from 1 Mpx: bench/README.md, "Thresholds").
 LUT_MIN_PIXELS = 1 << 20
 
 

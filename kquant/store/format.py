@@ -28,10 +28,8 @@ PACKING = "row-major; each row packed MSB-first at `bits` bits per pixel and pad
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"
 ZSTD_LEVEL = 3
-#: zstd level of images up to :data:`ZSTD_SMALL_PIXELS` pixels: 17 uses zstd's
-#: optimal parsing ("btultra") and makes the labels 8-12 % smaller than level 3
-#: (smaller than pngquant's PNGs, bench/quality) at ~7 MB/s of packed labels;
-#: larger images keep level 3 (~300 MB/s), where writing time matters more.
+#: zstd level of images up to ZSTD_SMALL_PIXELS pixels: 8-12 % smaller labels than level 3,
+#: slower; larger images keep level 3 (bench/README.md, "Thresholds").
 ZSTD_LEVEL_SMALL = 17
 ZSTD_SMALL_PIXELS = 1 << 24
 
