@@ -178,11 +178,3 @@ def warm() -> None:
     palette = np.array([[0, 0, 0], [255, 255, 255]], np.uint8)
     table = build(palette)
     label_pack_block(np.zeros((2, 8, 3), np.uint8), table, palette, 1)
-
-
-def label_block(block: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Labels (h, w) uint8 of one (h, w, 3) block by table lookup (numpy, no compilation)."""
-    block = np.asarray(block)
-    codes = ((block[..., 0].astype(np.uint32) << 16) | (block[..., 1].astype(np.uint32) << 8)
-             | block[..., 2])
-    return table[codes]
