@@ -95,6 +95,4 @@ def fit_shared(
     t1 = time.perf_counter()
     result = fit_histogram(sample, colours, counts, params, sampled=mode == "sample")
     timings = {"read" if mode == "exact" else "sample": t1 - t0, "fit": time.perf_counter() - t1}
-    if {"mode", "timings"} <= {f.name for f in dataclasses.fields(result)}:
-        result = dataclasses.replace(result, mode=mode, timings=timings)
-    return result
+    return dataclasses.replace(result, mode=mode, timings=timings)
