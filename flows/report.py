@@ -14,15 +14,17 @@ import os
 import re
 import time
 
-from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.inbox import preview_path
 from kquant import store
 from kquant.io import uri as kuri
 from kquant.label.metrics import format_bytes
 
-#: Width of the JPEG thumbnail embedded (as a data URL) in the image artifact.
+#: Width of the JPEG thumbnail embedded (as a data URL) in the summary artifact.
 THUMB_WIDTH = 800
+#: Width of the thumbnails of a batch's images (one artifact per image).
+BATCH_THUMB_WIDTH = 480
 #: Retries of each Prefect API request (exponential back-off of 2, 4, ... 256 s: about
 #: 8.5 minutes in all) for ``python -m flows.quantize``; deploy/prefect.yaml sets the same
 #: for the deployments' flow runs (``PREFECT_CLIENT_MAX_RETRIES``).
@@ -192,7 +194,9 @@ def palette_rows(palette: list, counts: list | None) -> list[dict]:
     return rows
 
 
-def markdown_report(s: dict) -> str:
+def markdown_report(s: dict, preview_url: str | None = None) -> str:
+    """The run's summary in markdown: the preview picture (``preview_url``, a data URL, shown
+    inline), then one row per measure."""
     psnr = "∞ (lossless)" if s["psnr"] is None else f"{s['psnr']:.2f} dB"
     t = s["timings"]
     fit = (
@@ -201,30 +205,64 @@ def markdown_report(s: dict) -> str:
         if s.get("already_done")
         else "imposed (no fit)"
         if s["n_unique"] is None
-        else f"cached (no refit; fitted earlier in {t.get('fit', 0):.2f} s)"
+        else f"cached (no refit; the fit took {t['fit_original']:.2f} s when it was made)"
+        if s["fit_cached"] and "fit_original" in t
+        else "cached (no refit)"
         if s["fit_cached"]
-        else f"fitted in {t.get('fit', 0):.2f} s"
+        else "fitted"
     )
     colours = "" if s["n_unique"] is None else f", {s['n_unique']:,} colours"
-    steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k != "total")
-    lines = [
-        f"# kquant: `{kuri.name(s['source'])}` → `{kuri.name(s['target'])}`",
-        "",
-        "| | |",
+    steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k not in ("total", "fit_original"))
+    lines = [f"# kquant: `{kuri.name(s['source'])}` → `{kuri.name(s['target'])}`", ""]
+    if preview_url:
+        lines += [
+            f"![original | quantized, {s['n_colors']} colours]({preview_url})",
+            "",
+            f"Original | quantized, palette beneath; full size: `{kuri.display(s['preview'])}`",
+            "",
+        ]
+    lines += [
+        "| measure | value |",
         "|---|---|",
-        f"| store | `{kuri.display(s['target'])}` |",
-        f"| source | `{s['source']}` ({s['height']} × {s['width']} px{colours}) |",
-        f"| palette | {s['n_colors']} colours, labels packed at {s['bits']} bits/px |",
         f"| PSNR | {psnr} (MSE {s['mse']:.3f}) |",
         f"| size | {format_bytes(s['store_bytes'])}: {s['store_bits_per_pixel']:.3f} bits/px "
         f"(raw RGB: 24 bits/px) |",
+        f"| palette | {s['n_colors']} colours, labels packed at {s['bits']} bits/px |",
         f"| fit | {fit} |",
-        f"| timings | {steps}; total {t.get('total', 0):.2f} s |",
+        f"| time | {t.get('total', 0):.2f} s" + (f" ({steps})" if steps else "") + " |",
+        f"| store | `{kuri.display(s['target'])}` |",
+        f"| source | `{s['source']}` ({s['height']} × {s['width']} px{colours}) |",
         f"| checksum | `{s['checksum']}` "
         f"({'recorded, verified when written' if s.get('already_done') else 'verified'}) |",
     ]
-    if s.get("preview"):
-        lines.append(f"| preview | `{kuri.display(s['preview'])}` |")
+    if s.get("dashboard"):
+        lines.append(f"| dask dashboard | {s['dashboard']} |")
+    return "\n".join(lines) + "\n"
+
+
+def swatch_data_url(rgb, width: int = 40, height: int = 20) -> str:
+    """A ``data:image/png`` URL of a ``width`` x ``height`` block of one colour (a few
+    hundred bytes): markdown shows it inline, where table artifacts show only text."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), tuple(int(c) for c in rgb)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def palette_markdown(palette: list, counts: list | None, title: str) -> str:
+    """The palette as a markdown table: a colour swatch, the entry, hex, RGB and share of
+    pixels per row."""
+    lines = [f"# {title}", "", "| colour | entry | hex | RGB | pixels | share |"]
+    lines.append("|---|---:|---|---|---:|---:|")
+    for row in palette_rows(palette, counts):
+        rgb = (row["r"], row["g"], row["b"])
+        pixels = "" if row["pixels"] is None else f"{row['pixels']:,}"
+        share = "" if row["share_pct"] is None else f"{row['share_pct']:.2f} %"
+        lines.append(
+            f"| ![{row['hex']}]({swatch_data_url(rgb)}) | {row['entry']} | `{row['hex']}` "
+            f"| {rgb[0]}, {rgb[1]}, {rgb[2]} | {pixels} | {share} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -234,9 +272,9 @@ def markdown_report(s: dict) -> str:
 def thumbnail_data_url(png: str | os.PathLike, width: int = THUMB_WIDTH) -> str:
     """A ``data:image/jpeg;base64,...`` URL of a reduced copy of a PNG (path or URL).
 
-    Prefect image artifacts take a URL; a data URL displays in the UI from any
-    browser, with no file server (a ``file://`` URL does not load in a page
-    served over http, an object-store URL may need credentials).
+    Markdown artifacts show it inline from any browser, with no file server (a
+    ``file://`` URL does not load in a page served over http, an object-store URL may
+    need credentials).
     """
     from PIL import Image
 
@@ -256,15 +294,24 @@ def thumbnail_data_url(png: str | os.PathLike, width: int = THUMB_WIDTH) -> str:
 
 
 def report(s: dict, key: str) -> dict:
-    """Artifacts for the UI: markdown summary, palette table, preview image.
+    """Artifacts for the UI: the markdown summary with the preview picture inline, and the
+    palette with colour swatches (markdown).
 
-    Keys (``<key>-summary``, ``<key>-palette``, ``<key>-preview``) depend on the
-    store's name, so the Artifacts page keeps one history per store.
+    Keys (``<key>-summary``, ``<key>-palette``) depend on the store's name, so the
+    Artifacts page keeps one history per store. The preview is a JPEG thumbnail in a data
+    URL inside the markdown: Prefect's image artifact prints its whole URL under the
+    picture as one line, which runs far off the page.
     """
+    preview_url = None
+    if s.get("preview"):
+        try:
+            preview_url = thumbnail_data_url(s["preview"])
+        except Exception:  # a preview written earlier and removed since: no picture
+            preview_url = None
     ids = {
         "summary": str(
             create_markdown_artifact(
-                markdown=markdown_report(s),
+                markdown=markdown_report(s, preview_url),
                 key=f"{key}-summary",
                 description=f"kquant store {s['target']}",
             )
@@ -272,21 +319,15 @@ def report(s: dict, key: str) -> dict:
     }
     palette = [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in s["palette"]]
     ids["palette"] = str(
-        create_table_artifact(
-            table=palette_rows(palette, s["palette_counts"]),
+        create_markdown_artifact(
+            markdown=palette_markdown(
+                palette, s["palette_counts"], f"Palette of `{kuri.name(s['target'])}`"
+            ),
             key=f"{key}-palette",
-            description=f"palette of {kuri.name(s['target'])}: entry, hex, RGB, share of pixels",
+            description=f"palette of {kuri.name(s['target'])}: colour, entry, hex, RGB, "
+            "share of pixels",
         )
     )
-    if s.get("preview"):
-        ids["preview"] = str(
-            create_image_artifact(
-                image_url=thumbnail_data_url(s["preview"]),
-                key=f"{key}-preview",
-                description=f"original | quantized ({s['n_colors']} colours) of "
-                f"{kuri.name(s['source'])}; full size: {s['preview']}",
-            )
-        )
     return ids
 
 
@@ -361,15 +402,17 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
             description="one row per image: written, skipped or failed",
         )
     if shared_fit:
-        create_table_artifact(
-            table=palette_rows(shared_fit["palette"], None),
+        create_markdown_artifact(
+            markdown=palette_markdown(shared_fit["palette"], None, "The shared palette"),
             key=f"{key}-palette",
             description="the shared palette",
         )
     for r in out["results"]:
         if r["preview"]:
-            create_image_artifact(
-                image_url=thumbnail_data_url(r["preview"]),
+            create_markdown_artifact(
+                markdown=f"# `{r['image']}`\n\n"
+                f"![original | quantized]({thumbnail_data_url(r['preview'], BATCH_THUMB_WIDTH)})"
+                f"\n\nOriginal | quantized; full size: `{kuri.display(r['preview'])}`\n",
                 key=slug(kuri.name(r["store"])) + "-preview",
                 description=f"original | quantized of {r['image']}; full size: {r['preview']}",
             )

@@ -80,27 +80,34 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
     assert r["palette"] == [f"#{a:02x}{b:02x}{c:02x}" for a, b, c in st.palette.tolist()]
     assert Path(r["preview"]).is_file() and r["preview"].endswith("a-preview.png")
 
-    # artifacts: markdown summary, palette table, preview image (a data URL)
+    # artifacts (markdown): the summary with the preview inline (a data URL), the palette
+    # with a swatch per entry; no image artifact (Prefect prints its whole URL as a line)
     arts = _artifacts(client, _run_id(state))
-    assert set(arts) == {"a-kquant-summary", "a-kquant-palette", "a-kquant-preview"}
-    md = arts["a-kquant-summary"]
-    assert md.type == "markdown"
-    assert "PSNR" in md.data and f"{r['psnr']:.2f} dB" in md.data and "bits/px" in md.data
-    assert (tmp_path / "a.kquant").as_uri() in md.data
-    table = json.loads(arts["a-kquant-palette"].data)
-    assert arts["a-kquant-palette"].type == "table" and len(table) == 8
-    assert [row["hex"] for row in table] == r["palette"]
-    assert sum(row["pixels"] for row in table) == 90 * 130
-    assert abs(sum(row["share_pct"] for row in table) - 100) < 0.1
-    img = arts["a-kquant-preview"]
-    assert img.type == "image" and img.data.startswith("data:image/jpeg;base64,")
+    assert set(arts) == {"a-kquant-summary", "a-kquant-palette"}
+    assert {a.type for a in arts.values()} == {"markdown"}
+    md = arts["a-kquant-summary"].data
+    assert "PSNR" in md and f"{r['psnr']:.2f} dB" in md and "bits/px" in md
+    assert (tmp_path / "a.kquant").as_uri() in md
+    assert "| | |" not in md and md.count("| time |") == 1
     import base64
     import io
+    import re
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(base64.b64decode(img.data.split(",", 1)[1]))) as im:
+    url = re.search(r"!\[original \| quantized[^]]*\]\((data:image/jpeg;base64,[^)]+)\)", md)
+    with Image.open(io.BytesIO(base64.b64decode(url.group(1).split(",", 1)[1]))) as im:
         assert im.format == "JPEG" and im.width >= 2 * 130
+    pal = arts["a-kquant-palette"].data
+    swatches = re.findall(r"!\[(#[0-9a-f]{6})\]\((data:image/png;base64,[^)]+)\)", pal)
+    assert [h for h, _ in swatches] == r["palette"]
+    for hexcode, swatch in swatches:  # each swatch is a block of its entry's colour
+        with Image.open(io.BytesIO(base64.b64decode(swatch.split(",", 1)[1]))) as im:
+            assert im.convert("RGB").getpixel((3, 3)) == tuple(
+                int(hexcode[i : i + 2], 16) for i in (1, 3, 5)
+            )
+    counts = [int(c.replace(",", "")) for c in re.findall(r"\| ([\d,]+) \| [\d.]+ % \|", pal)]
+    assert sum(counts) == 90 * 130
 
     # a rerun on the same file and parameters does not refit: the fit task is Cached
     again = quantize_image(
@@ -327,6 +334,8 @@ def test_batch_shared_palette_skip_and_new_arrivals(harness, client, tmp_path):
         "kquant-batch-out-palette",
         "tile-00-png-kquant-preview",
     } <= set(arts)
+    assert arts["tile-00-png-kquant-preview"].data.count("](data:image/jpeg;base64,") == 1
+    assert arts["kquant-batch-out-palette"].data.count("](data:image/png;base64,") == 6
     rows = json.loads(arts["kquant-batch-out-images"].data)
     assert [row["status"] for row in rows] == ["written"] * 3
 

@@ -122,14 +122,13 @@ def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
             CLIENT_MAX_RETRIES
         )
         arts = _artifacts(client, run.id)
-    assert {a.type for a in arts.values()} == {"markdown", "table", "image"}
+    assert set(arts) == {"holiday-kquant-summary", "holiday-kquant-palette"}
+    assert {a.type for a in arts.values()} == {"markdown"}
     md = arts["holiday-kquant-summary"].data
     assert "PSNR" in md and "bits/px" in md and target.as_uri() in md
-    rows = json.loads(arts["holiday-kquant-palette"].data)
-    assert [r["hex"] for r in rows] == [
-        f"#{a:02x}{b:02x}{c:02x}" for a, b, c in st.palette.tolist()
-    ]
-    assert arts["holiday-kquant-preview"].data.startswith("data:image/jpeg;base64,")
+    assert "](data:image/jpeg;base64," in md  # the preview, inline
+    hexes = re.findall(r"!\[(#[0-9a-f]{6})\]\(data:image/png", arts["holiday-kquant-palette"].data)
+    assert hexes == [f"#{a:02x}{b:02x}{c:02x}" for a, b, c in st.palette.tolist()]
 
 
 def test_scheduled_inbox_processes_new_images_then_skips_them(prefect_stack):
