@@ -6,6 +6,10 @@
   ETag) with the same parameters are skipped, so a rerun (and the scheduled
   ``inbox`` deployment) only processes newly arrived images; a complete store of
   another version of the image or of other parameters fails that image (untouched);
+* an image that cannot be read (not an image, truncated, too many pixels) fails the run
+  that meets it and is quarantined: ``<outbox>/<relative path>.quarantined.json`` records
+  the file's size and mtime and the one-line reason, and later runs leave the image out
+  (listed "in quarantine") until the file changes;
 * files still being copied in are left for the next run: hidden and partial
   names (``.x``, ``*.part``, ``*.tmp``, ...) and files modified less than
   ``settle_seconds`` ago are not picked up;
@@ -28,7 +32,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.futures import wait
+from prefect.futures import as_completed, wait
 from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
 
@@ -72,6 +76,12 @@ def task_runner() -> DaskTaskRunner:
 
 def _failure(futures) -> str | None:
     """The one-line reason of the first failed step of an image, or None."""
+    return _failure_and_error(futures)[0]
+
+
+def _failure_and_error(futures) -> tuple[str | None, BaseException | None]:
+    """The one-line reason of the first failed step of an image and its exception (None
+    when the step ended without one), or ``(None, None)``."""
     for f in futures:
         if f is None:
             continue
@@ -80,12 +90,12 @@ def _failure(futures) -> str | None:
             try:
                 f.result()
             except Exception as exc:  # the task's own exception
-                return " ".join(str(exc).split()) or type(exc).__name__
-            return state.message or state.name
+                return " ".join(str(exc).split()) or type(exc).__name__, exc
+            return state.message or state.name, None
     for f in futures:
         if f is not None and not f.state.is_completed():
-            return f"{f.state.name}: {f.state.message}"
-    return None
+            return f"{f.state.name}: {f.state.message}", None
+    return None, None
 
 
 def _fail_all(todo: list, failed: dict, what: str, future, logger) -> list:
@@ -138,7 +148,8 @@ def quantize_batch(
     Returns
     -------
     dict
-        ``processed``, ``skipped``, ``failed`` (name -> reason) and per-image results.
+        ``processed``, ``skipped``, ``failed`` (name -> reason), ``quarantined`` (name ->
+        reason: images left out as unreadable and unchanged) and per-image results.
 
     The run ends Failed if any image failed (each reason is logged on one line, no
     traceback); the other images are still processed. Once the stores are written, an
@@ -171,6 +182,10 @@ def quantize_batch(
         logger.error("quantize-batch failed: %s", report.one_line(exc))
         return Failed(message=report.one_line(exc), data=exc)
 
+    dashboard = tasks.runner_dashboard_link()
+    if dashboard:
+        logger.info("dask dashboard: %s", dashboard)
+
     # an imposed palette first: the stores made with it record its parameters
     shared_fit = imposed = palette_failure = None
     if palette is not None and images:
@@ -183,8 +198,13 @@ def quantize_batch(
         else:
             palette_failure = loaded
 
-    todo, skipped, failed, done_targets = [], [], {}, []
+    todo, skipped, failed, done_targets, held = [], [], {}, [], {}
+    unreadable = {}  # images whose read failed: quarantined at the end (name -> source)
     for path, rel in images:
+        reason = inbox_mod.quarantined(out_root, path, rel)
+        if reason is not None:  # failed before and unchanged since: left out
+            held[rel] = reason
+            continue
         target = inbox_mod.target_of(out_root, rel)
         status = store.status(target)
         if status == "complete":  # (with a palette that fails to load: cannot tell)
@@ -203,13 +223,22 @@ def quantize_batch(
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
             todo.append((path, rel, target))
     logger.info(
-        "%d images in %s: %d new, %d already done (skipped)%s",
+        "%d images in %s: %d new, %d already done (skipped)%s%s",
         len(images),
         kuri.normalise(inbox),
         len(todo),
         len(skipped),
         f", {len(failed)} blocked" if failed else "",
+        f", {len(held)} in quarantine" if held else "",
     )
+    for rel in sorted(held):
+        logger.info(
+            "%s: in quarantine (unreadable, unchanged since: %s); replace the file to retry, "
+            "or remove %s",
+            rel,
+            held[rel],
+            kuri.display(inbox_mod.quarantine_path(out_root, rel)),
+        )
     for rel in sorted(failed):
         logger.error("%s: %s", rel, failed[rel])
 
@@ -238,11 +267,13 @@ def quantize_batch(
             infos = [tasks.inspect_source.submit(str(p), max_pixels) for p, _ in images]
             wait(infos)
             good = []
-            for (_, rel), f in zip(images, infos):
+            for (path, rel), f in zip(images, infos):
                 if f.state.is_completed():
                     good.append(f.result())
                 else:
-                    failed[str(rel)] = _failure([f])
+                    failed[str(rel)], exc = _failure_and_error([f])
+                    if isinstance(exc, InputError):
+                        unreadable[str(rel)] = path
                     logger.error("%s: %s", rel, failed[str(rel)])
             todo = [t for t in todo if str(t[1]) not in failed]
             if good and todo:
@@ -277,16 +308,27 @@ def quantize_batch(
                 max_pixels,
                 wait_for=[verified],
             )
-        chains.append((rel, target, [info, fit, written, verified], shown))
-    wait([f for _, _, fs, s in chains for f in fs + [s] if f is not None])
+        chains.append((rel, target, [info, fit, written, verified], shown, path))
+    if chains:  # the images done so far, as their last steps end
+        progress = tasks.ProgressArtifact(
+            report.batch_key(out_root) + "-progress", f"batch {out_root}", "images done"
+        )
+        progress(0, len(chains))
+        finals = [shown if shown is not None else fs[3] for _, _, fs, shown, _ in chains]
+        for done, _ in enumerate(as_completed(finals), 1):
+            progress(done, len(chains))
+    wait([f for _, _, fs, s, _ in chains for f in fs + [s] if f is not None])
 
     results = []
-    for rel, target, futures, shown in chains:
-        reason = _failure(futures)
+    for rel, target, futures, shown, path in chains:
+        reason, exc = _failure_and_error(futures)
         if reason is not None:
             failed[str(rel)] = reason
+            if isinstance(exc, InputError):
+                unreadable[str(rel)] = path
             logger.error("%s: %s", rel, reason)
             continue
+        inbox_mod.release(out_root, str(rel))  # an earlier version may have been held
         meta = futures[2].result()["meta"]
         m = meta["metrics"]
         fit_state = futures[1].state if futures[1] is not None else None
@@ -313,6 +355,16 @@ def quantize_batch(
                 ),
             }
         )
+    for rel, path in sorted(unreadable.items()):  # later runs leave them out until changed
+        try:
+            where = inbox_mod.quarantine(out_root, path, rel, failed[rel])
+            logger.warning(
+                "%s: quarantined (%s); later runs leave it out until the file changes",
+                rel,
+                kuri.display(where),
+            )
+        except Exception as exc:
+            logger.warning("%s: not quarantined: %s", rel, report.one_line(exc))
     seconds = time.perf_counter() - t0
     out = {
         "inbox": kuri.normalise(inbox),
@@ -320,9 +372,11 @@ def quantize_batch(
         "processed": [r["image"] for r in results],
         "skipped": skipped,
         "failed": failed,
+        "quarantined": held,
         "results": results,
         "shared_palette": shared_fit["palette"] if shared_fit else None,
         "seconds": round(seconds, 3),
+        "dashboard": dashboard,
     }
     report.publish(
         lambda: report.batch_artifacts(out, shared_fit),

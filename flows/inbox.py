@@ -3,8 +3,10 @@ whether a store already there is this run's result."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from datetime import UTC, datetime
 
 from kquant import pipeline, store
 from kquant.errors import InputError, KquantError
@@ -30,6 +32,9 @@ IMAGE_SUFFIXES = (
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart")
 #: ``<outbox>/<relative path of the image>.kquant``
 STORE_SUFFIX = ".kquant"
+#: ``<outbox>/<relative path of the image>.quarantined.json``: an image that cannot be read,
+#: with its one-line reason, left out of later runs until the file changes.
+QUARANTINE_SUFFIX = ".quarantined.json"
 
 
 def preview_path(target: str | os.PathLike) -> str:
@@ -168,3 +173,88 @@ def not_done_here(target: str, source: str, params: dict, imposed: dict | None) 
         f"{target} exists, made from another version of the image or with other "
         "parameters; remove it to quantize the image again"
     )
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+def quarantine_path(outbox: str, rel: str) -> str:
+    """Where the quarantine record of the image at ``rel`` goes in ``outbox``."""
+    return kuri.join(outbox, rel + QUARANTINE_SUFFIX)
+
+
+def file_stamp(uri: str) -> dict:
+    """What tells one version of a file from another: size, modification time, ETag."""
+    uri = kuri.normalise(uri)
+    if not kuri.is_remote(uri):
+        st = kuri.local_path(uri).stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    fs, path = kuri.filesystem(uri)
+    info = fs.info(path)
+    return {
+        "size": info.get("size"),
+        "mtime": _mtime(info),
+        "etag": str(info.get("ETag") or info.get("etag") or ""),
+    }
+
+
+def _read_text(uri: str) -> str | None:
+    try:
+        if kuri.is_remote(uri):
+            fs, path = kuri.filesystem(uri)
+            return fs.cat_file(path).decode()
+        return kuri.local_path(uri).read_text()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def quarantined(outbox: str, source: str, rel: str) -> str | None:
+    """The one-line reason the image at ``rel`` is in quarantine, or None: no record, or
+    the file changed since (a new version is tried again)."""
+    text = _read_text(quarantine_path(outbox, rel))
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+        if record["stamp"] == file_stamp(source):
+            return str(record["reason"])
+    except (ValueError, KeyError, TypeError, OSError):
+        pass
+    return None
+
+
+def quarantine(outbox: str, source: str, rel: str, reason: str) -> str:
+    """Record that the image at ``rel`` cannot be read (``reason``: one line); later runs
+    leave it out until the file changes. Returns the record's URI."""
+    record = {
+        "source": kuri.normalise(source),
+        "stamp": file_stamp(source),
+        "reason": reason,
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    where = quarantine_path(outbox, rel)
+    data = json.dumps(record, indent=1) + "\n"
+    if kuri.is_remote(where):
+        fs, path = kuri.filesystem(where)
+        fs.pipe_file(path, data.encode())
+    else:
+        path = kuri.local_path(where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(data)
+        os.replace(tmp, path)
+    return where
+
+
+def release(outbox: str, rel: str) -> None:
+    """Drop the quarantine record of the image at ``rel``, if there is one."""
+    where = quarantine_path(outbox, rel)
+    try:
+        if kuri.is_remote(where):
+            fs, path = kuri.filesystem(where)
+            if fs.exists(path):
+                fs.rm_file(path)
+        else:
+            kuri.local_path(where).unlink(missing_ok=True)
+    except OSError:
+        pass

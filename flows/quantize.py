@@ -114,6 +114,9 @@ def quantize_image(
                 f"{target} exists (run with overwrite=true to replace it)"
             ) from None
         timings = {}
+        dashboard = tasks.dashboard_link(address)
+        if dashboard:
+            logger.info("dask dashboard: %s", dashboard)
         src = tasks.inspect_source(source, max_pixels)
         timings["inspect"] = time.perf_counter() - t0
 
@@ -133,7 +136,16 @@ def quantize_image(
                 "size): no refit"
             )
 
-        written = tasks.write_store(src, target, fit, params, overwrite, max_pixels, address)
+        written = tasks.write_store(
+            src,
+            target,
+            fit,
+            params,
+            overwrite,
+            max_pixels,
+            address,
+            progress_key=report.slug(kuri.name(target)) + "-progress",
+        )
         timings["assign_write"] = written["seconds"]
         verified = tasks.verify_store(target, address)
         timings["verify"] = verified["seconds"]
@@ -152,6 +164,7 @@ def quantize_image(
             logger.warning("no preview: %s", report.one_line(exc))
     timings["total"] = time.perf_counter() - t0
     result = report.summary(src, target, fit, fit_cached, written, verified, shown, timings)
+    result["dashboard"] = dashboard
     if fit_cached:
         result["timings"]["fit_original"] = fit["seconds"]
     _report(result, logger)

@@ -331,8 +331,13 @@ def report(s: dict, key: str) -> dict:
     return ids
 
 
+def batch_key(outbox: str) -> str:
+    """The key prefix of a batch's artifacts: ``kquant-batch-<outbox name>``."""
+    return "kquant-batch-" + slug(kuri.name(outbox), 32)
+
+
 def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
-    key = "kquant-batch-" + slug(kuri.name(out["outbox"]), 32)
+    key = batch_key(out["outbox"])
     rows = [
         {
             "image": r["image"],
@@ -358,6 +363,17 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
     rows += [
         {
             "image": i,
+            "status": f"in quarantine: {why}",
+            "psnr_db": None,
+            "bits_per_pixel": None,
+            "fit": None,
+            "store": None,
+        }
+        for i, why in sorted(out.get("quarantined", {}).items())
+    ]
+    rows += [
+        {
+            "image": i,
             "status": f"failed: {why}",
             "psnr_db": None,
             "bits_per_pixel": None,
@@ -370,9 +386,12 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
         f"# kquant batch: `{out['inbox']}` → `{out['outbox']}`",
         "",
         f"**{len(out['processed'])}** written, **{len(out['skipped'])}** skipped "
-        f"(complete store exists), **{len(out['failed'])}** failed, in {out['seconds']:.2f} s.",
+        f"(complete store exists), **{len(out['failed'])}** failed, "
+        f"**{len(out.get('quarantined', {}))}** in quarantine, in {out['seconds']:.2f} s.",
         "",
     ]
+    if out.get("dashboard"):
+        md += [f"Dask dashboard: {out['dashboard']}", ""]
     if shared_fit:
         md.append(
             f"Shared palette of {len(shared_fit['palette'])} colours "

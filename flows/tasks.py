@@ -60,6 +60,32 @@ def sanitise_scheduler_env() -> str | None:
     return usable
 
 
+def dashboard_link(address: str | None) -> str | None:
+    """The dashboard URL of the dask cluster at ``address`` (else ``$DASK_SCHEDULER_ADDRESS``),
+    or None: no cluster, no dashboard, or no answer within 5 s."""
+    address = clean_address(address) or sanitise_scheduler_env()
+    if not address:
+        return None
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="5s", set_as_default=False) as client:
+            return client.dashboard_link or None
+    except Exception:
+        return None
+
+
+def runner_dashboard_link() -> str | None:
+    """The dashboard URL of the dask cluster of this flow run's ``DaskTaskRunner``, or None."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    try:
+        return ctx.task_runner.client.dashboard_link or None  # type: ignore[union-attr]
+    except Exception:
+        return None
+
+
 @contextlib.contextmanager
 def dask_address(address: str | None):
     """The dask address for library calls made inside a task.
@@ -242,6 +268,51 @@ def fit_shared_palette(
     return out
 
 
+class ProgressArtifact:
+    """A progress artifact (``key``) kept at ``done / total`` of a pass, as a callable
+    ``(done, total)`` for the library.
+
+    Updated at most every :data:`PROGRESS_SECONDS` (and at the end). The updates are extras:
+    each is one API request without retries, and a failure (the API away) is logged once
+    and skips updates for a while; it never slows or fails the pass.
+    """
+
+    def __init__(self, key: str, what: str, unit: str = "blocks written"):
+        self.key, self.what, self.unit = key, what, unit
+        self.id = None
+        self.last = float("-inf")
+        self.quiet_until = float("-inf")
+        self.warned = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and (now - self.last < PROGRESS_SECONDS or now < self.quiet_until):
+            return
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+        pct = 100.0 * done / total if total else 100.0
+        text = f"{self.what}: {done} of {total} {self.unit}"
+        try:
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                if self.id is None:
+                    self.id = create_progress_artifact(pct, key=self.key, description=text)
+                else:
+                    update_progress_artifact(self.id, pct, description=text)
+            self.last = now
+        except Exception as exc:
+            self.quiet_until = now + 10 * PROGRESS_SECONDS
+            if not self.warned:
+                self.warned = True
+                get_run_logger().warning(
+                    "progress artifact %s not updated: %s", self.key, " ".join(str(exc).split())
+                )
+
+
+#: Seconds between two updates of a progress artifact.
+PROGRESS_SECONDS = 1.0
+
+
 @task(name="assign-write", cache_policy=NO_CACHE, **IO_RETRIES)
 def write_store(
     source: dict,
@@ -251,13 +322,17 @@ def write_store(
     overwrite: bool = False,
     max_pixels: int | None = None,
     address: str | None = None,
+    progress_key: str | None = None,
 ) -> dict:
     """Assign every pixel to the palette and write the store (atomically: temp dir + rename).
 
     ``palette`` is a list of ``[r, g, b]`` or a fit record (its ``"palette"``; its fit
-    mode is then recorded in the store's metrics, as the CLI does).
+    mode is then recorded in the store's metrics, as the CLI does). With
+    ``progress_key``, a progress artifact of that key follows the write pass (blocks
+    written / total).
     """
     fit_info = _fit_info(palette)
+    progress = ProgressArtifact(progress_key, f"writing {target}") if progress_key else False
     t0 = time.perf_counter()
     with dask_address(address) as addr:
         meta = pipeline.write(
@@ -268,6 +343,7 @@ def write_store(
             overwrite=overwrite,
             max_pixels=max_pixels,
             address=addr,
+            progress=progress,
             fit_info=fit_info,
         )
     seconds = time.perf_counter() - t0

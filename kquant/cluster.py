@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+from collections.abc import Callable
 
 ENV_ADDRESS = "DASK_SCHEDULER_ADDRESS"
 
@@ -61,16 +62,20 @@ def scheduler(address: str | None = None):
         client.close()
 
 
-def compute(*collections, progress: bool = False):
+def compute(*collections, progress: bool | Callable[[int, int], None] = False):
     """Compute dask collections on this context's cluster, or on local threads.
 
-    With ``progress`` a progress bar goes to stderr.
+    With ``progress=True`` a progress bar goes to stderr; a callable ``progress(done,
+    total)`` is called with the number of output chunks finished (one per delayed value;
+    0 first, ``total`` last), in the calling thread.
     """
     import sys
 
     import dask
 
     client = _client.get()
+    if callable(progress):
+        return _compute_reporting(client, collections, progress)
     if client is None:
         import dask.threaded
 
@@ -87,6 +92,46 @@ def compute(*collections, progress: bool = False):
         from distributed import progress as dist_progress
 
         dist_progress(futures)
+    return tuple(client.gather(futures))
+
+
+def _compute_reporting(client, collections, report: Callable[[int, int], None]):
+    """:func:`compute`, calling ``report(done, total)`` as output chunks finish."""
+    import dask
+    from dask.core import flatten
+
+    keys = {
+        k for c in collections if dask.is_dask_collection(c) for k in flatten(c.__dask_keys__())
+    }
+    total = len(keys)
+    report(0, total)
+    if client is None:
+        import dask.threaded
+        from dask.callbacks import Callback
+
+        done = 0
+
+        def posttask(key, result, dsk, state, worker_id):
+            nonlocal done
+            if key in keys:
+                done += 1
+                report(done, total)
+
+        with Callback(posttask=posttask):
+            return dask.compute(*collections, scheduler=dask.threaded.get)
+    import queue
+
+    futures = client.compute(list(collections))  # one future per collection
+    outputs = {
+        f.key: sum(1 for _ in flatten(c.__dask_keys__())) for f, c in zip(futures, collections)
+    }
+    finished: queue.Queue = queue.Queue()
+    for f in futures:
+        f.add_done_callback(finished.put)  # called in the client's thread
+    done = 0
+    for _ in futures:
+        done += outputs[finished.get().key]
+        report(done, total)
     return tuple(client.gather(futures))
 
 

@@ -3,6 +3,8 @@ packed, written and measured in one task; nothing holds the whole image."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from kquant import cluster, store
@@ -52,10 +54,11 @@ def warm_write_pass() -> None:
 
 def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizeParams, *,
           overwrite: bool = False, max_pixels: int | None = None, address: str | None = None,
-          progress: bool = False, fit_info: FitResult | None = None) -> store.StoreMeta:
+          progress: bool | Callable[[int, int], None] = False,
+          fit_info: FitResult | None = None) -> store.StoreMeta:
     """The write pass on dask: one task labels, packs, writes and measures each chunk (or
     shard), then the store is committed (see :func:`kquant.pipeline.write`, which checks
-    the target first).
+    the target first). A callable ``progress(done, total)`` hears of each block written.
 
     Raises
     ------

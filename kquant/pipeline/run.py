@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -45,10 +46,13 @@ def write(
     overwrite: bool = False,
     max_pixels: int | None = None,
     address: str | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     fit_info: FitResult | None = None,
 ) -> store.StoreMeta:
     """Assign every pixel to ``palette`` and write a complete store at ``target``.
+
+    ``progress``: a bar on stderr (true), or a callable ``progress(done, total)`` called
+    with the blocks (chunks or shards) written so far, 0 first and ``total`` last.
 
     Raises
     ------
@@ -69,7 +73,9 @@ def write(
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     if in_memory.eligible(src, params, address=address, target=target):  # one chunk: no dask
         palette = np.asarray(palette, np.uint8)
-        return in_memory.write(
+        if callable(progress):
+            progress(0, 1)
+        meta = in_memory.write(
             src,
             target,
             palette,
@@ -79,6 +85,9 @@ def write(
             fit_info=fit_info,
             label_options=label_options(params, palette),
         )
+        if callable(progress):
+            progress(1, 1)
+        return meta
     return chunked.write(
         src,
         target,

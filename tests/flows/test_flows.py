@@ -83,7 +83,10 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
     # artifacts (markdown): the summary with the preview inline (a data URL), the palette
     # with a swatch per entry; no image artifact (Prefect prints its whole URL as a line)
     arts = _artifacts(client, _run_id(state))
-    assert set(arts) == {"a-kquant-summary", "a-kquant-palette"}
+    assert set(arts) == {"a-kquant-summary", "a-kquant-palette", "a-kquant-progress"}
+    progress = arts.pop("a-kquant-progress")  # the write pass: blocks written / total
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert "1 of 1 blocks written" in progress.description
     assert {a.type for a in arts.values()} == {"markdown"}
     md = arts["a-kquant-summary"].data
     assert "PSNR" in md and f"{r['psnr']:.2f} dB" in md and "bits/px" in md
@@ -146,6 +149,7 @@ def test_quantize_image_store_artifacts_and_cached_fit(harness, client, tmp_path
 
 def test_quantize_image_on_an_existing_dask_cluster(harness, tmp_path):
     from distributed import LocalCluster
+    from prefect.client.orchestration import get_client
 
     from flows.quantize import quantize_image
     from kquant.store import open_store
@@ -167,8 +171,16 @@ def test_quantize_image_on_an_existing_dask_cluster(harness, tmp_path):
             address=cluster.scheduler_address,
             return_state=True,
         )
+        link = cluster.dashboard_link
     assert state.is_completed(), state.message
     open_store(tmp_path / "p.kquant").verify()
+    # the dask dashboard in the logs and the summary; progress over the 2 x 3 blocks
+    with get_client(sync_client=True) as client:
+        assert any(link in m for m in _logs(client, _run_id(state), "dask dashboard"))
+        arts = _artifacts(client, _run_id(state))
+    assert f"| dask dashboard | {link} |" in arts["p-kquant-summary"].data
+    assert float(arts["p-kquant-progress"].data) == 100.0
+    assert "6 of 6 blocks written" in arts["p-kquant-progress"].description
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -398,11 +410,16 @@ def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_pat
     a.verify()
     b.verify()
     assert not np.array_equal(a.palette, b.palette)  # each image its own palette
-    assert not any("broken" in p.name for p in outbox.rglob("*"))
+    # no store of it; a quarantine record with the one-line reason
+    assert [p.name for p in outbox.rglob("*broken*")] == ["broken.png.quarantined.json"]
+    record = json.loads((outbox / "broken.png.quarantined.json").read_text())
+    assert "is not a readable image" in record["reason"] and "\n" not in record["reason"]
     logs = _logs(client, _run_id(state), "broken.png: ")
     assert any(m.startswith("broken.png: ") and "is not a readable image" in m for m in logs)
+    progress = _artifacts(client, _run_id(state))["kquant-batch-out-progress"]
+    assert progress.type == "progress" and float(progress.data) == 100.0
 
-    # the good images are done; the rerun fails again only on the broken one
+    # the next run completes: the good images are done, the broken one is left out
     again = quantize_batch(
         inbox=str(inbox),
         outbox=str(outbox),
@@ -412,13 +429,30 @@ def test_batch_independent_palettes_and_a_corrupt_image(harness, client, tmp_pat
         preview=False,
         return_state=True,
     )
-    assert again.is_failed() and "1 of 3 images failed" in again.message
+    assert again.is_completed(), again.message
+    assert again.result()["quarantined"] == {"broken.png": record["reason"]}
     rows = json.loads(_artifacts(client, _run_id(again))["kquant-batch-out-images"].data)
     assert sorted((row["image"], row["status"].split(":")[0]) for row in rows) == [
         ("a.png", "skipped (store exists)"),
-        ("broken.png", "failed"),
+        ("broken.png", "in quarantine"),
         ("sub/b.png", "skipped (store exists)"),
     ]
+
+    # a new version of the file is tried again; once it is read, its record goes
+    write_png(inbox / "broken.png", photo_like(40, 50, seed=8))
+    third = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        pattern="**/*",
+        params=QuantizeParams(k=5, sample_size=3000),
+        settle_seconds=0,
+        preview=False,
+        return_state=True,
+    )
+    assert third.is_completed(), third.message
+    assert third.result()["processed"] == ["broken.png"]
+    open_store(outbox / "broken.png.kquant").verify()
+    assert not (outbox / "broken.png.quarantined.json").exists()
 
 
 def test_batch_fails_on_a_missing_inbox(harness, client, tmp_path):

@@ -177,3 +177,25 @@ def test_compute_alongside_returns_the_compute_and_propagates_errors_at_once():
     with pytest.raises(RuntimeError, match="work failed"):
         cluster.compute_alongside(boom, very_slow)
     assert time.perf_counter() - t < 2.5  # did not wait for the compute
+
+
+def test_write_reports_its_progress_block_by_block(tmp_path):
+    """A callable progress hears (0, n) first, then each block written, and (n, n) last;
+    one-chunk images (written in memory) report (0, 1) and (1, 1)."""
+    from helpers import photo_like, write_png
+
+    from kquant import pipeline
+
+    src = write_png(tmp_path / "p.png", photo_like(100, 140, seed=2))
+    palette = pipeline.fit(str(src), QuantizeParams(k=4, seed=0)).palette
+    for chunk, blocks in ((32, 4 * 5), (2048, 1)):
+        calls = []
+        pipeline.write(
+            str(src),
+            tmp_path / f"c{chunk}.kquant",
+            palette,
+            QuantizeParams(k=4, chunk=chunk),
+            progress=lambda done, total: calls.append((done, total)),
+        )
+        assert calls[0] == (0, blocks) and calls[-1] == (blocks, blocks)
+        assert [d for d, _ in calls] == list(range(blocks + 1))

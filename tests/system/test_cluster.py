@@ -31,6 +31,25 @@ def test_cluster_store_is_byte_identical_to_local(tmp_path, scheduler_address, m
     assert files(tmp_path / "local.kq") == files(tmp_path / "cluster.kq")
 
 
+def test_write_progress_on_a_cluster(tmp_path, scheduler_address):
+    """A callable progress hears each block the cluster wrote, (n, n) last."""
+    from kquant import pipeline
+
+    src = tmp_path / "p.tif"
+    tifffile.imwrite(src, photo_like(128, 192, seed=4), tile=(64, 64), photometric="rgb")
+    palette = pipeline.fit(str(src), QuantizeParams(k=4)).palette
+    calls = []
+    pipeline.write(
+        str(src),
+        tmp_path / "p.kq",
+        palette,
+        QuantizeParams(k=4, chunk=64),
+        address=scheduler_address,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert [d for d, _ in calls] == list(range(7)) and {t for _, t in calls} == {6}
+
+
 @pytest.mark.parametrize("mode", ["exact", "sample"])
 def test_sample_fit_on_a_cluster_overlaps_dask_ml_import_and_is_identical(
     tmp_path, scheduler_address, monkeypatch, mode

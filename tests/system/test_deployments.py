@@ -8,6 +8,7 @@ server, the worker and any flow-run process at the end of the session."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -122,7 +123,12 @@ def test_adhoc_deployment_run_watch(prefect_stack, tmp_path):
             CLIENT_MAX_RETRIES
         )
         arts = _artifacts(client, run.id)
-    assert set(arts) == {"holiday-kquant-summary", "holiday-kquant-palette"}
+    assert set(arts) == {
+        "holiday-kquant-summary",
+        "holiday-kquant-palette",
+        "holiday-kquant-progress",
+    }
+    assert float(arts.pop("holiday-kquant-progress").data) == 100.0
     assert {a.type for a in arts.values()} == {"markdown"}
     md = arts["holiday-kquant-summary"].data
     assert "PSNR" in md and "bits/px" in md and target.as_uri() in md
@@ -175,6 +181,24 @@ def test_scheduled_inbox_processes_new_images_then_skips_them(prefect_stack):
     assert st.shape == (64, 80)
     for i in range(2):  # untouched
         assert (outbox / f"scan-{i}.png.kquant" / "zarr.json").stat().st_mtime_ns == stamps[i]
+
+    # a poisoned inbox: the run that meets an unreadable image ends Failed, the next completes
+    (inbox / "scan-3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    old = time.time() - 120
+    os.utime(inbox / "scan-3.png", (old, old))
+    with prefect_stack.client() as client:
+        third = _run_scheduled_now(prefect_stack, client, dep.id)
+        assert third.state.type.value == "FAILED", prefect_stack.log_tail()
+        assert "scan-3.png" in third.state.message
+        fourth = _run_scheduled_now(prefect_stack, client, dep.id)
+        assert fourth.state.type.value == "COMPLETED", (
+            fourth.state.message + prefect_stack.log_tail()
+        )
+        rows = json.loads(_artifacts(client, fourth.id)["kquant-batch-outbox-images"].data)
+    assert ("scan-3.png", "in quarantine") in {
+        (r["image"], r["status"].split(":")[0]) for r in rows
+    }
+    assert (outbox / "scan-3.png.quarantined.json").is_file()
 
 
 def test_adhoc_bad_input_ends_failed_with_reason(prefect_stack, tmp_path):
