@@ -195,7 +195,7 @@ def test_write_reports_its_progress_block_by_block(tmp_path):
             tmp_path / f"c{chunk}.kquant",
             palette,
             QuantizeParams(k=4, chunk=chunk),
-            progress=lambda done, total: calls.append((done, total)),
+            progress=lambda done, total, calls=calls: calls.append((done, total)),
         )
         assert calls[0] == (0, blocks) and calls[-1] == (blocks, blocks)
         assert [d for d, _ in calls] == list(range(blocks + 1))
