@@ -36,8 +36,8 @@ from prefect.futures import as_completed, wait
 from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
 
+from flows import events, report, tasks
 from flows import inbox as inbox_mod
-from flows import report, tasks
 from kquant import store
 from kquant.errors import InputError, KquantError
 from kquant.io import uri as kuri
@@ -320,6 +320,7 @@ def quantize_batch(
     wait([f for _, _, fs, s, _ in chains for f in fs + [s] if f is not None])
 
     results = []
+    attempted = [(str(rel), str(path), str(target)) for rel, target, _, _, path in chains]
     for rel, target, futures, shown, path in chains:
         reason, exc = _failure_and_error(futures)
         if reason is not None:
@@ -335,6 +336,7 @@ def quantize_batch(
         results.append(
             {
                 "image": str(rel),
+                "source": str(path),
                 "store": str(target),
                 "psnr": m["psnr"],
                 "bits_per_pixel": round(m["store_bits_per_pixel"], 4),
@@ -365,6 +367,21 @@ def quantize_batch(
             )
         except Exception as exc:
             logger.warning("%s: not quarantined: %s", rel, report.one_line(exc))
+    for r in results:
+        events.store_completed(
+            {
+                "target": r["store"],
+                "source": r["source"],
+                "psnr": r["psnr"],
+                "n_colors": r["n_colors"],
+                "store_bits_per_pixel": r["bits_per_pixel"],
+                "preview": r["preview"],
+            },
+            logger,
+        )
+    for rel, path, target in attempted:
+        if rel in failed:
+            events.store_failed(path, target, failed[rel], logger)
     seconds = time.perf_counter() - t0
     out = {
         "inbox": kuri.normalise(inbox),

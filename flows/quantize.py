@@ -22,7 +22,7 @@ import time
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
-from flows import report, tasks
+from flows import events, report, tasks
 from flows.inbox import preview_path
 from kquant import pipeline, store
 from kquant.errors import KquantError, TargetExistsError
@@ -152,6 +152,7 @@ def quantize_image(
     except KquantError as exc:
         # a user error: one line in the log, the run Failed with it (no traceback)
         logger.error("quantize-image failed: %s", report.one_line(exc))
+        events.store_failed(source, target, report.one_line(exc), logger)
         return Failed(message=report.one_line(exc), data=exc)
     shown = None
     if preview:
@@ -168,6 +169,7 @@ def quantize_image(
     if fit_cached:
         result["timings"]["fit_original"] = fit["seconds"]
     _report(result, logger)
+    events.store_completed(result, logger)
     psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.2f} dB"
     logger.info(
         "done: %s, PSNR %s, %.3f bits/px, %.2f s",
