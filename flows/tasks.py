@@ -26,6 +26,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import kquant
+from flows import storage
 from kquant import cluster, pipeline, store
 from kquant.errors import KquantError, StoreError
 from kquant.fit import FitResult
@@ -196,6 +197,7 @@ def inspect_source(source: str, max_pixels: int | None = None) -> dict:
     cache_key_fn=fit_cache_key,
     persist_result=True,
     result_serializer="json",
+    result_storage=storage.result_storage(),
     **FIT_RETRIES,
 )
 def fit_palette(
@@ -244,6 +246,7 @@ def load_palette(palette: str | list, params: dict) -> dict:
     cache_key_fn=shared_fit_cache_key,
     persist_result=True,
     result_serializer="json",
+    result_storage=storage.result_storage(),
     **FIT_RETRIES,
 )
 def fit_shared_palette(

@@ -229,3 +229,79 @@ def test_a_worker_in_an_empty_directory_runs_the_adhoc_deployment_through_its_pu
         f"\nworker in an empty directory, adhoc through the pull steps: {seconds:.1f} s "
         f"(deploy {deploy_seconds:.1f} s)"
     )
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_fit_cache_on_s3_through_blocks(travel, tmp_path):
+    """Two workers, each in an empty directory with its own PREFECT_HOME and no AWS_*
+    variables: the fit cache lives in an S3Bucket block (credentials from an AwsCredentials
+    block, by name) on a moto S3 server; the second run's fit is Cached."""
+    from helpers import moto_s3
+
+    from kquant.store import open_store
+
+    with moto_s3(tmp_path, "kquant-cache") as fs:
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flows.storage",
+                "--bucket",
+                "kquant-cache",
+                "--folder",
+                "fits",
+                "--credentials",
+                "kquant-moto",
+                "--region",
+                "us-east-1",
+                "--endpoint-url",
+                endpoint,
+            ],
+            cwd=REPO,
+            env=dict(travel.env, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.strip() == "s3-bucket/kquant-results"
+        travel.deploy("--name", "adhoc", KQUANT_RESULT_STORAGE="s3-bucket/kquant-results")
+        with travel.client() as client:
+            dep = client.read_deployment_by_name("quantize-image/adhoc")
+            bucket = client.read_block_document_by_name("kquant-results", "s3-bucket")
+        assert dep.job_variables["env"]["KQUANT_RESULT_STORAGE"] == "s3-bucket/kquant-results"
+        # the bucket block references the credentials block (not a copy of the keys)
+        assert "credentials" in bucket.block_document_references
+
+        src = write_png(tmp_path / "dune.png", photo_like(90, 120, seed=51))
+        t0 = time.monotonic()
+        first = _submit(travel, src, tmp_path / "a.kquant", 10)
+        _, log_a = travel.worker_once("cache-a")
+        run_a = _finished(travel, first)
+        assert run_a.state.type.value == "COMPLETED", f"{run_a.state.message}\n{log_a[-4000:]}"
+        assert fs.ls("kquant-cache/fits")  # the fit, persisted on S3
+        second = _submit(travel, src, tmp_path / "b.kquant", 10)
+        _, log_b = travel.worker_once("cache-b")
+        run_b = _finished(travel, second)
+        seconds = time.monotonic() - t0
+        assert run_b.state.type.value == "COMPLETED", f"{run_b.state.message}\n{log_b[-4000:]}"
+        with travel.client() as client:
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+            states = {
+                r.name.rsplit("-", 1)[0]: r.state.name
+                for run in (first, second)
+                for r in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run]))
+                )
+                if run == second
+            }
+    assert states["fit-palette"] == "Cached"
+    a, b = open_store(tmp_path / "a.kquant"), open_store(tmp_path / "b.kquant")
+    assert (a.palette == b.palette).all()
+    # each worker had its own PREFECT_HOME: no local result storage was shared
+    assert not (travel.root / "cache-a" / "home" / "storage").exists() or not any(
+        (travel.root / "cache-a" / "home" / "storage").iterdir()
+    )
+    print(f"\ntwo workers, fit cache on S3 from blocks (2 runs): {seconds:.1f} s")
