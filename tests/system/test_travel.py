@@ -12,7 +12,6 @@ flows from the clone: the entrypoint ``flows/quantize.py`` exists nowhere else.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
