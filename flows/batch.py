@@ -47,15 +47,22 @@ from kquant.params import QuantizeParams
 def task_runner() -> DaskTaskRunner:
     """The flow's DaskTaskRunner, chosen from the environment of the flow-run process.
 
-    ``$DASK_SCHEDULER_ADDRESS``: an existing cluster. Otherwise a temporary
-    cluster listening on 127.0.0.1 only, of ``$KQUANT_BATCH_WORKERS`` workers
-    (default: CPU count, at most 4) with one thread each, in the flow-run
-    process (``$KQUANT_BATCH_PROCESSES=1`` for worker processes instead; each
-    then imports Prefect, and in ephemeral mode starts its own API server).
+    ``$DASK_SCHEDULER_ADDRESS`` or ``$DASK_SCHEDULER_FILE`` (a scheduler file, as HPC batch
+    scripts write with ``dask scheduler --scheduler-file``): an existing cluster.
+    ``$KQUANT_CLUSTER_CLASS`` (+ ``$KQUANT_CLUSTER_KWARGS``, JSON): a cluster made for the
+    run and closed after it (``dask_jobqueue.SLURMCluster``, the dask-kubernetes operator's
+    ``KubeCluster``, ``distributed.LocalCluster``; see deploy/cluster/). Otherwise a
+    temporary cluster listening on 127.0.0.1 only, of ``$KQUANT_BATCH_WORKERS`` workers
+    (default: CPU count, at most 4) with one thread each, in the flow-run process
+    (``$KQUANT_BATCH_PROCESSES=1`` for worker processes instead; each then imports Prefect,
+    and in ephemeral mode starts its own API server).
     """
-    address = tasks.clean_address(os.environ.get("DASK_SCHEDULER_ADDRESS"))
+    address = tasks.sanitise_scheduler_env()
     if address:
         return DaskTaskRunner(address=address)
+    spec = tasks.cluster_spec()
+    if spec is not None:
+        return DaskTaskRunner(cluster_class=spec[0], cluster_kwargs=spec[1])
     n = int(os.environ.get("KQUANT_BATCH_WORKERS") or min(4, os.cpu_count() or 1))
     processes = os.environ.get("KQUANT_BATCH_PROCESSES", "0").strip().lower() in (
         "1",
@@ -183,6 +190,9 @@ def quantize_batch(
         return Failed(message=report.one_line(exc), data=exc)
 
     dashboard = tasks.runner_dashboard_link()
+    made = tasks.runner_cluster()
+    if made:
+        logger.info("dask cluster of this run: %s", made)
     if dashboard:
         logger.info("dask dashboard: %s", dashboard)
 

@@ -16,6 +16,7 @@ or as the ``quantize-image/adhoc`` deployment (see ``deploy/prefect.yaml``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -86,6 +87,7 @@ def quantize_image(
     """
     logger = get_run_logger()
     t0 = time.perf_counter()
+    run_cluster = contextlib.ExitStack()
     try:
         tasks.sanitise_scheduler_env()
         address = tasks.clean_address(address)
@@ -114,11 +116,15 @@ def quantize_image(
                 f"{target} exists (run with overwrite=true to replace it)"
             ) from None
         timings = {}
+        src = tasks.inspect_source(source, max_pixels)
+        timings["inspect"] = time.perf_counter() - t0
+        # a cluster class set and a huge image: a cluster for this run (closed at the end)
+        address = run_cluster.enter_context(
+            tasks.cluster_for_run(src["height"] * src["width"], address, logger)
+        )
         dashboard = tasks.dashboard_link(address)
         if dashboard:
             logger.info("dask dashboard: %s", dashboard)
-        src = tasks.inspect_source(source, max_pixels)
-        timings["inspect"] = time.perf_counter() - t0
 
         params = params.to_json()  # tasks pass JSON
         if palette is not None:  # imposed: no fit, k is the palette's size
@@ -149,7 +155,9 @@ def quantize_image(
         timings["assign_write"] = written["seconds"]
         verified = tasks.verify_store(target, address)
         timings["verify"] = verified["seconds"]
+        run_cluster.close()
     except KquantError as exc:
+        run_cluster.close()
         # a user error: one line in the log, the run Failed with it (no traceback)
         logger.error("quantize-image failed: %s", report.one_line(exc))
         events.store_failed(source, target, report.one_line(exc), logger)

@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 import kquant
 from flows import storage
 from kquant import cluster, pipeline, store
-from kquant.errors import KquantError, StoreError
+from kquant.errors import KquantError, ParameterError, StoreError
 from kquant.fit import FitResult
 from kquant.io import ImageSource
 from kquant.io import uri as kuri
@@ -52,13 +52,73 @@ def clean_address(address: str | None) -> str | None:
 
 
 def sanitise_scheduler_env() -> str | None:
-    """Drop an empty or unresolved ``$DASK_SCHEDULER_ADDRESS`` (the library reads it);
-    return the usable one."""
-    raw = os.environ.get(cluster.ENV_ADDRESS)
-    usable = clean_address(raw)
-    if raw is not None and usable is None:
-        os.environ.pop(cluster.ENV_ADDRESS, None)
-    return usable
+    """Drop an empty or unresolved ``$DASK_SCHEDULER_ADDRESS`` or ``$DASK_SCHEDULER_FILE``
+    (the library reads them); return the usable address (from either)."""
+    for name in (cluster.ENV_ADDRESS, cluster.ENV_SCHEDULER_FILE):
+        raw = os.environ.get(name)
+        if raw is not None and clean_address(raw) is None:
+            os.environ.pop(name, None)
+    return cluster.resolve_address(None)
+
+
+def cluster_spec() -> tuple[str, dict] | None:
+    """The cluster class (a dotted name) and its kwargs to make a dask cluster for the run
+    with: ``$KQUANT_CLUSTER_CLASS`` and ``$KQUANT_CLUSTER_KWARGS`` (a JSON object), job
+    variables of the deployments; None when unset (empty or an unresolved template).
+
+    Raises
+    ------
+    ParameterError
+        If the kwargs are not a JSON object.
+    """
+    cls = clean_address(os.environ.get("KQUANT_CLUSTER_CLASS"))
+    if not cls:
+        return None
+    raw = clean_address(os.environ.get("KQUANT_CLUSTER_KWARGS")) or "{}"
+    try:
+        kwargs = json.loads(raw)
+    except ValueError as exc:
+        raise ParameterError(f"KQUANT_CLUSTER_KWARGS is not JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise ParameterError(f"KQUANT_CLUSTER_KWARGS is not a JSON object: {raw}")
+    return cls, kwargs
+
+
+#: Images from this many pixels get a cluster of their own in ``quantize-image`` when a
+#: cluster class is set (``$KQUANT_CLUSTER_MIN_PIXELS``).
+CLUSTER_MIN_PIXELS = 2**28
+
+
+@contextlib.contextmanager
+def cluster_for_run(n_pixels: int, address: str | None, logger):
+    """The dask address for a ``quantize-image`` run: ``address`` (or the environment's);
+    else, for an image of at least ``$KQUANT_CLUSTER_MIN_PIXELS`` (default
+    :data:`CLUSTER_MIN_PIXELS`) and a cluster class set (:func:`cluster_spec`), a cluster
+    made for the run and closed after it; else None (local threads)."""
+    address = clean_address(address) or sanitise_scheduler_env()
+    spec = None if address else cluster_spec()
+    minimum = int(os.environ.get("KQUANT_CLUSTER_MIN_PIXELS") or CLUSTER_MIN_PIXELS)
+    if spec is None or n_pixels < minimum:
+        yield address
+        return
+    from prefect.utilities.importtools import from_qualified_name
+
+    cls, kwargs = spec
+    logger.info("making a dask cluster for this run: %s(**%s)", cls, json.dumps(kwargs))
+    with from_qualified_name(cls)(**kwargs) as made:
+        yield made.scheduler_address
+
+
+def cluster_description(client) -> str | None:
+    """``"LocalCluster 'name', 2 workers"`` for a client of a cluster object, else None."""
+    made = getattr(client, "cluster", None)
+    if made is None:
+        return None
+    try:
+        workers = len(client.scheduler_info().get("workers", {}))
+    except Exception:
+        workers = 0
+    return f"{type(made).__name__} {made.name!r}, {workers} workers"
 
 
 def dashboard_link(address: str | None) -> str | None:
@@ -83,6 +143,17 @@ def runner_dashboard_link() -> str | None:
     ctx = FlowRunContext.get()
     try:
         return ctx.task_runner.client.dashboard_link or None  # type: ignore[union-attr]
+    except Exception:
+        return None
+
+
+def runner_cluster() -> str | None:
+    """What :func:`cluster_description` says of this flow run's ``DaskTaskRunner`` cluster."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    try:
+        return cluster_description(ctx.task_runner.client)  # type: ignore[union-attr]
     except Exception:
         return None
 

@@ -111,10 +111,29 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)",
     )
     p.add_argument(
+        "--scheduler-file",
+        default=None,
+        metavar="FILE",
+        help="dask scheduler file (dask scheduler --scheduler-file FILE; default: "
+        "$DASK_SCHEDULER_FILE)",
+    )
+    p.add_argument(
         "--max-pixels",
         type=_positive_int,
         default=None,
         help="refuse images whose header claims more pixels",
+    )
+
+
+def _address(args) -> str | None:
+    """``--address``, else the address in ``--scheduler-file``; None leaves the choice to
+    the library (``$DASK_SCHEDULER_ADDRESS``, ``$DASK_SCHEDULER_FILE``, local threads)."""
+    from kquant import cluster
+
+    return (
+        cluster.resolve_address(args.address, args.scheduler_file)
+        if args.address or (args.scheduler_file)
+        else None
     )
 
 
@@ -158,7 +177,7 @@ def _quantize(args) -> int:
         overwrite=args.overwrite,
         preview_path=args.preview,
         max_pixels=args.max_pixels,
-        address=args.address,
+        address=_address(args),
         progress=sys.stderr.isatty(),
         palette=args.palette,
     )
@@ -251,7 +270,7 @@ def _demo(args) -> int:
             overwrite=True,
             preview_path=out / "sample-preview.png",
             max_pixels=args.max_pixels,
-            address=args.address,
+            address=_address(args),
             progress=sys.stderr.isatty(),
         )
     print(_summary(result))

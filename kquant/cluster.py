@@ -22,9 +22,51 @@ ENV_ADDRESS = "DASK_SCHEDULER_ADDRESS"
 _client: contextvars.ContextVar = contextvars.ContextVar("kquant_dask_client", default=None)
 
 
-def resolve_address(address: str | None) -> str | None:
-    """The scheduler address to use: the argument, else ``$DASK_SCHEDULER_ADDRESS``, else None."""
-    return address or os.environ.get(ENV_ADDRESS) or None
+ENV_SCHEDULER_FILE = "DASK_SCHEDULER_FILE"
+
+
+def read_scheduler_file(path: str | os.PathLike) -> str:
+    """The address in a dask scheduler file (``dask scheduler --scheduler-file F``, as HPC
+    batch scripts start one).
+
+    Raises
+    ------
+    KquantError
+        If the file cannot be read or holds no address.
+    """
+    import json
+
+    from kquant.errors import KquantError
+
+    try:
+        with open(path) as f:
+            address = json.load(f)["address"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = f"no address in it ({type(exc).__name__})" if not isinstance(exc, OSError) else exc
+        raise KquantError(f"cannot read dask scheduler file {path}: {why}") from None
+    if not isinstance(address, str) or not address:
+        raise KquantError(f"cannot read dask scheduler file {path}: no address in it")
+    return address
+
+
+def resolve_address(address: str | None, scheduler_file: str | None = None) -> str | None:
+    """The scheduler address to use: the argument, else the address in ``scheduler_file``,
+    else ``$DASK_SCHEDULER_ADDRESS``, else the address in ``$DASK_SCHEDULER_FILE``, else None.
+
+    Raises
+    ------
+    KquantError
+        If a scheduler file is given and cannot be read.
+    """
+    if address:
+        return address
+    if scheduler_file:
+        return read_scheduler_file(scheduler_file)
+    if os.environ.get(ENV_ADDRESS):
+        return os.environ[ENV_ADDRESS]
+    if os.environ.get(ENV_SCHEDULER_FILE):
+        return read_scheduler_file(os.environ[ENV_SCHEDULER_FILE])
+    return None
 
 
 @contextlib.contextmanager

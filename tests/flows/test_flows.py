@@ -731,3 +731,33 @@ def test_an_imposed_palette_as_the_cli_does(harness, tmp_path):
             settle_seconds=0,
             palette=str(tmp_path / "missing.gpl"),
         )
+
+
+def test_quantize_image_makes_a_cluster_for_a_huge_image(harness, client, tmp_path, monkeypatch):
+    """A cluster class set (KQUANT_CLUSTER_CLASS / _KWARGS) and an image of at least
+    KQUANT_CLUSTER_MIN_PIXELS: quantize-image makes that cluster for the run, writes on it
+    and closes it; a smaller image stays on local threads."""
+    from flows.quantize import quantize_image
+    from kquant.store import open_store
+
+    kwargs = {"n_workers": 1, "threads_per_worker": 2, "processes": False, "protocol": "tcp://"}
+    kwargs |= {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    monkeypatch.setenv("KQUANT_CLUSTER_CLASS", "distributed.LocalCluster")
+    monkeypatch.setenv("KQUANT_CLUSTER_KWARGS", json.dumps(kwargs))
+    monkeypatch.setenv("KQUANT_CLUSTER_MIN_PIXELS", str(60 * 80))
+    big = write_png(tmp_path / "big.png", photo_like(60, 80, seed=70))
+    small = write_png(tmp_path / "small.png", photo_like(40, 50, seed=71))
+    for src, made in ((big, True), (small, False)):
+        state = quantize_image(
+            source=str(src),
+            target=str(tmp_path / (src.stem + ".kquant")),
+            params=QuantizeParams(k=5, chunk=32),
+            preview=False,
+            return_state=True,
+        )
+        assert state.is_completed(), state.message
+        open_store(tmp_path / (src.stem + ".kquant")).verify()
+        logs = _logs(client, _run_id(state), "done:")
+        assert any(m.startswith("making a dask cluster for this run") for m in logs) == made
+        md = _artifacts(client, _run_id(state))[f"{src.stem}-kquant-summary"].data
+        assert ("| dask dashboard | http://127.0.0.1:" in md) == made

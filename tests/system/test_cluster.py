@@ -177,3 +177,51 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, photo_png):
         p.stderr.strip().splitlines()[-1].startswith("kquant: error: cannot reach dask scheduler")
     )
     assert not (tmp_path / "s.kq").exists()
+
+
+def test_cli_scheduler_file_option_and_environment(tmp_path, scheduler_address, photo_png):
+    """--scheduler-file (and $DASK_SCHEDULER_FILE) run the job on the cluster the file names,
+    as a batch script's `dask scheduler --scheduler-file F` writes it; a file without an
+    address is one line, exit 2."""
+    import json
+
+    from distributed import Client
+
+    path, _ = photo_png
+    sched = tmp_path / "scheduler.json"
+    sched.write_text(json.dumps({"type": "Scheduler", "address": scheduler_address}))
+    base = [sys.executable, "-m", "kquant", "quantize", str(path)]
+    opts = ["-k", "6", "--chunk", "64"]
+    with Client(scheduler_address) as c:
+        c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_log.clear())
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    for target, extra, run_env in (
+        ("f.kq", ["--scheduler-file", str(sched)], env),
+        ("e.kq", [], dict(env, DASK_SCHEDULER_FILE=str(sched))),
+    ):
+        p = subprocess.run(
+            base + [str(tmp_path / target)] + opts + extra,
+            capture_output=True,
+            text=True,
+            env=run_env,
+            timeout=300,
+        )
+        assert p.returncode == 0, p.stderr
+        with Client(scheduler_address) as c:
+            keys = c.run_on_scheduler(
+                lambda dask_scheduler: [str(t[0]) for t in list(dask_scheduler.transition_log)]
+            )
+            c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_log.clear())
+        assert any("_assign_write_block" in k for k in keys), target
+    assert files(tmp_path / "f.kq") == files(tmp_path / "e.kq")
+
+    (tmp_path / "empty.json").write_text("{}")
+    p = subprocess.run(
+        base + [str(tmp_path / "x.kq"), "--scheduler-file", str(tmp_path / "empty.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "cannot read dask scheduler file" in p.stderr and not (tmp_path / "x.kq").exists()

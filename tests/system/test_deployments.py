@@ -234,3 +234,60 @@ def test_adhoc_bad_input_ends_failed_with_reason(prefect_stack, tmp_path):
         line = wait_for(reason, 20, "the failure reason in the flow run's logs")[0]
     assert "is not a recognised image" in line and "\n" not in line
     assert not any(".kquant" in p.name for p in tmp_path.iterdir())
+
+
+def test_batch_with_a_cluster_class_from_job_variables(prefect_stack, tmp_path):
+    """KQUANT_CLUSTER_CLASS / KQUANT_CLUSTER_KWARGS as job variables: the batch's
+    DaskTaskRunner makes that cluster for the run (LocalCluster, through the same path as
+    SLURMCluster or KubeCluster); the run completes and says which cluster ran it."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from kquant.store import open_store
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    for i in range(3):
+        write_png(inbox / f"c{i}.png", photo_like(48, 64, seed=60 + i), age_seconds=120)
+    kwargs = {
+        "name": "kquant-per-run",
+        "n_workers": 2,
+        "threads_per_worker": 1,
+        "processes": False,
+        "protocol": "tcp://",
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+    }
+    t0 = time.monotonic()
+    with prefect_stack.client() as client:
+        dep = client.read_deployment_by_name("quantize-batch/inbox")
+        run = client.create_flow_run_from_deployment(
+            dep.id,
+            parameters={"inbox": str(inbox), "outbox": str(outbox), "settle_seconds": 0},
+            job_variables={
+                "env": {
+                    "KQUANT_CLUSTER_CLASS": "distributed.LocalCluster",
+                    "KQUANT_CLUSTER_KWARGS": json.dumps(kwargs),
+                }
+            },
+        )
+        done = wait_for(
+            lambda: (r := client.read_flow_run(run.id)).state.type.value in FINAL and r,
+            180,
+            "the batch on a per-run cluster",
+            prefect_stack,
+        )
+        assert done.state.type.value == "COMPLETED", done.state.message + prefect_stack.log_tail()
+
+        def cluster_line():
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            )
+            return [lg.message for lg in logs if lg.message.startswith("dask cluster of this run")]
+
+        line = wait_for(cluster_line, 20, "the cluster line in the run's logs")[0]
+        md = _artifacts(client, run.id)["kquant-batch-out-summary"].data
+    assert "LocalCluster 'kquant-per-run', 2 workers" in line
+    assert "Dask dashboard: http://127.0.0.1:" in md
+    for i in range(3):
+        open_store(outbox / f"c{i}.png.kquant").verify()
+    print(f"\nbatch of 3 on a per-run LocalCluster (2 workers): {time.monotonic() - t0:.1f} s")
