@@ -18,15 +18,16 @@
   it, so tiles of a mosaic keep identical colours; when earlier runs already
   wrote stores with a shared palette of the same parameters, new images reuse
   that palette;
-* images fan out through prefect-dask's ``DaskTaskRunner``: on the cluster at
-  ``$DASK_SCHEDULER_ADDRESS`` when set (the deployment's job variables), else
-  on a temporary local cluster (see :func:`task_runner`).
+* images fan out on threads of the flow-run process, or through prefect-dask's
+  ``DaskTaskRunner`` on the cluster at ``$DASK_SCHEDULER_ADDRESS`` (or in a scheduler file),
+  or on a cluster made for the run from a cluster class (see :func:`task_runner`).
 
 Tasks pass URIs, headers and palettes; never pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -34,9 +35,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed, wait
 from prefect.states import Failed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from flows import events, report, tasks
+from flows import events, pixels, report, tasks
 from flows import inbox as inbox_mod
 from kquant import store
 from kquant.errors import InputError, KquantError
@@ -44,18 +46,21 @@ from kquant.io import uri as kuri
 from kquant.params import QuantizeParams
 
 
-def task_runner() -> DaskTaskRunner:
-    """The flow's DaskTaskRunner, chosen from the environment of the flow-run process.
+def task_runner() -> TaskRunner:
+    """The flow's task runner, chosen from the environment of the flow-run process.
 
     ``$DASK_SCHEDULER_ADDRESS`` or ``$DASK_SCHEDULER_FILE`` (a scheduler file, as HPC batch
-    scripts write with ``dask scheduler --scheduler-file``): an existing cluster.
-    ``$KQUANT_CLUSTER_CLASS`` (+ ``$KQUANT_CLUSTER_KWARGS``, JSON): a cluster made for the
-    run and closed after it (``dask_jobqueue.SLURMCluster``, the dask-kubernetes operator's
-    ``KubeCluster``, ``distributed.LocalCluster``; see deploy/cluster/). Otherwise a
-    temporary cluster listening on 127.0.0.1 only, of ``$KQUANT_BATCH_WORKERS`` workers
-    (default: CPU count, at most 4) with one thread each, in the flow-run process
-    (``$KQUANT_BATCH_PROCESSES=1`` for worker processes instead; each then imports Prefect,
-    and in ephemeral mode starts its own API server).
+    scripts write with ``dask scheduler --scheduler-file``): prefect-dask's
+    ``DaskTaskRunner`` on that cluster. ``$KQUANT_CLUSTER_CLASS`` (+
+    ``$KQUANT_CLUSTER_KWARGS``, JSON): a ``DaskTaskRunner`` that makes that cluster for the
+    run and closes it after (``dask_jobqueue.SLURMCluster``, the dask-kubernetes operator's
+    ``KubeCluster``, ``distributed.LocalCluster``; see deploy/cluster/).
+    ``$KQUANT_BATCH_PROCESSES=1``: a temporary local cluster of worker processes.
+    Otherwise Prefect's ``ThreadPoolTaskRunner``, of which ``$KQUANT_BATCH_WORKERS``
+    threads (default: CPU count, at most 4) do pixel work at once
+    (:data:`flows.tasks.COMPUTE_SLOTS`): a task run costs ~6 ms there against ~100 ms
+    through a ``DaskTaskRunner`` of in-process threads (bench/README.md, "Inbox
+    throughput").
     """
     address = tasks.sanitise_scheduler_env()
     if address:
@@ -63,22 +68,43 @@ def task_runner() -> DaskTaskRunner:
     spec = tasks.cluster_spec()
     if spec is not None:
         return DaskTaskRunner(cluster_class=spec[0], cluster_kwargs=spec[1])
-    n = int(os.environ.get("KQUANT_BATCH_WORKERS") or min(4, os.cpu_count() or 1))
+    n = max(1, int(os.environ.get("KQUANT_BATCH_WORKERS") or min(4, os.cpu_count() or 1)))
     processes = os.environ.get("KQUANT_BATCH_PROCESSES", "0").strip().lower() in (
         "1",
         "true",
         "yes",
     )
+    if not processes:  # threads that wait for an image's earlier steps hold no compute slot
+        return ThreadPoolTaskRunner(max_workers=8 * n)
     return DaskTaskRunner(
         cluster_kwargs={
-            "n_workers": max(1, n),
+            "n_workers": n,
             "threads_per_worker": 1,
-            "processes": processes,
+            "processes": True,
             "protocol": "tcp://",
             "host": "127.0.0.1",
             "dashboard_address": "127.0.0.1:0",
         }
     )
+
+
+#: Batches of at least this many new images on the thread-pool runner do their pixel work in
+#: worker processes (``$KQUANT_BATCH_PROCESS_MIN``): starting them costs ~2 s.
+PROCESS_MIN_IMAGES = 8
+
+
+def _process_workers(n_images: int) -> int:
+    """Worker processes for the pixel work of ``n_images``: :data:`flows.tasks.COMPUTE_SLOTS`
+    on the thread-pool runner with enough images and more than one slot, else 0."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    minimum = int(os.environ.get("KQUANT_BATCH_PROCESS_MIN") or PROCESS_MIN_IMAGES)
+    if ctx is None or not isinstance(ctx.task_runner, ThreadPoolTaskRunner):
+        return 0
+    if tasks.COMPUTE_SLOTS < 2 or n_images < minimum:
+        return 0
+    return tasks.COMPUTE_SLOTS
 
 
 def _failure(futures) -> str | None:
@@ -296,38 +322,43 @@ def quantize_batch(
                 else:
                     todo = _fail_all(todo, failed, "shared palette", fit_f, logger)
 
-    # fan out: one chain of tasks per new image
-    chains = []
-    for path, rel, target in todo:
-        info = tasks.inspect_source.submit(str(path), max_pixels)
-        if imposed is not None:  # the fit-like record: the stores say "imposed"
-            fit, pal = None, imposed
-        elif shared_fit is not None:
-            fit, pal = None, shared_fit["palette"]
-        else:  # the write and preview tasks take the fit's result (a dict) as the palette
-            fit = pal = tasks.fit_palette.submit(info, params, max_pixels)
-        written = tasks.write_store.submit(info, str(target), pal, params, False, max_pixels)
-        verified = tasks.verify_store.submit(str(target), wait_for=[written])
-        shown = None
-        if preview:
-            shown = tasks.write_preview.submit(
-                info,
-                pal,
-                str(inbox_mod.preview_path(target)),
-                params,
-                max_pixels,
-                wait_for=[verified],
+    # fan out: one chain of tasks per new image (pixel work in worker processes when many)
+    workers = _process_workers(len(todo))
+    if workers:
+        logger.info("pixel work in %d worker processes", workers)
+    with pixels.pool(workers) if workers else contextlib.nullcontext():
+        chains = []
+        for path, rel, target in todo:
+            info = tasks.inspect_source.submit(str(path), max_pixels)
+            if imposed is not None:  # the fit-like record: the stores say "imposed"
+                fit, pal = None, imposed
+            elif shared_fit is not None:
+                fit, pal = None, shared_fit["palette"]
+            else:  # the write and preview tasks take the fit's result (a dict) as the palette
+                fit = pal = tasks.fit_palette.submit(info, params, max_pixels)
+            written = tasks.write_store.submit(info, str(target), pal, params, False, max_pixels)
+            verified = tasks.verify_store.submit(str(target), wait_for=[written])
+            shown = None
+            if preview:
+                shown = tasks.write_preview.submit(
+                    info,
+                    pal,
+                    str(inbox_mod.preview_path(target)),
+                    params,
+                    max_pixels,
+                    report.BATCH_THUMB_WIDTH,
+                    wait_for=[verified],
+                )
+            chains.append((rel, target, [info, fit, written, verified], shown, path))
+        if chains:  # the images done so far, as their last steps end
+            progress = tasks.ProgressArtifact(
+                report.batch_key(out_root) + "-progress", f"batch {out_root}", "images done"
             )
-        chains.append((rel, target, [info, fit, written, verified], shown, path))
-    if chains:  # the images done so far, as their last steps end
-        progress = tasks.ProgressArtifact(
-            report.batch_key(out_root) + "-progress", f"batch {out_root}", "images done"
-        )
-        progress(0, len(chains))
-        finals = [shown if shown is not None else fs[3] for _, _, fs, shown, _ in chains]
-        for done, _ in enumerate(as_completed(finals), 1):
-            progress(done, len(chains))
-    wait([f for _, _, fs, s, _ in chains for f in fs + [s] if f is not None])
+            progress(0, len(chains))
+            finals = [shown if shown is not None else fs[3] for _, _, fs, shown, _ in chains]
+            for done, _ in enumerate(as_completed(finals), 1):
+                progress(done, len(chains))
+        wait([f for _, _, fs, s, _ in chains for f in fs + [s] if f is not None])
 
     results = []
     attempted = [(str(rel), str(path), str(target)) for rel, target, _, _, path in chains]
@@ -362,6 +393,11 @@ def quantize_batch(
                 ),
                 "preview": (
                     shown.result()["path"]
+                    if shown is not None and shown.state.is_completed()
+                    else None
+                ),
+                "thumbnail": (
+                    shown.result()["thumbnail"]
                     if shown is not None and shown.state.is_completed()
                     else None
                 ),
@@ -411,6 +447,8 @@ def quantize_batch(
         f"the batch {out_root}",
         f"{len(results)} stores are written and verified",
     )
+    for r in results:  # shown in the artifacts; the run's result stays small
+        r.pop("thumbnail", None)
     logger.info(
         "processed %d, skipped %d, failed %d in %.2f s",
         len(results),

@@ -17,6 +17,7 @@ import time
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.inbox import preview_path
+from flows.pixels import thumbnail_data_url
 from kquant import store
 from kquant.io import uri as kuri
 from kquant.label.metrics import format_bytes
@@ -269,30 +270,6 @@ def palette_markdown(palette: list, counts: list | None, title: str) -> str:
 # --------------------------------------------------------------------------- artifacts
 
 
-def thumbnail_data_url(png: str | os.PathLike, width: int = THUMB_WIDTH) -> str:
-    """A ``data:image/jpeg;base64,...`` URL of a reduced copy of a PNG (path or URL).
-
-    Markdown artifacts show it inline from any browser, with no file server (a
-    ``file://`` URL does not load in a page served over http, an object-store URL may
-    need credentials).
-    """
-    from PIL import Image
-
-    png = kuri.normalise(png)
-    if kuri.is_remote(png):
-        fs, path = kuri.filesystem(png)
-        data = io.BytesIO(fs.cat_file(path))
-    else:
-        data = png
-    with Image.open(data) as im:
-        im = im.convert("RGB")
-        if im.width > width:
-            im = im.resize((width, max(1, round(im.height * width / im.width))), Image.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=85, optimize=True)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def report(s: dict, key: str) -> dict:
     """Artifacts for the UI: the markdown summary with the preview picture inline, and the
     palette with colour swatches (markdown).
@@ -428,9 +405,10 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
         )
     for r in out["results"]:
         if r["preview"]:
+            thumb = r.get("thumbnail") or thumbnail_data_url(r["preview"], BATCH_THUMB_WIDTH)
             create_markdown_artifact(
                 markdown=f"# `{r['image']}`\n\n"
-                f"![original | quantized]({thumbnail_data_url(r['preview'], BATCH_THUMB_WIDTH)})"
+                f"![original | quantized]({thumb})"
                 f"\n\nOriginal | quantized; full size: `{kuri.display(r['preview'])}`\n",
                 key=slug(kuri.name(r["store"])) + "-preview",
                 description=f"original | quantized of {r['image']}; full size: {r['preview']}",

@@ -19,16 +19,16 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import kquant
-from flows import storage
+from flows import pixels, storage
 from kquant import cluster, pipeline, store
-from kquant.errors import KquantError, ParameterError, StoreError
+from kquant.errors import KquantError, ParameterError
 from kquant.fit import FitResult
 from kquant.io import ImageSource
 from kquant.io import uri as kuri
@@ -158,6 +158,20 @@ def runner_cluster() -> str | None:
         return None
 
 
+#: Tasks of this process doing pixel work at once (``$KQUANT_BATCH_WORKERS``, default the CPU
+#: count, at most 4): the batch's thread pool also holds tasks that only wait for the steps
+#: before them, so it has more threads than this.
+COMPUTE_SLOTS = max(1, int(os.environ.get("KQUANT_BATCH_WORKERS") or min(4, os.cpu_count() or 1)))
+_slots = threading.BoundedSemaphore(COMPUTE_SLOTS)
+
+
+@contextlib.contextmanager
+def compute_slot():
+    """Hold one of :data:`COMPUTE_SLOTS` while doing pixel work outside a dask worker."""
+    with _slots:
+        yield
+
+
 @contextlib.contextmanager
 def dask_address(address: str | None):
     """The dask address for library calls made inside a task.
@@ -179,7 +193,8 @@ def dask_address(address: str | None):
 
         get_worker()
     except (ImportError, ValueError):
-        yield clean_address(address)
+        with compute_slot():
+            yield clean_address(address)
         return
     import dask
 
@@ -236,27 +251,14 @@ def _fit_record(result: FitResult, seconds: float) -> dict:
     return dict(result.to_json(), seconds=round(seconds, 3))
 
 
-def _palette(palette: list | dict) -> list:
-    """The palette of a list of ``[r, g, b]`` or of a fit record."""
-    return palette["palette"] if isinstance(palette, dict) else palette
-
-
-def _fit_info(fit: list | dict) -> FitResult | None:
-    """The FitResult of a fit record (what :func:`kquant.pipeline.write` records), or None."""
-    if not isinstance(fit, dict) or not fit.get("mode"):
-        return None
-    if fit["mode"] == "imposed":  # only the mode is recorded (as the CLI's --palette)
-        return pipeline.imposed_fit(fit["palette"], 0)
-    return FitResult.from_json(fit)
-
-
 # --------------------------------------------------------------------------- tasks
 
 
 @task(name="inspect-source", cache_policy=NO_CACHE, **IO_RETRIES)
 def inspect_source(source: str, max_pixels: int | None = None) -> dict:
     """Read the source's header (never its pixels): format, shape, identity."""
-    src = pipeline.inspect(source, max_pixels=max_pixels)
+    with compute_slot():
+        src = ImageSource.from_json(pixels.run(pixels.inspect, source, max_pixels))
     get_run_logger().info(
         "%s: %s, %d x %d px, %d bytes", src.uri, src.format, src.height, src.width, src.size_bytes
     )
@@ -277,12 +279,7 @@ def fit_palette(
     """Fit the palette of one image; cached on the source's identity and the fit parameters."""
     t0 = time.perf_counter()
     with dask_address(address) as addr:
-        result = pipeline.fit(
-            ImageSource.from_json(source),
-            QuantizeParams.from_json(params),
-            max_pixels=max_pixels,
-            address=addr,
-        )
+        result = FitResult.from_json(pixels.run(pixels.fit, source, params, max_pixels, addr))
     out = _fit_record(result, time.perf_counter() - t0)
     get_run_logger().info(
         "fitted %d colours to %s in %.2f s (MSE %.3f%s)",
@@ -405,20 +402,13 @@ def write_store(
     ``progress_key``, a progress artifact of that key follows the write pass (blocks
     written / total).
     """
-    fit_info = _fit_info(palette)
     progress = ProgressArtifact(progress_key, f"writing {target}") if progress_key else False
     t0 = time.perf_counter()
     with dask_address(address) as addr:
-        meta = pipeline.write(
-            ImageSource.from_json(source),
-            target,
-            np.asarray(_palette(palette), np.uint8),
-            QuantizeParams.from_json(params),
-            overwrite=overwrite,
-            max_pixels=max_pixels,
-            address=addr,
-            progress=progress,
-            fit_info=fit_info,
+        meta = store.StoreMeta.from_json(
+            pixels.run(
+                pixels.write, source, target, palette, params, overwrite, max_pixels, addr, progress
+            )
         )
     seconds = time.perf_counter() - t0
     m = meta.metrics
@@ -440,37 +430,40 @@ def verify_store(target: str, address: str | None = None) -> dict:
     (nothing complete-looking is left) and the task fails.
     """
     t0 = time.perf_counter()
-    try:
-        with dask_address(address) as addr, cluster.scheduler(addr):
-            st = store.open_store(target)
-            st.verify()
-    except StoreError:
-        store.remove(target)
-        raise
+    with dask_address(address) as addr:
+        root, checksum = pixels.run(pixels.verify, target, addr)
     seconds = time.perf_counter() - t0
-    get_run_logger().info("verified %s (%s)", st.root, st.meta.checksum)
-    return {"checksum": st.meta.checksum, "seconds": round(seconds, 3)}
+    get_run_logger().info("verified %s (%s)", root, checksum)
+    return {"checksum": checksum, "seconds": round(seconds, 3)}
 
 
 @task(name="preview", cache_policy=NO_CACHE, **IO_RETRIES)
 def write_preview(
-    source: dict, palette: list | dict, out: str, params: dict, max_pixels: int | None = None
+    source: dict,
+    palette: list | dict,
+    out: str,
+    params: dict,
+    max_pixels: int | None = None,
+    thumbnail_width: int | None = None,
 ) -> dict:
-    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide).
+    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide),
+    and with ``thumbnail_width`` its JPEG thumbnail as a data URL (``"thumbnail"``).
 
     ``out`` may be an object-store URL: the picture is made locally, then uploaded.
     """
     t0 = time.perf_counter()
-    src = ImageSource.from_json(source)
-    pal = np.asarray(_palette(palette), np.uint8)
-    prm = QuantizeParams.from_json(params)
     out = kuri.normalise(out)
-    if kuri.is_remote(out):
-        with tempfile.TemporaryDirectory(prefix="kquant-preview-") as tmp:
-            local = os.path.join(tmp, "preview.png")
-            pipeline.preview(src, pal, local, prm, max_pixels=max_pixels)
-            fs, path = kuri.filesystem(out)
-            fs.put_file(local, path)
-    else:
-        pipeline.preview(src, pal, out, prm, max_pixels=max_pixels)
-    return {"path": out, "seconds": round(time.perf_counter() - t0, 3)}
+    with compute_slot():
+        if kuri.is_remote(out):
+            with tempfile.TemporaryDirectory(prefix="kquant-preview-") as tmp:
+                local = os.path.join(tmp, "preview.png")
+                thumb = pixels.run(
+                    pixels.preview, source, palette, local, params, max_pixels, thumbnail_width
+                )
+                fs, path = kuri.filesystem(out)
+                fs.put_file(local, path)
+        else:
+            thumb = pixels.run(
+                pixels.preview, source, palette, out, params, max_pixels, thumbnail_width
+            )
+    return {"path": out, "seconds": round(time.perf_counter() - t0, 3), "thumbnail": thumb}

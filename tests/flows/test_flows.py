@@ -761,3 +761,45 @@ def test_quantize_image_makes_a_cluster_for_a_huge_image(harness, client, tmp_pa
         assert any(m.startswith("making a dask cluster for this run") for m in logs) == made
         md = _artifacts(client, _run_id(state))[f"{src.stem}-kquant-summary"].data
         assert ("| dask dashboard | http://127.0.0.1:" in md) == made
+
+
+@pytest.mark.slow
+def test_batch_pixel_work_in_worker_processes(harness, client, tmp_path, monkeypatch):
+    """From KQUANT_BATCH_PROCESS_MIN new images the batch does its pixel work in worker
+    processes: the stores are byte-identical to the library's, and a bad image's error
+    crosses back as itself (one line, quarantined)."""
+    from helpers import files
+
+    import kquant
+    from flows.batch import quantize_batch
+
+    monkeypatch.setenv("KQUANT_BATCH_PROCESS_MIN", "2")
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    for i in range(3):
+        write_png(inbox / f"p{i}.png", photo_like(50, 70, seed=80 + i), age_seconds=60)
+    truncated_png(inbox / "bad.png")
+    state = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=6, seed=1),
+        settle_seconds=0,
+        return_state=True,
+    )
+    assert state.is_failed() and "1 of 4 images failed" in state.message
+    assert "bad.png: " in state.message and "is not a readable image" in state.message
+    logs = _logs(client, _run_id(state), "worker processes")
+    assert any(m.startswith("pixel work in ") and "worker processes" in m for m in logs)
+    assert (outbox / "bad.png.quarantined.json").is_file()
+    for i in range(3):
+        kquant.quantize(
+            inbox / f"p{i}.png", tmp_path / f"lib{i}.kquant", QuantizeParams(k=6, seed=1)
+        )
+        mine, lib = files(outbox / f"p{i}.png.kquant"), files(tmp_path / f"lib{i}.kquant")
+        assert mine.keys() == lib.keys()
+        assert {k: v for k, v in mine.items() if k != "zarr.json"} == {
+            k: v for k, v in lib.items() if k != "zarr.json"
+        }
+        assert (outbox / f"p{i}-preview.png").exists() or (
+            outbox / f"p{i}.png-preview.png"
+        ).exists()
