@@ -800,6 +800,4 @@ def test_batch_pixel_work_in_worker_processes(harness, client, tmp_path, monkeyp
         assert {k: v for k, v in mine.items() if k != "zarr.json"} == {
             k: v for k, v in lib.items() if k != "zarr.json"
         }
-        assert (outbox / f"p{i}-preview.png").exists() or (
-            outbox / f"p{i}.png-preview.png"
-        ).exists()
+        assert (outbox / f"p{i}.png-preview.png").is_file()
