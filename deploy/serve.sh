@@ -3,13 +3,15 @@
 #
 #   deploy/serve.sh                # UI and API on http://127.0.0.1:4200 ; Ctrl-C stops both
 #
-# Environment: KQUANT_PREFECT_PORT (default 4200), PREFECT_HOME (default ~/.prefect),
+# Environment: KQUANT_PREFECT_PORT (default 4200), KQUANT_PREFECT_HOST (default 127.0.0.1;
+# 0.0.0.0 for workers on other machines), PREFECT_HOME (default ~/.prefect),
 # PREFECT (the prefect executable; default .venv/bin/prefect, else prefect on PATH).
 # Then, in another shell, deploy (deploy/deploy.sh) and run deployments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${KQUANT_PREFECT_PORT:-4200}"
+HOST="${KQUANT_PREFECT_HOST:-127.0.0.1}"
 POOL=kquant
 if [[ -z "${PREFECT:-}" ]]; then
     if [[ -x .venv/bin/prefect ]]; then PREFECT=.venv/bin/prefect; else PREFECT=prefect; fi
@@ -36,7 +38,7 @@ stop() {  # TERM, then KILL after a grace period (a worker can ignore TERM for a
 }
 trap stop EXIT INT TERM
 
-"$PREFECT" server start --host 127.0.0.1 --port "$PORT" &
+"$PREFECT" server start --host "$HOST" --port "$PORT" &
 server_pid=$!
 
 "$PY" - "$PREFECT_API_URL" <<'PYEOF'
