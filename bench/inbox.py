@@ -6,6 +6,7 @@ quantized at K=16, as a new user would run them on this machine.
 Each way starts from an empty outbox (nothing cached: a fresh PREFECT_HOME per way):
 
 * ``cli-loop``: ``kquant quantize`` in a shell loop, a process per image (no preview);
+  ``cli-loop-preview``: the same with ``--preview`` (what the batch does by default);
 * ``pngquant``: ``pngquant 16`` in a shell loop (if installed);
 * ``batch-ephemeral``: ``python -m flows.batch inbox outbox`` with Prefect's ephemeral API
   (started by the command: what the issue measured);
@@ -113,7 +114,15 @@ class Server:
         self.env["PREFECT_API_URL"] = self.url
         (work / "server-home").mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                str(BIN / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             env=self.env,
             stdout=open(work / "server.log", "wb"),
             stderr=subprocess.STDOUT,
@@ -148,8 +157,20 @@ class Cluster:
                 start_new_session=True,
             ),
             subprocess.Popen(
-                [dask, "worker", self.address, "--nworkers", str(nworkers), "--nthreads", "1",
-                 "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(work)],
+                [
+                    dask,
+                    "worker",
+                    self.address,
+                    "--nworkers",
+                    str(nworkers),
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                    "--local-directory",
+                    str(work),
+                ],
                 env=env,
                 stdout=open(work / "workers.log", "wb"),
                 stderr=subprocess.STDOUT,
@@ -176,7 +197,7 @@ class Cluster:
             p.wait(timeout=30)
 
 
-OVERHEAD = r'''
+OVERHEAD = r"""
 import sys, time
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -201,7 +222,7 @@ local = {"n_workers": 2, "threads_per_worker": 1, "processes": False, "protocol"
          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
 for name, runner in (("batch", task_runner()), ("dask", DaskTaskRunner(cluster_kwargs=local))):
     print(name, timed_flow(runner)(n))
-'''
+"""
 
 
 def main() -> int:
@@ -236,55 +257,99 @@ def main() -> int:
     if want("cli-loop"):
         out, env = fresh("cli")
         out.mkdir()
-        script = f'for f in {inbox}/*.png; do {BIN}/kquant quantize "$f" "{out}/$(basename "$f").kquant" -k 16 || exit 1; done'
+        script = (
+            f'for f in {inbox}/*.png; do {BIN}/kquant quantize "$f" '
+            f'"{out}/$(basename "$f").kquant" -k 16 || exit 1; done'
+        )
         row("`kquant quantize` loop", *timed(script, env, shell=True), "a process per image")
+    if want("cli-loop-preview"):
+        out, env = fresh("cli-preview")
+        out.mkdir()
+        script = (
+            f'for f in {inbox}/*.png; do b="{out}/$(basename "$f")"; '
+            f'{BIN}/kquant quantize "$f" "$b.kquant" -k 16 --preview "$b-preview.png" '
+            "|| exit 1; done"
+        )
+        row(
+            "`kquant quantize --preview` loop",
+            *timed(script, env, shell=True),
+            "a process per image",
+        )
     if want("pngquant") and shutil.which("pngquant"):
         out, env = fresh("pngquant")
         out.mkdir()
-        script = f'for f in {inbox}/*.png; do pngquant --force --output "{out}/$(basename "$f")" 16 "$f" || exit 1; done'
+        script = (
+            f'for f in {inbox}/*.png; do pngquant --force --output "{out}/$(basename "$f")" '
+            '16 "$f" || exit 1; done'
+        )
         row("pngquant loop", *timed(script, env, shell=True), "pngquant 16, a process per image")
     batch = [sys.executable, "-m", "flows.batch", str(inbox)]
     if want("batch-ephemeral"):
         out, env = fresh("ephemeral")
-        row("`python -m flows.batch` (ephemeral API)", *timed(batch + [str(out)], env, cwd=REPO),
-            "starts its own API server")
+        row(
+            "`python -m flows.batch` (ephemeral API)",
+            *timed(batch + [str(out)], env, cwd=REPO),
+            "starts its own API server",
+        )
     server = None
-    if any(want(w) for w in ("batch-server", "batch-server-nopreview", "batch-cluster", "task-overhead")):
+    if any(
+        want(w)
+        for w in ("batch-server", "batch-server-nopreview", "batch-cluster", "task-overhead")
+    ):
         server = Server(work)
     try:
         if want("batch-server"):
             out, env = fresh("server")
             env["PREFECT_API_URL"] = server.url
-            row("batch on a running server", *timed(batch + [str(out)], env, cwd=REPO),
-                "2 threads in the flow process, previews")
+            row(
+                "batch on a running server",
+                *timed(batch + [str(out)], env, cwd=REPO),
+                "previews (as the deployment)",
+            )
         if want("batch-server-nopreview"):
             out, env = fresh("server-np")
             env["PREFECT_API_URL"] = server.url
-            code = ("import sys; from flows.batch import quantize_batch; "
-                    "quantize_batch(sys.argv[1], sys.argv[2], preview=False, settle_seconds=0)")
-            row("batch on a running server, no previews",
-                *timed([sys.executable, "-c", code, str(inbox), str(out)], env, cwd=REPO), "")
+            code = (
+                "import sys; from flows.batch import quantize_batch; "
+                "quantize_batch(sys.argv[1], sys.argv[2], preview=False, settle_seconds=0)"
+            )
+            row(
+                "batch on a running server, no previews",
+                *timed([sys.executable, "-c", code, str(inbox), str(out)], env, cwd=REPO),
+                "",
+            )
         if want("batch-cluster"):
             out, env = fresh("cluster")
             env["PREFECT_API_URL"] = server.url
             cluster = Cluster(work, env)
             try:
                 env["DASK_SCHEDULER_ADDRESS"] = cluster.address
-                row("batch on a running server, 2-worker cluster",
-                    *timed(batch + [str(out)], env, cwd=REPO), "`dask worker --nworkers 2`")
+                row(
+                    "batch on a running server, 2-worker cluster",
+                    *timed(batch + [str(out)], env, cwd=REPO),
+                    "`dask worker --nworkers 2`",
+                )
             finally:
                 cluster.stop()
         if want("task-overhead"):
             _, env = fresh("overhead")
             env["PREFECT_API_URL"] = server.url
             m = 200
-            out = subprocess.run([sys.executable, "-c", OVERHEAD, str(m)], env=env, cwd=REPO,
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", OVERHEAD, str(m)],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             for line in out.stdout.strip().splitlines()[-2:]:
                 name, seconds = line.split()
                 what = "the batch's task runner" if name == "batch" else "DaskTaskRunner, threads"
-                print(f"task-run overhead ({what}): {m} no-op tasks in {float(seconds):.2f} s = "
-                      f"{1000 * float(seconds) / m:.1f} ms per task run")
+                print(
+                    f"task-run overhead ({what}): {m} no-op tasks in {float(seconds):.2f} s = "
+                    f"{1000 * float(seconds) / m:.1f} ms per task run"
+                )
     finally:
         if server is not None:
             server.stop()

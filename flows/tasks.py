@@ -131,9 +131,16 @@ def dashboard_link(address: str | None) -> str | None:
         from distributed import Client
 
         with Client(address, timeout="5s", set_as_default=False) as client:
-            return client.dashboard_link or None
+            return _dashboard(client)
     except Exception:
         return None
+
+
+def _dashboard(client) -> str | None:
+    """The client's dashboard link, if the scheduler serves a dashboard."""
+    if "dashboard" not in client.scheduler_info().get("services", {}):
+        return None  # dask scheduler --no-dashboard: the client's link would lead nowhere
+    return client.dashboard_link or None
 
 
 def runner_dashboard_link() -> str | None:
@@ -142,7 +149,7 @@ def runner_dashboard_link() -> str | None:
 
     ctx = FlowRunContext.get()
     try:
-        return ctx.task_runner.client.dashboard_link or None  # type: ignore[union-attr]
+        return _dashboard(ctx.task_runner.client)  # type: ignore[union-attr]
     except Exception:
         return None
 
