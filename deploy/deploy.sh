@@ -5,8 +5,8 @@
 #
 # KQUANT_INBOX / KQUANT_OUTBOX default to ./inbox and ./outbox (created);
 # KQUANT_POOL (default kquant) is the process pool, created if missing;
-# DASK_SCHEDULER_ADDRESS, KQUANT_RESULT_STORAGE, KQUANT_CLUSTER_CLASS, KQUANT_CLUSTER_KWARGS
-# (default empty) go into the job variables.
+# DASK_SCHEDULER_ADDRESS, DASK_SCHEDULER_FILE, KQUANT_RESULT_STORAGE, KQUANT_CLUSTER_CLASS,
+# KQUANT_CLUSTER_KWARGS (default empty) go into the job variables.
 # KQUANT_REPOSITORY (a git URL or path) and KQUANT_REF (default main): the flow runs clone
 # it (the pull steps of deploy/prefect.yaml); unset, they run this checkout in place.
 # Extra arguments go to `prefect deploy` (e.g. --name adhoc).
@@ -23,6 +23,7 @@ export KQUANT_INBOX="$(realpath -m "${KQUANT_INBOX:-inbox}")"
 export KQUANT_OUTBOX="$(realpath -m "${KQUANT_OUTBOX:-outbox}")"
 export KQUANT_POOL="${KQUANT_POOL:-kquant}"
 export DASK_SCHEDULER_ADDRESS="${DASK_SCHEDULER_ADDRESS:-}"
+export DASK_SCHEDULER_FILE="${DASK_SCHEDULER_FILE:-}"
 export KQUANT_RESULT_STORAGE="${KQUANT_RESULT_STORAGE:-}"
 export KQUANT_CLUSTER_CLASS="${KQUANT_CLUSTER_CLASS:-}"
 export KQUANT_CLUSTER_KWARGS="${KQUANT_CLUSTER_KWARGS:-}"
