@@ -191,10 +191,16 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
     if label_options:  # perceptual space or dithering (global coordinates: no seams)
-        labels = dither.label_block(block, palette, y0=row0, x0=col0, **label_options)
+        table = None
+        if use_lut:  # dithering in RGB: the same labels through the table
+            from . import lut
+
+            table = lut.table_for(palette)
+        labels = dither.label_block(block, palette, y0=row0, x0=col0, table=table,
+                                    **label_options)
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
-        counts = np.bincount(labels.ravel(), minlength=len(palette))
+        counts = metrics.label_counts(labels, len(palette))
     elif use_lut:
         from . import lut  # compiled with numba: imported only where it is used
 
@@ -203,7 +209,7 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
-        counts = np.bincount(labels.ravel(), minlength=len(palette))
+        counts = metrics.label_counts(labels, len(palette))
     store.write_packed_chunk(root, packed, row0, col0 * bits // 8, packed_chunk)
     return sse, counts, store.chunk_digest(packed)
 
@@ -237,9 +243,9 @@ def _plain_rgb(params: QuantizeParams) -> bool:
 
 
 def uses_lut(src: ImageSource, params: QuantizeParams) -> bool:
-    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`); the
-    in-memory path records the same in the store, for the same labels."""
-    return src.n_pixels >= LUT_MIN_PIXELS and _plain_rgb(params)
+    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`; in RGB,
+    dithered or not); the in-memory path records the same in the store, for the same labels."""
+    return src.n_pixels >= LUT_MIN_PIXELS and params.space == "rgb"
 
 
 def _warm_write_pass() -> None:
