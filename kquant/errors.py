@@ -49,3 +49,15 @@ class TargetExistsError(KquantError):
 
 class TargetLockedError(KquantError):
     """Another run is writing the same target."""
+
+
+class OutOfMemoryError(KquantError):
+    """The process ran out of memory (e.g. decoding a tile too large for the machine)."""
+
+    exit_code = 1
+
+
+def reason(exc: BaseException) -> str:
+    """An exception's message for a one-line error, its type's name when the message is
+    empty (``MemoryError()``, ``zlib.error()``): no message ends with an empty reason."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,13 +1,16 @@
-"""Bounded resources, on real processes: memory per dask thread."""
+"""Bounded resources, on real processes: memory per dask thread, tiles above the decoding
+budget, out of memory while decoding."""
 
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 
 from helpers import photo_like
+from kquant import errors, readers
 
 # Runs `python -m kquant ARGS` as its only child and prints the child's peak RSS (bytes).
 _PEAK_RSS = """
@@ -58,3 +61,83 @@ def test_write_pass_memory_does_not_grow_with_threads(tmp_path, options):
                                     *options], threads)
     per_thread = {n: (peaks[n] - peaks[1]) / (n - 1) / 2**20 for n in (2, 4)}
     assert max(per_thread.values()) < PER_THREAD_MIB, (peaks, per_thread)
+
+
+def _one_tile_tiff(path, rows: int, cols: int, *, tiled: bool = True) -> None:
+    """A TIFF whose header says one tile (or strip) of rows x cols RGB pixels; its bytes
+    are a few zeros compressed, so the file is tiny (only the header matters)."""
+    import tifffile
+
+    layout = {"tile": (rows, cols)} if tiled else {"rowsperstrip": rows}
+    tifffile.imwrite(path, iter([zlib.compress(bytes(1024))]), shape=(rows, cols, 3),
+                     dtype=np.uint8, compression="zlib", photometric="rgb", bigtiff=True,
+                     **layout)
+
+
+def _cli(*args, env=None, timeout=120, preexec_fn=None):
+    return subprocess.run([sys.executable, "-m", "kquant", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def test_tile_above_the_budget_is_refused_before_decoding(tmp_path):
+    big = tmp_path / "one-tile.tif"
+    _one_tile_tiff(big, 32768, 32768)
+    p = _cli("quantize", big, tmp_path / "out.kquant")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"kquant: error: {big}: a TIFF tile of 32768x32768 pixels decodes "
+                               "to 3.0 GiB, above the budget of 256.0 MiB per tile")
+    assert "KQUANT_MAX_TILE_BYTES" in p.stderr
+    assert not (tmp_path / "out.kquant").exists()
+    strip = tmp_path / "one-strip.tif"
+    _one_tile_tiff(strip, 12000, 12000, tiled=False)
+    with pytest.raises(errors.ImageTooLargeError, match="a TIFF strip of 12000x12000 pixels"):
+        readers.inspect_image(strip)
+    # the budget is configurable: a parameter, or the environment
+    assert readers.inspect_image(big, max_tile_bytes=3 << 30).tile == (32768, 32768)
+    small = tmp_path / "small.tif"
+    _tiled_photo(small, 512, tile=256)
+    env = dict(os.environ, KQUANT_MAX_TILE_BYTES=str(100_000))
+    p = _cli("quantize", small, tmp_path / "s.kquant", env=env)
+    assert p.returncode == 2 and "a TIFF tile of 256x256 pixels decodes to 192.0 KiB, above " \
+        "the budget of 97.7 KiB" in p.stderr, p.stderr
+    for bad in ("0", "lots"):
+        env["KQUANT_MAX_TILE_BYTES"] = bad
+        p = _cli("quantize", small, tmp_path / "s.kquant", env=env)
+        assert p.returncode == 2 and "KQUANT_MAX_TILE_BYTES" in p.stderr, p.stderr
+    assert not (tmp_path / "s.kquant").exists()
+
+
+def _address_space_cap(limit):
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def test_out_of_memory_while_decoding_names_the_file_and_the_tile(tmp_path):
+    """A 3 GiB tile admitted by a raised budget, decoded under a 3 GiB address-space cap."""
+    big = tmp_path / "one-tile.tif"
+    _one_tile_tiff(big, 32768, 32768)
+    env = dict(os.environ, KQUANT_MAX_TILE_BYTES=str(1 << 40), DASK_NUM_WORKERS="1",
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
+    p = _cli("quantize", big, tmp_path / "out.kquant", env=env,
+             preexec_fn=_address_space_cap(3 << 30))
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"kquant: error: {big}: out of memory decoding TIFF tile 0 of 1 "
+                               "(32768x32768 pixels, 3.0 GiB decoded)"), p.stderr
+    assert not (tmp_path / "out.kquant").exists()
+
+
+def test_error_reasons_are_never_empty():
+    assert errors.reason(MemoryError()) == "MemoryError"
+    assert errors.reason(ValueError("bad\n  value")) == "bad value"
+
+
+def test_zarr_chunk_above_the_budget_is_refused(tmp_path):
+    import zarr
+
+    huge = tmp_path / "huge-chunk.zarr"
+    zarr.create_array(huge, shape=(16384, 16384, 3), chunks=(16384, 16384, 3), dtype=np.uint8)
+    with pytest.raises(errors.ImageTooLargeError, match="a zarr chunk of 16384x16384 pixels"):
+        readers.inspect_image(huge)
