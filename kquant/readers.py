@@ -40,6 +40,14 @@ DEFAULT_CHUNK = 2048
 #: two decoded tiles at once: 256 MiB admits one-strip photos up to 85 Mpx (8-bit RGB)
 #: while keeping a thread's decoding within about 0.5 GiB.
 DEFAULT_MAX_TILE_BYTES = 256 << 20
+#: Zarr arrays of at least this many chunks ...
+MAX_SMALL_CHUNKS = 1 << 16
+#: ... each of fewer than this many pixels are refused: zarr reads a chunk in about
+#: 0.2 ms whatever its size (measured here on zarr 3.1.6, local files, chunks of 1x1 to
+#: 32x32), the time of decoding and labelling ~25,000 pixels, so such an array costs
+#: over 3x its pixels' work and at least ~13 s a pass (a 512x512 array of 1x1 chunks:
+#: ~55 s a pass).
+MIN_CHUNK_PIXELS = 8192
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PILLOW_MAGIC = {
@@ -580,6 +588,13 @@ def _inspect_zarr(path: str, max_pixels: int | None, budget: int) -> ImageSource
     chunks = tuple(int(c) for c in z.chunks)
     _check_tile(path, "zarr chunk", chunks[0], chunks[1],
                 int(np.prod(chunks)) * np.dtype(z.dtype).itemsize, budget)
+    n_chunks = int(np.prod([-(-n // c) for n, c in zip(z.shape, chunks)]))
+    if n_chunks >= MAX_SMALL_CHUNKS and chunks[0] * chunks[1] < MIN_CHUNK_PIXELS:
+        raise InputError(
+            f"{path}: its {n_chunks} zarr chunks of {chunks[0]}x{chunks[1]} pixels are too small "
+            f"to read in reasonable time ({MAX_SMALL_CHUNKS} or more chunks of under "
+            f"{MIN_CHUNK_PIXELS} pixels are refused); rechunk it first, e.g. "
+            f"dask.array.from_zarr(SRC, chunks=(2048, 2048, -1)).to_zarr(DST)")
     size, mtime, etag = _stat(path)
     return ImageSource(uri=path, format="ZARR", height=h, width=w,
                        raw_shape=tuple(z.shape), dtype=str(z.dtype),
@@ -649,6 +664,28 @@ def normalise_chunk(chunk: int | None, tile: tuple[int, int] | None = None) -> t
     if tile:  # whole tiles (or strips) per chunk
         th, tw = tile
         rows, cols = max(th, (edge // th) * th), max(tw, (edge // tw) * tw)
+    return rows, cols
+
+
+def zarr_blocks(chunk: int | None, native: tuple[int, int] | None,
+                width: int) -> tuple[int, int]:
+    """Dask block (rows, cols) for reading a zarr array: the requested edge
+    (:func:`normalise_chunk`) as whole native chunks, so that no chunk is decoded by two
+    blocks, where that keeps the columns a multiple of 8 (or the whole width).
+
+    Raises
+    ------
+    ParameterError
+        If ``chunk`` is not a positive integer.
+    """
+    rows, cols = normalise_chunk(chunk)
+    if not native:
+        return rows, cols
+    th, tw = native
+    rows = max(th, rows // th * th)
+    whole = max(tw, cols // tw * tw)
+    if whole % 8 == 0 or whole >= width:
+        cols = whole
     return rows, cols
 
 
@@ -732,7 +769,7 @@ def open_source(src: ImageSource, *, chunks: int | None = None, max_pixels: int 
             top = 1.0 if arr.dtype.kind == "f" else (True if arr.dtype == bool else np.iinfo(arr.dtype).max)
             arr = (top - arr) if arr.dtype != bool else ~arr
     elif src.format == "ZARR":
-        rows, cols = normalise_chunk(chunks)
+        rows, cols = zarr_blocks(chunks, src.tile, src.width)
         rc = (rows, cols) + tuple(src.raw_shape[2:])
         arr = da.from_zarr(uri_mod.zarr_store(src.uri, read_only=True), chunks=rc)
     else:

@@ -1,5 +1,5 @@
 """Bounded resources, on real processes: memory per dask thread, tiles above the decoding
-budget, out of memory while decoding."""
+budget, out of memory while decoding, zarr arrays of tiny chunks, tiny TIFF tiles."""
 
 import os
 import subprocess
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from helpers import photo_like
-from kquant import errors, readers
+from kquant import errors, pipeline, readers
+from kquant.params import QuantizeParams
 
 # Runs `python -m kquant ARGS` as its only child and prints the child's peak RSS (bytes).
 _PEAK_RSS = """
@@ -141,3 +142,65 @@ def test_zarr_chunk_above_the_budget_is_refused(tmp_path):
     zarr.create_array(huge, shape=(16384, 16384, 3), chunks=(16384, 16384, 3), dtype=np.uint8)
     with pytest.raises(errors.ImageTooLargeError, match="a zarr chunk of 16384x16384 pixels"):
         readers.inspect_image(huge)
+
+
+def test_zarr_of_tiny_chunks_is_refused_at_once(tmp_path):
+    """512x512 in 1x1 chunks: 262144 chunk reads a pass (~55 s each here); refused from
+    its metadata (the chunks need not even exist), in one line saying how to rechunk."""
+    import zarr
+
+    src = tmp_path / "tiny.zarr"
+    zarr.create_array(src, shape=(512, 512, 3), chunks=(1, 1, 3), dtype=np.uint8)
+    p = _cli("quantize", src, tmp_path / "out.kquant", "-k", 4, timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert f"{src}: its 262144 zarr chunks of 1x1 pixels are too small" in p.stderr
+    assert "rechunk it first, e.g. dask.array.from_zarr(SRC, chunks=(2048, 2048, -1))" in p.stderr
+    assert not (tmp_path / "out.kquant").exists()
+    fewer = tmp_path / "fewer.zarr"  # below the count: read, in blocks of many chunks
+    z = zarr.create_array(fewer, shape=(128, 256, 3), chunks=(8, 8, 3), dtype=np.uint8)
+    img = photo_like(128, 256, seed=4)
+    z[...] = img
+    image = readers.open_image(fewer)
+    assert image.numblocks == (1, 1, 1)
+    assert np.array_equal(image.compute(), img)
+
+
+def test_zarr_is_read_in_blocks_of_whole_native_chunks(tmp_path):
+    import zarr
+
+    src = tmp_path / "big-chunks.zarr"
+    zarr.create_array(src, shape=(6000, 5000, 3), chunks=(3000, 2504, 3), dtype=np.uint8)
+    assert readers.open_image(src).chunksize[:2] == (3000, 2504)
+    mid = tmp_path / "mid-chunks.zarr"
+    zarr.create_array(mid, shape=(6000, 5000, 3), chunks=(1000, 1000, 3), dtype=np.uint8)
+    assert readers.open_image(mid).chunksize[:2] == (2000, 2000)
+
+
+def test_tiny_tiff_tiles_are_sampled_in_windows_of_many_tiles(tmp_path):
+    """A sample-mode sample of a TIFF of 16x16 tiles holds its 2**20 pixels (windows of one
+    tile held 128 x 256 pixels in all); such tiles and one-row strips quantize as a PNG."""
+    import dask
+    import imageio.v3 as iio
+    import tifffile
+
+    import kquant
+
+    img = photo_like(2048, 2048, seed=7)
+    tiny = tmp_path / "tiles16.tif"
+    tifffile.imwrite(tiny, img, tile=(16, 16), compression="zlib", photometric="rgb")
+    params = QuantizeParams(k=8)
+    (sample,) = dask.compute(pipeline.sample_graph(readers.inspect_image(tiny),
+                                                   params.sample_size, params))
+    assert len(sample) == params.sample_size
+    small = img[:384, :320]
+    png = tmp_path / "p.png"
+    iio.imwrite(png, small)
+    palette = np.random.default_rng(1).integers(0, 256, (16, 3)).astype(np.uint8)
+    ref = kquant.quantize(png, tmp_path / "png.kquant", params, palette=palette)
+    for name, layout in (("tiles16", {"tile": (16, 16)}), ("strips1", {"rowsperstrip": 1})):
+        path = tmp_path / f"small-{name}.tif"
+        tifffile.imwrite(path, small, compression="zlib", photometric="rgb", **layout)
+        res = kquant.quantize(path, tmp_path / f"{name}.kquant", params, palette=palette)
+        assert res.meta.metrics["sse"] == ref.meta.metrics["sse"]
+        assert np.array_equal(np.asarray(kquant.open_store(res.target).labels),
+                              np.asarray(kquant.open_store(ref.target).labels))
