@@ -68,13 +68,22 @@ def _image(src: ImageSource, params: QuantizeParams, max_pixels):
 LUT_MIN_PIXELS = 1 << 20
 #: Largest tile edge read per window when sampling without a full pass.
 SAMPLE_WINDOW = 512
+#: Fewest pixels a window holds: with tiny tiles (16x16, small zarr chunks) a window of
+#: one tile would hold too few for the sample (2**20 pixels over 128 to 1024 windows,
+#: sampling.windows_for, needs up to 8192 a window).
+SAMPLE_MIN_PIXELS = 1 << 14
 
 
 def sample_chunks(src: ImageSource) -> int:
-    """Chunk edge for reading sample windows: the file's tile, at most SAMPLE_WINDOW."""
-    if src.tile:
-        return max(8, min(max(src.tile[0], 8), SAMPLE_WINDOW))
-    return 256
+    """Chunk edge for reading sample windows: the file's tile, at most SAMPLE_WINDOW, and
+    enough for SAMPLE_MIN_PIXELS a window (chunks are whole tiles, readers.normalise_chunk)."""
+    if not src.tile:
+        return 256
+    rows, cols = src.tile
+    edge = max(8, rows)
+    if edge * max(cols, edge) < SAMPLE_MIN_PIXELS:  # tiny tiles: several per window
+        edge = -(-SAMPLE_MIN_PIXELS // cols) if cols >= 128 else 128
+    return min(edge, SAMPLE_WINDOW)
 
 
 def sample_graph(src: ImageSource, n: int, params: QuantizeParams, *,
@@ -203,10 +212,16 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
     if label_options:  # perceptual space or dithering (global coordinates: no seams)
-        labels = dither.label_block(block, palette, y0=row0, x0=col0, **label_options)
+        table = None
+        if use_lut:  # dithering in RGB: the same labels through the table
+            from . import lut
+
+            table = lut.table_for(palette)
+        labels = dither.label_block(block, palette, y0=row0, x0=col0, table=table,
+                                    **label_options)
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
-        counts = np.bincount(labels.ravel(), minlength=len(palette))
+        counts = metrics.label_counts(labels, len(palette))
     elif use_lut:
         from . import lut  # compiled with numba: imported only where it is used
 
@@ -215,7 +230,7 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
-        counts = np.bincount(labels.ravel(), minlength=len(palette))
+        counts = metrics.label_counts(labels, len(palette))
     store.write_packed_chunk(root, packed, row0, col0 * bits // 8, packed_chunk)
     return sse, counts, store.chunk_digest(packed)
 
@@ -268,9 +283,9 @@ def _plain_rgb(params: QuantizeParams) -> bool:
 
 
 def uses_lut(src: ImageSource, params: QuantizeParams) -> bool:
-    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`); the
-    in-memory path records the same in the store, for the same labels."""
-    return src.n_pixels >= LUT_MIN_PIXELS and _plain_rgb(params)
+    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`; in RGB,
+    dithered or not); the in-memory path records the same in the store, for the same labels."""
+    return src.n_pixels >= LUT_MIN_PIXELS and params.space == "rgb"
 
 
 def _warm_write_pass() -> None:
