@@ -25,7 +25,7 @@ import numpy as np
 
 from kquant.io import convert
 from kquant.io import uri as uri_mod
-from kquant.errors import ImageTooLargeError, InputError
+from kquant.errors import ImageTooLargeError, InputError, OutOfMemoryError, reason
 
 #: Default limit on the pixels an image header may claim (about 4.3 gigapixels).
 DEFAULT_MAX_PIXELS = 2**32
@@ -34,6 +34,20 @@ DEFAULT_MAX_PIXELS = 2**32
 DEFAULT_MAX_DECODED_PIXELS = 2**28
 #: Default chunk edge in pixels.
 DEFAULT_CHUNK = 2048
+#: Default budget, in bytes, for one decoded TIFF tile or strip or zarr chunk
+#: (``KQUANT_MAX_TILE_BYTES``). A dask thread decodes whole tiles into its chunk (chunks
+#: are made of whole tiles, :func:`normalise_chunk`), so each thread holds up to about
+#: two decoded tiles at once: 256 MiB admits one-strip photos up to 85 Mpx (8-bit RGB)
+#: while keeping a thread's decoding within about 0.5 GiB.
+DEFAULT_MAX_TILE_BYTES = 256 << 20
+#: Zarr arrays of at least this many chunks ...
+MAX_SMALL_CHUNKS = 1 << 16
+#: ... each of fewer than this many pixels are refused: zarr reads a chunk in about
+#: 0.2 ms whatever its size (measured here on zarr 3.1.6, local files, chunks of 1x1 to
+#: 32x32), the time of decoding and labelling ~25,000 pixels, so such an array costs
+#: over 3x its pixels' work and at least ~13 s a pass (a 512x512 array of 1x1 chunks:
+#: ~55 s a pass).
+MIN_CHUNK_PIXELS = 8192
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PILLOW_MAGIC = {
@@ -151,7 +165,7 @@ def _sniff(path: str) -> str:
     except PermissionError:
         raise InputError(f"cannot read {path}: permission denied") from None
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot read {path}: {exc.strerror or reason(exc)}") from None
     if not head:
         raise InputError(f"{path} is empty (0 bytes)")
     if head[:4] in _TIFF_MAGIC:
@@ -162,6 +176,41 @@ def _sniff(path: str) -> str:
                 continue
             return "PILLOW"
     raise InputError(f"{path} is not a recognised image (PNG, JPEG, BMP, GIF, WebP, PNM, TIFF or zarr)")
+
+
+def tile_budget(max_tile_bytes: int | None = None) -> int:
+    """Bytes one decoded tile, strip or zarr chunk may take: ``max_tile_bytes``, else
+    ``$KQUANT_MAX_TILE_BYTES``, else :data:`DEFAULT_MAX_TILE_BYTES`.
+
+    Raises
+    ------
+    ParameterError
+        If the value is not a positive integer.
+    """
+    from kquant.errors import ParameterError
+
+    value = max_tile_bytes
+    if value is None:
+        value = os.environ.get("KQUANT_MAX_TILE_BYTES") or DEFAULT_MAX_TILE_BYTES
+    try:
+        budget = int(value)
+    except (TypeError, ValueError):
+        budget = 0
+    if budget <= 0 or isinstance(value, bool):
+        raise ParameterError(f"the tile budget (KQUANT_MAX_TILE_BYTES) must be a positive "
+                             f"number of bytes, got {value!r}")
+    return budget
+
+
+def _check_tile(path: str, kind: str, rows: int, cols: int, nbytes: int, budget: int) -> None:
+    """Refuse, before decoding, tiles (strips, chunks) that decode to more than ``budget``."""
+    from kquant.label.metrics import format_bytes
+
+    if nbytes > budget:
+        raise ImageTooLargeError(
+            f"{path}: a {kind} of {rows}x{cols} pixels decodes to {format_bytes(nbytes)}, above "
+            f"the budget of {format_bytes(budget)} per tile (KQUANT_MAX_TILE_BYTES); rewrite the "
+            "image with smaller tiles (e.g. 512x512) or raise the budget")
 
 
 def _check_size(path: str, height: int, width: int, max_pixels: int | None, *,
@@ -224,7 +273,7 @@ def _png_orientation(path: str) -> int:
         with _open(path) as fh, Image.open(fh) as im:
             return int(im.getexif().get(0x0112, 1) or 1)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable image: {exc}") from None
+        raise InputError(f"{path} is not a readable image: {reason(exc)}") from None
 
 
 def _check_png_chunks(path: str) -> set[str]:
@@ -290,9 +339,9 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{path}: {exc}") from None
+        raise ImageTooLargeError(f"{path}: {reason(exc)}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable image: {exc}") from None
+        raise InputError(f"{path} is not a readable image: {reason(exc)}") from None
     if n_frames > 1:
         raise InputError(f"{path} is an animated or multi-frame {fmt} ({n_frames} frames); "
                          "kquant reads single images")
@@ -348,8 +397,11 @@ def _decode_pillow(path: str, stamp: tuple[int, int], mode: str, max_pixels: int
             import imageio.v3 as iio
 
             arr = iio.imread(data, plugin="pillow", index=0, mode=pilmode, rotate=True)
+    except MemoryError:
+        raise OutOfMemoryError(f"{path}: out of memory decoding the whole image "
+                               "(this format is decoded whole: convert it to a tiled TIFF)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path} cannot be decoded: {exc}") from None
+        raise InputError(f"{path} cannot be decoded: {reason(exc)}") from None
     if arr.dtype.kind == "i" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)  # Pillow's 32-bit 'I' mode for 16-bit greys
     return convert.to_rgb8(arr, background=background)
@@ -383,7 +435,7 @@ def decode_whole(src: ImageSource, *, max_pixels: int | None = None,
 
 # --------------------------------------------------------------------------- TIFF via tifffile
 
-def _inspect_tiff(path: str, max_pixels: int | None) -> ImageSource:
+def _inspect_tiff(path: str, max_pixels: int | None, budget: int) -> ImageSource:
     import tifffile
 
     try:
@@ -415,15 +467,20 @@ def _inspect_tiff(path: str, max_pixels: int | None) -> ImageSource:
             if photometric != 3:
                 convert.check_dtype(dtype)
             tile = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip or h, w)
+            planar = "S" in axes and axes.index("S") < ydim
+            samples = 1 if planar else int(page.samplesperpixel)
+            seg_rows = tile[0] if page.is_tiled else min(tile[0], h)
+            _check_tile(path, "TIFF tile" if page.is_tiled else "TIFF strip", seg_rows, tile[1],
+                        seg_rows * tile[1] * samples * dtype.itemsize, budget)
             tag = page.tags.get("Orientation")
             orientation = int(tag.value) if tag is not None else 1
             mode = {0: "MINISWHITE", 1: "MINISBLACK", 2: "RGB", 3: "PALETTE"}[photometric]
-            if "S" in axes and axes.index("S") < ydim:
+            if planar:
                 mode += ":planar"
     except InputError:
         raise
     except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise InputError(f"{path} is not a readable TIFF: {exc}") from None
+        raise InputError(f"{path} is not a readable TIFF: {reason(exc)}") from None
     if orientation not in range(1, 9):
         orientation = 1
     size, mtime, etag = _stat(path)
@@ -490,8 +547,25 @@ class _TiffArray:
             z = _tiff_zarr(self.src.uri, stamp)
         try:
             return z[key]
+        except MemoryError:
+            raise OutOfMemoryError(f"{self.src.uri}: out of memory decoding the TIFF tiles of "
+                                   f"{_region(key)} (tiles of {_tile_text(self.src)})") from None
         except Exception as exc:  # a damaged tile: name the file, keep one line
-            raise InputError(f"{self.src.uri}: cannot decode TIFF data: {exc}") from None
+            raise InputError(f"{self.src.uri}: cannot decode TIFF data: {reason(exc)}") from None
+
+
+def _region(key) -> str:
+    """``rows y0-y1, cols x0-x1`` of a basic (slices) index."""
+    key = key if isinstance(key, tuple) else (key,)
+    parts = []
+    for name, k in zip(("rows", "cols"), key):
+        if isinstance(k, slice) and k.start is not None and k.stop is not None:
+            parts.append(f"{name} {k.start}-{k.stop - 1}")
+    return ", ".join(parts) or "the image"
+
+
+def _tile_text(src: ImageSource) -> str:
+    return f"{src.tile[0]}x{src.tile[1]} pixels" if src.tile else "unknown size"
 
 
 def _tiff_colormap(path: str) -> np.ndarray:
@@ -509,17 +583,27 @@ def _tiff_colormap(path: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- zarr arrays
 
-def _inspect_zarr(path: str, max_pixels: int | None) -> ImageSource:
+def _inspect_zarr(path: str, max_pixels: int | None, budget: int) -> ImageSource:
     import zarr
 
     try:
         z = zarr.open_array(store=uri_mod.zarr_store(path, read_only=True), mode="r")
     except Exception as exc:
-        raise InputError(f"{path} is not a readable zarr array: {exc}") from None
+        raise InputError(f"{path} is not a readable zarr array: {reason(exc)}") from None
     convert.channel_layout(z.shape)
     convert.check_dtype(z.dtype)
     h, w = z.shape[:2]
     _check_size(path, h, w, max_pixels)
+    chunks = tuple(int(c) for c in z.chunks)
+    _check_tile(path, "zarr chunk", chunks[0], chunks[1],
+                int(np.prod(chunks)) * np.dtype(z.dtype).itemsize, budget)
+    n_chunks = int(np.prod([-(-n // c) for n, c in zip(z.shape, chunks)]))
+    if n_chunks >= MAX_SMALL_CHUNKS and chunks[0] * chunks[1] < MIN_CHUNK_PIXELS:
+        raise InputError(
+            f"{path}: its {n_chunks} zarr chunks of {chunks[0]}x{chunks[1]} pixels are too small "
+            f"to read in reasonable time ({MAX_SMALL_CHUNKS} or more chunks of under "
+            f"{MIN_CHUNK_PIXELS} pixels are refused); rechunk it first, e.g. "
+            f"dask.array.from_zarr(SRC, chunks=(2048, 2048, -1)).to_zarr(DST)")
     size, mtime, etag = _stat(path)
     return ImageSource(uri=path, format="ZARR", height=h, width=w,
                        raw_shape=tuple(z.shape), dtype=str(z.dtype),
@@ -528,7 +612,8 @@ def _inspect_zarr(path: str, max_pixels: int | None) -> ImageSource:
 
 # --------------------------------------------------------------------------- public API
 
-def inspect_image(uri: str | os.PathLike, *, max_pixels: int | None = None) -> ImageSource:
+def inspect_image(uri: str | os.PathLike, *, max_pixels: int | None = None,
+                  max_tile_bytes: int | None = None) -> ImageSource:
     """Read a source's header: format, size, sample type, orientation; no pixels.
 
     Parameters
@@ -539,6 +624,9 @@ def inspect_image(uri: str | os.PathLike, *, max_pixels: int | None = None) -> I
     max_pixels : int, optional, keyword-only
         Largest pixel count accepted (default :data:`DEFAULT_MAX_PIXELS`, or the
         ``KQUANT_MAX_PIXELS`` environment variable).
+    max_tile_bytes : int, optional, keyword-only
+        Largest decoded size of one TIFF tile or strip or zarr chunk, in bytes (default
+        :data:`DEFAULT_MAX_TILE_BYTES`, or ``KQUANT_MAX_TILE_BYTES``; see :func:`tile_budget`).
 
     Returns
     -------
@@ -550,16 +638,20 @@ def inspect_image(uri: str | os.PathLike, *, max_pixels: int | None = None) -> I
         If the source is missing, empty, not an image, damaged, or of an
         unsupported kind.
     ImageTooLargeError
-        If the header claims more pixels than ``max_pixels``.
+        If the header claims more pixels than ``max_pixels``, or tiles (strips, chunks)
+        larger than ``max_tile_bytes`` decoded.
+    ParameterError
+        If the tile budget is not a positive integer.
     """
     if max_pixels is None and os.environ.get("KQUANT_MAX_PIXELS"):
         max_pixels = int(os.environ["KQUANT_MAX_PIXELS"])
+    budget = tile_budget(max_tile_bytes)
     path = uri_mod.normalise(uri)
     kind = _sniff(path)
     if kind == "TIFF":
-        return _inspect_tiff(path, max_pixels)
+        return _inspect_tiff(path, max_pixels, budget)
     if kind == "ZARR":
-        return _inspect_zarr(path, max_pixels)
+        return _inspect_zarr(path, max_pixels, budget)
     return _inspect_pillow(path, max_pixels)
 
 
@@ -584,6 +676,28 @@ def normalise_chunk(chunk: int | None, tile: tuple[int, int] | None = None) -> t
     return rows, cols
 
 
+def zarr_blocks(chunk: int | None, native: tuple[int, int] | None,
+                width: int) -> tuple[int, int]:
+    """Dask block (rows, cols) for reading a zarr array: the requested edge
+    (:func:`normalise_chunk`) as whole native chunks, so that no chunk is decoded by two
+    blocks, where that keeps the columns a multiple of 8 (or the whole width).
+
+    Raises
+    ------
+    ParameterError
+        If ``chunk`` is not a positive integer.
+    """
+    rows, cols = normalise_chunk(chunk)
+    if not native:
+        return rows, cols
+    th, tw = native
+    rows = max(th, rows // th * th)
+    whole = max(tw, cols // tw * tw)
+    if whole % 8 == 0 or whole >= width:
+        cols = whole
+    return rows, cols
+
+
 def _orient(arr, orientation: int):
     """Apply an EXIF/TIFF orientation (1-8) to a lazy (H, W, C) array."""
     if orientation == 2:
@@ -604,7 +718,8 @@ def _orient(arr, orientation: int):
 
 def open_image(uri: str | os.PathLike, *, chunks: int | None = None,
                max_pixels: int | None = None,
-               background: tuple[int, int, int] = convert.WHITE):
+               background: tuple[int, int, int] = convert.WHITE,
+               max_tile_bytes: int | None = None):
     """Open an image as a lazy ``(H, W, 3)`` uint8 dask array.
 
     Parameters
@@ -618,6 +733,8 @@ def open_image(uri: str | os.PathLike, *, chunks: int | None = None,
         Largest pixel count accepted.
     background : tuple of 3 int, keyword-only
         Colour that transparent pixels are composited over (default white).
+    max_tile_bytes : int, optional, keyword-only
+        Largest decoded tile, strip or zarr chunk accepted (see :func:`inspect_image`).
 
     Returns
     -------
@@ -628,8 +745,8 @@ def open_image(uri: str | os.PathLike, *, chunks: int | None = None,
     InputError, ImageTooLargeError, ParameterError
         See :func:`inspect_image` and :func:`normalise_chunk`.
     """
-    return open_source(inspect_image(uri, max_pixels=max_pixels), chunks=chunks,
-                       max_pixels=max_pixels, background=background)
+    return open_source(inspect_image(uri, max_pixels=max_pixels, max_tile_bytes=max_tile_bytes),
+                       chunks=chunks, max_pixels=max_pixels, background=background)
 
 
 def open_source(src: ImageSource, *, chunks: int | None = None, max_pixels: int | None = None,
@@ -661,7 +778,7 @@ def open_source(src: ImageSource, *, chunks: int | None = None, max_pixels: int 
             top = 1.0 if arr.dtype.kind == "f" else (True if arr.dtype == bool else np.iinfo(arr.dtype).max)
             arr = (top - arr) if arr.dtype != bool else ~arr
     elif src.format == "ZARR":
-        rows, cols = normalise_chunk(chunks)
+        rows, cols = zarr_blocks(chunks, src.tile, src.width)
         rc = (rows, cols) + tuple(src.raw_shape[2:])
         arr = da.from_zarr(uri_mod.zarr_store(src.uri, read_only=True), chunks=rc)
     else:

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from kquant.errors import InputError
+from kquant.errors import InputError, OutOfMemoryError, reason
 
 
 class TileReader:
@@ -44,6 +44,7 @@ class TileReader:
         self._seg = (int(page.chunks[0]), int(page.chunks[1]))
         self._per_row = int(page.chunked[1])
         self._samples = int(page.samplesperpixel)
+        self._kind = "tile" if page.is_tiled else "strip"
 
     def __del__(self):
         try:
@@ -59,15 +60,29 @@ class TileReader:
             return None
         try:
             data = self._read_range(self._offsets[index], count)
+        except MemoryError:
+            raise self._out_of_memory(index) from None
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read TIFF data: {exc}") from None
+            raise InputError(f"{self.path}: cannot read TIFF data: {reason(exc)}") from None
         if len(data) != count:
             raise InputError(f"{self.path}: TIFF data ends early (truncated file?)")
         try:
             seg, _, _ = self._decode(data, index, jpegtables=self._jpegtables)
+        except MemoryError:
+            raise self._out_of_memory(index) from None
         except Exception as exc:  # zlib.error, imagecodecs' errors, ValueError...
-            raise InputError(f"{self.path}: cannot decode TIFF data: {exc}") from None
+            raise InputError(f"{self.path}: cannot decode TIFF data: {reason(exc)}") from None
         return seg.reshape(seg.shape[-3], seg.shape[-2], self._samples)
+
+    def _out_of_memory(self, index: int) -> OutOfMemoryError:
+        from kquant.label.metrics import format_bytes
+
+        th, tw = self._seg
+        size = th * tw * self._samples * self.dtype.itemsize
+        return OutOfMemoryError(
+            f"{self.path}: out of memory decoding TIFF {self._kind} {index} of "
+            f"{len(self._offsets)} ({th}x{tw} pixels, {format_bytes(size)} decoded); lower "
+            "KQUANT_MAX_TILE_BYTES to refuse such files, or use fewer dask threads")
 
     def tiles(self, y0: int, y1: int, x0: int, x1: int):
         """The parts of ``[y0:y1, x0:x1]`` tile by tile, in file order, decoded one at a time.
@@ -80,6 +95,8 @@ class TileReader:
         ------
         InputError
             If a tile cannot be read or decoded (truncated or corrupt file).
+        OutOfMemoryError
+            If memory runs out while decoding (the message names the file and the tile).
         """
         th, tw = self._seg
         if y1 <= y0 or x1 <= x0:
@@ -105,8 +122,20 @@ class TileReader:
         ------
         InputError
             If a tile cannot be read or decoded (truncated or corrupt file).
+        OutOfMemoryError
+            If memory runs out while decoding (the message names the file and the tile).
         """
-        out = np.empty((max(0, y1 - y0), max(0, x1 - x0), self._samples), self.dtype)
+        h, w = max(0, y1 - y0), max(0, x1 - x0)
+        th, tw = self._seg
+        if h and w and y0 // th == (y1 - 1) // th and x0 // tw == (x1 - 1) // tw:
+            # within one tile: a view of it, no second copy (a chunk of one large tile)
+            (_, _, part), = self.tiles(y0, y1, x0, x1)
+            return part if len(self.shape) == 3 else part[..., 0]
+        try:
+            out = np.empty((h, w, self._samples), self.dtype)
+        except MemoryError:
+            raise OutOfMemoryError(f"{self.path}: out of memory for a {h}x{w} block of TIFF "
+                                   "data; use a smaller --chunk or fewer dask threads") from None
         for r, c, part in self.tiles(y0, y1, x0, x1):
             out[r:r + part.shape[0], c:c + part.shape[1]] = part
         return out if len(self.shape) == 3 else out[..., 0]
@@ -148,7 +177,7 @@ def open_reader(path: str) -> TileReader | None:
         else:
             tf = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable TIFF: {exc}") from None
+        raise InputError(f"{path} is not a readable TIFF: {reason(exc)}") from None
     try:
         series = tf.series[0]
         level = series.levels[0]

@@ -26,10 +26,17 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
     if label_options:  # perceptual space or dithering (global coordinates: no seams)
-        labels = dither.label_block(block, palette, y0=row0, x0=col0, **label_options)
+        table = None
+        if use_lut:  # dithering in RGB: the same labels through the table
+            from kquant.label import lookup
+
+            table = lookup.table_for(palette)
+        labels = dither.label_block(
+            block, palette, y0=row0, x0=col0, table=table, **label_options
+        )
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
-        counts = np.bincount(labels.ravel(), minlength=len(palette))
+        counts = metrics.label_counts(labels, len(palette))
     elif use_lut:
         from kquant.label import lookup  # compiled with numba: imported only where it is used
 
@@ -38,7 +45,7 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
-        counts = np.bincount(labels.ravel(), minlength=len(palette))
+        counts = metrics.label_counts(labels, len(palette))
     store.write_packed_chunk(root, packed, row0, col0 * bits // 8, packed_chunk)
     return sse, counts, store.chunk_digest(packed)
 

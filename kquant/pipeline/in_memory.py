@@ -95,7 +95,7 @@ def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
 
         labels = dither.label_block(arr, palette, y0=0, x0=0, **label_options)
         return (labels, metrics.sse_block(arr, labels, palette),
-                np.bincount(labels.ravel(), minlength=len(palette)))
+                metrics.label_counts(labels, len(palette)))
     from threadpoolctl import threadpool_limits
 
     colours, counts = colour_histogram(src, params, max_pixels=max_pixels)

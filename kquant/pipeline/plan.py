@@ -25,9 +25,10 @@ def plain_rgb(params: QuantizeParams) -> bool:
 
 
 def uses_lut(src: ImageSource, params: QuantizeParams) -> bool:
-    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`); the
-    in-memory path records the same in the store, for the same labels."""
-    return src.n_pixels >= LUT_MIN_PIXELS and plain_rgb(params)
+    """Whether the write pass labels through the lookup table (:mod:`kquant.label.lookup`;
+    in RGB, dithered or not); the in-memory path records the same in the store, for the same
+    labels."""
+    return src.n_pixels >= LUT_MIN_PIXELS and params.space == "rgb"
 
 
 def label_options(params: QuantizeParams, palette: np.ndarray) -> dict | None:
