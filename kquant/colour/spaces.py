@@ -17,15 +17,27 @@ from kquant.errors import ParameterError
 Space = Literal["rgb", "oklab", "lab"]
 SPACES: tuple[str, ...] = get_args(Space)
 
-_M1 = np.array([[0.4122214708, 0.5363325363, 0.0514459929],
-                [0.2119034982, 0.6806995451, 0.1073969566],
-                [0.0883024619, 0.2817188376, 0.6299787005]])
-_M2 = np.array([[0.2104542553, 0.7936177850, -0.0040720468],
-                [1.9779984951, -2.4285922050, 0.4505937099],
-                [0.0259040371, 0.7827717662, -0.8086757660]])
-_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                 [0.2126729, 0.7151522, 0.0721750],
-                 [0.0193339, 0.1191920, 0.9503041]])
+_M1 = np.array(
+    [
+        [0.4122214708, 0.5363325363, 0.0514459929],
+        [0.2119034982, 0.6806995451, 0.1073969566],
+        [0.0883024619, 0.2817188376, 0.6299787005],
+    ]
+)
+_M2 = np.array(
+    [
+        [0.2104542553, 0.7936177850, -0.0040720468],
+        [1.9779984951, -2.4285922050, 0.4505937099],
+        [0.0259040371, 0.7827717662, -0.8086757660],
+    ]
+)
+_XYZ = np.array(
+    [
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ]
+)
 _WHITE = _XYZ.sum(axis=1)  # D65 white of sRGB
 _OKLAB_SCALE = 100.0
 
@@ -56,12 +68,12 @@ def _gamma(lin: np.ndarray) -> np.ndarray:
 
 def _lab_f(t):
     d = 6.0 / 29.0
-    return np.where(t > d ** 3, np.cbrt(t), t / (3 * d * d) + 4.0 / 29.0)
+    return np.where(t > d**3, np.cbrt(t), t / (3 * d * d) + 4.0 / 29.0)
 
 
 def _lab_finv(f):
     d = 6.0 / 29.0
-    return np.where(f > d, f ** 3, 3 * d * d * (f - 4.0 / 29.0))
+    return np.where(f > d, f**3, 3 * d * d * (f - 4.0 / 29.0))
 
 
 def from_rgb(rgb: np.ndarray, space: str) -> np.ndarray:
@@ -82,8 +94,14 @@ def from_rgb(rgb: np.ndarray, space: str) -> np.ndarray:
         return (lms @ _M2.T) * _OKLAB_SCALE
     xyz = (lin @ _XYZ.T) / _WHITE
     f = _lab_f(xyz)
-    return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
-                     200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+    return np.stack(
+        [
+            116.0 * f[..., 1] - 16.0,
+            500.0 * (f[..., 0] - f[..., 1]),
+            200.0 * (f[..., 1] - f[..., 2]),
+        ],
+        axis=-1,
+    )
 
 
 def to_rgb(coords: np.ndarray, space: str) -> np.ndarray:
@@ -100,107 +118,9 @@ def to_rgb(coords: np.ndarray, space: str) -> np.ndarray:
         return np.clip(coords, 0.0, 255.0)
     if space == "oklab":
         lms = (coords / _OKLAB_SCALE) @ np.linalg.inv(_M2).T
-        lin = (lms ** 3) @ np.linalg.inv(_M1).T
+        lin = (lms**3) @ np.linalg.inv(_M1).T
     else:
         fy = (coords[..., 0] + 16.0) / 116.0
         f = np.stack([fy + coords[..., 1] / 500.0, fy, fy - coords[..., 2] / 200.0], axis=-1)
         lin = (_lab_finv(f) * _WHITE) @ np.linalg.inv(_XYZ).T
     return _gamma(lin)
-
-
-#: Pixels at most whose distinct colours :func:`nearest` finds by sorting; more go
-#: through the 2**24 tables of :class:`Labeller`, which bound the memory whatever the count.
-_SORT_MAX = 1 << 20
-#: Bytes of one slab's (colours x K) float64 distance matrix (two such buffers are used).
-SLAB_BYTES = 1 << 21
-
-
-class Labeller:
-    """Nearest palette entry in a perceptual space, computed once per distinct colour.
-
-    Colours are marked (:meth:`mark`, any number of times), solved together
-    (:meth:`solve`), then looked up (:meth:`labels`); or solved directly
-    (:meth:`solve_codes`). Distances are Euclidean in the space, ``|p|^2 - 2 x.p`` in
-    float64 with the product as three broadcast multiply-adds (no BLAS: its threads
-    contend inside dask threads, and a value does not depend on the colours computed
-    beside it), in slabs whose (colours x K) matrix takes at most :data:`SLAB_BYTES`;
-    ties go to the lowest index. The two 2**24 tables of marked colours and their labels
-    (32 MiB, touched only where colours fall) bound the memory whatever the number of
-    pixels, colours or entries.
-    """
-
-    def __init__(self, palette: np.ndarray, space: str):
-        check_space(space)
-        self.space = space
-        self.pal = from_rgb(np.asarray(palette, np.uint8), space)
-        self.norms = (self.pal * self.pal).sum(axis=1)
-        self.rows = max(256, SLAB_BYTES // (8 * len(self.pal)))
-        self._d = np.empty((self.rows, len(self.pal)))
-        self._t = np.empty_like(self._d)
-        self.known = self.table = None  # made by the first mark()
-
-    def mark(self, codes: np.ndarray) -> None:
-        """Note colours (uint32 codes ``R<<16|G<<8|B``) to be solved."""
-        if self.known is None:  # calloc: pages are touched only where colours fall
-            self.known = np.zeros(1 << 24, bool)
-            self.table = np.zeros(1 << 24, np.uint8)
-        self.known[codes] = True
-
-    def solve(self) -> None:
-        """Find the nearest entry of every marked colour."""
-        if self.known is None:
-            return
-        seg = 1 << 20
-        for s in range(0, 1 << 24, seg):
-            found = np.flatnonzero(self.known[s:s + seg])
-            if len(found):
-                codes = (found + s).astype(np.uint32)
-                self.table[codes] = self.solve_codes(codes)
-
-    def solve_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Labels (uint8) of distinct colour codes."""
-        from . import histogram
-
-        out = np.empty(len(codes), np.uint8)
-        for s in range(0, len(codes), self.rows):
-            x = from_rgb(histogram.decode(codes[s:s + self.rows]), self.space)
-            d, t = self._d[:len(x)], self._t[:len(x)]
-            np.multiply(x[:, 0:1], self.pal[:, 0], out=d)
-            for j in (1, 2):
-                np.multiply(x[:, j:j + 1], self.pal[:, j], out=t)
-                d += t
-            d *= -2.0
-            d += self.norms
-            out[s:s + self.rows] = d.argmin(axis=1)
-        return out
-
-    def labels(self, codes: np.ndarray) -> np.ndarray:
-        """Labels of solved colours (codes of any shape)."""
-        return self.table[codes]
-
-
-def nearest(pixels: np.ndarray, palette: np.ndarray, space: str) -> np.ndarray:
-    """Index (uint8) of the nearest palette entry of each (m, 3) uint8 pixel, in ``space``.
-
-    For ``"rgb"`` this is :func:`kquant.assign.nearest` (exact, ties to the
-    lowest index). Otherwise distances are Euclidean in the perceptual space,
-    computed once per distinct colour (:class:`Labeller`; ties to the lowest index).
-
-    Raises
-    ------
-    ParameterError
-        If ``space`` is unknown.
-    """
-    from kquant.label import assign
-    from kquant.colour import histogram
-
-    if check_space(space) == "rgb":
-        return assign.nearest(pixels, palette)
-    codes = histogram.encode(np.asarray(pixels, np.uint8).reshape(-1, 3))
-    labeller = Labeller(palette, space)
-    if len(codes) <= _SORT_MAX:
-        distinct, inverse = np.unique(codes, return_inverse=True)
-        return labeller.solve_codes(distinct)[inverse.reshape(-1)]
-    labeller.mark(codes)
-    labeller.solve()
-    return labeller.labels(codes)

@@ -210,6 +210,7 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
     """
     from kquant.label import assign
     from kquant.colour import spaces
+    from kquant.label import nearest_in_space
     from kquant.colour import histogram
 
     if dither not in METHODS:
@@ -233,9 +234,9 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
                     sub.reshape(-1, 3), palette).reshape(r1 - r0, c1 - c0)
         return labels
     if len(spans) == 1:  # small: distinct colours by sorting
-        return spaces.nearest(moved(0, h, 0, w).reshape(-1, 3), palette,
+        return nearest_in_space.nearest(moved(0, h, 0, w).reshape(-1, 3), palette,
                                   space).reshape(h, w)
-    labeller = spaces.Labeller(palette, space)  # each distinct colour solved once
+    labeller = nearest_in_space.Labeller(palette, space)  # each distinct colour solved once
     for r0, r1, c0, c1 in spans:
         labeller.mark(histogram.encode(moved(r0, r1, c0, c1)))
     labeller.solve()

@@ -80,7 +80,7 @@ def test_dither_blockwise_equals_whole_image(space, method):
         moved = np.clip(np.rint(img + t[:, :, None]), 0, 255)
         assert np.array_equal(whole, nearest_oracle(moved, pal))
     # a block of more than dither.SUB_PIXELS is labelled sub-block by sub-block (in a
-    # perceptual space each distinct colour once, spaces.Labeller; in RGB also
+    # perceptual space each distinct colour once, nearest_in_space.Labeller; in RGB also
     # through the lookup table): the labels of small blocks
     big = photo_like(300, 260, seed=16)
     assert big.shape[0] * big.shape[1] > dither.SUB_PIXELS
