@@ -83,10 +83,3 @@ def nearest_block(block: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """Labels (h, w) uint8 of one (h, w, 3) block."""
     block = np.asarray(block)
     return nearest(block.reshape(-1, 3), palette).reshape(block.shape[:2])
-
-
-def assign_labels(image, palette: np.ndarray):
-    """Lazy (H, W) uint8 labels of a dask (H, W, 3) image, chunk by chunk."""
-    palette = np.asarray(palette, np.uint8)
-    return image.map_blocks(nearest_block, palette, dtype=np.uint8, drop_axis=2,
-                            chunks=image.chunks[:2])
