@@ -208,10 +208,8 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
     ParameterError
         If ``dither`` or ``space`` is unknown.
     """
-    from kquant.label import assign
-    from kquant.colour import spaces
-    from kquant.label import nearest_in_space
-    from kquant.colour import histogram
+    from kquant.colour import histogram, spaces
+    from kquant.label import assign, nearest_in_space
 
     if dither not in METHODS:
         raise ParameterError(f"dither must be one of {', '.join(METHODS)}, got {dither!r}")

@@ -20,7 +20,6 @@ import numpy as np
 
 from kquant.label import cell_candidates
 
-
 N_COLOURS = 1 << 24
 
 

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-
 #: Pixels measured at a time: bounds the temporaries to a few MiB whatever the block.
 _ROWS_PIXELS = 1 << 16
 

@@ -7,12 +7,19 @@ import numpy as np
 
 from kquant import cluster, store
 from kquant.fit import FitResult
-from kquant.io import readers
+from kquant.io import ImageSource, readers
 from kquant.io import uri as uri_mod
-from kquant.io.readers import ImageSource
 from kquant.label import assign, dither, metrics, packing
 from kquant.params import QuantizeParams
-from kquant.pipeline.plan import store_chunks, store_shards, label_options, source_record, uses_lut, write_metrics
+from kquant.pipeline.plan import (
+    label_options,
+    source_record,
+    store_chunks,
+    store_shards,
+    uses_lut,
+    write_metrics,
+)
+
 
 def image(src: ImageSource, params: QuantizeParams, max_pixels: int | None):
     """The lazy RGB dask array of a source, chunked as ``params`` asks."""

@@ -13,9 +13,8 @@ from kquant import cluster
 from kquant.colour import histogram
 from kquant.fit import FitResult, fit_for_psnr, fit_palette, sampling
 from kquant.fit.tuning import SAMPLE_FIT_MIN_PIXELS
-from kquant.io import readers
+from kquant.io import ImageSource, readers
 from kquant.io import uri as uri_mod
-from kquant.io.readers import ImageSource
 from kquant.params import QuantizeParams
 from kquant.pipeline import chunked, in_memory
 from kquant.pipeline.plan import uses_lut
@@ -45,7 +44,7 @@ SAMPLE_MIN_PIXELS = 1 << 14
 
 def sample_chunks(src: ImageSource) -> int:
     """Chunk edge for reading sample windows: the file's tile, at most SAMPLE_WINDOW, and
-    enough for SAMPLE_MIN_PIXELS a window (chunks are whole tiles, readers.normalise_chunk)."""
+    enough for SAMPLE_MIN_PIXELS a window (chunks are whole tiles, kquant.io.normalise_chunk)."""
     if not src.tile:
         return 256
     rows, cols = src.tile

@@ -19,15 +19,12 @@ import functools
 
 import numpy as np
 
-from kquant import cluster, store
-from kquant.label import assign
+from kquant import cluster, io, store
 from kquant.colour import histogram
-from kquant.label import metrics
-from kquant.label import packing
-from kquant.io import readers
+from kquant.io import ImageSource
 from kquant.io import uri as uri_mod
+from kquant.label import assign, metrics, packing
 from kquant.params import QuantizeParams
-from kquant.io.readers import ImageSource
 from kquant.pipeline.plan import source_record, uses_lut, write_metrics
 
 #: Pillow decodes these whole in memory (TIFF and zarr sources are read tile by tile).
@@ -51,7 +48,7 @@ def eligible(src: ImageSource, params: QuantizeParams, *, address: str | None = 
         return False
     if target is not None and uri_mod.is_remote(uri_mod.normalise(target)):
         return False
-    rows, cols = readers.normalise_chunk(params.chunk)
+    rows, cols = io.normalise_chunk(params.chunk)
     if rows < src.height or cols < src.width or src.n_pixels >= MAX_PIXELS:
         return False
     return (params.fit_mode(src.n_pixels) == "exact" and params.sample_fit != "always")
@@ -59,12 +56,12 @@ def eligible(src: ImageSource, params: QuantizeParams, *, address: str | None = 
 
 def image(src: ImageSource, params: QuantizeParams, *, max_pixels: int | None = None) -> np.ndarray:
     """The decoded (H, W, 3) uint8 image (cached per process by :mod:`kquant.readers`)."""
-    return readers.decode_whole(src, max_pixels=max_pixels, background=params.background)
+    return io.decode_whole(src, max_pixels=max_pixels, background=params.background)
 
 
 @functools.lru_cache(maxsize=2)
 def _histogram(src: ImageSource, max_pixels: int | None, background: tuple[int, ...]):
-    arr = readers.decode_whole(src, max_pixels=max_pixels, background=background)
+    arr = io.decode_whole(src, max_pixels=max_pixels, background=background)
     return histogram.block_histogram(arr)
 
 

@@ -7,8 +7,7 @@ from oracles import nearest_oracle
 
 import kquant
 from kquant.colour import spaces
-from kquant.label import nearest_in_space
-from kquant.label import dither
+from kquant.label import dither, nearest_in_space
 from kquant.params import QuantizeParams
 
 

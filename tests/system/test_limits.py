@@ -8,8 +8,8 @@ import zlib
 
 import numpy as np
 import pytest
-
 from helpers import photo_like
+
 from kquant import errors, pipeline
 from kquant.io import readers
 from kquant.params import QuantizeParams
