@@ -23,7 +23,15 @@ from kquant.io.source import (
 )
 
 __all__ = [
-    "DEFAULT_CHUNK", "DEFAULT_MAX_DECODED_PIXELS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_TILE_BYTES",
-    "ImageSource", "decode_whole", "inspect_image", "normalise_chunk", "open_image",
-    "open_source", "tile_budget",
+    "DEFAULT_CHUNK",
+    "DEFAULT_MAX_DECODED_PIXELS",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_TILE_BYTES",
+    "ImageSource",
+    "decode_whole",
+    "inspect_image",
+    "normalise_chunk",
+    "open_image",
+    "open_source",
+    "tile_budget",
 ]

@@ -107,8 +107,10 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path} is not a readable image: {reason(exc)}") from None
     if n_frames > 1:
-        raise InputError(f"{path} is an animated or multi-frame {fmt} ({n_frames} frames); "
-                         "kquant reads single images")
+        raise InputError(
+            f"{path} is an animated or multi-frame {fmt} ({n_frames} frames); "
+            "kquant reads single images"
+        )
     if fmt == "PNG":
         try:
             late = _check_png_chunks(path)
@@ -123,9 +125,19 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
         orientation = 1
     size, mtime, etag = _stat(path)
     oh, ow = _oriented(h, w, orientation)
-    return ImageSource(uri=path, format=fmt, height=oh, width=ow, raw_shape=(h, w),
-                       dtype="uint8", orientation=orientation, size_bytes=size,
-                       mtime_ns=mtime, mode=mode, etag=etag)
+    return ImageSource(
+        uri=path,
+        format=fmt,
+        height=oh,
+        width=ow,
+        raw_shape=(h, w),
+        dtype="uint8",
+        orientation=orientation,
+        size_bytes=size,
+        mtime_ns=mtime,
+        mode=mode,
+        etag=etag,
+    )
 
 
 _decode_lock = threading.Lock()
@@ -147,8 +159,9 @@ def _decode_plain(data: bytes) -> np.ndarray | None:
         return np.array(im)
 
 
-def _decode_pillow(path: str, stamp: tuple[int, int], mode: str, max_pixels: int,
-                   background: tuple[int, int, int]) -> np.ndarray:
+def _decode_pillow(
+    path: str, stamp: tuple[int, int], mode: str, max_pixels: int, background: tuple[int, int, int]
+) -> np.ndarray:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # the header was checked against our own limit
@@ -162,8 +175,10 @@ def _decode_pillow(path: str, stamp: tuple[int, int], mode: str, max_pixels: int
 
             arr = iio.imread(data, plugin="pillow", index=0, mode=pilmode, rotate=True)
     except MemoryError:
-        raise OutOfMemoryError(f"{path}: out of memory decoding the whole image "
-                               "(this format is decoded whole: convert it to a tiled TIFF)") from None
+        raise OutOfMemoryError(
+            f"{path}: out of memory decoding the whole image "
+            "(this format is decoded whole: convert it to a tiled TIFF)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path} cannot be decoded: {reason(exc)}") from None
     if arr.dtype.kind == "i" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
@@ -182,15 +197,24 @@ class _DecodedImage:
 
     def __getitem__(self, key):
         with _decode_lock:
-            arr = _decode_pillow(self.src.uri, (self.src.size_bytes, self.src.mtime_ns, self.src.etag),
-                                 self.src.mode, self.max_pixels, self.background)
+            arr = _decode_pillow(
+                self.src.uri,
+                (self.src.size_bytes, self.src.mtime_ns, self.src.etag),
+                self.src.mode,
+                self.max_pixels,
+                self.background,
+            )
         if arr.shape != self.shape:
             raise InputError(f"{self.src.uri} decoded to {arr.shape}, header said {self.shape}")
         return arr[key]
 
 
-def decode_whole(src: ImageSource, *, max_pixels: int | None = None,
-                 background: tuple[int, int, int] = convert.WHITE) -> np.ndarray:
+def decode_whole(
+    src: ImageSource,
+    *,
+    max_pixels: int | None = None,
+    background: tuple[int, int, int] = convert.WHITE,
+) -> np.ndarray:
     """The whole (H, W, 3) uint8 RGB of a source Pillow decodes (the array
     :func:`open_source` serves in chunks; decoded once per process)."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)

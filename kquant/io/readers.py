@@ -10,6 +10,7 @@ the limits of :mod:`~kquant.io.source` before any pixel is decoded.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +28,9 @@ from kquant.io.tiff import _inspect_tiff, _tiff_colormap, _TiffArray
 from kquant.io.zarr_input import _inspect_zarr, zarr_blocks
 
 
-def inspect_image(uri: str | os.PathLike, *, max_pixels: int | None = None,
-                  max_tile_bytes: int | None = None) -> ImageSource:
+def inspect_image(
+    uri: str | os.PathLike, *, max_pixels: int | None = None, max_tile_bytes: int | None = None
+) -> ImageSource:
     """Read a source's header: format, size, sample type, orientation; no pixels.
 
     Parameters
@@ -88,10 +90,14 @@ def _orient(arr, orientation: int):
     return t
 
 
-def open_image(uri: str | os.PathLike, *, chunks: int | None = None,
-               max_pixels: int | None = None,
-               background: tuple[int, int, int] = convert.WHITE,
-               max_tile_bytes: int | None = None):
+def open_image(
+    uri: str | os.PathLike,
+    *,
+    chunks: int | None = None,
+    max_pixels: int | None = None,
+    background: tuple[int, int, int] = convert.WHITE,
+    max_tile_bytes: int | None = None,
+):
     """Open an image as a lazy ``(H, W, 3)`` uint8 dask array.
 
     Parameters
@@ -117,37 +123,61 @@ def open_image(uri: str | os.PathLike, *, chunks: int | None = None,
     InputError, ImageTooLargeError, ParameterError
         See :func:`inspect_image` and :func:`normalise_chunk`.
     """
-    return open_source(inspect_image(uri, max_pixels=max_pixels, max_tile_bytes=max_tile_bytes),
-                       chunks=chunks, max_pixels=max_pixels, background=background)
+    return open_source(
+        inspect_image(uri, max_pixels=max_pixels, max_tile_bytes=max_tile_bytes),
+        chunks=chunks,
+        max_pixels=max_pixels,
+        background=background,
+    )
 
 
-def open_source(src: ImageSource, *, chunks: int | None = None, max_pixels: int | None = None,
-                background: tuple[int, int, int] = convert.WHITE):
+def open_source(
+    src: ImageSource,
+    *,
+    chunks: int | None = None,
+    max_pixels: int | None = None,
+    background: tuple[int, int, int] = convert.WHITE,
+):
     """Lazy RGB array of an already inspected source (see :func:`open_image`)."""
     import dask.array as da
 
-    background = tuple(int(c) for c in background)
+    bg = (int(background[0]), int(background[1]), int(background[2]))
+    arr: Any
+    rc: tuple[int, ...]
     if src.format == "TIFF":
         raw_rows, raw_cols = normalise_chunk(chunks, src.tile)
-        raw = _TiffArray(src)
+        tiff_raw = _TiffArray(src)
         planar = src.mode.endswith(":planar")
         if planar:
-            rc = (raw.shape[0], raw_rows, raw_cols)
+            rc = (tiff_raw.shape[0], raw_rows, raw_cols)
         else:
-            rc = (raw_rows, raw_cols) + tuple(raw.shape[2:])
-        arr = da.from_array(raw, chunks=rc, lock=False, asarray=True, fancy=False,
-                            name=f"tiff-{abs(hash(src.identity)):x}",
-                            meta=np.empty((0,) * raw.ndim, raw.dtype))
+            rc = (raw_rows, raw_cols) + tuple(tiff_raw.shape[2:])
+        arr = da.from_array(
+            tiff_raw,
+            chunks=rc,
+            lock=False,
+            asarray=True,
+            fancy=False,
+            name=f"tiff-{abs(hash(src.identity)):x}",
+            meta=np.empty((0,) * tiff_raw.ndim, tiff_raw.dtype),
+        )
         if planar:
             arr = arr.transpose(1, 2, 0)
         mode = src.mode.split(":")[0]
         if mode == "PALETTE":
             cmap = _tiff_colormap(src.uri)
-            arr = arr.map_blocks(lambda b, c=cmap: c[b if b.ndim == 2 else b[..., 0]],
-                                 dtype=np.uint8, chunks=arr.chunks[:2] + ((3,),),
-                                 new_axis=2 if arr.ndim == 2 else None)
+            arr = arr.map_blocks(
+                lambda b, c=cmap: c[b if b.ndim == 2 else b[..., 0]],
+                dtype=np.uint8,
+                chunks=arr.chunks[:2] + ((3,),),
+                new_axis=2 if arr.ndim == 2 else None,
+            )
         elif mode == "MINISWHITE":
-            top = 1.0 if arr.dtype.kind == "f" else (True if arr.dtype == bool else np.iinfo(arr.dtype).max)
+            top = (
+                1.0
+                if arr.dtype.kind == "f"
+                else (True if arr.dtype == bool else np.iinfo(arr.dtype).max)
+            )
             arr = (top - arr) if arr.dtype != bool else ~arr
     elif src.format == "ZARR":
         rows, cols = zarr_blocks(chunks, src.tile, src.width)
@@ -156,15 +186,22 @@ def open_source(src: ImageSource, *, chunks: int | None = None, max_pixels: int 
     else:
         rows, cols = normalise_chunk(chunks)
         limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-        raw = _DecodedImage(src, limit, background)
-        return da.from_array(raw, chunks=(rows, cols, 3), lock=False, asarray=True, fancy=False,
-                             name=f"decoded-{abs(hash((src.identity, background))):x}",
-                             meta=np.empty((0, 0, 0), np.uint8))
+        raw = _DecodedImage(src, limit, bg)
+        return da.from_array(
+            raw,
+            chunks=(rows, cols, 3),
+            lock=False,
+            asarray=True,
+            fancy=False,
+            name=f"decoded-{abs(hash((src.identity, bg))):x}",
+            meta=np.empty((0, 0, 0), np.uint8),
+        )
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if not (arr.dtype == np.uint8 and arr.shape[2] == 3):
-        arr = arr.map_blocks(convert.to_rgb8, background=background, dtype=np.uint8,
-                             chunks=arr.chunks[:2] + ((3,),))
+        arr = arr.map_blocks(
+            convert.to_rgb8, background=bg, dtype=np.uint8, chunks=arr.chunks[:2] + ((3,),)
+        )
     arr = _orient(arr, src.orientation)
     if src.orientation != 1:
         rows, cols = normalise_chunk(chunks, None)

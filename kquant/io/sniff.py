@@ -45,4 +45,6 @@ def _sniff(path: str) -> str:
             if name == "WEBP" and head[8:12] != b"WEBP":
                 continue
             return "PILLOW"
-    raise InputError(f"{path} is not a recognised image (PNG, JPEG, BMP, GIF, WebP, PNM, TIFF or zarr)")
+    raise InputError(
+        f"{path} is not a recognised image (PNG, JPEG, BMP, GIF, WebP, PNM, TIFF or zarr)"
+    )

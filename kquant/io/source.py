@@ -133,7 +133,7 @@ def tile_budget(max_tile_bytes: int | None = None) -> int:
     """
     from kquant.errors import ParameterError
 
-    value = max_tile_bytes
+    value: str | int | None = max_tile_bytes
     if value is None:
         value = os.environ.get("KQUANT_MAX_TILE_BYTES") or DEFAULT_MAX_TILE_BYTES
     try:
@@ -141,8 +141,10 @@ def tile_budget(max_tile_bytes: int | None = None) -> int:
     except (TypeError, ValueError):
         budget = 0
     if budget <= 0 or isinstance(value, bool):
-        raise ParameterError(f"the tile budget (KQUANT_MAX_TILE_BYTES) must be a positive "
-                             f"number of bytes, got {value!r}")
+        raise ParameterError(
+            f"the tile budget (KQUANT_MAX_TILE_BYTES) must be a positive "
+            f"number of bytes, got {value!r}"
+        )
     return budget
 
 
@@ -154,11 +156,13 @@ def _check_tile(path: str, kind: str, rows: int, cols: int, nbytes: int, budget:
         raise ImageTooLargeError(
             f"{path}: a {kind} of {rows}x{cols} pixels decodes to {format_bytes(nbytes)}, above "
             f"the budget of {format_bytes(budget)} per tile (KQUANT_MAX_TILE_BYTES); rewrite the "
-            "image with smaller tiles (e.g. 512x512) or raise the budget")
+            "image with smaller tiles (e.g. 512x512) or raise the budget"
+        )
 
 
-def _check_size(path: str, height: int, width: int, max_pixels: int | None, *,
-                whole: bool = False) -> None:
+def _check_size(
+    path: str, height: int, width: int, max_pixels: int | None, *, whole: bool = False
+) -> None:
     if max_pixels is not None:
         limit = int(max_pixels)
     else:
@@ -166,8 +170,11 @@ def _check_size(path: str, height: int, width: int, max_pixels: int | None, *,
     if height <= 0 or width <= 0:
         raise InputError(f"{path} has an empty image ({height}x{width})")
     if height * width > limit:
-        hint = ("; this format is decoded whole in memory: convert it to a tiled TIFF"
-                if whole and max_pixels is None else "")
+        hint = (
+            "; this format is decoded whole in memory: convert it to a tiled TIFF"
+            if whole and max_pixels is None
+            else ""
+        )
         raise ImageTooLargeError(
             f"{path} claims {height}x{width} = {height * width} pixels, above the limit of "
             f"{limit} (raise it with --max-pixels / KQUANT_MAX_PIXELS){hint}"
@@ -179,16 +186,26 @@ def _stat(path: str) -> tuple[int, int, str]:
     if uri_mod.is_remote(path):
         fs, p = uri_mod.filesystem(path)
         if fs.isdir(p):
-            p = next(f"{p.rstrip('/')}/{n}" for n in ("zarr.json", ".zarray")
-                     if fs.exists(f"{p.rstrip('/')}/{n}"))
+            p = next(
+                f"{p.rstrip('/')}/{n}"
+                for n in ("zarr.json", ".zarray")
+                if fs.exists(f"{p.rstrip('/')}/{n}")
+            )
         info = fs.info(p)
         modified = info.get("LastModified") or info.get("mtime") or 0
-        mtime = int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else int(float(modified) * 1e9)
+        mtime = (
+            int(modified.timestamp() * 1e9)
+            if hasattr(modified, "timestamp")
+            else int(float(modified) * 1e9)
+        )
         return int(info.get("size") or 0), mtime, str(info.get("ETag") or "").strip('"')
     st = os.stat(path)
     if os.path.isdir(path):  # zarr: its metadata file
-        meta = [os.path.join(path, n) for n in ("zarr.json", ".zarray")
-                if os.path.exists(os.path.join(path, n))]
+        meta = [
+            os.path.join(path, n)
+            for n in ("zarr.json", ".zarray")
+            if os.path.exists(os.path.join(path, n))
+        ]
         st = os.stat(meta[0])
     return st.st_size, st.st_mtime_ns, ""
 

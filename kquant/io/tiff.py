@@ -27,31 +27,45 @@ def _inspect_tiff(path: str, max_pixels: int | None, budget: int) -> ImageSource
             shape, axes = tuple(series.levels[0].shape), series.levels[0].axes
             extra = [a for a in axes if a not in "YXS"]
             if extra:
-                raise InputError(f"{path} is a multi-page or multi-dimensional TIFF (axes {axes}, "
-                                 f"shape {shape}); kquant reads single images")
+                raise InputError(
+                    f"{path} is a multi-page or multi-dimensional TIFF (axes {axes}, "
+                    f"shape {shape}); kquant reads single images"
+                )
             ydim, xdim = axes.index("Y"), axes.index("X")
             h, w = shape[ydim], shape[xdim]
             _check_size(path, h, w, max_pixels)
             photometric = int(page.photometric)
             if photometric not in (0, 1, 2, 3):  # WHITE/BLACK_IS_ZERO, RGB, PALETTE
                 name = getattr(page.photometric, "name", str(photometric))
-                raise InputError(f"{path}: unsupported TIFF photometric {name}; convert to RGB first")
+                raise InputError(
+                    f"{path}: unsupported TIFF photometric {name}; convert to RGB first"
+                )
             if page.compression != 1:
                 try:
                     tifffile.TIFF.DECOMPRESSORS[page.compression]  # raises if unavailable
                 except KeyError:
+                    name = getattr(page.compression, "name", page.compression)
                     raise InputError(
-                        f"{path}: TIFF compression {getattr(page.compression, 'name', page.compression)}"
-                        " needs the imagecodecs package (pip install imagecodecs)") from None
+                        f"{path}: TIFF compression {name} needs the imagecodecs package "
+                        "(pip install imagecodecs)"
+                    ) from None
             dtype = np.dtype(page.dtype)
             if photometric != 3:
                 convert.check_dtype(dtype)
-            tile = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip or h, w)
+            tile = (
+                (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip or h, w)
+            )
             planar = "S" in axes and axes.index("S") < ydim
             samples = 1 if planar else int(page.samplesperpixel)
             seg_rows = tile[0] if page.is_tiled else min(tile[0], h)
-            _check_tile(path, "TIFF tile" if page.is_tiled else "TIFF strip", seg_rows, tile[1],
-                        seg_rows * tile[1] * samples * dtype.itemsize, budget)
+            _check_tile(
+                path,
+                "TIFF tile" if page.is_tiled else "TIFF strip",
+                seg_rows,
+                tile[1],
+                seg_rows * tile[1] * samples * dtype.itemsize,
+                budget,
+            )
             tag = page.tags.get("Orientation")
             orientation = int(tag.value) if tag is not None else 1
             mode = {0: "MINISWHITE", 1: "MINISBLACK", 2: "RGB", 3: "PALETTE"}[photometric]
@@ -65,9 +79,20 @@ def _inspect_tiff(path: str, max_pixels: int | None, budget: int) -> ImageSource
         orientation = 1
     size, mtime, etag = _stat(path)
     oh, ow = _oriented(h, w, orientation)
-    return ImageSource(uri=path, format="TIFF", height=oh, width=ow, raw_shape=shape,
-                       dtype=str(dtype), orientation=orientation, tile=tile,
-                       size_bytes=size, mtime_ns=mtime, mode=mode, etag=etag)
+    return ImageSource(
+        uri=path,
+        format="TIFF",
+        height=oh,
+        width=ow,
+        raw_shape=shape,
+        dtype=str(dtype),
+        orientation=orientation,
+        tile=tile,
+        size_bytes=size,
+        mtime_ns=mtime,
+        mode=mode,
+        etag=etag,
+    )
 
 
 _tiff_lock = threading.Lock()
@@ -128,8 +153,10 @@ class _TiffArray:
         try:
             return z[key]
         except MemoryError:
-            raise OutOfMemoryError(f"{self.src.uri}: out of memory decoding the TIFF tiles of "
-                                   f"{_region(key)} (tiles of {_tile_text(self.src)})") from None
+            raise OutOfMemoryError(
+                f"{self.src.uri}: out of memory decoding the TIFF tiles of "
+                f"{_region(key)} (tiles of {_tile_text(self.src)})"
+            ) from None
         except Exception as exc:  # a damaged tile: name the file, keep one line
             raise InputError(f"{self.src.uri}: cannot decode TIFF data: {reason(exc)}") from None
 

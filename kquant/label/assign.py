@@ -60,9 +60,9 @@ def nearest(pixels: np.ndarray, palette: np.ndarray, *, blas: bool = False) -> n
     twice = 2.0 * pal
     rows = min(slab_rows(len(pal), BLAS_SLAB_BYTES if blas else SLAB_BYTES), max(1, len(pixels)))
     d = np.empty((rows, len(pal)), np.float32)
-    tmp = None if blas else np.empty_like(d)
+    tmp = d if blas else np.empty_like(d)  # the second buffer is used without BLAS only
     for start in range(0, len(pixels), rows):
-        x = pixels[start:start + rows].astype(np.float32)
+        x = pixels[start : start + rows].astype(np.float32)
         n = len(x)
         dd = d[:n]
         if blas:
@@ -75,7 +75,7 @@ def nearest(pixels: np.ndarray, palette: np.ndarray, *, blas: bool = False) -> n
             np.multiply(x[:, 2:3], twice[:, 2], out=tt)
             dd += tt
         np.subtract(norms, dd, out=dd)
-        out[start:start + n] = dd.argmin(axis=1)
+        out[start : start + n] = dd.argmin(axis=1)
     return out
 
 

@@ -119,8 +119,9 @@ def _thresholds(method: str, n: int) -> np.ndarray:
     return m
 
 
-def threshold(y0: int, x0: int, h: int, w: int, *, n: int = BAYER_SIZE,
-              method: str = "bayer") -> np.ndarray:
+def threshold(
+    y0: int, x0: int, h: int, w: int, *, n: int = BAYER_SIZE, method: str = "bayer"
+) -> np.ndarray:
     """Thresholds in (-0.5, 0.5) of the pixels ``y0:y0+h, x0:x0+w`` of the whole image.
 
     ``method`` is ``"bayer"`` (an ``n x n`` Bayer matrix) or ``"blue-noise"`` (the
@@ -174,9 +175,17 @@ def _moved(sub: np.ndarray, y0: int, x0: int, method: str, amplitude: float) -> 
     return np.clip(np.rint(sub + t[:, :, None]), 0, 255).astype(np.uint8)
 
 
-def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
-                dither: str = "none", dither_amount: float = 0.0, y0: int = 0,
-                x0: int = 0, table: np.ndarray | None = None) -> np.ndarray:
+def label_block(
+    block: np.ndarray,
+    palette: np.ndarray,
+    *,
+    space: str = "rgb",
+    dither: str = "none",
+    dither_amount: float = 0.0,
+    y0: int = 0,
+    x0: int = 0,
+    table: np.ndarray | None = None,
+) -> np.ndarray:
     """Palette index (h, w) uint8 of each pixel of one (h, w, 3) uint8 block.
 
     Worked through in sub-blocks of :data:`SUB_PIXELS` pixels: the memory it takes
@@ -228,12 +237,14 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
             if table is not None:
                 labels[r0:r1, c0:c1] = table[histogram.encode(sub)]
             else:
-                labels[r0:r1, c0:c1] = assign.nearest(
-                    sub.reshape(-1, 3), palette).reshape(r1 - r0, c1 - c0)
+                labels[r0:r1, c0:c1] = assign.nearest(sub.reshape(-1, 3), palette).reshape(
+                    r1 - r0, c1 - c0
+                )
         return labels
     if len(spans) == 1:  # small: distinct colours by sorting
-        return nearest_in_space.nearest(moved(0, h, 0, w).reshape(-1, 3), palette,
-                                  space).reshape(h, w)
+        return nearest_in_space.nearest(moved(0, h, 0, w).reshape(-1, 3), palette, space).reshape(
+            h, w
+        )
     labeller = nearest_in_space.Labeller(palette, space)  # each distinct colour solved once
     for r0, r1, c0, c1 in spans:
         labeller.mark(histogram.encode(moved(r0, r1, c0, c1)))

@@ -41,7 +41,7 @@ def label_counts(labels: np.ndarray, n: int) -> np.ndarray:
     flat = np.asarray(labels).reshape(-1)
     counts = np.zeros(n, np.int64)
     for s in range(0, len(flat), _ROWS_PIXELS * 16):
-        counts += np.bincount(flat[s:s + _ROWS_PIXELS * 16], minlength=n)[:n]
+        counts += np.bincount(flat[s : s + _ROWS_PIXELS * 16], minlength=n)[:n]
     return counts
 
 

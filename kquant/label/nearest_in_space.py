@@ -38,7 +38,9 @@ class Labeller:
         self.rows = max(256, SLAB_BYTES // (8 * len(self.pal)))
         self._d = np.empty((self.rows, len(self.pal)))
         self._t = np.empty_like(self._d)
-        self.known = self.table = None  # made by the first mark()
+        # made by the first mark(): 2**24 flags and labels, touched only where colours fall
+        self.known: np.ndarray | None = None
+        self.table: np.ndarray | None = None
 
     def mark(self, codes: np.ndarray) -> None:
         """Note colours (uint32 codes ``R<<16|G<<8|B``) to be solved."""
@@ -49,7 +51,7 @@ class Labeller:
 
     def solve(self) -> None:
         """Find the nearest entry of every marked colour."""
-        if self.known is None:
+        if self.known is None or self.table is None:
             return
         seg = 1 << 20
         for s in range(0, 1 << 24, seg):
@@ -74,7 +76,15 @@ class Labeller:
         return out
 
     def labels(self, codes: np.ndarray) -> np.ndarray:
-        """Labels of solved colours (codes of any shape)."""
+        """Labels of solved colours (codes of any shape).
+
+        Raises
+        ------
+        ValueError
+            If no colour was marked and solved.
+        """
+        if self.table is None:
+            raise ValueError("no colour was marked: mark() and solve() come first")
         return self.table[codes]
 
 

@@ -23,13 +23,22 @@ from kquant.pipeline.plan import (
 
 def image(src: ImageSource, params: QuantizeParams, max_pixels: int | None):
     """The lazy RGB dask array of a source, chunked as ``params`` asks."""
-    return readers.open_source(src, chunks=params.chunk, max_pixels=max_pixels,
-                               background=params.background)
+    return readers.open_source(
+        src, chunks=params.chunk, max_pixels=max_pixels, background=params.background
+    )
 
 
-def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root: str,
-                        row0: int, col0: int, packed_chunk: tuple[int, int], use_lut: bool,
-                        label_options: dict | None = None):
+def _assign_write_block(
+    block: np.ndarray,
+    palette: np.ndarray,
+    bits: int,
+    root: str,
+    row0: int,
+    col0: int,
+    packed_chunk: tuple[int, int],
+    use_lut: bool,
+    label_options: dict | None = None,
+):
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
     if label_options:  # perceptual space or dithering (global coordinates: no seams)
@@ -38,16 +47,16 @@ def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root:
             from kquant.label import lookup
 
             table = lookup.table_for(palette)
-        labels = dither.label_block(
-            block, palette, y0=row0, x0=col0, table=table, **label_options
-        )
+        labels = dither.label_block(block, palette, y0=row0, x0=col0, table=table, **label_options)
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
         counts = metrics.label_counts(labels, len(palette))
     elif use_lut:
         from kquant.label import lookup  # compiled with numba: imported only where it is used
 
-        packed, sse, counts = lookup.label_pack_block(block, lookup.table_for(palette), palette, bits)
+        packed, sse, counts = lookup.label_pack_block(
+            block, lookup.table_for(palette), palette, bits
+        )
     else:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)
@@ -64,9 +73,18 @@ def warm_write_pass() -> None:
     lookup.warm()
 
 
-def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizeParams, *,
-          overwrite: bool = False, max_pixels: int | None = None, address: str | None = None,
-          progress: bool = False, fit_info: FitResult | None = None) -> store.StoreMeta:
+def write(
+    src: ImageSource,
+    target: str,
+    palette: np.ndarray,
+    params: QuantizeParams,
+    *,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    fit_info: FitResult | None = None,
+) -> store.StoreMeta:
     """The write pass on dask: one task labels, packs, writes and measures each chunk (or
     shard), then the store is committed (see :func:`kquant.pipeline.write`, which checks
     the target first).
@@ -87,10 +105,18 @@ def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizePa
     options = label_options(params, palette)
     use_lut = uses_lut(src, params)
     meta = store.StoreMeta(
-        height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
-        chunk_rows=rows, chunk_cols=cols,
-        shard_rows=shards[0] if shards else None, shard_cols=shards[1] if shards else None,
-        source=source_record(src), params=params.to_json())
+        height=src.height,
+        width=src.width,
+        k=params.k,
+        n_colors=len(palette),
+        bits=bits,
+        chunk_rows=rows,
+        chunk_cols=cols,
+        shard_rows=shards[0] if shards else None,
+        shard_cols=shards[1] if shards else None,
+        source=source_record(src),
+        params=params.to_json(),
+    )
     brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
     pixels = pixels.rechunk((brows, bcols, 3))
     with store.StoreWriter(target, meta, palette, overwrite=overwrite) as writer:
@@ -98,14 +124,32 @@ def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizePa
         keys, tasks = [], []
         for i, j, _ in np.ndindex(*blocks.shape):
             keys.append((i, j))
-            tasks.append(dask.delayed(_assign_write_block, pure=True)(
-                blocks[i, j, 0], palette, bits, writer.root, i * brows, j * bcols,
-                meta.packed_block, use_lut, options))
+            tasks.append(
+                dask.delayed(_assign_write_block, pure=True)(
+                    blocks[i, j, 0],
+                    palette,
+                    bits,
+                    writer.root,
+                    i * brows,
+                    j * bcols,
+                    meta.packed_block,
+                    use_lut,
+                    options,
+                )
+            )
         with cluster.scheduler(address):
             results = cluster.compute(*tasks, progress=progress)
         sse = sum(int(r[0]) for r in results)
         counts = np.sum([r[1] for r in results], axis=0)
         return writer.commit(
-            metrics=write_metrics(sse, counts, src.height * src.width, params, options,
-                                  "lut" if use_lut else "direct", fit_info),
-            checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))))
+            metrics=write_metrics(
+                sse,
+                counts,
+                src.height * src.width,
+                params,
+                options,
+                "lut" if use_lut else "direct",
+                fit_info,
+            ),
+            checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))),
+        )

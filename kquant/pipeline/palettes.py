@@ -82,8 +82,9 @@ def _image(path: Path) -> np.ndarray:
             rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"{path}: not a palette file, store or image ({reason(exc)})") from None
-    codes, first = np.unique(rgb.astype(np.uint32) @ np.array([65536, 256, 1], np.uint32),
-                             return_index=True)
+    codes, first = np.unique(
+        rgb.astype(np.uint32) @ np.array([65536, 256, 1], np.uint32), return_index=True
+    )
     if len(codes) > 256:
         raise InputError(
             f"{path}: an image used as a palette may have at most 256 colours, it has {len(codes)}"

@@ -35,14 +35,26 @@ def _tiled_photo(path, size: int, tile: int = 512) -> None:
         for i in range((size // tile) ** 2):
             yield photo_like(tile, tile, seed=i)
 
-    tifffile.imwrite(path, tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
-                     compression="zlib", photometric="rgb")
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(size, size, 3),
+        dtype=np.uint8,
+        tile=(tile, tile),
+        compression="zlib",
+        photometric="rgb",
+    )
 
 
 def _peak_rss(args, threads: int) -> int:
     env = dict(os.environ, DASK_NUM_WORKERS=str(threads))
-    p = subprocess.run([sys.executable, "-c", _PEAK_RSS, *map(str, args)], env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     return int(p.stdout.split()[-1])
 
@@ -59,8 +71,9 @@ def test_write_pass_memory_does_not_grow_with_threads(tmp_path, options):
     peaks = {}
     for threads in (1, 2, 4):
         out = tmp_path / f"t{threads}.kquant"
-        peaks[threads] = _peak_rss(["quantize", src, out, "--palette", palette, "--chunk", 512,
-                                    *options], threads)
+        peaks[threads] = _peak_rss(
+            ["quantize", src, out, "--palette", palette, "--chunk", 512, *options], threads
+        )
     per_thread = {n: (peaks[n] - peaks[1]) / (n - 1) / 2**20 for n in (2, 4)}
     assert max(per_thread.values()) < PER_THREAD_MIB, (peaks, per_thread)
 
@@ -71,14 +84,27 @@ def _one_tile_tiff(path, rows: int, cols: int, *, tiled: bool = True) -> None:
     import tifffile
 
     layout = {"tile": (rows, cols)} if tiled else {"rowsperstrip": rows}
-    tifffile.imwrite(path, iter([zlib.compress(bytes(1024))]), shape=(rows, cols, 3),
-                     dtype=np.uint8, compression="zlib", photometric="rgb", bigtiff=True,
-                     **layout)
+    tifffile.imwrite(
+        path,
+        iter([zlib.compress(bytes(1024))]),
+        shape=(rows, cols, 3),
+        dtype=np.uint8,
+        compression="zlib",
+        photometric="rgb",
+        bigtiff=True,
+        **layout,
+    )
 
 
 def _cli(*args, env=None, timeout=120, preexec_fn=None):
-    return subprocess.run([sys.executable, "-m", "kquant", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout, preexec_fn=preexec_fn)
+    return subprocess.run(
+        [sys.executable, "-m", "kquant", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
 
 
 def test_tile_above_the_budget_is_refused_before_decoding(tmp_path):
@@ -86,8 +112,10 @@ def test_tile_above_the_budget_is_refused_before_decoding(tmp_path):
     _one_tile_tiff(big, 32768, 32768)
     p = _cli("quantize", big, tmp_path / "out.kquant")
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
-    assert p.stderr.startswith(f"kquant: error: {big}: a TIFF tile of 32768x32768 pixels decodes "
-                               "to 3.0 GiB, above the budget of 256.0 MiB per tile")
+    assert p.stderr.startswith(
+        f"kquant: error: {big}: a TIFF tile of 32768x32768 pixels decodes "
+        "to 3.0 GiB, above the budget of 256.0 MiB per tile"
+    )
     assert "KQUANT_MAX_TILE_BYTES" in p.stderr
     assert not (tmp_path / "out.kquant").exists()
     strip = tmp_path / "one-strip.tif"
@@ -100,8 +128,11 @@ def test_tile_above_the_budget_is_refused_before_decoding(tmp_path):
     _tiled_photo(small, 512, tile=256)
     env = dict(os.environ, KQUANT_MAX_TILE_BYTES=str(100_000))
     p = _cli("quantize", small, tmp_path / "s.kquant", env=env)
-    assert p.returncode == 2 and "a TIFF tile of 256x256 pixels decodes to 192.0 KiB, above " \
-        "the budget of 97.7 KiB" in p.stderr, p.stderr
+    assert (
+        p.returncode == 2
+        and "a TIFF tile of 256x256 pixels decodes to 192.0 KiB, above the budget of 97.7 KiB"
+        in p.stderr
+    ), p.stderr
     for bad in ("0", "lots"):
         env["KQUANT_MAX_TILE_BYTES"] = bad
         p = _cli("quantize", small, tmp_path / "s.kquant", env=env)
@@ -114,6 +145,7 @@ def _address_space_cap(limit):
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     return apply
 
 
@@ -121,13 +153,22 @@ def test_out_of_memory_while_decoding_names_the_file_and_the_tile(tmp_path):
     """A 3 GiB tile admitted by a raised budget, decoded under a 3 GiB address-space cap."""
     big = tmp_path / "one-tile.tif"
     _one_tile_tiff(big, 32768, 32768)
-    env = dict(os.environ, KQUANT_MAX_TILE_BYTES=str(1 << 40), DASK_NUM_WORKERS="1",
-               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
-    p = _cli("quantize", big, tmp_path / "out.kquant", env=env,
-             preexec_fn=_address_space_cap(3 << 30))
+    env = dict(
+        os.environ,
+        KQUANT_MAX_TILE_BYTES=str(1 << 40),
+        DASK_NUM_WORKERS="1",
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        MALLOC_ARENA_MAX="2",
+    )
+    p = _cli(
+        "quantize", big, tmp_path / "out.kquant", env=env, preexec_fn=_address_space_cap(3 << 30)
+    )
     assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
-    assert p.stderr.startswith(f"kquant: error: {big}: out of memory decoding TIFF tile 0 of 1 "
-                               "(32768x32768 pixels, 3.0 GiB decoded)"), p.stderr
+    assert p.stderr.startswith(
+        f"kquant: error: {big}: out of memory decoding TIFF tile 0 of 1 "
+        "(32768x32768 pixels, 3.0 GiB decoded)"
+    ), p.stderr
     assert not (tmp_path / "out.kquant").exists()
 
 
@@ -190,8 +231,9 @@ def test_tiny_tiff_tiles_are_sampled_in_windows_of_many_tiles(tmp_path):
     tiny = tmp_path / "tiles16.tif"
     tifffile.imwrite(tiny, img, tile=(16, 16), compression="zlib", photometric="rgb")
     params = QuantizeParams(k=8)
-    (sample,) = dask.compute(pipeline.sample_graph(readers.inspect_image(tiny),
-                                                   params.sample_size, params))
+    (sample,) = dask.compute(
+        pipeline.sample_graph(readers.inspect_image(tiny), params.sample_size, params)
+    )
     assert len(sample) == params.sample_size
     small = img[:384, :320]
     png = tmp_path / "p.png"
@@ -203,5 +245,7 @@ def test_tiny_tiff_tiles_are_sampled_in_windows_of_many_tiles(tmp_path):
         tifffile.imwrite(path, small, compression="zlib", photometric="rgb", **layout)
         res = kquant.quantize(path, tmp_path / f"{name}.kquant", params, palette=palette)
         assert res.meta.metrics["sse"] == ref.meta.metrics["sse"]
-        assert np.array_equal(np.asarray(kquant.open_store(res.target).labels),
-                              np.asarray(kquant.open_store(ref.target).labels))
+        assert np.array_equal(
+            np.asarray(kquant.open_store(res.target).labels),
+            np.asarray(kquant.open_store(ref.target).labels),
+        )
