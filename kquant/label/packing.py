@@ -199,9 +199,7 @@ def packbits_encode(values: np.ndarray, first_bit: int, last_bit: int) -> np.nda
     values = np.ascontiguousarray(values)
     nbits = values.dtype.itemsize * 8
     if values.dtype.kind not in "biu" or not 0 <= first_bit <= last_bit < nbits:
-        raise ParameterError(
-            f"bits {first_bit}..{last_bit} of {values.dtype} cannot be packed"
-        )
+        raise ParameterError(f"bits {first_bit}..{last_bit} of {values.dtype} cannot be packed")
     b = last_bit - first_bit + 1
     flat = values.reshape(-1)
     if values.dtype.kind == "b":

@@ -97,7 +97,8 @@ class PackBitsCodec(ArrayBytesCodec):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         _, configuration = parse_named_configuration(data, NAME, require_configuration=False)
-        return cls(**(configuration or {}))
+        config: dict[str, Any] = dict(configuration or {})
+        return cls(**config)
 
     def to_dict(self) -> dict[str, Any]:
         return {
