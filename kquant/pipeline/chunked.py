@@ -12,7 +12,7 @@ from kquant.io import uri as uri_mod
 from kquant.io.readers import ImageSource
 from kquant.label import assign, dither, metrics, packing
 from kquant.params import QuantizeParams
-from kquant.pipeline.plan import store_chunks, store_shards, label_options, source_record, uses_lut, write_metrics
+from kquant.pipeline.plan import store_chunks, store_shards, label_options, source_record, uses_lut, write_metrics, pyramid_levels
 
 def image(src: ImageSource, params: QuantizeParams, max_pixels: int | None):
     """The lazy RGB dask array of a source, chunked as ``params`` asks."""
@@ -76,7 +76,8 @@ def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizePa
         height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
         chunk_rows=rows, chunk_cols=cols,
         shard_rows=shards[0] if shards else None, shard_cols=shards[1] if shards else None,
-        source=source_record(src), params=params.to_json())
+        source=source_record(src), params=params.to_json(),
+        levels=pyramid_levels(params, src.height, src.width, (rows, cols)))
     brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
     pixels = pixels.rechunk((brows, bcols, 3))
     with store.StoreWriter(target, meta, palette, overwrite=overwrite) as writer:
@@ -89,6 +90,7 @@ def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizePa
                 meta.packed_block, use_lut, options))
         with cluster.scheduler(address):
             results = cluster.compute(*tasks, progress=progress)
+            store.build_pyramid(writer.root, meta, compute=cluster.compute)
         sse = sum(int(r[0]) for r in results)
         counts = np.sum([r[1] for r in results], axis=0)
         return writer.commit(

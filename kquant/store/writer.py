@@ -23,16 +23,27 @@ from kquant.errors import (
 )
 from kquant.io import uri as uri_mod
 from kquant.label import packing
-from kquant.store.format import STATUS_COMPLETE, STATUS_WRITING, StoreMeta, zstd_level
+from kquant.store.format import (
+    LEVELS_GROUP,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    StoreMeta,
+    level_path,
+    zstd_level,
+)
 from kquant.store.recovery import _move_remote
 from kquant.store.targets import _exists, _remove, _sibling, check_target
 
 
-@functools.lru_cache(maxsize=16)
-def _labels_array(root: str):
+@functools.lru_cache(maxsize=64)
+def _array(root: str, path: str):
     import zarr
 
-    return zarr.open_array(store=uri_mod.zarr_store(root), path="labels", mode="r+")
+    return zarr.open_array(store=uri_mod.zarr_store(root), path=path, mode="r+")
+
+
+def _labels_array(root: str):
+    return _array(root, "labels")
 
 
 class _Gate:
@@ -182,6 +193,64 @@ def _write_labels_block(
     )
 
 
+def write_level_chunk(root: str, level: int, labels: np.ndarray, row0: int, col0: int) -> None:
+    """Write one whole chunk of pyramid level ``level`` (>= 1) of a format-3 store being
+    written: ``labels`` (h, w) at pixel ``(row0, col0)`` of that level. Skipped, as
+    :func:`write_packed_chunk`, in a store whose writer has aborted.
+
+    Raises
+    ------
+    StoreError
+        If the write is not exactly one chunk of the level.
+    LockLostError
+        If the store is on object storage and this process lost its lock.
+    """
+    gate = _gates.get(root)
+    if gate is not None and not gate.enter():
+        return
+    try:
+        if gate is not None and gate.target is not None:
+            from kquant.store import locking
+
+            locking.check(gate.target)
+        path = level_path(level)
+        layout = _layout(root, path)
+        bits = layout.packbits
+        rows, cols = layout.grid
+        height, width = layout.shape
+        h, w = labels.shape
+        if (
+            bits is None
+            or layout.sharded
+            or row0 % rows
+            or col0 % cols
+            or not (0 <= row0 < height and 0 <= col0 < width)
+            or (h, w) != (min(rows, height - row0), min(cols, width - col0))
+        ):
+            raise StoreError(
+                f"write of {labels.shape} at ({row0}, {col0}) is not one chunk {(rows, cols)} "
+                f"of {path}"
+            )
+        if not layout.direct:
+            _array(root, path)[row0 : row0 + h, col0 : col0 + w] = labels
+            return
+        from kquant.store import direct
+
+        full = np.zeros((rows, cols * bits // 8), np.uint8)
+        packed = packing.pack_rows(labels, bits)
+        full[:h, : packed.shape[1]] = packed
+        direct.write_chunk(
+            Path(root) / path,
+            (row0 // rows, col0 // cols),
+            full,
+            zstd_level=layout.level,
+            packbits=bits,
+        )
+    finally:
+        if gate is not None:
+            gate.leave()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Layout:
     """What a chunk write needs to know of ``root/labels``."""
@@ -194,8 +263,8 @@ class _Layout:
     packbits: int | None = None  # format 3: bits per pixel of the packbits codec
 
 
-def _layout(root: str) -> _Layout:
-    doc = _array_document(root)
+def _layout(root: str, path: str = "labels") -> _Layout:
+    doc = _array_document(root, path)
     codecs = doc.get("codecs", [])
     sharded = bool(codecs) and codecs[0].get("name") == "sharding_indexed"
     inner = codecs[0].get("configuration", {}).get("codecs", []) if sharded else codecs
@@ -219,14 +288,14 @@ def _packbits_of(codecs: list) -> int | None:
     return None
 
 
-@functools.lru_cache(maxsize=16)
-def _array_document(root: str) -> dict:
-    """The metadata document of ``root/labels`` (its ``zarr.json``)."""
+@functools.lru_cache(maxsize=64)
+def _array_document(root: str, path: str = "labels") -> dict:
+    """The metadata document of the array ``root/path`` (its ``zarr.json``)."""
     import json
 
     if uri_mod.is_remote(root):
-        return _labels_array(root).metadata.to_dict()
-    return json.loads((Path(root) / "labels" / "zarr.json").read_bytes())
+        return _array(root, path).metadata.to_dict()
+    return json.loads((Path(root) / path / "zarr.json").read_bytes())
 
 
 def _direct_layout(doc: dict) -> int | None:
@@ -356,7 +425,7 @@ class StoreWriter:
                 f"{self.target} exists (use --overwrite, or overwrite=True, to replace it)"
             )
         group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="w-", zarr_format=3)
-        group.attrs["kquant"] = self.meta.to_json()
+        group.attrs.update(self._group_attributes(self.meta))
         meta = self.meta
         pal = group.create_array(
             "palette",
@@ -393,11 +462,37 @@ class StoreWriter:
             compressors=level,
             dimension_names=LABEL_DIMS,
         )
+        if meta.levels > 1:
+            levels = group.create_group(LEVELS_GROUP)
+            for n in range(1, meta.levels):
+                levels.create_array(
+                    str(n),
+                    shape=meta.level_shape(n),
+                    dtype="uint8",
+                    chunks=meta.label_chunks,
+                    fill_value=0,
+                    serializer=PackBitsCodec(first_bit=0, last_bit=meta.bits - 1),
+                    compressors=level,
+                    dimension_names=LABEL_DIMS,
+                )
+
+    def _group_attributes(self, meta: StoreMeta) -> dict:
+        """The group's attributes: ``kquant`` (:class:`StoreMeta`) and, in format 3, ``ome``
+        (the store as an OME-NGFF label image, :mod:`kquant.store.ngff`, named after the
+        source image)."""
+        attrs: dict = {"kquant": meta.to_json()}
+        if meta.packbits:
+            from kquant.store import ngff
+
+            name = str(meta.source.get("uri") or "labels").rstrip("/").rpartition("/")[2]
+            paths = [level_path(n) for n in range(meta.levels)]
+            attrs["ome"] = ngff.label_image(name, paths, self.palette)
+        return attrs
 
     def __exit__(self, exc_type, exc, tb) -> None:
         from kquant.store import locking
 
-        _labels_array.cache_clear()
+        _array.cache_clear()
         _array_document.cache_clear()
         try:
             if exc_type is not None:
@@ -516,6 +611,7 @@ class DirectStoreWriter(StoreWriter):
             or meta.shard_rows is not None
             or meta.packed_chunks != (meta.height, packing.packed_width(meta.width, meta.bits))
             or (meta.packbits and meta.bits not in (1, 2, 4, 8))
+            or meta.levels > 1
         ):
             raise ParameterError("a direct store write needs a local, unsharded store of one chunk")
 
@@ -595,5 +691,5 @@ class DirectStoreWriter(StoreWriter):
         from kquant.store import direct
 
         (Path(self.root) / direct.ZARR_JSON).write_bytes(
-            direct.group_document({"kquant": meta.to_json()})
+            direct.group_document(self._group_attributes(meta))
         )
