@@ -116,3 +116,25 @@ def write_chunk(
         path = Path(array_dir) / chunk_key(*index)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+
+def write_encoded_chunk(
+    array_dir,
+    index: tuple[int, ...],
+    chunk: np.ndarray,
+    encoded: np.ndarray,
+    *,
+    zstd_level: int,
+) -> None:
+    """Write one whole chunk whose array-to-bytes codec gave ``encoded`` (e.g. packbits),
+    then zstd, as zarr does; nothing when ``chunk`` is all 0 (the fill value)."""
+    from pathlib import Path
+
+    from numcodecs.zstd import Zstd
+
+    if not np.asarray(chunk).any():
+        return
+    data = bytes(Zstd(level=int(zstd_level), checksum=False).encode(np.ascontiguousarray(encoded)))
+    path = Path(array_dir) / chunk_key(*index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)

@@ -1,7 +1,8 @@
 """The pyramid of a format-3 store: levels 1, 2, ... of mode-downsampled labels
-(:func:`kquant.label.downsample.mode2x2`), written after the labels and before the store is
-committed, chunk-parallel: each chunk of level L is made from the 2x2 chunks of level L - 1
-beneath it (4 chunks of labels in memory a task), so a level-L chunk is read once."""
+(:func:`kquant.label.downsample.mode2x2`). Level 1 is made by the write pass itself, from each
+block of labels as it is written (:func:`kquant.store.writer.write_packed_chunk`); the others
+after it and before the store is committed, chunk-parallel: each chunk of level L from the
+region of level L - 1 beneath it (four chunks of labels in memory a task)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def _source(root: str, path: str):
 
 
 def _level_chunk(root: str, level: int, i: int, j: int, chunks: tuple[int, int]) -> None:
+    """Chunk (i, j) of ``level`` from the pixels of the level below it."""
     from kquant.label import downsample
     from kquant.store.writer import write_level_chunk
 
@@ -35,7 +37,7 @@ def level_tasks(root: str, meta: StoreMeta, level: int) -> list:
     level ``level - 1`` (complete before they run), one per chunk of the level."""
     import dask
 
-    rows, cols = meta.label_chunks
+    rows, cols = meta.level_chunks
     h, w = meta.level_shape(level)
     task = dask.delayed(_level_chunk, pure=False)
     return [
@@ -46,10 +48,12 @@ def level_tasks(root: str, meta: StoreMeta, level: int) -> list:
 
 
 def build(root: str, meta: StoreMeta, *, compute) -> None:
-    """Write every level of ``meta.levels`` after the first, one level after the other,
-    each chunk-parallel through ``compute`` (e.g. :func:`kquant.cluster.compute`)."""
+    """Write the levels of ``meta.levels`` the write pass did not (level 1 when
+    :attr:`StoreMeta.level1_in_write_pass` is false, then 2, 3, ...), one level after the
+    other, each chunk-parallel through ``compute`` (e.g. :func:`kquant.cluster.compute`)."""
+    first = 2 if meta.level1_in_write_pass else 1
     try:
-        for level in range(1, meta.levels):
+        for level in range(first, meta.levels):
             compute(*level_tasks(root, meta, level))
     finally:
         _source.cache_clear()

@@ -50,7 +50,7 @@ class KquantStore:
         if meta.packbits:  # format 3: zarr decodes through the packbits codec
             if level == 0:
                 return da.from_zarr(store, component="labels", chunks=meta.block)
-            return da.from_zarr(store, component=level_path(level), chunks=meta.label_chunks)
+            return da.from_zarr(store, component=level_path(level), chunks=meta.level_chunks)
         # formats 1 and 2: packed rows, unpacked block by block
         packed = self.packed
         cols = meta.block[1]
