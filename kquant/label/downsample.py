@@ -66,3 +66,54 @@ def mode2x2(labels: np.ndarray) -> np.ndarray:
     if out.size:
         jit.compiled(_mode2x2_kernel)(src, out)
     return out
+
+
+_TABLES: dict[int, np.ndarray] = {}
+
+
+def _pair_table(bits: int) -> np.ndarray:
+    """For ``bits`` 1, 2 or 4: the 2x2 modes of every pair of packbits-order bytes, by key
+    ``top << 8 | bottom`` -> the ``4 // bits`` labels of that pair of byte rows."""
+    table = _TABLES.get(bits)
+    if table is None:
+        per = 8 // bits
+        keys = np.arange(1 << 16, dtype=np.uint32)
+        rows = np.empty((2 * len(keys), per), np.uint8)
+        mask = (1 << bits) - 1
+        for i in range(per):  # packbits order: pixel i in bits [i * bits, (i + 1) * bits)
+            rows[0::2, i] = (keys >> (8 + bits * i)) & mask
+            rows[1::2, i] = (keys >> (bits * i)) & mask
+        table = _TABLES.setdefault(bits, mode2x2(rows))
+    return table
+
+
+def mode2x2_packbits(data: np.ndarray, rows: int, cols: int, bits: int) -> np.ndarray:
+    """:func:`mode2x2` of the first ``rows`` x ``cols`` pixels of a chunk of labels encoded by
+    the packbits codec (``data``: (chunk rows, chunk cols * bits / 8) bytes, each row whole
+    bytes), without unpacking them: one table lookup per pair of bytes.
+
+    Raises
+    ------
+    ParameterError
+        If ``bits`` is not 1, 2, 4 or 8.
+    """
+    from kquant.errors import ParameterError
+
+    data = np.asarray(data, np.uint8)
+    if bits == 8:
+        return mode2x2(data[:rows, :cols])
+    if bits not in (1, 2, 4):
+        raise ParameterError(f"bits must be 1, 2, 4 or 8, got {bits}")
+    per = 8 // bits
+    nbytes = -(-cols // per)
+    top = data[0:rows:2, :nbytes]
+    bottom = data[1:rows:2, :nbytes]
+    if bottom.shape[0] < top.shape[0]:  # an odd last row pairs with itself
+        bottom = np.concatenate([bottom, top[-1:]], axis=0)
+    keys = (top.astype(np.uint16) << 8) | bottom
+    out = _pair_table(bits)[keys].reshape(top.shape[0], -1)[:, : -(-cols // 2)]
+    if cols % 2:  # the last column's pairs took a pixel beyond the image: its own pixels only
+        x = cols - 1
+        col = (data[:rows, x // per] >> np.uint8(bits * (x % per))) & np.uint8((1 << bits) - 1)
+        out[:, -1] = mode2x2(col[:, None])[:, 0]
+    return out

@@ -192,20 +192,8 @@ class StoreMeta:
 
     @property
     def level_chunks(self) -> tuple[int, int]:
-        """Chunk shape (pixels) of pyramid levels 1, 2, ...: half a labels chunk, so that each
-        write block of the labels makes whole chunks of level 1 (:attr:`level1_in_write_pass`),
-        or (``LEVEL1_IN_WRITE_PASS`` false) a labels chunk."""
-        return _level_chunks(self.chunk_rows, self.chunk_cols)
-
-    @property
-    def level1_in_write_pass(self) -> bool:
-        """Level 1 is made from each write block as it is written (blocks of an even number
-        of rows, or one block row): no block cuts a 2x2 block of pixels."""
-        return (
-            LEVEL1_IN_WRITE_PASS
-            and self.levels > 1
-            and (self.block[0] % 2 == 0 or self.block[0] >= self.height)
-        )
+        """Chunk shape (pixels) of pyramid levels 1, 2, ...: that of the labels (unsharded)."""
+        return self.label_chunks
 
     def level_shape(self, level: int) -> tuple[int, int]:
         """Shape of pyramid level ``level`` (0 is the image): each level halves, rounding up."""
@@ -243,25 +231,11 @@ def _round8(cols: int) -> int:
     return -(-int(cols) // packing.PIXEL_ALIGN) * packing.PIXEL_ALIGN
 
 
-#: Level 1 made by the write pass, in chunks of half a labels chunk (else after it, from the
-#: labels read back, in chunks of a labels chunk): bench/README.md, "Open stores".
-LEVEL1_IN_WRITE_PASS = True
-
-
-def _level_chunks(chunk_rows: int, chunk_cols: int) -> tuple[int, int]:
-    if not LEVEL1_IN_WRITE_PASS:
-        return int(chunk_rows), _round8(chunk_cols)
-    return -(-int(chunk_rows) // 2), _round8(chunk_cols) // 2
-
-
 def levels_for(height: int, width: int, chunk_rows: int, chunk_cols: int) -> int:
-    """Levels of a full pyramid: halving until a level fits in one of its chunks (level 0:
-    the labels' chunk; levels 1, ...: :attr:`StoreMeta.level_chunks`)."""
-    if height <= chunk_rows and width <= _round8(chunk_cols):
-        return 1
-    rows, cols = _level_chunks(chunk_rows, chunk_cols)
-    levels = 2
-    while -(-height // (1 << (levels - 1))) > rows or -(-width // (1 << (levels - 1))) > cols:
+    """Levels of a full pyramid: halving until a level fits in one chunk."""
+    cols = _round8(chunk_cols)
+    levels = 1
+    while -(-height // (1 << (levels - 1))) > chunk_rows or -(-width // (1 << (levels - 1))) > cols:
         levels += 1
     return levels
 

@@ -112,9 +112,6 @@ def write_packed_chunk(
         layout = _layout(root)
         if layout.packbits is not None:
             _write_labels_block(root, layout, packed, row0, byte0, tuple(chunk))
-            meta = _root_meta(root)
-            if meta.level1_in_write_pass:
-                _write_level1_of_block(root, meta, packed, row0, byte0 * 8 // meta.bits)
             return
         rows, cols = layout.grid
         h, w = packed.shape
@@ -251,36 +248,6 @@ def write_level_chunk(root: str, level: int, labels: np.ndarray, row0: int, col0
     finally:
         if gate is not None:
             gate.leave()
-
-
-def _write_level1_of_block(
-    root: str, meta: StoreMeta, packed: np.ndarray, row0: int, col0: int
-) -> None:
-    """Pyramid level 1 of one write block (its 2x2 modes), as the whole level-1 chunks it
-    covers: the labels are in memory already, so level 1 costs no second read."""
-    from kquant.label import downsample
-
-    width = min(meta.block[1], meta.width - col0)
-    level1 = downsample.mode2x2(packing.unpack_rows(packed, meta.bits, width))
-    rows, cols = meta.level_chunks
-    r1, c1 = row0 // 2, col0 // 2
-    for r in range(0, level1.shape[0], rows):
-        for c in range(0, level1.shape[1], cols):
-            write_level_chunk(root, 1, level1[r : r + rows, c : c + cols], r1 + r, c1 + c)
-
-
-@functools.lru_cache(maxsize=64)
-def _root_meta(root: str) -> StoreMeta:
-    """The attributes of the store being written at ``root`` (as created: levels, chunks)."""
-    import json
-
-    if uri_mod.is_remote(root):
-        import zarr
-
-        group = zarr.open_group(store=uri_mod.zarr_store(root), mode="r")
-        return StoreMeta.from_json(group.attrs.asdict()["kquant"])
-    doc = json.loads((Path(root) / "zarr.json").read_bytes())
-    return StoreMeta.from_json(doc["attributes"]["kquant"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -526,7 +493,6 @@ class StoreWriter:
 
         _array.cache_clear()
         _array_document.cache_clear()
-        _root_meta.cache_clear()
         try:
             if exc_type is not None:
                 err = None

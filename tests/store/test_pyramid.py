@@ -93,8 +93,9 @@ def test_no_pyramid_below_the_default_size_or_when_refused(tmp_path, photo_png):
 
     one_chunk = QuantizeParams(pyramid=True)
     assert pyramid_levels(one_chunk, 2000, 2048, (2048, 2048)) == 1  # one chunk anyway
-    assert pyramid_levels(QuantizeParams(), 4096, 4096, (2048, 2048)) == 3
+    assert pyramid_levels(QuantizeParams(), 4096, 4096, (2048, 2048)) == 2
     assert pyramid_levels(QuantizeParams(pyramid=False), 4096, 4096, (2048, 2048)) == 1
+    assert pyramid_levels(QuantizeParams(pyramid=True), 300, 4100, (64, 64)) == 8
     assert pyramid_levels(QuantizeParams(), 4095, 4096, (2048, 2048)) == 1  # below 2^24
 
 
@@ -171,3 +172,19 @@ def test_group_metadata_says_the_levels(pyramid_store):
         doc = json.loads((tmp / "p.kquant" / "levels" / str(n) / "zarr.json").read_text())
         assert doc["dimension_names"] == ["y", "x"]
         assert doc["shape"] == list(levels[n].shape)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("valid", [(8, 16), (7, 13), (1, 1), (5, 8), (8, 3)])
+def test_mode_of_packed_chunks_equals_the_oracle(bits, valid):
+    """Chunks as stored (packbits bytes, padded with 0 past the image's edge)."""
+    from kquant.label import packing
+    from kquant.label.downsample import mode2x2_packbits
+
+    rng = np.random.default_rng(bits * 31 + valid[1])
+    chunk = rng.integers(0, 1 << bits, (8, 16)).astype(np.uint8)
+    chunk[valid[0] :, :] = 0
+    chunk[:, valid[1] :] = 0
+    data = packing.packbits_encode(chunk, 0, bits - 1).reshape(8, 16 * bits // 8)
+    got = mode2x2_packbits(data, valid[0], valid[1], bits)
+    assert np.array_equal(got, mode_oracle(chunk[: valid[0], : valid[1]]))
