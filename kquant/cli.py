@@ -1,4 +1,4 @@
-"""The ``kquant`` command line: quantize, decode, export, info, demo.
+"""The ``kquant`` command line: quantize, decode, export, info, upgrade, demo.
 
 Every failure meant for a user ends with one line on stderr,
 ``kquant: error: <reason>``, and a non-zero exit status (2 for bad input or
@@ -94,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("store")
     e.add_argument("out", help="output image, .png (indexed) or .tif/.tiff (palette colormap)")
     e.add_argument("--overwrite", action="store_true")
+
+    u = sub.add_parser(
+        "upgrade", help="rewrite a store of an older format in the current one, in place"
+    )
+    u.add_argument("store")
+    u.add_argument(
+        "--pyramid",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write pyramid levels (default: for images of 2^24 pixels or more)",
+    )
+    u.add_argument(
+        "--address",
+        default=None,
+        help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)",
+    )
 
     m = sub.add_parser("demo", help="quantize the bundled sample image")
     m.add_argument("--out", default="kquant-demo", help="folder for the store and preview")
@@ -192,6 +208,21 @@ def _export(args) -> int:
 
     out = export.export(args.store, args.out, overwrite=args.overwrite)
     print(f"wrote {out}")
+    return 0
+
+
+def _upgrade(args) -> int:
+    from kquant.pipeline.upgrade import upgrade
+    from kquant.store import FORMAT_VERSION
+
+    meta, changed = upgrade(
+        args.store, pyramid=args.pyramid, address=args.address, progress=sys.stderr.isatty()
+    )
+    if not changed:
+        print(f"{args.store} is already in format {meta.format_version}: nothing to do")
+        return 0
+    levels = f", {meta.levels} pyramid levels" if meta.levels > 1 else ""
+    print(f"upgraded {args.store} to format {FORMAT_VERSION}{levels}")
     return 0
 
 
@@ -348,7 +379,7 @@ def _drop_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
-    if args.command in ("quantize", "demo", "decode", "export"):
+    if args.command in ("quantize", "demo", "decode", "export", "upgrade"):
         _skip_sparse_import()
     handler = {
         "quantize": _quantize,
@@ -356,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "info": _info,
         "demo": _demo,
         "export": _export,
+        "upgrade": _upgrade,
     }[args.command]
     try:
         with contextlib.redirect_stdout(_GuardedStdout(sys.stdout)):

@@ -9,31 +9,11 @@ import numpy as np
 import pytest
 import tifffile
 from helpers import files, photo_like
+from oracles import mode_oracle, pyramid_oracle
 
 import kquant
 from kquant.label.downsample import mode2x2
 from kquant.params import QuantizeParams
-
-
-def mode_oracle(labels: np.ndarray) -> np.ndarray:
-    """Each output pixel: the most frequent value of its 2x2 block (only the pixels inside
-    the image), ties to the smallest value."""
-    h, w = labels.shape
-    out = np.zeros(((h + 1) // 2, (w + 1) // 2), np.uint8)
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            values, counts = np.unique(
-                labels[2 * i : 2 * i + 2, 2 * j : 2 * j + 2], return_counts=True
-            )
-            out[i, j] = values[counts == counts.max()].min()
-    return out
-
-
-def pyramid_oracle(labels: np.ndarray, levels: int) -> list[np.ndarray]:
-    out = [labels]
-    for _ in range(1, levels):
-        out.append(mode_oracle(out[-1]))
-    return out
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (3, 5), (16, 16), (17, 33)])
