@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("store")
     d.add_argument("out", help="output image, .png or .tif/.tiff")
     d.add_argument("--window", type=_window, metavar="y0:y1,x0:x1")
+    d.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        metavar="N",
+        help="decode pyramid level N (each halves the size; the window in its pixels)",
+    )
     d.add_argument("--overwrite", action="store_true")
 
     i = sub.add_parser("info", help="print a store's attributes and metrics")
@@ -198,7 +205,9 @@ def _quantize(args) -> int:
 def _decode(args) -> int:
     from kquant import export
 
-    out, (h, w) = export.decode(args.store, args.out, window=args.window, overwrite=args.overwrite)
+    out, (h, w) = export.decode(
+        args.store, args.out, window=args.window, overwrite=args.overwrite, level=args.level
+    )
     print(f"wrote {args.out} ({h} x {w} px)")
     return 0
 

@@ -65,9 +65,13 @@ def decode(
     *,
     window: tuple[int, int, int, int] | None = None,
     overwrite: bool = False,
+    level: int = 0,
 ) -> tuple[Path, tuple[int, int]]:
     """Write the RGB image of the store at ``store_uri`` (or the window ``(y0, y1, x0, x1)``
     of it) to ``out``, a PNG or a tiled TIFF by its suffix, whole or not at all.
+
+    With ``level``, from that pyramid level (the window in its pixels): a preview of a
+    gigapixel store reads a level, not the image.
 
     Returns
     -------
@@ -79,8 +83,8 @@ def decode(
     Raises
     ------
     ParameterError
-        If the suffix is not ``.png``, ``.tif`` or ``.tiff``, or the window is outside
-        the image.
+        If the suffix is not ``.png``, ``.tif`` or ``.tiff``, the window is outside
+        the image (the level), or the store has no such level.
     TargetExistsError, UnsafeTargetError, StoreError, IncompleteStoreError
         As :func:`export`.
     """
@@ -90,14 +94,16 @@ def decode(
     module = _format(Path(out), "output")
     out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)
-    h, w = st.shape
+    labels = st.level(level)  # refuses a level the store lacks
+    h, w = labels.shape
     if window is not None:
         y0, y1, x0, x1 = window
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside the image (0:{h},0:{w})")
-        rgb = st.window(y0, y1, x0, x1)
+            what = f"level {level}" if level else "the image"
+            raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside {what} (0:{h},0:{w})")
+        rgb = st.window(y0, y1, x0, x1, level=level)
     else:
-        rgb = st.rgb
+        rgb = st.window(0, h, 0, w, level=level)
     with atomicfile.replacing(out, overwrite=overwrite) as fh:
         module.write_rgb(rgb, fh)
     return out, (int(rgb.shape[0]), int(rgb.shape[1]))

@@ -168,3 +168,22 @@ def test_mode_of_packed_chunks_equals_the_oracle(bits, valid):
     data = packing.packbits_encode(chunk, 0, bits - 1).reshape(8, 16 * bits // 8)
     got = mode2x2_packbits(data, valid[0], valid[1], bits)
     assert np.array_equal(got, mode_oracle(chunk[: valid[0], : valid[1]]))
+
+
+def test_decode_a_level_from_the_command_line(pyramid_store, tmp_path):
+    import imageio.v3 as iio
+
+    tmp, st, levels = pyramid_store
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "kquant", *map(str, a)], capture_output=True, text=True, timeout=120
+    )
+    out = run("decode", tmp / "p.kquant", tmp_path / "l2.png", "--level", 2)
+    assert out.returncode == 0, out.stderr
+    assert np.array_equal(iio.imread(tmp_path / "l2.png"), st.palette[levels[2]])
+    out = run("decode", tmp / "p.kquant", tmp_path / "w.png", "--level", 1, "--window", "5:40,7:99")
+    assert out.returncode == 0, out.stderr
+    assert np.array_equal(iio.imread(tmp_path / "w.png"), st.palette[levels[1][5:40, 7:99]])
+    for bad in (["--level", len(levels)], ["--level", 1, "--window", "0:10,0:300"]):
+        out = run("decode", tmp / "p.kquant", tmp_path / "bad.png", *bad)
+        assert out.returncode == 2 and out.stderr.startswith("kquant: error:"), out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.png").exists()
