@@ -108,6 +108,54 @@ class KquantStore:
 
         return reconstruct.reconstruct(self.level(level)[y0:y1, x0:x1], self.palette)
 
+    def to_xarray(self, *, level: int = 0):
+        """The store as an :class:`xarray.Dataset` (needs ``xarray``: ``kquant[xarray]``).
+
+        Variables: lazy ``labels(y, x)`` (palette indices), lazy ``rgb(y, x, band)`` and
+        ``palette(entry, band)``; coordinates ``band`` = r, g, b and ``y``, ``x`` in pixels
+        of the image (a level's pixel centres: ``2**level * i + (2**level - 1) / 2``);
+        attributes ``palette`` (a list of [r, g, b]), ``metrics``, ``params``, ``source``,
+        ``psnr``, ``k``, ``n_colors``, ``bits``, ``level``. ``xarray.open_dataset(uri,
+        engine="kquant")`` gives the same.
+
+        Raises
+        ------
+        ParameterError
+            If the store has no such level.
+        """
+        import xarray as xr
+
+        from kquant.label import reconstruct
+
+        labels = self.level(level)
+        f = 1 << level
+        h, w = labels.shape
+        meta = self.meta
+        return xr.Dataset(
+            {
+                "labels": (("y", "x"), labels, {"long_name": "palette index"}),
+                "rgb": (("y", "x", "band"), reconstruct.reconstruct(labels, self.palette)),
+                "palette": (("entry", "band"), self.palette),
+            },
+            coords={
+                "band": ["r", "g", "b"],
+                "y": np.arange(h) * f + (f - 1) / 2,
+                "x": np.arange(w) * f + (f - 1) / 2,
+            },
+            attrs={
+                "palette": self.palette.tolist(),
+                "metrics": dict(meta.metrics),
+                "params": dict(meta.params),
+                "source": dict(meta.source),
+                "psnr": meta.metrics.get("psnr"),
+                "k": meta.k,
+                "n_colors": meta.n_colors,
+                "bits": meta.bits,
+                "level": level,
+                "kquant_format_version": meta.format_version,
+            },
+        )
+
     def verify(self) -> None:
         """Recompute every chunk's digest and compare with the stored checksum.
 

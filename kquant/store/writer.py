@@ -243,7 +243,7 @@ def write_level_chunk(root: str, level: int, labels: np.ndarray, row0: int, col0
             (row0 // rows, col0 // cols),
             full,
             packing.packbits_encode(full, 0, bits - 1),
-            zstd_level=layout.level,
+            zstd_level=int(layout.level or 0),
         )
     finally:
         if gate is not None:
