@@ -97,9 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.add_argument("--verify", action="store_true", help="also recompute the labels' checksum")
 
-    e = sub.add_parser("export", help="write a store as an indexed PNG or a palette TIFF")
+    e = sub.add_parser(
+        "export", help="write a store as an indexed PNG, a palette TIFF or an OME-Zarr folder"
+    )
     e.add_argument("store")
-    e.add_argument("out", help="output image, .png (indexed) or .tif/.tiff (palette colormap)")
+    e.add_argument(
+        "out",
+        help="output: .png (indexed), .tif/.tiff (palette colormap), or .ome.zarr "
+        "(OME-NGFF: RGB image and plain uint8 labels, with their pyramid)",
+    )
     e.add_argument("--overwrite", action="store_true")
 
     u = sub.add_parser(

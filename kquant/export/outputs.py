@@ -19,16 +19,20 @@ SUFFIXES = tuple(FORMATS)
 def _format(out: Path, what: str):
     module = FORMATS.get(out.suffix.lower())
     if module is None:
-        raise ParameterError(f"{what} must end in .png, .tif or .tiff, got {out.name!r}")
+        raise ParameterError(
+            f"{what} must end in .png, .tif or .tiff (export: or .ome.zarr), got {out.name!r}"
+        )
     return module
 
 
 def export(
     store_uri: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:
-    """Write the store at ``store_uri`` as an indexed PNG or a palette TIFF at ``out``.
+    """Write the store at ``store_uri`` as an indexed PNG, a palette TIFF or an OME-Zarr
+    folder at ``out``.
 
-    The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``).
+    The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``; ``.zarr``, e.g.
+    ``OUT.ome.zarr``: :func:`kquant.export.ome_zarr.write`).
     The file is written whole or not at all (:func:`kquant.io.atomicfile.replacing`);
     ``overwrite`` replaces a plain file only (:func:`kquant.store.check_output`).
 
@@ -51,6 +55,10 @@ def export(
     from kquant import store
     from kquant.io import atomicfile
 
+    if os.fspath(out).rstrip("/").endswith(".zarr"):  # a folder: OME-NGFF
+        from kquant.export import ome_zarr
+
+        return ome_zarr.write(store_uri, out, overwrite=overwrite)
     module = _format(Path(out), "export output")
     out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)

@@ -67,11 +67,13 @@ def colors(palette: np.ndarray) -> list[dict]:
     ]
 
 
-def label_image(name: str, paths: list[str], palette: np.ndarray) -> dict:
+def label_image(
+    name: str, paths: list[str], palette: np.ndarray, *, axes: tuple[str, ...] = ("y", "x")
+) -> dict:
     """The ``ome`` attribute of a label image (a kquant store, or ``labels/NAME`` of an
     export)."""
     return {
         "version": NGFF_VERSION,
-        "multiscales": multiscales(name, paths, downsampling=DOWNSAMPLING),
+        "multiscales": multiscales(name, paths, axes=axes, downsampling=DOWNSAMPLING),
         "image-label": {"version": NGFF_VERSION, "colors": colors(palette)},
     }
