@@ -268,6 +268,9 @@ def _info(args) -> int:
             f"palette    {meta.n_colors} colours (k={meta.k}), {meta.bits} bits/px, "
             f"chunks {meta.chunk_rows} x {meta.chunk_cols} px"
         )
+        if meta.levels > 1:
+            smallest = meta.level_shape(meta.levels - 1)
+            print(f"pyramid    {meta.levels} levels, down to {smallest[0]} x {smallest[1]} px")
         print(
             f"quality    PSNR {'inf (lossless)' if psnr is None else f'{psnr:.2f} dB'}, "
             f"MSE {m.get('mse', math.nan):.3f}"

@@ -21,6 +21,9 @@ class KquantStore:
     palette : ndarray of uint8, shape (n, 3)
     labels : dask array (H, W) uint8, decoded lazily chunk by chunk
     rgb : dask array (H, W, 3) uint8, reconstructed lazily
+
+    :meth:`level` gives a pyramid level's labels, :meth:`window` a window of the image or of
+    a level, :meth:`to_xarray` the whole as an :class:`xarray.Dataset`.
     """
 
     def __init__(self, root: str, meta: StoreMeta, palette: np.ndarray):
