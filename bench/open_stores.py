@@ -22,11 +22,15 @@ import time
 from pathlib import Path
 
 _RUN = """
-import json, os, resource, sys, time
+import json, os, sys, time
 import numpy as np
 import kquant
 from kquant import pipeline
 from kquant.store import format as fmt
+def peak_rss_gib():  # VmHWM: this process's own peak (ru_maxrss keeps the forking parent's)
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 2**20
 src, out, version, pyramid, palette = sys.argv[1:6]
 fmt.WRITE_VERSION = int(version)
 params = kquant.QuantizeParams(k=len(np.load(palette)), seed=0, pyramid=pyramid == "1")
@@ -34,7 +38,7 @@ t, c = time.perf_counter(), time.process_time()
 meta = pipeline.write(src, out, np.load(palette), params, overwrite=True)
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
                   "store_bytes": meta.metrics["store_bytes"], "levels": meta.levels,
-                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                  "peak_rss_gib": peak_rss_gib()}))
 """
 
 _WINDOW_ZARR = """
