@@ -12,7 +12,8 @@ from kquant.io import uri as uri_mod
 from kquant.io.readers import ImageSource
 from kquant.label import assign, dither, metrics, packing
 from kquant.params import QuantizeParams
-from kquant.pipeline.plan import store_chunks, store_shards, label_options, source_record, uses_lut, write_metrics, pyramid_levels
+from kquant.pipeline.plan import store_chunks, store_shards, label_options, source_record, uses_lut, write_metrics
+from kquant.pipeline.plan import pyramid_levels
 
 def image(src: ImageSource, params: QuantizeParams, max_pixels: int | None):
     """The lazy RGB dask array of a source, chunked as ``params`` asks."""
