@@ -241,3 +241,49 @@ def test_chunk_bytes_are_zstd_of_the_oracle(codec_arrays):
             raw = (codec_arrays / "b2-16x24" / "c" / str(i) / str(j)).read_bytes()
             block = padded[i * 16 : (i + 1) * 16, j * 24 : (j + 1) * 24]
             assert bytes(Zstd().decode(raw)) == spec_oracle(block, 0, 1)
+
+
+_READ_STORES = """
+import sys
+import numpy as np, zarr
+root = sys.argv[1]
+for name in sys.argv[2:]:
+    a = zarr.open_array(f"{root}/{name}.kquant/labels", mode="r")
+    expected = np.load(f"{root}/{name}.npy")
+    assert a.shape == expected.shape and a.metadata.dimension_names == ("y", "x"), name
+    assert np.array_equal(a[...], expected), name
+    assert np.array_equal(a[5:-3, 9:-7], expected[5:-3, 9:-7]), name
+print("ok")
+"""
+
+
+def test_kquant_stores_of_every_width_read_by_zarr_alone(tmp_path):
+    """Real stores: 1, 2, 4 and 8 bits; one chunk of an odd width (the in-memory path), and
+    chunks of 48 with edge chunks (the dask path); zarr-python alone reads the labels kquant
+    assigned."""
+    import imageio.v3 as iio
+    import tifffile
+    from helpers import photo_like
+    from oracles import nearest_oracle
+
+    import kquant
+    from kquant.params import QuantizeParams
+
+    img = photo_like(101, 157, seed=13)
+    iio.imwrite(tmp_path / "in.png", img)
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="rgb", tile=(16, 16))
+    names = []
+    for k, bits in ((2, 1), (3, 2), (16, 4), (200, 8)):
+        for src, chunk in (("in.png", None), ("in.tif", 48)):
+            name = f"k{k}-{chunk}"
+            res = kquant.quantize(
+                tmp_path / src, tmp_path / f"{name}.kquant", QuantizeParams(k=k, chunk=chunk)
+            )
+            assert res.meta.bits == bits and res.meta.format_version == 3
+            np.save(tmp_path / f"{name}.npy", nearest_oracle(img, res.palette))  # what was written
+            names.append(name)
+    out = subprocess.run(
+        [sys.executable, "-c", _READ_STORES, str(tmp_path), *names],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
