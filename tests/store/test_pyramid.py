@@ -187,3 +187,14 @@ def test_decode_a_level_from_the_command_line(pyramid_store, tmp_path):
         out = run("decode", tmp / "p.kquant", tmp_path / "bad.png", *bad)
         assert out.returncode == 2 and out.stderr.startswith("kquant: error:"), out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.png").exists()
+
+
+def test_pyramid_options_of_the_command_line():
+    from kquant import cli
+
+    parse = cli.build_parser().parse_args
+    assert QuantizeParams.from_args(parse(["quantize", "a", "b", "--pyramid"])).pyramid is True
+    assert QuantizeParams.from_args(parse(["quantize", "a", "b", "--no-pyramid"])).pyramid is False
+    assert QuantizeParams.from_args(parse(["quantize", "a", "b"])).pyramid is None
+    with pytest.raises(kquant.KquantError, match="pyramid"):
+        QuantizeParams(pyramid="yes")
