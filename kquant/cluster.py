@@ -37,7 +37,7 @@ def scheduler(address: str | None = None):
     KquantError
         If the scheduler cannot be reached.
     """
-    from kquant.errors import KquantError
+    from kquant.errors import KquantError, reason
 
     address = resolve_address(address)
     if not address:
@@ -52,7 +52,7 @@ def scheduler(address: str | None = None):
     try:
         client = Client(address, timeout="15s", set_as_default=False)
     except (OSError, TimeoutError) as exc:
-        raise KquantError(f"cannot reach dask scheduler {address}: {exc}") from None
+        raise KquantError(f"cannot reach dask scheduler {address}: {reason(exc)}") from None
     token = _client.set(client)
     try:
         yield client

@@ -72,3 +72,15 @@ class LockLostError(TargetLockedError):
     was taken over; the run stopped writing."""
 
     exit_code = 1
+
+
+class OutOfMemoryError(KquantError):
+    """The process ran out of memory (e.g. decoding a tile too large for the machine)."""
+
+    exit_code = 1
+
+
+def reason(exc: BaseException) -> str:
+    """An exception's message for a one-line error, its type's name when the message is
+    empty (``MemoryError()``, ``zlib.error()``): no message ends with an empty reason."""
+    return " ".join(str(exc).split()) or type(exc).__name__

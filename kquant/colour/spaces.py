@@ -17,15 +17,27 @@ from kquant.errors import ParameterError
 Space = Literal["rgb", "oklab", "lab"]
 SPACES: tuple[str, ...] = get_args(Space)
 
-_M1 = np.array([[0.4122214708, 0.5363325363, 0.0514459929],
-                [0.2119034982, 0.6806995451, 0.1073969566],
-                [0.0883024619, 0.2817188376, 0.6299787005]])
-_M2 = np.array([[0.2104542553, 0.7936177850, -0.0040720468],
-                [1.9779984951, -2.4285922050, 0.4505937099],
-                [0.0259040371, 0.7827717662, -0.8086757660]])
-_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                 [0.2126729, 0.7151522, 0.0721750],
-                 [0.0193339, 0.1191920, 0.9503041]])
+_M1 = np.array(
+    [
+        [0.4122214708, 0.5363325363, 0.0514459929],
+        [0.2119034982, 0.6806995451, 0.1073969566],
+        [0.0883024619, 0.2817188376, 0.6299787005],
+    ]
+)
+_M2 = np.array(
+    [
+        [0.2104542553, 0.7936177850, -0.0040720468],
+        [1.9779984951, -2.4285922050, 0.4505937099],
+        [0.0259040371, 0.7827717662, -0.8086757660],
+    ]
+)
+_XYZ = np.array(
+    [
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ]
+)
 _WHITE = _XYZ.sum(axis=1)  # D65 white of sRGB
 _OKLAB_SCALE = 100.0
 
@@ -56,12 +68,12 @@ def _gamma(lin: np.ndarray) -> np.ndarray:
 
 def _lab_f(t):
     d = 6.0 / 29.0
-    return np.where(t > d ** 3, np.cbrt(t), t / (3 * d * d) + 4.0 / 29.0)
+    return np.where(t > d**3, np.cbrt(t), t / (3 * d * d) + 4.0 / 29.0)
 
 
 def _lab_finv(f):
     d = 6.0 / 29.0
-    return np.where(f > d, f ** 3, 3 * d * d * (f - 4.0 / 29.0))
+    return np.where(f > d, f**3, 3 * d * d * (f - 4.0 / 29.0))
 
 
 def from_rgb(rgb: np.ndarray, space: str) -> np.ndarray:
@@ -82,8 +94,14 @@ def from_rgb(rgb: np.ndarray, space: str) -> np.ndarray:
         return (lms @ _M2.T) * _OKLAB_SCALE
     xyz = (lin @ _XYZ.T) / _WHITE
     f = _lab_f(xyz)
-    return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
-                     200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+    return np.stack(
+        [
+            116.0 * f[..., 1] - 16.0,
+            500.0 * (f[..., 0] - f[..., 1]),
+            200.0 * (f[..., 1] - f[..., 2]),
+        ],
+        axis=-1,
+    )
 
 
 def to_rgb(coords: np.ndarray, space: str) -> np.ndarray:
@@ -100,34 +118,9 @@ def to_rgb(coords: np.ndarray, space: str) -> np.ndarray:
         return np.clip(coords, 0.0, 255.0)
     if space == "oklab":
         lms = (coords / _OKLAB_SCALE) @ np.linalg.inv(_M2).T
-        lin = (lms ** 3) @ np.linalg.inv(_M1).T
+        lin = (lms**3) @ np.linalg.inv(_M1).T
     else:
         fy = (coords[..., 0] + 16.0) / 116.0
         f = np.stack([fy + coords[..., 1] / 500.0, fy, fy - coords[..., 2] / 200.0], axis=-1)
         lin = (_lab_finv(f) * _WHITE) @ np.linalg.inv(_XYZ).T
     return _gamma(lin)
-
-
-def nearest(pixels: np.ndarray, palette: np.ndarray, space: str) -> np.ndarray:
-    """Index (uint8) of the nearest palette entry of each (m, 3) uint8 pixel, in ``space``.
-
-    For ``"rgb"`` this is :func:`kquant.assign.nearest` (exact, ties to the
-    lowest index). Otherwise distances are Euclidean in the perceptual space,
-    computed per distinct colour of the block (ties to the lowest index).
-    """
-    from kquant.label import assign
-    from kquant.colour import histogram
-
-    if space == "rgb":
-        return assign.nearest(pixels, palette)
-    pixels = np.asarray(pixels, np.uint8).reshape(-1, 3)
-    codes, inverse = np.unique(histogram.encode(pixels), return_inverse=True)
-    x = from_rgb(histogram.decode(codes), space)
-    pal = from_rgb(np.asarray(palette, np.uint8), space)
-    norms = (pal * pal).sum(axis=1)
-    out = np.empty(len(x), np.uint8)
-    step = 1 << 16
-    for s in range(0, len(x), step):
-        d = norms - 2.0 * (x[s:s + step] @ pal.T)
-        out[s:s + step] = d.argmin(axis=1)
-    return out[inverse.reshape(-1)]

@@ -2,11 +2,11 @@
 
 For tiled and striped single-page TIFFs, local or on object storage: each tile's bytes are
 read with ``os.pread`` (or one ranged request, ``fsspec``'s ``cat_file``) and decoded by
-tifffile's own decoder for the page (compression, predictor, byte order), then copied
-into the requested rectangle. This is about twice as fast as
-tifffile's zarr interface on a 2-core machine (no event loop, no per-tile coroutine,
-no intermediate chunk), measured on a deflate-tiled gigapixel BigTIFF (bench/README.md);
-the zarr interface stays the reader for everything else (planar and unusual layouts). The decoder is thread-safe: dask threads call it concurrently.
+tifffile's own decoder for the page (compression, predictor, byte order), then copied into
+the requested rectangle: no event loop, no per-tile coroutine, no intermediate chunk
+(measurements: bench/README.md). tifffile's zarr interface stays the reader of planar and
+unusual layouts (:mod:`kquant.io.tiff`). The decoder is thread-safe: dask threads call it
+concurrently.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from kquant.errors import InputError
+from kquant.errors import InputError, OutOfMemoryError, reason
 
 
 class TileReader:
@@ -34,6 +34,7 @@ class TileReader:
 
             def read_range(offset, count):
                 return os.pread(fd, count, offset)
+
         self._read_range = read_range
         self._decode = page.decode
         self._offsets = tuple(page.dataoffsets)
@@ -44,6 +45,7 @@ class TileReader:
         self._seg = (int(page.chunks[0]), int(page.chunks[1]))
         self._per_row = int(page.chunked[1])
         self._samples = int(page.samplesperpixel)
+        self._kind = "tile" if page.is_tiled else "strip"
 
     def __del__(self):
         try:
@@ -59,15 +61,30 @@ class TileReader:
             return None
         try:
             data = self._read_range(self._offsets[index], count)
+        except MemoryError:
+            raise self._out_of_memory(index) from None
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read TIFF data: {exc}") from None
+            raise InputError(f"{self.path}: cannot read TIFF data: {reason(exc)}") from None
         if len(data) != count:
             raise InputError(f"{self.path}: TIFF data ends early (truncated file?)")
         try:
             seg, _, _ = self._decode(data, index, jpegtables=self._jpegtables)
+        except MemoryError:
+            raise self._out_of_memory(index) from None
         except Exception as exc:  # zlib.error, imagecodecs' errors, ValueError...
-            raise InputError(f"{self.path}: cannot decode TIFF data: {exc}") from None
+            raise InputError(f"{self.path}: cannot decode TIFF data: {reason(exc)}") from None
         return seg.reshape(seg.shape[-3], seg.shape[-2], self._samples)
+
+    def _out_of_memory(self, index: int) -> OutOfMemoryError:
+        from kquant.label.metrics import format_bytes
+
+        th, tw = self._seg
+        size = th * tw * self._samples * self.dtype.itemsize
+        return OutOfMemoryError(
+            f"{self.path}: out of memory decoding TIFF {self._kind} {index} of "
+            f"{len(self._offsets)} ({th}x{tw} pixels, {format_bytes(size)} decoded); lower "
+            "KQUANT_MAX_TILE_BYTES to refuse such files, or use fewer dask threads"
+        )
 
     def tiles(self, y0: int, y1: int, x0: int, x1: int):
         """The parts of ``[y0:y1, x0:x1]`` tile by tile, in file order, decoded one at a time.
@@ -80,6 +97,8 @@ class TileReader:
         ------
         InputError
             If a tile cannot be read or decoded (truncated or corrupt file).
+        OutOfMemoryError
+            If memory runs out while decoding (the message names the file and the tile).
         """
         th, tw = self._seg
         if y1 <= y0 or x1 <= x0:
@@ -95,7 +114,7 @@ class TileReader:
                 if seg is None:
                     part = np.zeros((a1 - a0, b1 - b0, self._samples), self.dtype)
                 else:
-                    part = seg[a0 - sy0:a1 - sy0, b0 - sx0:b1 - sx0]
+                    part = seg[a0 - sy0 : a1 - sy0, b0 - sx0 : b1 - sx0]
                 yield a0 - y0, b0 - x0, part
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -105,10 +124,24 @@ class TileReader:
         ------
         InputError
             If a tile cannot be read or decoded (truncated or corrupt file).
+        OutOfMemoryError
+            If memory runs out while decoding (the message names the file and the tile).
         """
-        out = np.empty((max(0, y1 - y0), max(0, x1 - x0), self._samples), self.dtype)
+        h, w = max(0, y1 - y0), max(0, x1 - x0)
+        th, tw = self._seg
+        if h and w and y0 // th == (y1 - 1) // th and x0 // tw == (x1 - 1) // tw:
+            # within one tile: a view of it, no second copy (a chunk of one large tile)
+            ((_, _, part),) = self.tiles(y0, y1, x0, x1)
+            return part if len(self.shape) == 3 else part[..., 0]
+        try:
+            out = np.empty((h, w, self._samples), self.dtype)
+        except MemoryError:
+            raise OutOfMemoryError(
+                f"{self.path}: out of memory for a {h}x{w} block of TIFF "
+                "data; use a smaller --chunk or fewer dask threads"
+            ) from None
         for r, c, part in self.tiles(y0, y1, x0, x1):
-            out[r:r + part.shape[0], c:c + part.shape[1]] = part
+            out[r : r + part.shape[0], c : c + part.shape[1]] = part
         return out if len(self.shape) == 3 else out[..., 0]
 
     def __getitem__(self, key):
@@ -148,18 +181,22 @@ def open_reader(path: str) -> TileReader | None:
         else:
             tf = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable TIFF: {exc}") from None
+        raise InputError(f"{path} is not a readable TIFF: {reason(exc)}") from None
     try:
         series = tf.series[0]
         level = series.levels[0]
         page = level.keyframe
         shape = tuple(level.shape)
-        ok = (len(level.pages) == 1 and page.shape == shape
-              and len(page.chunks) in (2, 3) and len(page.chunked) in (2, 3)
-              and (page.samplesperpixel == 1 or int(page.planarconfig) == 1)
-              and page.bitspersample in (8, 16, 32, 64)
-              and (len(shape) == 2) == (page.samplesperpixel == 1)
-              and len(page.dataoffsets) == int(np.prod(page.chunked)))
+        ok = (
+            len(level.pages) == 1
+            and page.shape == shape
+            and len(page.chunks) in (2, 3)
+            and len(page.chunked) in (2, 3)
+            and (page.samplesperpixel == 1 or int(page.planarconfig) == 1)
+            and page.bitspersample in (8, 16, 32, 64)
+            and (len(shape) == 2) == (page.samplesperpixel == 1)
+            and len(page.dataoffsets) == int(np.prod(page.chunked))
+        )
     except (AttributeError, IndexError, TypeError, ValueError):
         ok = False
     if not ok:

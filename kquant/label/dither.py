@@ -110,16 +110,30 @@ def blue_noise_matrix() -> np.ndarray:
         return np.load(f).astype(np.int64)
 
 
-def threshold(y0: int, x0: int, h: int, w: int, *, n: int = BAYER_SIZE,
-              method: str = "bayer") -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def _thresholds(method: str, n: int) -> np.ndarray:
+    ranks = bayer_matrix(n) if method == "bayer" else blue_noise_matrix()
+    size = len(ranks)
+    m = (ranks + 0.5) / (size * size) - 0.5
+    m.flags.writeable = False
+    return m
+
+
+def threshold(
+    y0: int, x0: int, h: int, w: int, *, n: int = BAYER_SIZE, method: str = "bayer"
+) -> np.ndarray:
     """Thresholds in (-0.5, 0.5) of the pixels ``y0:y0+h, x0:x0+w`` of the whole image.
 
     ``method`` is ``"bayer"`` (an ``n x n`` Bayer matrix) or ``"blue-noise"`` (the
     packaged 64x64 matrix; ``n`` is then ignored).
+
+    Raises
+    ------
+    ParameterError
+        If ``n`` is not a power of two (Bayer).
     """
-    ranks = bayer_matrix(n) if method == "bayer" else blue_noise_matrix()
-    size = len(ranks)
-    m = (ranks + 0.5) / (size * size) - 0.5
+    m = _thresholds(method, n if method == "bayer" else BLUE_NOISE_SIZE)
+    size = len(m)
     return m[np.ix_((y0 + np.arange(h)) % size, (x0 + np.arange(w)) % size)]
 
 
@@ -136,10 +150,48 @@ def amount(palette: np.ndarray) -> float:
     return float(d.min(axis=1).mean())
 
 
-def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
-                dither: str = "none", dither_amount: float = 0.0, y0: int = 0,
-                x0: int = 0) -> np.ndarray:
+#: Pixels labelled at a time by :func:`label_block`: bounds its temporaries (the
+#: dithered float64 values, the codes, the distance slabs) to a few MiB per thread,
+#: whatever the block's size or K.
+SUB_PIXELS = 1 << 16
+
+
+def sub_blocks(h: int, w: int, n: int = SUB_PIXELS):
+    """Rectangles ``(r0, r1, c0, c1)`` of at most ``n`` pixels tiling an (h, w) block,
+    row slabs of whole rows unless a row alone is longer than ``n``."""
+    cols = max(1, min(w, n))
+    rows = max(1, n // cols)
+    for r0 in range(0, h, rows):
+        for c0 in range(0, w, cols):
+            yield r0, min(h, r0 + rows), c0, min(w, c0 + cols)
+
+
+def _moved(sub: np.ndarray, y0: int, x0: int, method: str, amplitude: float) -> np.ndarray:
+    """A block's pixels with the threshold of their global coordinates added, rounded."""
+    if method == "none" or amplitude <= 0:
+        return sub
+    h, w = sub.shape[:2]
+    t = threshold(y0, x0, h, w, method=method) * float(amplitude)
+    return np.clip(np.rint(sub + t[:, :, None]), 0, 255).astype(np.uint8)
+
+
+def label_block(
+    block: np.ndarray,
+    palette: np.ndarray,
+    *,
+    space: str = "rgb",
+    dither: str = "none",
+    dither_amount: float = 0.0,
+    y0: int = 0,
+    x0: int = 0,
+    table: np.ndarray | None = None,
+) -> np.ndarray:
     """Palette index (h, w) uint8 of each pixel of one (h, w, 3) uint8 block.
+
+    Worked through in sub-blocks of :data:`SUB_PIXELS` pixels: the memory it takes
+    beyond the block and its labels is a few MiB, whatever the block's size or K
+    (plus 32 MiB of colour tables in a perceptual space, see
+    :class:`kquant.colorspace.Labeller`).
 
     Parameters
     ----------
@@ -152,6 +204,9 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
         Amplitude of the threshold (RGB units, see :func:`amount`).
     y0, x0 : int, keyword-only
         Global coordinates of the block's first pixel.
+    table : ndarray of uint8, shape (2**24,), optional, keyword-only
+        The palette's lookup table (:func:`kquant.lut.table_for`), for ``space="rgb"``:
+        the same labels, by table lookup instead of distances.
 
     Returns
     -------
@@ -160,15 +215,40 @@ def label_block(block: np.ndarray, palette: np.ndarray, *, space: str = "rgb",
     Raises
     ------
     ParameterError
-        If ``dither`` is unknown.
+        If ``dither`` or ``space`` is unknown.
     """
-    from kquant.colour import spaces
+    from kquant.colour import histogram, spaces
+    from kquant.label import assign, nearest_in_space
 
     if dither not in METHODS:
         raise ParameterError(f"dither must be one of {', '.join(METHODS)}, got {dither!r}")
+    spaces.check_space(space)
     block = np.asarray(block)
     h, w = block.shape[:2]
-    if dither != "none" and dither_amount > 0:
-        t = threshold(y0, x0, h, w, method=dither) * float(dither_amount)
-        block = np.clip(np.rint(block + t[:, :, None]), 0, 255).astype(np.uint8)
-    return spaces.nearest(block.reshape(-1, 3), palette, space).reshape(h, w)
+    labels = np.empty((h, w), np.uint8)
+    spans = list(sub_blocks(h, w))
+
+    def moved(r0, r1, c0, c1):
+        return _moved(block[r0:r1, c0:c1], y0 + r0, x0 + c0, dither, dither_amount)
+
+    if space == "rgb":
+        for r0, r1, c0, c1 in spans:
+            sub = moved(r0, r1, c0, c1)
+            if table is not None:
+                labels[r0:r1, c0:c1] = table[histogram.encode(sub)]
+            else:
+                labels[r0:r1, c0:c1] = assign.nearest(sub.reshape(-1, 3), palette).reshape(
+                    r1 - r0, c1 - c0
+                )
+        return labels
+    if len(spans) == 1:  # small: distinct colours by sorting
+        return nearest_in_space.nearest(moved(0, h, 0, w).reshape(-1, 3), palette, space).reshape(
+            h, w
+        )
+    labeller = nearest_in_space.Labeller(palette, space)  # each distinct colour solved once
+    for r0, r1, c0, c1 in spans:
+        labeller.mark(histogram.encode(moved(r0, r1, c0, c1)))
+    labeller.solve()
+    for r0, r1, c0, c1 in spans:
+        labels[r0:r1, c0:c1] = labeller.labels(histogram.encode(moved(r0, r1, c0, c1)))
+    return labels

@@ -3,10 +3,10 @@
 For images much larger than 2**24 pixels, labelling each pixel by a table lookup is far
 cheaper than a distance computation. The table (16 MiB, one uint8 palette index per
 colour) is built by exact integer distances with ties to the lowest index, so labels are
-identical to direct assignment (:func:`kquant.assign.nearest`). :func:`label_pack_block` then does, in one compiled pass over a chunk, the
-lookup, the exact squared error against the palette, the per-entry pixel counts and the
-bit packing (the layout of :mod:`kquant.packing`), releasing the GIL so that dask threads
-run in parallel.
+identical to direct assignment (:func:`kquant.label.assign.nearest`).
+:func:`label_pack_block` then does, in one compiled pass over a chunk, the lookup, the exact
+squared error against the palette, the per-entry pixel counts and the bit packing (the layout
+of :mod:`kquant.label.packing`), releasing the GIL so that dask threads run in parallel.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numba
 import numpy as np
 
 from kquant.label import cell_candidates
-
 
 N_COLOURS = 1 << 24
 
@@ -73,7 +72,7 @@ def _cached(key: str, palette_bytes: bytes, n: int) -> np.ndarray:
 
 
 def table_for(palette: np.ndarray) -> np.ndarray:
-    """The table of ``palette`` (:func:`build`), built once per process and shared by its threads."""
+    """The table of ``palette`` (:func:`build`), built once per process, shared by its threads."""
     palette = np.ascontiguousarray(palette, np.uint8)
     raw = palette.tobytes()
     key = hashlib.blake2b(raw, digest_size=16).hexdigest()
@@ -83,6 +82,7 @@ def table_for(palette: np.ndarray) -> np.ndarray:
 
 # A plain lookup (the 16 MiB table stays in L3 cache), two pixels per step and two banks of
 # counts (no store-to-load stalls); measured against a two-level table: bench/README.md.
+
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def _one(row, x, table, pr, pg, pb):  # pragma: no cover - compiled
@@ -148,8 +148,9 @@ def _label_pack(block, table, palette, bits, packed, counts):  # pragma: no cove
     return sse
 
 
-def label_pack_block(block: np.ndarray, table: np.ndarray, palette: np.ndarray,
-                     bits: int) -> tuple[np.ndarray, int, np.ndarray]:
+def label_pack_block(
+    block: np.ndarray, table: np.ndarray, palette: np.ndarray, bits: int
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Packed labels, exact squared error and per-entry counts of one (h, w, 3) block.
 
     ``table`` is the palette's table from :func:`table_for` (or :func:`build`).

@@ -6,11 +6,43 @@ import math
 
 import numpy as np
 
+#: Pixels measured at a time: bounds the temporaries to a few MiB whatever the block.
+_ROWS_PIXELS = 1 << 16
+
+
+def _row_slabs(h: int, w: int):
+    rows = max(1, _ROWS_PIXELS // max(1, w))
+    for r in range(0, h, rows):
+        yield r, min(h, r + rows)
+
 
 def sse_block(block: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> int:
-    """Exact integer sum of squared channel errors of one block's reconstruction."""
-    diff = np.asarray(block, np.int64) - np.asarray(palette, np.int64)[np.asarray(labels)]
-    return int(np.square(diff, dtype=np.int64).sum())
+    """Exact integer sum of squared channel errors of one block's reconstruction.
+
+    ``block`` is (h, w, 3) or (m, 3) and ``labels`` (h, w) or (m,); computed in slabs of
+    rows, so that the temporaries stay small whatever the block.
+    """
+    block = np.asarray(block)
+    labels = np.asarray(labels)
+    if block.ndim == 2:
+        block, labels = block[None], labels[None]
+    pal = np.asarray(palette, np.int32)
+    total = 0
+    for r0, r1 in _row_slabs(*labels.shape[:2]):
+        diff = block[r0:r1].astype(np.int32)
+        diff -= pal[labels[r0:r1]]
+        np.multiply(diff, diff, out=diff)  # at most 255**2: int32 holds it
+        total += int(diff.sum(dtype=np.int64))
+    return total
+
+
+def label_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels (int64, length ``n``) per palette entry of a label array, in slabs."""
+    flat = np.asarray(labels).reshape(-1)
+    counts = np.zeros(n, np.int64)
+    for s in range(0, len(flat), _ROWS_PIXELS * 16):
+        counts += np.bincount(flat[s : s + _ROWS_PIXELS * 16], minlength=n)[:n]
+    return counts
 
 
 def mse(sse: int, n_pixels: int) -> float:

@@ -7,39 +7,62 @@ import numpy as np
 
 from kquant import cluster, store
 from kquant.fit import FitResult
-from kquant.io import readers
+from kquant.io import ImageSource, readers
 from kquant.io import uri as uri_mod
-from kquant.io.readers import ImageSource
 from kquant.label import assign, dither, metrics, packing
 from kquant.params import QuantizeParams
-from kquant.pipeline.plan import store_chunks, store_shards, label_options, source_record, uses_lut, write_metrics
-from kquant.pipeline.plan import pyramid_levels
+from kquant.pipeline.plan import (
+    label_options,
+    pyramid_levels,
+    source_record,
+    store_chunks,
+    store_shards,
+    uses_lut,
+    write_metrics,
+)
+
 
 def image(src: ImageSource, params: QuantizeParams, max_pixels: int | None):
     """The lazy RGB dask array of a source, chunked as ``params`` asks."""
-    return readers.open_source(src, chunks=params.chunk, max_pixels=max_pixels,
-                               background=params.background)
+    return readers.open_source(
+        src, chunks=params.chunk, max_pixels=max_pixels, background=params.background
+    )
 
 
-def _assign_write_block(block: np.ndarray, palette: np.ndarray, bits: int, root: str,
-                        row0: int, col0: int, packed_chunk: tuple[int, int], use_lut: bool,
-                        label_options: dict | None = None):
+def _assign_write_block(
+    block: np.ndarray,
+    palette: np.ndarray,
+    bits: int,
+    root: str,
+    row0: int,
+    col0: int,
+    packed_chunk: tuple[int, int],
+    use_lut: bool,
+    label_options: dict | None = None,
+):
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
     block = np.asarray(block)
     if label_options:  # perceptual space or dithering (global coordinates: no seams)
-        labels = dither.label_block(block, palette, y0=row0, x0=col0, **label_options)
+        table = None
+        if use_lut:  # dithering in RGB: the same labels through the table
+            from kquant.label import lookup
+
+            table = lookup.table_for(palette)
+        labels = dither.label_block(block, palette, y0=row0, x0=col0, table=table, **label_options)
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
-        counts = np.bincount(labels.ravel(), minlength=len(palette))
+        counts = metrics.label_counts(labels, len(palette))
     elif use_lut:
         from kquant.label import lookup  # compiled with numba: imported only where it is used
 
-        packed, sse, counts = lookup.label_pack_block(block, lookup.table_for(palette), palette, bits)
+        packed, sse, counts = lookup.label_pack_block(
+            block, lookup.table_for(palette), palette, bits
+        )
     else:
         labels = assign.nearest_block(block, palette)
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
-        counts = np.bincount(labels.ravel(), minlength=len(palette))
+        counts = metrics.label_counts(labels, len(palette))
     store.write_packed_chunk(root, packed, row0, col0 * bits // 8, packed_chunk)
     return sse, counts, store.chunk_digest(packed)
 
@@ -51,9 +74,18 @@ def warm_write_pass() -> None:
     lookup.warm()
 
 
-def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizeParams, *,
-          overwrite: bool = False, max_pixels: int | None = None, address: str | None = None,
-          progress: bool = False, fit_info: FitResult | None = None) -> store.StoreMeta:
+def write(
+    src: ImageSource,
+    target: str,
+    palette: np.ndarray,
+    params: QuantizeParams,
+    *,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    fit_info: FitResult | None = None,
+) -> store.StoreMeta:
     """The write pass on dask: one task labels, packs, writes and measures each chunk (or
     shard), then the store is committed (see :func:`kquant.pipeline.write`, which checks
     the target first).
@@ -74,11 +106,19 @@ def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizePa
     options = label_options(params, palette)
     use_lut = uses_lut(src, params)
     meta = store.StoreMeta(
-        height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
-        chunk_rows=rows, chunk_cols=cols,
-        shard_rows=shards[0] if shards else None, shard_cols=shards[1] if shards else None,
-        source=source_record(src), params=params.to_json(),
-        levels=pyramid_levels(params, src.height, src.width, (rows, cols)))
+        height=src.height,
+        width=src.width,
+        k=params.k,
+        n_colors=len(palette),
+        bits=bits,
+        chunk_rows=rows,
+        chunk_cols=cols,
+        shard_rows=shards[0] if shards else None,
+        shard_cols=shards[1] if shards else None,
+        source=source_record(src),
+        params=params.to_json(),
+        levels=pyramid_levels(params, src.height, src.width, (rows, cols)),
+    )
     brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
     pixels = pixels.rechunk((brows, bcols, 3))
     with store.StoreWriter(target, meta, palette, overwrite=overwrite) as writer:
@@ -86,15 +126,33 @@ def write(src: ImageSource, target: str, palette: np.ndarray, params: QuantizePa
         keys, tasks = [], []
         for i, j, _ in np.ndindex(*blocks.shape):
             keys.append((i, j))
-            tasks.append(dask.delayed(_assign_write_block, pure=True)(
-                blocks[i, j, 0], palette, bits, writer.root, i * brows, j * bcols,
-                meta.packed_block, use_lut, options))
+            tasks.append(
+                dask.delayed(_assign_write_block, pure=True)(
+                    blocks[i, j, 0],
+                    palette,
+                    bits,
+                    writer.root,
+                    i * brows,
+                    j * bcols,
+                    meta.packed_block,
+                    use_lut,
+                    options,
+                )
+            )
         with cluster.scheduler(address):
             results = cluster.compute(*tasks, progress=progress)
             store.build_pyramid(writer.root, meta, compute=cluster.compute)
         sse = sum(int(r[0]) for r in results)
         counts = np.sum([r[1] for r in results], axis=0)
         return writer.commit(
-            metrics=write_metrics(sse, counts, src.height * src.width, params, options,
-                                  "lut" if use_lut else "direct", fit_info),
-            checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))))
+            metrics=write_metrics(
+                sse,
+                counts,
+                src.height * src.width,
+                params,
+                options,
+                "lut" if use_lut else "direct",
+                fit_info,
+            ),
+            checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))),
+        )

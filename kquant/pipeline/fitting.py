@@ -13,9 +13,8 @@ from kquant import cluster
 from kquant.colour import histogram
 from kquant.fit import FitResult, fit_for_psnr, fit_palette, sampling
 from kquant.fit.tuning import SAMPLE_FIT_MIN_PIXELS
-from kquant.io import readers
+from kquant.io import ImageSource, readers
 from kquant.io import uri as uri_mod
-from kquant.io.readers import ImageSource
 from kquant.params import QuantizeParams
 from kquant.pipeline import chunked, in_memory
 from kquant.pipeline.plan import uses_lut
@@ -37,13 +36,22 @@ def inspect(source, *, max_pixels: int | None = None) -> ImageSource:
 
 #: Largest tile edge read per window when sampling without a full pass.
 SAMPLE_WINDOW = 512
+#: Fewest pixels a window holds: with tiny tiles (16x16, small zarr chunks) a window of
+#: one tile would hold too few for the sample (2**20 pixels over 128 to 1024 windows,
+#: sampling.windows_for, needs up to 8192 a window).
+SAMPLE_MIN_PIXELS = 1 << 14
 
 
 def sample_chunks(src: ImageSource) -> int:
-    """Chunk edge for reading sample windows: the file's tile, at most SAMPLE_WINDOW."""
-    if src.tile:
-        return max(8, min(max(src.tile[0], 8), SAMPLE_WINDOW))
-    return 256
+    """Chunk edge for reading sample windows: the file's tile, at most SAMPLE_WINDOW, and
+    enough for SAMPLE_MIN_PIXELS a window (chunks are whole tiles, kquant.io.normalise_chunk)."""
+    if not src.tile:
+        return 256
+    rows, cols = src.tile
+    edge = max(8, rows)
+    if edge * max(cols, edge) < SAMPLE_MIN_PIXELS:  # tiny tiles: several per window
+        edge = -(-SAMPLE_MIN_PIXELS // cols) if cols >= 128 else 128
+    return min(edge, SAMPLE_WINDOW)
 
 
 def sample_graph(

@@ -19,15 +19,12 @@ import functools
 
 import numpy as np
 
-from kquant import cluster, store
-from kquant.label import assign
+from kquant import cluster, io, store
 from kquant.colour import histogram
-from kquant.label import metrics
-from kquant.label import packing
-from kquant.io import readers
+from kquant.io import ImageSource
 from kquant.io import uri as uri_mod
+from kquant.label import assign, metrics, packing
 from kquant.params import QuantizeParams
-from kquant.io.readers import ImageSource
 from kquant.pipeline.plan import source_record, uses_lut, write_metrics
 
 #: Pillow decodes these whole in memory (TIFF and zarr sources are read tile by tile).
@@ -36,8 +33,9 @@ _WHOLE_FORMATS_EXCLUDED = ("TIFF", "ZARR")
 MAX_PIXELS = 1 << 25
 
 
-def eligible(src: ImageSource, params: QuantizeParams, *, address: str | None = None,
-             target=None) -> bool:
+def eligible(
+    src: ImageSource, params: QuantizeParams, *, address: str | None = None, target=None
+) -> bool:
     """Whether ``src`` goes through the in-memory path with these parameters.
 
     It does when the image is decoded whole by Pillow, fits in one chunk (unsharded),
@@ -51,31 +49,38 @@ def eligible(src: ImageSource, params: QuantizeParams, *, address: str | None = 
         return False
     if target is not None and uri_mod.is_remote(uri_mod.normalise(target)):
         return False
-    rows, cols = readers.normalise_chunk(params.chunk)
+    rows, cols = io.normalise_chunk(params.chunk)
     if rows < src.height or cols < src.width or src.n_pixels >= MAX_PIXELS:
         return False
-    return (params.fit_mode(src.n_pixels) == "exact" and params.sample_fit != "always")
+    return params.fit_mode(src.n_pixels) == "exact" and params.sample_fit != "always"
 
 
 def image(src: ImageSource, params: QuantizeParams, *, max_pixels: int | None = None) -> np.ndarray:
     """The decoded (H, W, 3) uint8 image (cached per process by :mod:`kquant.readers`)."""
-    return readers.decode_whole(src, max_pixels=max_pixels, background=params.background)
+    return io.decode_whole(src, max_pixels=max_pixels, background=params.background)
 
 
 @functools.lru_cache(maxsize=2)
-def _histogram(src: ImageSource, max_pixels: int | None, background: tuple[int, ...]):
-    arr = readers.decode_whole(src, max_pixels=max_pixels, background=background)
+def _histogram(src: ImageSource, max_pixels: int | None, background: tuple[int, int, int]):
+    arr = io.decode_whole(src, max_pixels=max_pixels, background=background)
     return histogram.block_histogram(arr)
 
 
-def colour_histogram(src: ImageSource, params: QuantizeParams, *,
-                     max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def colour_histogram(
+    src: ImageSource, params: QuantizeParams, *, max_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique colour codes (uint32) and counts (int64) of the image (cached)."""
-    return _histogram(src, max_pixels, tuple(int(c) for c in params.background))
+    return _histogram(src, max_pixels, params.background)
 
 
-def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
-          max_pixels: int | None = None, label_options: dict | None = None):
+def label(
+    src: ImageSource,
+    palette: np.ndarray,
+    params: QuantizeParams,
+    *,
+    max_pixels: int | None = None,
+    label_options: dict | None = None,
+):
     """Labels of every pixel, exact squared error and pixels per palette entry.
 
     ``label_options`` (a perceptual space, dithering) are those of
@@ -94,8 +99,11 @@ def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
         from kquant.label import dither
 
         labels = dither.label_block(arr, palette, y0=0, x0=0, **label_options)
-        return (labels, metrics.sse_block(arr, labels, palette),
-                np.bincount(labels.ravel(), minlength=len(palette)))
+        return (
+            labels,
+            metrics.sse_block(arr, labels, palette),
+            metrics.label_counts(labels, len(palette)),
+        )
     from threadpoolctl import threadpool_limits
 
     colours, counts = colour_histogram(src, params, max_pixels=max_pixels)
@@ -112,9 +120,17 @@ def label(src: ImageSource, palette: np.ndarray, params: QuantizeParams, *,
     return labels, sse, used.astype(np.int64)
 
 
-def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams, *,
-          overwrite: bool = False, max_pixels: int | None = None, fit_info=None,
-          label_options: dict | None = None) -> store.StoreMeta:
+def write(
+    src: ImageSource,
+    target,
+    palette: np.ndarray,
+    params: QuantizeParams,
+    *,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    fit_info=None,
+    label_options: dict | None = None,
+) -> store.StoreMeta:
     """Label, pack and write the store of a one-chunk image (see :func:`kquant.pipeline.write`).
 
     Raises
@@ -129,15 +145,25 @@ def write(src: ImageSource, target, palette: np.ndarray, params: QuantizeParams,
     # image's colours, recorded the same way so that both paths write the same store
     assigned = "lut" if uses_lut(src, params) else "direct"
     meta = store.StoreMeta(
-        height=src.height, width=src.width, k=params.k, n_colors=len(palette), bits=bits,
-        chunk_rows=src.height, chunk_cols=src.width,
-        source=source_record(src), params=params.to_json())
+        height=src.height,
+        width=src.width,
+        k=params.k,
+        n_colors=len(palette),
+        bits=bits,
+        chunk_rows=src.height,
+        chunk_cols=src.width,
+        source=source_record(src),
+        params=params.to_json(),
+    )
     with store.DirectStoreWriter(target, meta, palette, overwrite=overwrite) as writer:
-        labels, sse, counts = label(src, palette, params, max_pixels=max_pixels,
-                                    label_options=label_options)
+        labels, sse, counts = label(
+            src, palette, params, max_pixels=max_pixels, label_options=label_options
+        )
         packed = packing.pack_rows(labels, bits)
         writer.write_labels(packed)
         return writer.commit(
-            metrics=write_metrics(sse, counts, src.height * src.width, params, label_options,
-                                  assigned, fit_info),
-            checksum=store.combine_digests({(0, 0): store.chunk_digest(packed)}))
+            metrics=write_metrics(
+                sse, counts, src.height * src.width, params, label_options, assigned, fit_info
+            ),
+            checksum=store.combine_digests({(0, 0): store.chunk_digest(packed)}),
+        )

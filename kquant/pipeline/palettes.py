@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kquant.errors import InputError
+from kquant.errors import InputError, reason
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
@@ -81,7 +81,7 @@ def _image(path: Path) -> np.ndarray:
                 return _check(pal, str(path))
             rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
     except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: not a palette file, store or image ({exc})") from None
+        raise InputError(f"{path}: not a palette file, store or image ({reason(exc)})") from None
     codes, first = np.unique(
         rgb.astype(np.uint32) @ np.array([65536, 256, 1], np.uint32), return_index=True
     )
@@ -114,7 +114,7 @@ def read_palette(source: str | os.PathLike) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            raise InputError(f"{path}: not a NumPy array file ({exc})") from None
+            raise InputError(f"{path}: not a NumPy array file ({reason(exc)})") from None
         return _check(arr, str(path))
     if suffix == ".gpl":
         return _text(path, gimp=True)

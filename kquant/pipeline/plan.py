@@ -8,9 +8,9 @@ import numpy as np
 
 from kquant.errors import KquantError
 from kquant.fit import FitResult
-from kquant.io import readers
+from kquant.io import ImageSource
+from kquant.io import source as io_source
 from kquant.io import uri as uri_mod
-from kquant.io.readers import ImageSource
 from kquant.label import dither, metrics, packing
 from kquant.params import QuantizeParams
 
@@ -25,9 +25,10 @@ def plain_rgb(params: QuantizeParams) -> bool:
 
 
 def uses_lut(src: ImageSource, params: QuantizeParams) -> bool:
-    """Whether the write pass labels through the lookup table (:mod:`kquant.lut`); the
-    in-memory path records the same in the store, for the same labels."""
-    return src.n_pixels >= LUT_MIN_PIXELS and plain_rgb(params)
+    """Whether the write pass labels through the lookup table (:mod:`kquant.label.lookup`;
+    in RGB, dithered or not); the in-memory path records the same in the store, for the same
+    labels."""
+    return src.n_pixels >= LUT_MIN_PIXELS and params.space == "rgb"
 
 
 def label_options(params: QuantizeParams, palette: np.ndarray) -> dict | None:
@@ -98,7 +99,7 @@ def same_source(record: dict, source) -> bool:
     if record.get("uri") != uri:
         return False
     try:
-        size, mtime_ns, etag = readers._stat(uri)
+        size, mtime_ns, etag = io_source._stat(uri)
     except (OSError, ValueError, StopIteration, KquantError):
         return False
     return (record.get("size_bytes"), record.get("mtime_ns"), record.get("etag", "")) == (

@@ -12,8 +12,8 @@ import numpy as np
 from kquant import store
 from kquant.errors import KquantError
 from kquant.fit import FitResult
+from kquant.io import ImageSource
 from kquant.io import uri as uri_mod
-from kquant.io.readers import ImageSource
 from kquant.label import assign, dither
 from kquant.params import QuantizeParams
 from kquant.pipeline import chunked, in_memory

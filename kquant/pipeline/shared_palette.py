@@ -15,7 +15,7 @@ from kquant import cluster
 from kquant.colour import histogram
 from kquant.errors import ParameterError
 from kquant.fit import FitResult, sampling
-from kquant.io.readers import ImageSource
+from kquant.io import ImageSource
 from kquant.params import QuantizeParams
 
 

@@ -10,6 +10,7 @@ import functools
 import os
 import threading
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -386,7 +387,7 @@ class StoreWriter:
         self.root = self.target if in_place else _sibling(self.target, "tmp")
         self._moving = False
 
-    def __enter__(self) -> StoreWriter:
+    def __enter__(self) -> Self:
         from kquant.store import locking
 
         locking.acquire(self.target)

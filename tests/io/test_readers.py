@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 import kquant
 from kquant.errors import ImageTooLargeError, InputError
-from kquant.io import convert, readers
+from kquant.io import convert, pillow, readers
 
 
 def _read(path, **kw):
@@ -279,7 +279,7 @@ def test_plain_decode_equals_imageio(tmp_path, kind):
     else:
         pil.save(path)
     data = path.read_bytes()
-    plain = readers._decode_plain(data)
+    plain = pillow._decode_plain(data)
     with Image.open(path) as im:
         expect_plain = im.mode in ("RGB", "RGBA", "L", "LA") and name != "oriented"
     assert (plain is not None) == expect_plain

@@ -79,6 +79,26 @@ def test_dither_blockwise_equals_whole_image(space, method):
         t = ((ranks[y % n, x % n] + 0.5) / (n * n) - 0.5) * amt
         moved = np.clip(np.rint(img + t[:, :, None]), 0, 255)
         assert np.array_equal(whole, nearest_oracle(moved, pal))
+    # a block of more than dither.SUB_PIXELS is labelled sub-block by sub-block (in a
+    # perceptual space each distinct colour once, nearest_in_space.Labeller; in RGB also
+    # through the lookup table): the labels of small blocks
+    big = photo_like(300, 260, seed=16)
+    assert big.shape[0] * big.shape[1] > dither.SUB_PIXELS
+    options = dict(space=space, dither=method, dither_amount=amt)
+    whole = dither.label_block(big, pal, y0=5, x0=70, **options)
+    out = np.empty_like(whole)
+    for y in range(0, 300, 64):
+        for x in range(0, 260, 48):
+            out[y : y + 64, x : x + 48] = dither.label_block(
+                big[y : y + 64, x : x + 48], pal, y0=5 + y, x0=70 + x, **options
+            )
+    assert np.array_equal(out, whole)
+    if space == "rgb":
+        from kquant.label import lookup
+
+        assert np.array_equal(
+            dither.label_block(big, pal, y0=5, x0=70, table=lookup.build(pal), **options), whole
+        )
 
 
 @pytest.mark.parametrize("method", ["bayer", "blue-noise"])

@@ -71,9 +71,13 @@ def test_inmemory_store_is_byte_identical_to_dask_store(case, tmp_path, monkeypa
     )
 
 
-@pytest.mark.parametrize("options", [dict(k=16), dict(k=256, restarts=0), dict(k=8, space="lab")])
+@pytest.mark.parametrize(
+    "options",
+    [dict(k=16), dict(k=256, restarts=0), dict(k=8, space="lab"), dict(k=8, dither="blue-noise")],
+)
 def test_lookup_table_sizes_are_byte_identical(options, tmp_path, monkeypatch):
-    """From pipeline.LUT_MIN_PIXELS on, the dask path labels through kquant.lut (numba)."""
+    """From pipeline.LUT_MIN_PIXELS on, the dask path labels through kquant.label.lookup
+    (numba), dithered or not (in RGB)."""
     monkeypatch.setattr("kquant.pipeline.plan.LUT_MIN_PIXELS", 0)
     img = photo_like(96, 140, seed=12)
     src = tmp_path / "lut.png"

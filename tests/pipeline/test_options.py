@@ -7,7 +7,7 @@ from oracles import nearest_oracle
 
 import kquant
 from kquant.colour import spaces
-from kquant.label import dither
+from kquant.label import dither, nearest_in_space
 from kquant.params import QuantizeParams
 
 
@@ -23,7 +23,9 @@ def test_lab_mode_lowers_the_perceptual_error(tmp_path):
         st = kquant.open_store(res.target)
         labels = np.asarray(st.labels.compute())
         # labels are the nearest entries in that space
-        assert np.array_equal(labels.ravel(), spaces.nearest(img.reshape(-1, 3), st.palette, space))
+        assert np.array_equal(
+            labels.ravel(), nearest_in_space.nearest(img.reshape(-1, 3), st.palette, space)
+        )
         diff = spaces.from_rgb(img, "lab") - spaces.from_rgb(st.palette[labels], "lab")
         lab_err[space] = float((diff**2).sum())
         assert st.meta.params["space"] == space
