@@ -1,4 +1,4 @@
-"""The ``kquant`` command line: quantize, decode, export, info, demo.
+"""The ``kquant`` command line: quantize, decode, export, info, upgrade, demo.
 
 Every failure meant for a user ends with one line on stderr,
 ``kquant: error: <reason>``, and a non-zero exit status (2 for bad input or
@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("store")
     d.add_argument("out", help="output image, .png or .tif/.tiff")
     d.add_argument("--window", type=_window, metavar="y0:y1,x0:x1")
+    d.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        metavar="N",
+        help="decode pyramid level N (each halves the size; the window in its pixels)",
+    )
     d.add_argument("--overwrite", action="store_true")
 
     i = sub.add_parser("info", help="print a store's attributes and metrics")
@@ -90,10 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.add_argument("--verify", action="store_true", help="also recompute the labels' checksum")
 
-    e = sub.add_parser("export", help="write a store as an indexed PNG or a palette TIFF")
+    e = sub.add_parser(
+        "export", help="write a store as an indexed PNG, a palette TIFF or an OME-Zarr folder"
+    )
     e.add_argument("store")
-    e.add_argument("out", help="output image, .png (indexed) or .tif/.tiff (palette colormap)")
+    e.add_argument(
+        "out",
+        help="output: .png (indexed), .tif/.tiff (palette colormap), or .ome.zarr "
+        "(OME-NGFF: RGB image and plain uint8 labels, with their pyramid)",
+    )
     e.add_argument("--overwrite", action="store_true")
+
+    u = sub.add_parser(
+        "upgrade", help="rewrite a store of an older format in the current one, in place"
+    )
+    u.add_argument("store")
+    u.add_argument(
+        "--pyramid",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write pyramid levels (default: for images of 2^24 pixels or more)",
+    )
+    u.add_argument(
+        "--address",
+        default=None,
+        help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)",
+    )
 
     m = sub.add_parser("demo", help="quantize the bundled sample image")
     m.add_argument("--out", default="kquant-demo", help="folder for the store and preview")
@@ -201,7 +230,9 @@ def _quantize(args) -> int:
 def _decode(args) -> int:
     from kquant import export
 
-    out, (h, w) = export.decode(args.store, args.out, window=args.window, overwrite=args.overwrite)
+    out, (h, w) = export.decode(
+        args.store, args.out, window=args.window, overwrite=args.overwrite, level=args.level
+    )
     print(f"wrote {args.out} ({h} x {w} px)")
     return 0
 
@@ -211,6 +242,21 @@ def _export(args) -> int:
 
     out = export.export(args.store, args.out, overwrite=args.overwrite)
     print(f"wrote {out}")
+    return 0
+
+
+def _upgrade(args) -> int:
+    from kquant.pipeline.upgrade import upgrade
+    from kquant.store import FORMAT_VERSION
+
+    meta, changed = upgrade(
+        args.store, pyramid=args.pyramid, address=args.address, progress=sys.stderr.isatty()
+    )
+    if not changed:
+        print(f"{args.store} is already in format {meta.format_version}: nothing to do")
+        return 0
+    levels = f", {meta.levels} pyramid levels" if meta.levels > 1 else ""
+    print(f"upgraded {args.store} to format {FORMAT_VERSION}{levels}")
     return 0
 
 
@@ -241,6 +287,9 @@ def _info(args) -> int:
             f"palette    {meta.n_colors} colours (k={meta.k}), {meta.bits} bits/px, "
             f"chunks {meta.chunk_rows} x {meta.chunk_cols} px"
         )
+        if meta.levels > 1:
+            smallest = meta.level_shape(meta.levels - 1)
+            print(f"pyramid    {meta.levels} levels, down to {smallest[0]} x {smallest[1]} px")
         print(
             f"quality    PSNR {'inf (lossless)' if psnr is None else f'{psnr:.2f} dB'}, "
             f"MSE {m.get('mse', math.nan):.3f}"
@@ -367,7 +416,7 @@ def _drop_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
-    if args.command in ("quantize", "demo", "decode", "export"):
+    if args.command in ("quantize", "demo", "decode", "export", "upgrade"):
         _skip_sparse_import()
     handler = {
         "quantize": _quantize,
@@ -375,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "info": _info,
         "demo": _demo,
         "export": _export,
+        "upgrade": _upgrade,
     }[args.command]
     try:
         with contextlib.redirect_stdout(_GuardedStdout(sys.stdout)):

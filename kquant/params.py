@@ -118,6 +118,12 @@ class QuantizeParams:
         "--target-psnr",
         metavar="DB",
     )
+    pyramid: bool | None = _field(
+        None,
+        "Also write mode-downsampled label levels (an OME-NGFF multiscale pyramid) down to "
+        "one chunk; default: for images of 2^24 pixels or more.",
+        "--pyramid",
+    )
     sample_fit: SampleFit = _field(
         "auto",
         "Whether dask-ml's KMeans on the pixel sample seeds "
@@ -147,6 +153,8 @@ class QuantizeParams:
         _choice("space", self.space, SPACES)
         _choice("dither", self.dither, DITHER_METHODS)
         _choice("sample_fit", self.sample_fit, typing.get_args(SampleFit))
+        if self.pyramid is not None and not isinstance(self.pyramid, bool):
+            raise ParameterError(f"pyramid must be true, false or null, got {self.pyramid!r}")
         if self.target_psnr is not None:
             t = self.target_psnr
             if (
@@ -242,6 +250,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind, choices = _option_type(f.name)
         default = f.default
         text = f.metadata["description"]
+        if kind is bool:  # --name / --no-name; unset: the field's default
+            parser.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+            continue
         if default is not None and choices is None:
             text += f" (default {default})"
         parser.add_argument(

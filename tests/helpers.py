@@ -268,3 +268,33 @@ def wait_for(predicate, timeout: float, what: str, stack=None, interval: float =
         interval=interval,
         detail=stack.log_tail if stack is not None else None,
     )
+
+
+def write_old_store(path, labels, n_colors, version, chunk=(8, 16)):
+    """A store of an older format, written as that format's kquant wrote it."""
+    from kquant import store
+    from kquant.label import packing
+
+    bits = packing.bits_for(n_colors) if version == 1 else packing.storage_bits(n_colors)
+    h, w = labels.shape
+    pal = np.random.default_rng(n_colors).integers(0, 256, size=(n_colors, 3), dtype=np.uint8)
+    meta = store.StoreMeta(
+        height=h,
+        width=w,
+        k=max(2, n_colors),
+        n_colors=n_colors,
+        bits=bits,
+        chunk_rows=chunk[0],
+        chunk_cols=chunk[1],
+        format_version=version,
+        params={"k": max(2, n_colors)},
+    )
+    with store.StoreWriter(path, meta, pal) as wr:
+        digests = {}
+        for i, r0 in enumerate(range(0, h, chunk[0])):
+            for j, c0 in enumerate(range(0, w, chunk[1])):
+                packed = packing.pack_rows(labels[r0 : r0 + chunk[0], c0 : c0 + chunk[1]], bits)
+                store.write_packed_chunk(wr.root, packed, r0, c0 * bits // 8, meta.packed_chunks)
+                digests[(i, j)] = store.chunk_digest(packed)
+        wr.commit(metrics={"psnr": 30.0}, checksum=store.combine_digests(digests))
+    return pal

@@ -28,3 +28,24 @@ def pixel_lloyd(x: np.ndarray, centers: np.ndarray, max_iter: int = 300):
                 c[j] = members.mean(axis=0)
     d = ((x[:, None, :] - c[None, :, :]) ** 2).sum(axis=2)
     return c, float(d.min(axis=1).sum())
+
+
+def mode_oracle(labels: np.ndarray) -> np.ndarray:
+    """Each output pixel: the most frequent value of its 2x2 block (only the pixels inside
+    the image), ties to the smallest value."""
+    h, w = labels.shape
+    out = np.zeros(((h + 1) // 2, (w + 1) // 2), np.uint8)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            values, counts = np.unique(
+                labels[2 * i : 2 * i + 2, 2 * j : 2 * j + 2], return_counts=True
+            )
+            out[i, j] = values[counts == counts.max()].min()
+    return out
+
+
+def pyramid_oracle(labels: np.ndarray, levels: int) -> list[np.ndarray]:
+    out = [labels]
+    for _ in range(1, levels):
+        out.append(mode_oracle(out[-1]))
+    return out

@@ -19,16 +19,20 @@ SUFFIXES = tuple(FORMATS)
 def _format(out: Path, what: str):
     module = FORMATS.get(out.suffix.lower())
     if module is None:
-        raise ParameterError(f"{what} must end in .png, .tif or .tiff, got {out.name!r}")
+        raise ParameterError(
+            f"{what} must end in .png, .tif or .tiff (export: or .ome.zarr), got {out.name!r}"
+        )
     return module
 
 
 def export(
     store_uri: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:
-    """Write the store at ``store_uri`` as an indexed PNG or a palette TIFF at ``out``.
+    """Write the store at ``store_uri`` as an indexed PNG, a palette TIFF or an OME-Zarr
+    folder at ``out``.
 
-    The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``).
+    The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``; ``.zarr``, e.g.
+    ``OUT.ome.zarr``: :func:`kquant.export.ome_zarr.write`).
     The file is written whole or not at all (:func:`kquant.io.atomicfile.replacing`);
     ``overwrite`` replaces a plain file only (:func:`kquant.store.check_output`).
 
@@ -51,6 +55,10 @@ def export(
     from kquant import store
     from kquant.io import atomicfile
 
+    if os.fspath(out).rstrip("/").endswith(".zarr"):  # a folder: OME-NGFF
+        from kquant.export import ome_zarr
+
+        return ome_zarr.write(store_uri, out, overwrite=overwrite)
     module = _format(Path(out), "export output")
     out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)
@@ -65,9 +73,13 @@ def decode(
     *,
     window: tuple[int, int, int, int] | None = None,
     overwrite: bool = False,
+    level: int = 0,
 ) -> tuple[Path, tuple[int, int]]:
     """Write the RGB image of the store at ``store_uri`` (or the window ``(y0, y1, x0, x1)``
     of it) to ``out``, a PNG or a tiled TIFF by its suffix, whole or not at all.
+
+    With ``level``, from that pyramid level (the window in its pixels): a preview of a
+    gigapixel store reads a level, not the image.
 
     Returns
     -------
@@ -79,8 +91,8 @@ def decode(
     Raises
     ------
     ParameterError
-        If the suffix is not ``.png``, ``.tif`` or ``.tiff``, or the window is outside
-        the image.
+        If the suffix is not ``.png``, ``.tif`` or ``.tiff``, the window is outside
+        the image (the level), or the store has no such level.
     TargetExistsError, UnsafeTargetError, StoreError, IncompleteStoreError
         As :func:`export`.
     """
@@ -90,14 +102,16 @@ def decode(
     module = _format(Path(out), "output")
     out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)
-    h, w = st.shape
+    labels = st.level(level)  # refuses a level the store lacks
+    h, w = labels.shape
     if window is not None:
         y0, y1, x0, x1 = window
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside the image (0:{h},0:{w})")
-        rgb = st.window(y0, y1, x0, x1)
+            what = f"level {level}" if level else "the image"
+            raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside {what} (0:{h},0:{w})")
+        rgb = st.window(y0, y1, x0, x1, level=level)
     else:
-        rgb = st.rgb
+        rgb = st.window(0, h, 0, w, level=level)
     with atomicfile.replacing(out, overwrite=overwrite) as fh:
         module.write_rgb(rgb, fh)
     return out, (int(rgb.shape[0]), int(rgb.shape[1]))

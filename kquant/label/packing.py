@@ -139,3 +139,130 @@ def unpack_rows(packed: np.ndarray, bits: int, width: int) -> np.ndarray:
     bitplane = bitplane.reshape(h, width, bits)
     weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint8)
     return (bitplane * weights).sum(axis=2, dtype=np.uint8)
+
+
+# The zarr-extensions ``packbits`` codec (docs/format.md, "labels"): elements in
+# lexicographic order, element i in bits [i*b, (i+1)*b) of one bit sequence whose bit j is
+# bit ``j % 8`` (least significant first) of byte ``j // 8``; padded with 0 bits to a byte.
+
+
+def _reorder_table(bits: int) -> np.ndarray:
+    """Byte table between the MSB-first row packing and the packbits order (its own inverse:
+    field ``i`` of ``8 // bits`` moves to field ``8 // bits - 1 - i``)."""
+    values = np.arange(256, dtype=np.uint16)
+    if bits >= 8:
+        return values.astype(np.uint8)
+    per, mask = 8 // bits, (1 << bits) - 1
+    out = np.zeros(256, np.uint16)
+    for i in range(per):
+        out |= ((values >> (8 - bits * (i + 1))) & mask) << (bits * i)
+    return out.astype(np.uint8)
+
+
+_REORDER = {b: _reorder_table(b) for b in (1, 2, 4, 8)}
+
+
+def reorder_packed(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Rows packed MSB-first (:func:`pack_rows`) in the packbits order, or back.
+
+    For ``bits`` in 1, 2, 4, 8 a pixel never straddles two bytes, so the two orders differ
+    only inside each byte: one table lookup per byte. Rows of a whole number of bytes
+    (``width * bits`` a multiple of 8) concatenated are then the packbits encoding of the
+    (H, W) labels.
+
+    Raises
+    ------
+    ParameterError
+        If ``bits`` is not 1, 2, 4 or 8.
+    """
+    table = _REORDER.get(int(bits))
+    if table is None:
+        raise ParameterError(f"the packbits order is kept for 1, 2, 4 or 8 bits, not {bits}")
+    packed = np.asarray(packed, np.uint8)
+    if bits == 8:
+        return packed
+    return table[packed]
+
+
+def packbits_encode(values: np.ndarray, first_bit: int, last_bit: int) -> np.ndarray:
+    """The packbits encoding (no padding byte) of an integer array, in C order.
+
+    Each element keeps its bits ``first_bit..last_bit`` (0 is the least significant),
+    elements follow one another in one bit sequence, least significant bit first in each
+    byte; the last byte is padded with 0 bits.
+
+    Raises
+    ------
+    ParameterError
+        If the bit range is empty or outside the data type.
+    """
+    values = np.ascontiguousarray(values)
+    nbits = values.dtype.itemsize * 8
+    if values.dtype.kind not in "biu" or not 0 <= first_bit <= last_bit < nbits:
+        raise ParameterError(f"bits {first_bit}..{last_bit} of {values.dtype} cannot be packed")
+    b = last_bit - first_bit + 1
+    flat = values.reshape(-1)
+    if values.dtype.kind == "b":
+        flat = flat.view(np.uint8)
+    if values.dtype.itemsize == 1 and first_bit == 0 and b in (1, 2, 4, 8):
+        if b == 8:
+            return flat.view(np.uint8).copy()
+        per, mask = 8 // b, np.uint8((1 << b) - 1)
+        u = flat.view(np.uint8)
+        pad = (-u.size) % per
+        if pad:
+            u = np.concatenate([u, np.zeros(pad, np.uint8)])
+        grouped = (u & mask).reshape(-1, per)
+        out = grouped[:, 0].copy()
+        for i in range(1, per):
+            out |= grouped[:, i] << np.uint8(b * i)
+        return out
+    le = flat.astype(flat.dtype.newbyteorder("<"), copy=False).view(np.uint8)
+    bitplane = np.unpackbits(le.reshape(flat.size, -1), axis=1, bitorder="little")
+    return np.packbits(bitplane[:, first_bit : last_bit + 1].reshape(-1), bitorder="little")
+
+
+def packbits_decode(
+    data, shape: tuple[int, ...], dtype, first_bit: int, last_bit: int
+) -> np.ndarray:
+    """Inverse of :func:`packbits_encode`: an array of ``shape`` and ``dtype``; the bits are
+    shifted back to ``first_bit``, then sign-extended (signed types) or zero-extended.
+
+    Raises
+    ------
+    ParameterError
+        If ``data`` is shorter than the elements need, or the bit range does not fit.
+    """
+    dtype = np.dtype(dtype)
+    nbits = dtype.itemsize * 8
+    if dtype.kind not in "biu" or not 0 <= first_bit <= last_bit < nbits:
+        raise ParameterError(f"bits {first_bit}..{last_bit} of {dtype} cannot be unpacked")
+    b = last_bit - first_bit + 1
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.frombuffer(memoryview(data), np.uint8) if not isinstance(data, np.ndarray) else data
+    raw = raw.reshape(-1).view(np.uint8)
+    if raw.size < (n * b + 7) // 8:
+        raise ParameterError(f"{raw.size} bytes cannot hold {n} elements of {b} bits")
+    if dtype.kind != "b" and dtype.itemsize == 1 and first_bit == 0 and b in (1, 2, 4, 8):
+        per, mask = 8 // b, np.uint8((1 << b) - 1)
+        if b == 8:
+            out = raw[:n].copy()
+        else:
+            nbytes = (n * b + 7) // 8
+            fields = np.empty((nbytes, per), np.uint8)
+            for i in range(per):
+                fields[:, i] = (raw[:nbytes] >> np.uint8(b * i)) & mask
+            out = fields.reshape(-1)[:n]
+            if dtype.kind == "i" and b < 8:  # sign extension from bit b - 1
+                out = np.where(out >> np.uint8(b - 1), out | np.uint8(0xFF ^ mask), out)
+        return np.ascontiguousarray(out.view(dtype)).reshape(shape)
+    bits_seq = np.unpackbits(raw, bitorder="little")[: n * b].reshape(n, b)
+    plane = np.zeros((n, nbits), np.uint8)
+    plane[:, first_bit : last_bit + 1] = bits_seq
+    if dtype.kind == "i":
+        plane[:, last_bit + 1 :] = bits_seq[:, -1:]
+    le = np.packbits(plane, axis=1, bitorder="little").reshape(-1)
+    out = le.view(dtype.newbyteorder("<")).astype(dtype)
+    if dtype.kind == "b":
+        out = le.view(np.uint8).astype(bool)
+    return out.reshape(shape)

@@ -15,6 +15,7 @@ from kquant.label import assign, dither, metrics, packing
 from kquant.params import QuantizeParams
 from kquant.pipeline.plan import (
     label_options,
+    pyramid_levels,
     source_record,
     store_chunks,
     store_shards,
@@ -118,6 +119,7 @@ def write(
         shard_cols=shards[1] if shards else None,
         source=source_record(src),
         params=params.to_json(),
+        levels=pyramid_levels(params, src.height, src.width, (rows, cols)),
     )
     brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
     pixels = pixels.rechunk((brows, bcols, 3))
@@ -141,6 +143,7 @@ def write(
             )
         with cluster.scheduler(address):
             results = cluster.compute(*tasks, progress=progress)
+            store.build_pyramid(writer.root, meta, compute=cluster.compute)
         sse = sum(int(r[0]) for r in results)
         counts = np.sum([r[1] for r in results], axis=0)
         return writer.commit(

@@ -58,6 +58,23 @@ def store_shards(chunks: tuple[int, int], shard: int | None) -> tuple[int, int] 
     return max(rows, shard // rows * rows), max(cols, shard // cols * cols)
 
 
+#: Images of at least this many pixels get a pyramid unless ``params.pyramid`` says
+#: otherwise (bench/README.md, "Open stores": its cost against a screen's worth of pixels).
+PYRAMID_MIN_PIXELS = 1 << 24
+
+
+def pyramid_levels(params: QuantizeParams, height: int, width: int, chunks) -> int:
+    """Levels the store gets (1: none): with a pyramid, halving down to one chunk."""
+    from kquant.store import format as store_format
+
+    if store_format.WRITE_VERSION < 3:  # formats 1 and 2 have no pyramid
+        return 1
+    on = params.pyramid
+    if on is None:
+        on = height * width >= PYRAMID_MIN_PIXELS
+    return store_format.levels_for(height, width, *chunks) if on else 1
+
+
 def source_record(src: ImageSource) -> dict:
     """The ``source`` attribute of a store written from ``src``: what it was and the file's
     identity (URI, size, mtime, ETag), so a rerun can tell its own store (:func:`same_source`)."""

@@ -6,7 +6,10 @@
 * :mod:`~kquant.store.targets` -- what a run may write or replace;
 * :mod:`~kquant.store.recovery` -- settling what earlier runs left at a target;
 * :mod:`~kquant.store.locking` -- one writer per target;
-* :mod:`~kquant.store.direct` -- the zarr files of small stores, written directly.
+* :mod:`~kquant.store.direct` -- the zarr files of small stores, written directly;
+* :mod:`~kquant.store.codecs` -- the packbits codec, for zarr-python;
+* :mod:`~kquant.store.pyramid` -- the levels of mode-downsampled labels;
+* :mod:`~kquant.store.ngff` -- the OME-NGFF metadata.
 """
 
 from kquant.store.format import (
@@ -20,6 +23,7 @@ from kquant.store.format import (
     combine_digests,
     zstd_level,
 )
+from kquant.store.pyramid import build as build_pyramid
 from kquant.store.reader import KquantStore, open_store, read_meta
 from kquant.store.recovery import recover
 from kquant.store.targets import check_output, check_target, exists, remove, status
@@ -35,6 +39,7 @@ __all__ = [
     "KquantStore",
     "StoreMeta",
     "StoreWriter",
+    "build_pyramid",
     "check_output",
     "check_target",
     "chunk_digest",

@@ -1,11 +1,13 @@
 """The store's format: its attributes (:class:`StoreMeta`), versions and constants.
 
-Layout (see ``docs/format.md``)::
+Layout of format 3 (see ``docs/format.md``)::
 
-    STORE/                 zarr v3 group, attributes {"kquant": StoreMeta}
-      palette              (n, 3) uint8, one chunk
-      labels               (H, ceil(W * bits / 8)) uint8, packed rows, zstd
-                           (level 17 up to 16 Mpx, else 3)
+    STORE/                 zarr v3 group, attributes {"kquant": StoreMeta, "ome": OME-NGFF 0.5}
+      palette              (n, 3) uint8, one chunk, dimensions (entry, band)
+      labels               (H, W) uint8, dimensions (y, x): the packbits codec (bits per
+                           pixel), then zstd (level 17 up to 16 Mpx, else 3)
+
+Formats 1 and 2 store ``labels`` as (H, ceil(W * bits / 8)) bytes of packed rows.
 """
 
 from __future__ import annotations
@@ -20,11 +22,19 @@ from kquant.errors import StoreError
 from kquant.label import packing
 
 FORMAT = "kquant-store"
-FORMAT_VERSION = 2
-#: Format versions this kquant reads: 1 packs ceil(log2 n) bits per pixel, 2 packs
-#: 1, 2, 4 or 8 (see :func:`kquant.packing.storage_bits`); everything else is the same.
-READABLE_VERSIONS = (1, 2)
-PACKING = "row-major; each row packed MSB-first at `bits` bits per pixel and padded to a whole byte"
+FORMAT_VERSION = 3
+#: Format versions this kquant reads: 1 packs ceil(log2 n) bits per pixel in rows of bytes,
+#: 2 packs 1, 2, 4 or 8 (see :func:`kquant.label.packing.storage_bits`) the same way, 3 keeps
+#: 2's widths in an (H, W) array encoded by the packbits codec (any zarr reader decodes it).
+READABLE_VERSIONS = (1, 2, 3)
+PACKING_ROWS = (
+    "row-major; each row packed MSB-first at `bits` bits per pixel and padded to a whole byte"
+)
+#: The format new stores are written in (2 still can be, for comparisons: bench/README.md).
+WRITE_VERSION = FORMAT_VERSION
+PACKING = "zarr packbits codec, first_bit 0, last_bit bits-1, then zstd"
+#: The packing recorded by each format version.
+PACKINGS = {1: PACKING_ROWS, 2: PACKING_ROWS, 3: PACKING}
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"
 ZSTD_LEVEL = 3
@@ -71,8 +81,9 @@ class StoreMeta:
     shard_cols: int | None = None
     library_version: str = dataclasses.field(default_factory=_version)
     format: str = FORMAT
-    format_version: int = FORMAT_VERSION
-    packing: str = PACKING
+    format_version: int = dataclasses.field(default_factory=lambda: WRITE_VERSION)
+    packing: str = ""  # the format version's (PACKINGS) when not given
+    levels: int = 1
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "k", "n_colors", "bits", "chunk_rows", "chunk_cols"):
@@ -104,6 +115,14 @@ class StoreMeta:
             raise StoreError(
                 f"chunk width {self.chunk_cols} is not a multiple of {packing.PIXEL_ALIGN}"
             )
+        if not self.packing:
+            object.__setattr__(self, "packing", PACKINGS[self.format_version])
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
+            raise StoreError(
+                f"store attribute levels must be a positive integer, got {self.levels!r}"
+            )
+        if self.levels > 1 and self.format_version < 3:
+            raise StoreError("pyramid levels need store format 3")
         if (self.shard_rows is None) != (self.shard_cols is None):
             raise StoreError("shard_rows and shard_cols must be given together")
         if self.shard_rows is not None and self.shard_cols is not None:
@@ -124,9 +143,28 @@ class StoreMeta:
         return self.status == STATUS_COMPLETE
 
     def _packed(self, rows: int, cols: int) -> tuple[int, int]:
+        """Packed shape (rows, bytes) of a block; a block that spans the width packs ``W``."""
         if self.chunk_cols >= self.width:  # one chunk (and shard) spans every row
             return rows, packing.packed_width(self.width, self.bits)
         return rows, cols * self.bits // 8
+
+    @property
+    def packbits(self) -> bool:
+        """Labels are an (H, W) array of the packbits codec (format 3), not packed rows."""
+        return self.format_version >= 3
+
+    @property
+    def label_chunks(self) -> tuple[int, int]:
+        """Chunk shape (pixels) of the format-3 labels array: columns a multiple of 8, so
+        each chunk row fills whole bytes at any width (a chunk may pass the image's edge)."""
+        return self.chunk_rows, _round8(self.chunk_cols)
+
+    @property
+    def label_shards(self) -> tuple[int, int] | None:
+        """Shard shape (pixels) of the format-3 labels array, or None if unsharded."""
+        if self.shard_rows is None or self.shard_cols is None:
+            return None
+        return self.shard_rows, self.shard_cols // self.chunk_cols * _round8(self.chunk_cols)
 
     @property
     def packed_chunks(self) -> tuple[int, int]:
@@ -152,6 +190,16 @@ class StoreMeta:
         """Packed shape of one write block (a whole shard, or a chunk)."""
         return self.packed_shards or self.packed_chunks
 
+    @property
+    def level_chunks(self) -> tuple[int, int]:
+        """Chunk shape (pixels) of pyramid levels 1, 2, ...: that of the labels (unsharded)."""
+        return self.label_chunks
+
+    def level_shape(self, level: int) -> tuple[int, int]:
+        """Shape of pyramid level ``level`` (0 is the image): each level halves, rounding up."""
+        f = 1 << int(level)
+        return -(-self.height // f), -(-self.width // f)
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -167,6 +215,29 @@ class StoreMeta:
 
     def replace(self, **changes) -> StoreMeta:
         return dataclasses.replace(self, **changes)
+
+
+def level_path(level: int) -> str:
+    """Path in the store of the labels of pyramid level ``level`` (0: ``labels``)."""
+    return "labels" if level == 0 else f"{LEVELS_GROUP}/{int(level)}"
+
+
+#: The group of the pyramid's levels 1, 2, ... (a group of its own: xarray's view of the
+#: store's root sees arrays of one size only).
+LEVELS_GROUP = "levels"
+
+
+def _round8(cols: int) -> int:
+    return -(-int(cols) // packing.PIXEL_ALIGN) * packing.PIXEL_ALIGN
+
+
+def levels_for(height: int, width: int, chunk_rows: int, chunk_cols: int) -> int:
+    """Levels of a full pyramid: halving until a level fits in one chunk."""
+    cols = _round8(chunk_cols)
+    levels = 1
+    while -(-height // (1 << (levels - 1))) > chunk_rows or -(-width // (1 << (levels - 1))) > cols:
+        levels += 1
+    return levels
 
 
 def chunk_digest(packed: np.ndarray) -> str:

@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from kquant.errors import IncompleteStoreError, StoreError
+from kquant.errors import IncompleteStoreError, ParameterError, StoreError
 from kquant.io import uri as uri_mod
 from kquant.label import packing
-from kquant.store.format import StoreMeta, chunk_digest, combine_digests
+from kquant.store.format import StoreMeta, chunk_digest, combine_digests, level_path
 
 
 class KquantStore:
@@ -19,21 +19,43 @@ class KquantStore:
     ----------
     meta : StoreMeta
     palette : ndarray of uint8, shape (n, 3)
-    packed : dask array of the packed labels
     labels : dask array (H, W) uint8, decoded lazily chunk by chunk
     rgb : dask array (H, W, 3) uint8, reconstructed lazily
+
+    :meth:`level` gives a pyramid level's labels, :meth:`window` a window of the image or of
+    a level, :meth:`to_xarray` the whole as an :class:`xarray.Dataset`.
     """
 
     def __init__(self, root: str, meta: StoreMeta, palette: np.ndarray):
-        import dask.array as da
-
         from kquant.label import reconstruct
 
         self.root, self.meta, self.palette = root, meta, palette
-        # blocks of whole shards (from_zarr would pick the inner chunks), the unit of the checksum
-        self.packed = da.from_zarr(
-            uri_mod.zarr_store(root, read_only=True), component="labels", chunks=meta.packed_block
-        )
+        self.labels = self.level(0)
+        self.rgb = reconstruct.reconstruct(self.labels, palette)
+
+    def level(self, level: int = 0):
+        """Lazy labels (h, w) uint8 of pyramid level ``level`` (0: the image; see
+        :attr:`StoreMeta.levels`), in blocks of whole write blocks (shards when sharded).
+
+        Raises
+        ------
+        ParameterError
+            If the store has no such level.
+        """
+        import dask.array as da
+
+        meta = self.meta
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < meta.levels:
+            raise ParameterError(
+                f"{self.root} has pyramid levels 0 to {meta.levels - 1}, not {level!r}"
+            )
+        store = uri_mod.zarr_store(self.root, read_only=True)
+        if meta.packbits:  # format 3: zarr decodes through the packbits codec
+            if level == 0:
+                return da.from_zarr(store, component="labels", chunks=meta.block)
+            return da.from_zarr(store, component=level_path(level), chunks=meta.level_chunks)
+        # formats 1 and 2: packed rows, unpacked block by block
+        packed = self.packed
         cols = meta.block[1]
         widths = tuple(min(cols, meta.width - x) for x in range(0, meta.width, cols))
         bits = meta.bits
@@ -42,18 +64,100 @@ class KquantStore:
             j = block_info[0]["chunk-location"][1]
             return packing.unpack_rows(block, bits, widths[j])
 
-        self.labels = self.packed.map_blocks(
-            unpack, dtype=np.uint8, chunks=(self.packed.chunks[0], widths)
+        return packed.map_blocks(unpack, dtype=np.uint8, chunks=(packed.chunks[0], widths))
+
+    @property
+    def packed(self):
+        """Lazy labels packed MSB-first row by row (:func:`kquant.label.packing.pack_rows`),
+        one block per write block: what the checksum digests."""
+        import dask.array as da
+
+        meta = self.meta
+        if meta.packbits:
+            bits = meta.bits
+            return self.labels.map_blocks(
+                lambda block: packing.pack_rows(block, bits),
+                dtype=np.uint8,
+                chunks=(
+                    self.labels.chunks[0],
+                    tuple(packing.packed_width(c, bits) for c in self.labels.chunks[1]),
+                ),
+            )
+        # blocks of whole shards (from_zarr would pick the inner chunks)
+        return da.from_zarr(
+            uri_mod.zarr_store(self.root, read_only=True),
+            component="labels",
+            chunks=meta.packed_block,
         )
-        self.rgb = reconstruct.reconstruct(self.labels, palette)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.meta.shape
 
-    def window(self, y0: int, y1: int, x0: int, x1: int):
-        """Lazy RGB of rows y0:y1 and columns x0:x1 (reads only the chunks it covers)."""
-        return self.rgb[y0:y1, x0:x1]
+    def window(self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0):
+        """Lazy RGB of rows y0:y1 and columns x0:x1 (reads only the chunks it covers).
+
+        With ``level``, the window is in the pixels of that pyramid level
+        (:meth:`level`; :meth:`StoreMeta.level_shape` gives its size).
+
+        Raises
+        ------
+        ParameterError
+            If the store has no such level.
+        """
+        if level == 0:
+            return self.rgb[y0:y1, x0:x1]
+        from kquant.label import reconstruct
+
+        return reconstruct.reconstruct(self.level(level)[y0:y1, x0:x1], self.palette)
+
+    def to_xarray(self, *, level: int = 0):
+        """The store as an :class:`xarray.Dataset` (needs ``xarray``: ``kquant[xarray]``).
+
+        Variables: lazy ``labels(y, x)`` (palette indices), lazy ``rgb(y, x, band)`` and
+        ``palette(entry, band)``; coordinates ``band`` = r, g, b and ``y``, ``x`` in pixels
+        of the image (a level's pixel centres: ``2**level * i + (2**level - 1) / 2``);
+        attributes ``palette`` (a list of [r, g, b]), ``metrics``, ``params``, ``source``,
+        ``psnr``, ``k``, ``n_colors``, ``bits``, ``level``. ``xarray.open_dataset(uri,
+        engine="kquant")`` gives the same.
+
+        Raises
+        ------
+        ParameterError
+            If the store has no such level.
+        """
+        import xarray as xr
+
+        from kquant.label import reconstruct
+
+        labels = self.level(level)
+        f = 1 << level
+        h, w = labels.shape
+        meta = self.meta
+        return xr.Dataset(
+            {
+                "labels": (("y", "x"), labels, {"long_name": "palette index"}),
+                "rgb": (("y", "x", "band"), reconstruct.reconstruct(labels, self.palette)),
+                "palette": (("entry", "band"), self.palette),
+            },
+            coords={
+                "band": ["r", "g", "b"],
+                "y": np.arange(h) * f + (f - 1) / 2,
+                "x": np.arange(w) * f + (f - 1) / 2,
+            },
+            attrs={
+                "palette": self.palette.tolist(),
+                "metrics": dict(meta.metrics),
+                "params": dict(meta.params),
+                "source": dict(meta.source),
+                "psnr": meta.metrics.get("psnr"),
+                "k": meta.k,
+                "n_colors": meta.n_colors,
+                "bits": meta.bits,
+                "level": level,
+                "kquant_format_version": meta.format_version,
+            },
+        )
 
     def verify(self) -> None:
         """Recompute every chunk's digest and compare with the stored checksum.

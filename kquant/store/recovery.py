@@ -7,7 +7,7 @@ import os
 import shutil
 
 from kquant.io import uri as uri_mod
-from kquant.store.format import STATUS_COMPLETE, STATUS_WRITING
+from kquant.store.format import LEVELS_GROUP, STATUS_COMPLETE, STATUS_WRITING
 
 
 def _group_status(doc) -> str | None:
@@ -41,7 +41,8 @@ def _remote_state(fs, path: str) -> str:
     names = [f[len(path) + 1 :] for f in fs.find(path) if f != f"{path}/zarr.json"]
     if not names:
         return "partial" if fs.exists(f"{path}/zarr.json") else "absent"
-    return "partial" if all(n.split("/", 1)[0] in ("palette", "labels") for n in names) else "other"
+    entries = ("palette", "labels", LEVELS_GROUP)
+    return "partial" if all(n.split("/", 1)[0] in entries for n in names) else "other"
 
 
 def _remote_tmps(fs, path: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kquant.errors import KquantError, ParameterError, StoreError, TargetExistsError
 from kquant.io import uri as uri_mod
-from kquant.store.format import FORMAT
+from kquant.store.format import FORMAT, LEVELS_GROUP
 from kquant.store.reader import read_meta
 from kquant.store.recovery import _remote_state, _remove_remote
 
@@ -160,7 +160,7 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, sources=(), stores=
 
 
 #: What a store folder or prefix holds (its locks and temporary copies are beside it).
-_STORE_ENTRIES = frozenset({"zarr.json", "palette", "labels"})
+_STORE_ENTRIES = frozenset({"zarr.json", "palette", "labels", LEVELS_GROUP})
 
 
 def _uri_of(source) -> str:

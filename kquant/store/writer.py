@@ -4,6 +4,7 @@ are written; on object storage, in place with ``zarr.json`` last."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -23,16 +24,27 @@ from kquant.errors import (
 )
 from kquant.io import uri as uri_mod
 from kquant.label import packing
-from kquant.store.format import STATUS_COMPLETE, STATUS_WRITING, StoreMeta, zstd_level
+from kquant.store.format import (
+    LEVELS_GROUP,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    StoreMeta,
+    level_path,
+    zstd_level,
+)
 from kquant.store.recovery import _move_remote
 from kquant.store.targets import _exists, _remove, _sibling, check_target
 
 
-@functools.lru_cache(maxsize=16)
-def _labels_array(root: str):
+@functools.lru_cache(maxsize=64)
+def _array(root: str, path: str):
     import zarr
 
-    return zarr.open_array(store=uri_mod.zarr_store(root), path="labels", mode="r+")
+    return zarr.open_array(store=uri_mod.zarr_store(root), path=path, mode="r+")
+
+
+def _labels_array(root: str):
+    return _array(root, "labels")
 
 
 class _Gate:
@@ -75,6 +87,10 @@ def write_packed_chunk(
 ) -> None:
     """Write one packed block into ``root/labels``: exactly one zarr chunk, or one shard.
 
+    ``packed`` is the block's labels packed MSB-first row by row
+    (:func:`kquant.label.packing.pack_rows`), ``byte0`` its first column in bytes of packed
+    rows and ``chunk`` the packed shape of a whole block (:attr:`StoreMeta.packed_block`),
+    whatever the store's format: format-3 labels are written through the packbits codec.
     A write into a store whose writer (in this process) has aborted is skipped.
 
     Raises
@@ -94,29 +110,26 @@ def write_packed_chunk(
             from kquant.store import locking
 
             locking.check(gate.target)  # a run that lost its lock writes nothing more
-        layout = _direct_layout(root)
-        if layout is not None:
-            shape, grid, level = layout
-            sharded = False
-        else:
-            arr = _labels_array(root)
-            shape, grid, sharded = arr.shape, arr.shards or arr.chunks, arr.shards is not None
-        rows, cols = grid
+        layout = _layout(root)
+        if layout.packbits is not None:
+            _write_labels_block(root, layout, packed, row0, byte0, tuple(chunk))
+            return
+        rows, cols = layout.grid
         h, w = packed.shape
         end_r, end_c = row0 + h, byte0 + w
         aligned = (
             row0 % rows == 0
             and byte0 % cols == 0
-            and (h == rows or end_r == shape[0])
-            and (w == cols or end_c == shape[1])
+            and (h == rows or end_r == layout.shape[0])
+            and (w == cols or end_c == layout.shape[1])
         )
         if not aligned or (rows, cols) != tuple(chunk):
             raise StoreError(
                 f"write of {packed.shape} at ({row0}, {byte0}) is not aligned to "
-                f"zarr {'shards' if sharded else 'chunks'} {(rows, cols)}"
+                f"zarr {'shards' if layout.sharded else 'chunks'} {(rows, cols)}"
             )
-        if layout is None:
-            arr[row0:end_r, byte0:end_c] = packed
+        if not layout.direct:
+            _labels_array(root)[row0:end_r, byte0:end_c] = packed
             return
         from kquant.store import direct
 
@@ -125,29 +138,188 @@ def write_packed_chunk(
             full = np.zeros((rows, cols), np.uint8)
             full[:h, :w] = packed
         direct.write_chunk(
-            Path(root) / "labels", (row0 // rows, byte0 // cols), full, zstd_level=level
+            Path(root) / "labels", (row0 // rows, byte0 // cols), full, zstd_level=layout.level
         )
     finally:
         if gate is not None:
             gate.leave()
 
 
-def _direct_layout(root: str) -> tuple[tuple[int, int], tuple[int, int], int] | None:
-    """``(shape, chunks, zstd level)`` of ``root/labels`` when its chunks are written as files
-    directly (:mod:`kquant.store.direct`, the bytes zarr writes), else None (remote or sharded
+def _write_labels_block(
+    root: str, layout: _Layout, packed: np.ndarray, row0: int, byte0: int, chunk: tuple
+) -> None:
+    """:func:`write_packed_chunk` into format-3 labels, an (H, W) array of the packbits codec:
+    alignment is checked in pixels; local unsharded chunks are written as files (the packed
+    rows, reordered, are the codec's bytes), others through zarr and the codec."""
+    bits = layout.packbits
+    assert bits is not None
+    rows, cols = layout.grid  # pixels (a shard when sharded)
+    height, width = layout.shape
+    h, w = packed.shape
+    col0 = byte0 * 8 // bits
+    n_cols = min(cols, width - col0) if 0 <= col0 < width else 0
+    aligned = (
+        (byte0 * 8) % bits == 0
+        and row0 % rows == 0
+        and col0 % cols == 0
+        and n_cols > 0
+        and h == min(rows, height - row0)
+        and w == packing.packed_width(n_cols, bits)
+        and chunk[0] == rows
+        # a block spanning the width is packed at the width (StoreMeta.packed_block)
+        and chunk[1]
+        in (cols * bits // 8, packing.packed_width(width, bits) if cols >= width else -1)
+    )
+    if not aligned:
+        raise StoreError(
+            f"write of {packed.shape} at ({row0}, {byte0}) is not aligned to "
+            f"zarr {'shards' if layout.sharded else 'chunks'} {(rows, cols)} (pixels)"
+        )
+    if not layout.direct:
+        labels = packing.unpack_rows(packed, bits, n_cols)
+        _labels_array(root)[row0 : row0 + h, col0 : col0 + n_cols] = labels
+        return
+    from kquant.store import direct
+
+    full = packed
+    if (h, w) != (rows, cols * bits // 8):  # stored whole, padded with the fill value
+        full = np.zeros((rows, cols * bits // 8), np.uint8)
+        full[:h, :w] = packed
+    direct.write_chunk(
+        Path(root) / "labels",
+        (row0 // rows, col0 // cols),
+        full,
+        zstd_level=layout.level,
+        packbits=bits,
+    )
+
+
+def write_level_chunk(root: str, level: int, labels: np.ndarray, row0: int, col0: int) -> None:
+    """Write one whole chunk of pyramid level ``level`` (>= 1) of a format-3 store being
+    written: ``labels`` (h, w) at pixel ``(row0, col0)`` of that level. Skipped, as
+    :func:`write_packed_chunk`, in a store whose writer has aborted.
+
+    Raises
+    ------
+    StoreError
+        If the write is not exactly one chunk of the level.
+    LockLostError
+        If the store is on object storage and this process lost its lock.
+    """
+    gate = _gates.get(root)
+    if gate is not None and not gate.enter():
+        return
+    try:
+        if gate is not None and gate.target is not None:
+            from kquant.store import locking
+
+            locking.check(gate.target)
+        path = level_path(level)
+        layout = _layout(root, path)
+        bits = layout.packbits
+        rows, cols = layout.grid
+        height, width = layout.shape
+        h, w = labels.shape
+        if (
+            bits is None
+            or layout.sharded
+            or row0 % rows
+            or col0 % cols
+            or not (0 <= row0 < height and 0 <= col0 < width)
+            or (h, w) != (min(rows, height - row0), min(cols, width - col0))
+        ):
+            raise StoreError(
+                f"write of {labels.shape} at ({row0}, {col0}) is not one chunk {(rows, cols)} "
+                f"of {path}"
+            )
+        if not layout.direct:
+            _array(root, path)[row0 : row0 + h, col0 : col0 + w] = labels
+            return
+        from kquant.store import direct
+
+        full = np.zeros((rows, cols), np.uint8)  # stored whole, padded with the fill value
+        full[:h, :w] = labels
+        direct.write_encoded_chunk(
+            Path(root) / path,
+            (row0 // rows, col0 // cols),
+            full,
+            packing.packbits_encode(full, 0, bits - 1),
+            zstd_level=int(layout.level or 0),
+        )
+    finally:
+        if gate is not None:
+            gate.leave()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What a chunk write needs to know of ``root/labels``."""
+
+    shape: tuple[int, int]
+    grid: tuple[int, int]  # chunk, or shard when sharded (format 3: pixels; else bytes)
+    sharded: bool
+    direct: bool  # chunk files written by kquant.store.direct
+    level: int | None = None  # zstd level of direct writes
+    packbits: int | None = None  # format 3: bits per pixel of the packbits codec
+
+
+def _layout(root: str, path: str = "labels") -> _Layout:
+    doc = _array_document(root, path)
+    codecs = doc.get("codecs", [])
+    sharded = bool(codecs) and codecs[0].get("name") == "sharding_indexed"
+    inner = codecs[0].get("configuration", {}).get("codecs", []) if sharded else codecs
+    level = None
+    if DIRECT_CHUNK_WRITES and not sharded and not uri_mod.is_remote(root):
+        level = _direct_layout(doc)
+    return _Layout(
+        shape=tuple(doc["shape"]),
+        grid=tuple(doc["chunk_grid"]["configuration"]["chunk_shape"]),
+        sharded=sharded,
+        direct=level is not None,
+        level=level,
+        packbits=_packbits_of(inner),
+    )
+
+
+def _packbits_of(codecs: list) -> int | None:
+    """Bits per pixel of a packbits codec first in ``codecs`` (format-3 labels), else None."""
+    if codecs and codecs[0].get("name") == "packbits":
+        return int(codecs[0].get("configuration", {}).get("last_bit")) + 1
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _array_document(root: str, path: str = "labels") -> dict:
+    """The metadata document of the array ``root/path`` (its ``zarr.json``)."""
+    import json
+
+    if uri_mod.is_remote(root):
+        return _array(root, path).metadata.to_dict()
+    return json.loads((Path(root) / path / "zarr.json").read_bytes())
+
+
+def _direct_layout(doc: dict) -> int | None:
+    """The zstd level when the chunks of the labels array ``doc`` describes are written as
+    files directly (:mod:`kquant.store.direct`, the bytes zarr writes), else None (sharded
     stores, any other codecs: zarr writes them).
 
     Measured on a 1 Gpx write pass: 1.2-2 s less than through zarr's event loop.
     """
-    import json
-
-    if not DIRECT_CHUNK_WRITES or uri_mod.is_remote(root):
-        return None
-    doc = json.loads((Path(root) / "labels" / "zarr.json").read_bytes())
     codecs = doc.get("codecs", [])
+    first = codecs[0] if codecs else {}
+    plain = first.get("name") == "bytes" and not first.get("configuration")
+    packed = first == {
+        "name": "packbits",
+        "configuration": {
+            "padding_encoding": "none",
+            "first_bit": 0,
+            "last_bit": (_packbits_of(codecs) or 0) - 1,
+        },
+    } and _packbits_of(codecs) in (1, 2, 4, 8)
     if (
-        [c.get("name") for c in codecs] != ["bytes", "zstd"]
-        or codecs[0].get("configuration")
+        len(codecs) != 2
+        or not (plain or packed)
+        or codecs[1].get("name") != "zstd"
         or codecs[1].get("configuration", {}).get("checksum") is not False
         or doc.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "/"}}
         or doc.get("fill_value") != 0
@@ -155,9 +327,12 @@ def _direct_layout(root: str) -> tuple[tuple[int, int], tuple[int, int], int] | 
         or doc.get("chunk_grid", {}).get("name") != "regular"
     ):
         return None
-    chunks = tuple(doc["chunk_grid"]["configuration"]["chunk_shape"])
-    return tuple(doc["shape"]), chunks, int(codecs[1]["configuration"]["level"])
+    return int(codecs[1]["configuration"]["level"])
 
+
+#: Dimension names of the format-3 arrays (xarray, OME-NGFF).
+LABEL_DIMS = ("y", "x")
+PALETTE_DIMS = ("entry", "band")
 
 #: Label chunks of local unsharded stores are written as files by kquant.store.direct
 #: (False: always through zarr; the tests compare both).
@@ -250,30 +425,75 @@ class StoreWriter:
                 f"{self.target} exists (use --overwrite, or overwrite=True, to replace it)"
             )
         group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="w-", zarr_format=3)
-        group.attrs["kquant"] = self.meta.to_json()
+        group.attrs.update(self._group_attributes(self.meta))
+        meta = self.meta
         pal = group.create_array(
             "palette",
             shape=self.palette.shape,
             dtype="uint8",
             chunks=self.palette.shape,
             compressors=None,
+            dimension_names=PALETTE_DIMS if meta.packbits else None,
         )
         pal[...] = self.palette
+        level = ZstdCodec(level=zstd_level(meta.height * meta.width))
+        if not meta.packbits:  # formats 1 and 2: rows of packed bytes
+            group.create_array(
+                "labels",
+                shape=(meta.height, packing.packed_width(meta.width, meta.bits)),
+                dtype="uint8",
+                chunks=meta.packed_chunks,
+                shards=meta.packed_shards,
+                fill_value=0,
+                compressors=level,
+                dimension_names=("y", "packed_x"),
+            )
+            return
+        from kquant.store.codecs import PackBitsCodec
+
         group.create_array(
             "labels",
-            shape=(self.meta.height, packing.packed_width(self.meta.width, self.meta.bits)),
+            shape=meta.shape,
             dtype="uint8",
-            chunks=self.meta.packed_chunks,
-            shards=self.meta.packed_shards,
+            chunks=meta.label_chunks,
+            shards=meta.label_shards,
             fill_value=0,
-            compressors=ZstdCodec(level=zstd_level(self.meta.height * self.meta.width)),
-            dimension_names=("y", "packed_x"),
+            serializer=PackBitsCodec(first_bit=0, last_bit=meta.bits - 1),
+            compressors=level,
+            dimension_names=LABEL_DIMS,
         )
+        if meta.levels > 1:
+            levels = group.create_group(LEVELS_GROUP)
+            for n in range(1, meta.levels):
+                levels.create_array(
+                    str(n),
+                    shape=meta.level_shape(n),
+                    dtype="uint8",
+                    chunks=meta.level_chunks,
+                    fill_value=0,
+                    serializer=PackBitsCodec(first_bit=0, last_bit=meta.bits - 1),
+                    compressors=level,
+                    dimension_names=LABEL_DIMS,
+                )
+
+    def _group_attributes(self, meta: StoreMeta) -> dict:
+        """The group's attributes: ``kquant`` (:class:`StoreMeta`) and, in format 3, ``ome``
+        (the store as an OME-NGFF label image, :mod:`kquant.store.ngff`, named after the
+        source image)."""
+        attrs: dict = {"kquant": meta.to_json()}
+        if meta.packbits:
+            from kquant.store import ngff
+
+            name = str(meta.source.get("uri") or "labels").rstrip("/").rpartition("/")[2]
+            paths = [level_path(n) for n in range(meta.levels)]
+            attrs["ome"] = ngff.label_image(name, paths, self.palette)
+        return attrs
 
     def __exit__(self, exc_type, exc, tb) -> None:
         from kquant.store import locking
 
-        _labels_array.cache_clear()
+        _array.cache_clear()
+        _array_document.cache_clear()
         try:
             if exc_type is not None:
                 err = None
@@ -390,6 +610,8 @@ class DirectStoreWriter(StoreWriter):
             self.remote
             or meta.shard_rows is not None
             or meta.packed_chunks != (meta.height, packing.packed_width(meta.width, meta.bits))
+            or (meta.packbits and meta.bits not in (1, 2, 4, 8))
+            or meta.levels > 1
         ):
             raise ParameterError("a direct store write needs a local, unsharded store of one chunk")
 
@@ -403,25 +625,43 @@ class DirectStoreWriter(StoreWriter):
         root = Path(self.root)
         root.mkdir()
         self._write_attributes(self.meta)
+        meta = self.meta
         (root / "palette").mkdir()
         (root / "palette" / direct.ZARR_JSON).write_bytes(
-            direct.array_document(self.palette.shape, self.palette.shape)
+            direct.array_document(
+                self.palette.shape,
+                self.palette.shape,
+                dimension_names=PALETTE_DIMS if meta.packbits else None,
+            )
         )
         self._write_chunk("palette", self.palette, None)
         (root / "labels").mkdir()
-        (root / "labels" / direct.ZARR_JSON).write_bytes(
-            direct.array_document(
-                self.meta.packed_chunks,
-                self.meta.packed_chunks,
-                zstd_level=zstd_level(self.meta.height * self.meta.width),
+        level = zstd_level(meta.height * meta.width)
+        if meta.packbits:
+            doc = direct.array_document(
+                meta.shape,
+                meta.label_chunks,
+                zstd_level=level,
+                dimension_names=LABEL_DIMS,
+                packbits=meta.bits,
+            )
+        else:
+            doc = direct.array_document(
+                meta.packed_chunks,
+                meta.packed_chunks,
+                zstd_level=level,
                 dimension_names=("y", "packed_x"),
             )
-        )
+        (root / "labels" / direct.ZARR_JSON).write_bytes(doc)
 
-    def _write_chunk(self, array: str, data: np.ndarray, level: int | None) -> None:
+    def _write_chunk(
+        self, array: str, data: np.ndarray, level: int | None, packbits: int | None = None
+    ) -> None:
         from kquant.store import direct
 
-        direct.write_chunk(Path(self.root) / array, (0,) * data.ndim, data, zstd_level=level)
+        direct.write_chunk(
+            Path(self.root) / array, (0,) * data.ndim, data, zstd_level=level, packbits=packbits
+        )
 
     def write_labels(self, packed: np.ndarray) -> None:
         """Write the packed labels (the whole array: its one chunk)."""
@@ -434,7 +674,15 @@ class DirectStoreWriter(StoreWriter):
         if gate is not None and not gate.enter():
             return
         try:
-            self._write_chunk("labels", packed, zstd_level(self.meta.height * self.meta.width))
+            meta = self.meta
+            level = zstd_level(meta.height * meta.width)
+            if not meta.packbits:
+                self._write_chunk("labels", packed, level)
+                return
+            rows, cols = meta.label_chunks  # whole bytes a row: padded with the fill value
+            full = np.zeros((rows, cols * meta.bits // 8), np.uint8)
+            full[:, : packed.shape[1]] = packed
+            self._write_chunk("labels", full, level, packbits=meta.bits)
         finally:
             if gate is not None:
                 gate.leave()
@@ -443,5 +691,5 @@ class DirectStoreWriter(StoreWriter):
         from kquant.store import direct
 
         (Path(self.root) / direct.ZARR_JSON).write_bytes(
-            direct.group_document({"kquant": meta.to_json()})
+            direct.group_document(self._group_attributes(meta))
         )

@@ -129,7 +129,7 @@ def test_sharded_store_equals_unsharded(photo_png, tmp_path, chunk, shard):
         kquant.open_store(tmp_path / "sharded.kq"),
     )
     arr = zarr.open_array(str(tmp_path / "sharded.kq"), path="labels")
-    assert arr.shards is not None and arr.chunks == plain.meta.packed_chunks
+    assert arr.shards is not None and arr.chunks == plain.meta.label_chunks
     assert np.array_equal(sharded.labels.compute(), plain.labels.compute())
     assert np.array_equal(
         sharded.window(20, 90, 30, 170).compute(), plain.rgb.compute()[20:90, 30:170]

@@ -127,3 +127,37 @@ def test_lock_on_s3_is_exclusive(s3):
     finally:
         locking.release(target)
     assert not s3.exists("kqtest/c/.photo.kquant.kquant-lock")
+
+
+@pytest.mark.slow
+def test_store_with_a_pyramid_on_s3(s3, tmp_path):
+    """Format 3 through zarr and the packbits codec (no direct writes), levels included;
+    then upgraded in place from format 2."""
+    from oracles import pyramid_oracle
+
+    img = photo_like(130, 170, seed=9)
+    src = tmp_path / "p.tif"
+    tifffile.imwrite(src, img, photometric="rgb", tile=(16, 16))
+    res = kquant.quantize(
+        src, "s3://kqtest/pyr.kquant", QuantizeParams(k=5, chunk=32, pyramid=True)
+    )
+    st = kquant.open_store("s3://kqtest/pyr.kquant")
+    levels = pyramid_oracle(nearest_oracle(img, res.palette), st.meta.levels)
+    assert st.meta.levels == 4 and s3.exists("kqtest/pyr.kquant/levels/3/zarr.json")
+    for n, lv in enumerate(levels):
+        assert np.array_equal(np.asarray(st.level(n)), lv), n
+    from kquant.pipeline.upgrade import upgrade
+    from kquant.store import format as store_format
+
+    store_format.WRITE_VERSION = 2
+    try:
+        kquant.quantize(src, "s3://kqtest/old.kquant", QuantizeParams(k=5, chunk=32))
+    finally:
+        store_format.WRITE_VERSION = store_format.FORMAT_VERSION
+    meta, changed = upgrade("s3://kqtest/old.kquant", pyramid=True)
+    assert changed and meta.format_version == 3 and meta.levels == 4
+    up = kquant.open_store("s3://kqtest/old.kquant")
+    for n, lv in enumerate(levels):
+        assert np.array_equal(np.asarray(up.level(n)), lv), n
+    up.verify()
+    assert not [p for p in s3.ls("kqtest") if "kquant-tmp" in p]
