@@ -25,6 +25,8 @@ from kquant.store.format import StoreMeta, level_path
 def _source(root: str, path: str):
     import zarr
 
+    from kquant.store import codecs  # noqa: F401  (registers packbits)
+
     return zarr.open_array(store=uri_mod.zarr_store(root), path=path, mode="r")
 
 

@@ -188,6 +188,8 @@ def read_meta(uri: str | os.PathLike) -> StoreMeta:
     """
     import zarr
 
+    from kquant.store import codecs  # noqa: F401  (registers packbits)
+
     root = uri_mod.normalise(uri)
     if uri_mod.is_remote(root):
         with uri_mod.storage_errors(root):
@@ -230,6 +232,8 @@ def open_store(uri: str | os.PathLike) -> KquantStore:
         If the store was never completed (a crashed or running write).
     """
     import zarr
+
+    from kquant.store import codecs  # noqa: F401  (registers packbits)
 
     root = uri_mod.normalise(uri)
     meta = read_meta(root)

@@ -40,6 +40,8 @@ from kquant.store.targets import _exists, _remove, _sibling, check_target
 def _array(root: str, path: str):
     import zarr
 
+    from kquant.store import codecs  # noqa: F401  (registers packbits)
+
     return zarr.open_array(store=uri_mod.zarr_store(root), path=path, mode="r+")
 
 
@@ -413,12 +415,16 @@ class StoreWriter:
     def _create(self) -> None:
         import zarr
 
+        from kquant.store import codecs  # noqa: F401  (registers packbits)
+
         with zarr.config.set({"json_indent": None}):  # compact metadata: ~1 KB less a store
             self._create_arrays()
 
     def _create_arrays(self) -> None:
         import zarr
         from zarr.codecs import ZstdCodec
+
+        from kquant.store import codecs  # noqa: F401  (registers packbits)
 
         if not self.overwrite and _exists(self.target):  # appeared since check_target
             raise TargetExistsError(
@@ -577,6 +583,8 @@ class StoreWriter:
 
     def _write_attributes(self, meta: StoreMeta) -> None:
         import zarr
+
+        from kquant.store import codecs  # noqa: F401  (registers packbits)
 
         with zarr.config.set({"json_indent": None}):
             group = zarr.open_group(store=uri_mod.zarr_store(self.root), mode="r+")

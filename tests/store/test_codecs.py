@@ -287,3 +287,45 @@ def test_kquant_stores_of_every_width_read_by_zarr_alone(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+_WITHOUT_ENTRY_POINT = r"""
+import sys
+import zarr.registry
+# as in a checkout on PYTHONPATH: zarr knows no packbits entry point
+packbits = zarr.registry.__dict__["__codec_registries"]["packbits"]
+packbits.lazy_load_list.clear()
+assert not packbits
+import numpy as np
+import kquant
+from kquant import QuantizeParams
+img = np.random.default_rng(1).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+import imageio.v3 as iio
+iio.imwrite(sys.argv[1] + "/a.png", img)
+kquant.quantize(sys.argv[1] + "/a.png", sys.argv[1] + "/a.kq", QuantizeParams(k=4))
+if sys.argv[2] == "read":  # a process that only reads an existing store
+    st = kquant.open_store(sys.argv[1] + "/a.kq")
+    st.verify()
+    assert st.level(0)[...].shape == (40, 52) and st.window(0, 40, 0, 52).shape == (40, 52, 3)
+    print(st.to_xarray()["labels"].shape)
+print("ok")
+"""
+
+
+def test_kquant_registers_the_codec_without_its_entry_point(tmp_path):
+    """kquant's own writes and reads do not need the installed entry point."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_ENTRY_POINT, str(tmp_path), "write"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    code = _WITHOUT_ENTRY_POINT.replace("kquant.quantize(", "0 and kquant.quantize(")
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), "read"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["(40,", "52)", "ok"], out.stderr[-2000:]
