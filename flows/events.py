@@ -1,49 +1,23 @@
-"""Prefect events of kquant: a store completed or failed, an image arrived.
+"""kquant's events emitted through Prefect (their names and resources: :mod:`kquant.events`).
 
-* ``kquant.store.completed`` / ``kquant.store.failed``: the resource is the store
-  (``kquant.store.<URI>``), the related resource with role ``source`` the image
-  (``kquant.image.<URI>``); the payload carries PSNR, K, bits/px and the exports (the
-  store, its preview) of a completed store, or the one-line reason of a failed one.
-* ``kquant.image.arrived``: the resource is the image (``kquant.image.<URI>``); sent by
-  ``kquant-notify URI`` (or by anything that posts the same event, such as an object-store
-  notification through a webhook). The ``inbox`` deployment runs on it.
-
-URIs are ``file:///...`` for local paths, else the object-store URL
-(:func:`kquant.io.uri.display`), so a trigger can match a folder by prefix
-(``kquant.store.file:///data/outbox/*``). ``deploy/prefect.yaml`` has the triggers.
+The flows emit ``kquant.store.completed`` (payload: PSNR, K, bits/px and the exports: the
+store, its preview) and ``kquant.store.failed`` (the one-line reason). ``kquant.image.arrived``
+is posted by ``kquant notify URI...`` (no Prefect needed) or by anything that posts the same
+event; the ``inbox`` deployment runs on it. ``deploy/prefect.yaml`` has the triggers.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from kquant.events import (
+    IMAGE_ARRIVED,
+    STORE_COMPLETED,
+    STORE_FAILED,
+    image_resource,
+    store_resource,
+)
 from kquant.io import uri as kuri
 
-STORE_COMPLETED = "kquant.store.completed"
-STORE_FAILED = "kquant.store.failed"
-IMAGE_ARRIVED = "kquant.image.arrived"
-
-
-def store_resource(target: str) -> dict:
-    uri = kuri.display(target)
-    return {
-        "prefect.resource.id": f"kquant.store.{uri}",
-        "prefect.resource.name": kuri.name(target),
-        "kquant.uri": uri,
-    }
-
-
-def image_resource(source: str, role: str | None = None) -> dict:
-    uri = kuri.display(source)
-    out = {
-        "prefect.resource.id": f"kquant.image.{uri}",
-        "prefect.resource.name": kuri.name(source),
-        "kquant.uri": uri,
-    }
-    if role:
-        out["prefect.resource.role"] = role
-    return out
+__all__ = ["IMAGE_ARRIVED", "STORE_COMPLETED", "STORE_FAILED", "store_completed", "store_failed"]
 
 
 def _emit(event: str, resource: dict, related: list | None = None, payload=None, logger=None):
@@ -87,47 +61,3 @@ def store_failed(source: str, target: str, reason: str, logger=None) -> None:
         {"store": kuri.display(target), "source": kuri.display(source), "reason": reason},
         logger,
     )
-
-
-def image_arrived(uri: str) -> None:
-    """``kquant.image.arrived`` for the image at ``uri``."""
-    from prefect.events import emit_event
-
-    emit_event(
-        event=IMAGE_ARRIVED, resource=image_resource(uri), payload={"uri": kuri.display(uri)}
-    )
-
-
-def notify(argv: list[str] | None = None) -> int:
-    """``kquant-notify URI...``: emit ``kquant.image.arrived`` for each image."""
-    p = argparse.ArgumentParser(
-        prog="kquant-notify",
-        description="Tell Prefect that images arrived (event kquant.image.arrived; the inbox "
-        "deployment runs on it). PREFECT_API_URL names the server.",
-    )
-    p.add_argument("uri", nargs="+", help="image path or URL (s3://...)")
-    args = p.parse_args(argv)
-    from prefect.events.worker import EventsWorker
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        print("kquant-notify: error: PREFECT_API_URL is not set", file=sys.stderr)
-        return 2
-    try:
-        for uri in args.uri:
-            image_arrived(uri)
-        EventsWorker.drain_all()
-    except Exception as exc:
-        print(f"kquant-notify: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    for uri in args.uri:
-        print(f"{IMAGE_ARRIVED} {kuri.display(uri)}")
-    return 0
-
-
-def main() -> None:
-    sys.exit(notify())
-
-
-if __name__ == "__main__":
-    main()

@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="dask scheduler address (default: $DASK_SCHEDULER_ADDRESS or local)",
     )
 
+    n = sub.add_parser(
+        "notify",
+        help="tell a Prefect server that images arrived (event kquant.image.arrived; the "
+        "inbox deployment runs on it)",
+    )
+    n.add_argument("uri", nargs="+", help="image path or URL (s3://...)")
+    n.add_argument("--api-url", default=None, help="Prefect API URL (default: $PREFECT_API_URL)")
+
     m = sub.add_parser("demo", help="quantize the bundled sample image")
     m.add_argument("--out", default="kquant-demo", help="folder for the store and preview")
     _add_run_options(m)
@@ -302,6 +310,15 @@ def _info(args) -> int:
     return 0
 
 
+def _notify(args) -> int:
+    from kquant import events
+
+    events.post([events.image_arrived(u) for u in args.uri], api_url=args.api_url)
+    for u in args.uri:
+        print(f"{events.IMAGE_ARRIVED} {events.image_resource(u)['kquant.uri']}")
+    return 0
+
+
 def _demo(args) -> int:
     from importlib import resources
 
@@ -425,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
         "export": _export,
         "upgrade": _upgrade,
+        "notify": _notify,
     }[args.command]
     try:
         with contextlib.redirect_stdout(_GuardedStdout(sys.stdout)):

@@ -134,3 +134,59 @@ def test_info_refuses_incomplete_and_foreign(tmp_path):
     assert_one_line_error(run("info", tmp_path / "other.zarr"), "not a kquant store")
     assert_one_line_error(run("decode", tmp_path / "half.kq", tmp_path / "o.png"), "incomplete")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_notify_posts_the_arrival_event_to_the_api(tmp_path):
+    """``kquant notify`` POSTs ``[event]`` to ``$PREFECT_API_URL/events`` (no Prefect import);
+    the real server's acceptance and the trigger are tested in tests/system/test_events.py."""
+    import http.server
+    import threading
+
+    got = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((self.path, self.headers.get("Authorization"), json.loads(body)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        image = tmp_path / "a b.png"
+        url = f"http://127.0.0.1:{server.server_port}/api"
+        p = run(
+            "notify", image, "s3://bucket/in/x.tif",
+            env={"PREFECT_API_URL": url, "PREFECT_API_KEY": "k1"},
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.splitlines() == [
+            f"kquant.image.arrived {image.as_uri()}",
+            "kquant.image.arrived s3://bucket/in/x.tif",
+        ]
+        ((path, auth, events),) = got
+        assert path == "/api/events" and auth == "Bearer k1"
+        assert [e["event"] for e in events] == ["kquant.image.arrived"] * 2
+        assert events[0]["resource"]["prefect.resource.id"] == f"kquant.image.{image.as_uri()}"
+        assert events[1]["payload"] == {"uri": "s3://bucket/in/x.tif"}
+        assert len({e["id"] for e in events}) == 2 and all(e["occurred"] for e in events)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_notify_errors_are_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    p = subprocess.run(
+        [sys.executable, "-m", "kquant", "notify", str(tmp_path / "a.png")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert_one_line_error(p, "PREFECT_API_URL")
+    from helpers import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    assert_one_line_error(run("notify", "x.png", "--api-url", closed), "cannot reach", closed)

@@ -1,6 +1,6 @@
 """Events on the real stack (``prefect_stack``): a completed store emits
 ``kquant.store.completed`` and the ``export-store/on-completed`` deployment trigger runs
-the follow-up; ``kquant-notify`` emits ``kquant.image.arrived`` and the inbox deployment
+the follow-up; ``kquant notify`` posts ``kquant.image.arrived`` and the inbox deployment
 runs on it; a failed store emits ``kquant.store.failed``."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def test_an_arrival_event_starts_the_inbox_run(prefect_stack):
         before = {r.id for r in _runs_of(client, "quantize-batch/inbox")}
         for _ in range(2):  # once more if a scheduled poll held the inbox's one slot
             out = subprocess.run(
-                [str(Path(prefect_stack.env["PREFECT"]).parent / "kquant-notify"), str(image)],
+                [str(Path(prefect_stack.env["PREFECT"]).parent / "kquant"), "notify", str(image)],
                 env=prefect_stack.env,
                 capture_output=True,
                 text=True,
