@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 from collections.abc import Callable
 
 ENV_ADDRESS = "DASK_SCHEDULER_ADDRESS"
@@ -202,6 +203,46 @@ def warm_workers(fn) -> int:
             )
         )
     return len(workers)
+
+
+#: glibc's mallopt parameters and the values :func:`relax_worker_malloc` sets: the ceiling
+#: of glibc's own dynamic thresholds (bench/README.md, "Inbox throughput").
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 16 << 20, 32 << 20
+_malloc_relaxed = False
+
+
+def relax_worker_malloc() -> bool:
+    """Undo, in this process, the small ``MALLOC_TRIM_THRESHOLD_`` a dask nanny gives its
+    workers (65536 by default).
+
+    Any such variable freezes glibc's mmap threshold at 128 KiB, so every numpy temporary
+    above that is mapped and unmapped again, page faults included: the fit of a 512x512
+    photo took twice as long in a dask worker as in a plain process. This sets the mmap
+    threshold to 16 MiB and the trim threshold to 32 MiB (freed memory above that still
+    goes back to the system). Only in a dask worker whose environment has the variable,
+    only with glibc, once per process; returns whether it changed anything.
+    """
+    global _malloc_relaxed
+    if _malloc_relaxed or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return False
+    distributed = sys.modules.get("distributed")  # a worker has imported it
+    try:
+        distributed.get_worker()  # type: ignore[union-attr]
+    except (AttributeError, ValueError):  # not in a dask worker
+        return False
+    import ctypes
+    import ctypes.util
+
+    _malloc_relaxed = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
 
 
 def active_client():

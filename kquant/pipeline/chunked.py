@@ -43,6 +43,7 @@ def _assign_write_block(
     label_options: dict | None = None,
 ):
     """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
+    cluster.relax_worker_malloc()  # on a dask worker: no mmap per numpy temporary
     block = np.asarray(block)
     if label_options:  # perceptual space or dithering (global coordinates: no seams)
         table = None
@@ -70,9 +71,11 @@ def _assign_write_block(
 
 
 def warm_write_pass() -> None:
-    """Load the write pass's compiled kernels in this process (a cluster worker)."""
+    """Load the write pass's compiled kernels in this process (a cluster worker), and
+    undo a dask nanny's allocator setting there (:func:`kquant.cluster.relax_worker_malloc`)."""
     from kquant.label import lookup
 
+    cluster.relax_worker_malloc()
     lookup.warm()
 
 

@@ -225,3 +225,52 @@ def test_cli_scheduler_file_option_and_environment(tmp_path, scheduler_address, 
     )
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "cannot read dask scheduler file" in p.stderr and not (tmp_path / "x.kq").exists()
+
+
+_MMAPPED_PROBE = r"""
+import ctypes, os
+import numpy as np
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+def mapped_blocks_of_1mib():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    before = libc.mallinfo2().hblks
+    a = np.ones(1 << 20, np.uint8)
+    grown = libc.mallinfo2().hblks - before
+    del a
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), grown
+"""
+
+
+def test_write_pass_relaxes_the_nanny_malloc_setting_on_workers(tmp_path, scheduler_address):
+    """A dask nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc mmap
+    every numpy temporary over 128 KiB (the fit ran at half speed there); after a write pass
+    on the cluster a 1 MiB array comes from the heap again in every worker."""
+    from distributed import Client
+
+    # the probe tells: a plain process with the nanny's setting maps the 1 MiB array
+    control = subprocess.run(
+        [sys.executable, "-c", _MMAPPED_PROBE + "\nprint(mapped_blocks_of_1mib()[1])"],
+        env={**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert control.stdout.strip() == "1"
+
+    src = tmp_path / "m.tif"
+    tifffile.imwrite(src, photo_like(256, 256, seed=5), tile=(64, 64), photometric="rgb")
+    kquant.quantize(
+        src, tmp_path / "m.kq", QuantizeParams(k=8, chunk=64), address=scheduler_address
+    )
+    with Client(scheduler_address, timeout="15s") as client:
+        # builtins pickle by reference: the probe's source travels as a string
+        expr = f"exec({_MMAPPED_PROBE!r}, g := {{}}) or g['mapped_blocks_of_1mib']()"
+        seen = client.run(eval, expr)
+    assert seen and all(env == "65536" for env, _ in seen.values()), seen
+    assert all(grown == 0 for _, grown in seen.values()), seen
