@@ -12,7 +12,8 @@ Each way starts from an empty outbox (nothing cached: a fresh PREFECT_HOME per w
   (started by the command: what the issue measured);
 * ``batch-server``: the same flow reporting to a running ``prefect server`` on 127.0.0.1
   (its start not counted), previews on / off;
-* ``batch-cluster``: the same, on a running 2-worker dask cluster (``DASK_SCHEDULER_ADDRESS``);
+* ``batch-cluster``: the same, on a running 2-worker dask cluster (``DASK_SCHEDULER_ADDRESS``;
+  ``--cluster-threads 1,4``: threads per worker, one run each);
 * ``task-overhead``: 200 no-op Prefect tasks on the server, through the batch's task runner
   and through a ``DaskTaskRunner`` of in-process threads: the cost of a task run.
 
@@ -144,7 +145,7 @@ class Server:
 
 
 class Cluster:
-    def __init__(self, work: Path, env: dict, nworkers: int = 2):
+    def __init__(self, work: Path, env: dict, nworkers: int = 2, nthreads: int = 1):
         port = free_port()
         self.address = f"tcp://127.0.0.1:{port}"
         dask = str(BIN / "dask")
@@ -164,7 +165,7 @@ class Cluster:
                     "--nworkers",
                     str(nworkers),
                     "--nthreads",
-                    "1",
+                    str(nthreads),
                     "--no-dashboard",
                     "--host",
                     "127.0.0.1",
@@ -229,6 +230,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=None)
     ap.add_argument("--only", default=None, help="comma-separated ways")
+    ap.add_argument(
+        "--cluster-threads", default="1", help="threads per worker of batch-cluster (e.g. 1,4)"
+    )
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="kquant-inbox-bench-"))
     inbox = work / "inbox"
@@ -318,16 +322,18 @@ def main() -> int:
                 *timed([sys.executable, "-c", code, str(inbox), str(out)], env, cwd=REPO),
                 "",
             )
-        if want("batch-cluster"):
-            out, env = fresh("cluster")
+        for nthreads in [int(t) for t in a.cluster_threads.split(",")]:
+            if not want("batch-cluster"):
+                break
+            out, env = fresh(f"cluster-{nthreads}")
             env["PREFECT_API_URL"] = server.url
-            cluster = Cluster(work, env)
+            cluster = Cluster(work, env, nthreads=nthreads)
             try:
                 env["DASK_SCHEDULER_ADDRESS"] = cluster.address
                 row(
-                    "batch on a running server, 2-worker cluster",
+                    f"batch on a running server, 2-worker cluster, {nthreads} thread(s) each",
                     *timed(batch + [str(out)], env, cwd=REPO),
-                    "`dask worker --nworkers 2`",
+                    f"`dask worker --nworkers 2 --nthreads {nthreads}`",
                 )
             finally:
                 cluster.stop()
