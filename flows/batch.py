@@ -18,9 +18,10 @@
   it, so tiles of a mosaic keep identical colours; when earlier runs already
   wrote stores with a shared palette of the same parameters, new images reuse
   that palette;
-* images fan out on threads of the flow-run process, or through prefect-dask's
-  ``DaskTaskRunner`` on the cluster at ``$DASK_SCHEDULER_ADDRESS`` (or in a scheduler file),
-  or on a cluster made for the run from a cluster class (see :func:`task_runner`).
+* images fan out on threads of the flow-run process, their pixel work there, in worker
+  processes, or as dask tasks on the cluster at ``$DASK_SCHEDULER_ADDRESS`` (or in a
+  scheduler file); or through prefect-dask's ``DaskTaskRunner`` on a cluster made for the
+  run from a cluster class (see :func:`task_runner`).
 
 Tasks pass URIs, headers and palettes; never pixels.
 """
@@ -50,8 +51,10 @@ def task_runner() -> TaskRunner:
     """The flow's task runner, chosen from the environment of the flow-run process.
 
     ``$DASK_SCHEDULER_ADDRESS`` or ``$DASK_SCHEDULER_FILE`` (a scheduler file, as HPC batch
-    scripts write with ``dask scheduler --scheduler-file``): prefect-dask's
-    ``DaskTaskRunner`` on that cluster. ``$KQUANT_CLUSTER_CLASS`` (+
+    scripts write with ``dask scheduler --scheduler-file``): the thread-pool runner, the
+    images' pixel work sent to that cluster as plain dask tasks
+    (:func:`flows.pixels.cluster_pool`): a Prefect task run on a dask worker costs ~0.1-0.3 s,
+    five of them an image. ``$KQUANT_CLUSTER_CLASS`` (+
     ``$KQUANT_CLUSTER_KWARGS``, JSON): a ``DaskTaskRunner`` that makes that cluster for the
     run and closes it after (``dask_jobqueue.SLURMCluster``, the dask-kubernetes operator's
     ``KubeCluster``, ``distributed.LocalCluster``; see deploy/cluster/).
@@ -63,8 +66,8 @@ def task_runner() -> TaskRunner:
     throughput").
     """
     address = tasks.sanitise_scheduler_env()
-    if address:
-        return DaskTaskRunner(address=address)
+    if address:  # compute slots follow the cluster's threads (see cluster_pool)
+        return ThreadPoolTaskRunner(max_workers=CLUSTER_TASK_THREADS)
     spec = tasks.cluster_spec()
     if spec is not None:
         return DaskTaskRunner(cluster_class=spec[0], cluster_kwargs=spec[1])
@@ -88,6 +91,9 @@ def task_runner() -> TaskRunner:
     )
 
 
+#: Threads of the batch's task runner on an existing cluster: they wait on dask tasks.
+CLUSTER_TASK_THREADS = 64
+
 #: Batches of at least this many new images on the thread-pool runner do their pixel work in
 #: worker processes (``$KQUANT_BATCH_PROCESS_MIN``): starting them costs ~2 s.
 PROCESS_MIN_IMAGES = 8
@@ -105,6 +111,35 @@ def _process_workers(n_images: int) -> int:
     if tasks.COMPUTE_SLOTS < 2 or n_images < minimum:
         return 0
     return tasks.COMPUTE_SLOTS
+
+
+def _cluster_address() -> str | None:
+    """The existing cluster the batch's pixel work goes to: ``$DASK_SCHEDULER_ADDRESS`` (or
+    file) while the task runner is the thread pool, else None."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or not isinstance(ctx.task_runner, ThreadPoolTaskRunner):
+        return None
+    return tasks.sanitise_scheduler_env()
+
+
+@contextlib.contextmanager
+def _cluster_pool(address: str, logger):
+    """:func:`flows.pixels.cluster_pool`, with as many compute slots as the cluster has
+    threads, its size and dashboard in the log."""
+    with pixels.cluster_pool(address) as client:
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+        logger.info(
+            "pixel work on the dask cluster at %s (%d threads)%s",
+            address,
+            threads,
+            f", dashboard {tasks.client_dashboard(client)}"
+            if tasks.client_dashboard(client)
+            else "",
+        )
+        with tasks.compute_slots(max(1, threads)):
+            yield
 
 
 def _failure(futures) -> str | None:
@@ -216,6 +251,8 @@ def quantize_batch(
         return Failed(message=report.one_line(exc), data=exc)
 
     dashboard = tasks.runner_dashboard_link()
+    if dashboard is None and _cluster_address():  # the cluster the pixel work goes to
+        dashboard = tasks.dashboard_link(None)
     made = tasks.runner_cluster()
     if made:
         logger.info("dask cluster of this run: %s", made)
@@ -322,11 +359,19 @@ def quantize_batch(
                 else:
                     todo = _fail_all(todo, failed, "shared palette", fit_f, logger)
 
-    # fan out: one chain of tasks per new image (pixel work in worker processes when many)
-    workers = _process_workers(len(todo))
+    # fan out: one chain of tasks per new image (pixel work on the cluster at
+    # $DASK_SCHEDULER_ADDRESS, or in worker processes when many)
+    address = _cluster_address()
+    workers = 0 if address else _process_workers(len(todo))
     if workers:
         logger.info("pixel work in %d worker processes", workers)
-    with pixels.pool(workers) if workers else contextlib.nullcontext():
+    if address and todo:
+        pool = _cluster_pool(address, logger)
+    elif workers:
+        pool = pixels.pool(workers)
+    else:
+        pool = contextlib.nullcontext()
+    with pool:
         chains = []
         for path, rel, target in todo:
             info = tasks.inspect_source.submit(str(path), max_pixels)

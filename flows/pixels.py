@@ -135,7 +135,7 @@ def thumbnail_data_url(png: str | os.PathLike, width: int = 800) -> str:
 
 # --------------------------------------------------------------------------- worker processes
 
-_pool: concurrent.futures.ProcessPoolExecutor | None = None
+_pool: concurrent.futures.ProcessPoolExecutor | _ClusterExecutor | None = None
 _lock = threading.Lock()
 
 
@@ -164,9 +164,61 @@ def pool(workers: int):
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def on_worker(fn, *args):
+    """``fn(*args)`` on a dask worker: the image's pixel work on that worker's threads (never
+    a graph sent back to the cluster), the nanny's allocator setting undone."""
+    cluster.relax_worker_malloc()
+    with cluster.local_only():
+        return fn(*args)
+
+
+@contextlib.contextmanager
+def cluster_pool(address: str):
+    """Run :func:`run`'s calls on the dask cluster at ``address`` until the block ends: each
+    call is one dask task (:func:`on_worker`), so an image's steps cost a dask task each
+    (~1 ms) rather than a Prefect task run on a worker (~0.1-0.3 s; bench/README.md, "Inbox
+    throughput"). Yields the client. Workers need kquant installed (the ``flows`` package
+    comes with it; Prefect is not imported there).
+
+    Raises
+    ------
+    KquantError
+        If the scheduler cannot be reached.
+    """
+    global _pool
+    from distributed import Client
+
+    from kquant.errors import KquantError, reason
+
+    try:
+        client = Client(address, timeout="15s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise KquantError(f"cannot reach dask scheduler {address}: {reason(exc)}") from None
+    executor = _ClusterExecutor(client)
+    cluster.warm_workers(_warm, client)
+    with _lock:
+        _pool = executor
+    try:
+        yield client
+    finally:
+        with _lock:
+            _pool = None
+        client.close()
+
+
+class _ClusterExecutor:
+    """``submit(fn, *args)`` as a dask task through :func:`on_worker`."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def submit(self, fn, *args):
+        return self.client.submit(on_worker, fn, *args, pure=False)
+
+
 def run(fn, *args):
-    """``fn(*args)`` in a worker process while :func:`pool` is open (and ``args`` hold no
-    callable), else here."""
+    """``fn(*args)`` in a worker process while :func:`pool` is open, or on a dask worker
+    while :func:`cluster_pool` is (and ``args`` hold no callable), else here."""
     executor = _pool
     if executor is None or any(callable(a) for a in args):
         return fn(*args)

@@ -136,6 +136,14 @@ def dashboard_link(address: str | None) -> str | None:
         return None
 
 
+def client_dashboard(client) -> str | None:
+    """The dashboard link of a connected client's cluster, or None (see :func:`_dashboard`)."""
+    try:
+        return _dashboard(client)
+    except Exception:
+        return None
+
+
 def _dashboard(client) -> str | None:
     """The client's dashboard link, if the scheduler serves a dashboard."""
     if "dashboard" not in client.scheduler_info().get("services", {}):
@@ -177,6 +185,19 @@ def compute_slot():
     """Hold one of :data:`COMPUTE_SLOTS` while doing pixel work outside a dask worker."""
     with _slots:
         yield
+
+
+@contextlib.contextmanager
+def compute_slots(n: int):
+    """:func:`compute_slot` hands out ``n`` slots inside (the threads of the cluster the
+    pixel work goes to); no task may hold a slot when the block starts or ends."""
+    global _slots
+    previous = _slots
+    _slots = threading.BoundedSemaphore(n)
+    try:
+        yield
+    finally:
+        _slots = previous
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from collections.abc import Callable
 ENV_ADDRESS = "DASK_SCHEDULER_ADDRESS"
 
 _client: contextvars.ContextVar = contextvars.ContextVar("kquant_dask_client", default=None)
+_local_only: contextvars.ContextVar = contextvars.ContextVar("kquant_local_only", default=False)
 
 
 ENV_SCHEDULER_FILE = "DASK_SCHEDULER_FILE"
@@ -83,7 +84,7 @@ def scheduler(address: str | None = None):
     """
     from kquant.errors import KquantError, reason
 
-    address = resolve_address(address)
+    address = None if _local_only.get() else resolve_address(address)
     if not address:
         token = _client.set(None)
         try:
@@ -103,6 +104,18 @@ def scheduler(address: str | None = None):
     finally:
         _client.reset(token)
         client.close()
+
+
+@contextlib.contextmanager
+def local_only():
+    """Inside, :func:`scheduler` runs on local threads whatever address it is given or the
+    environment names: for work already placed on one worker of a cluster (an image of a
+    batch), which must not submit graphs back to the cluster it runs on."""
+    token = _local_only.set(True)
+    try:
+        yield
+    finally:
+        _local_only.reset(token)
 
 
 def compute(*collections, progress: bool | Callable[[int, int], None] = False):
@@ -178,15 +191,16 @@ def _compute_reporting(client, collections, report: Callable[[int, int], None]):
     return tuple(client.gather(futures))
 
 
-def warm_workers(fn) -> int:
-    """Run ``fn()`` once on every worker of this context's cluster, in the background.
+def warm_workers(fn, client=None) -> int:
+    """Run ``fn()`` once on every worker of ``client``'s cluster (default: this context's),
+    in the background.
 
     For loading what a later pass needs (modules, compiled kernels) while the workers are
     idle, e.g. while the client fits. Fire and forget: nothing waits for it, its result
     and errors are dropped (a failure only means the later pass loads it itself).
     Returns the number of workers it was sent to (0 on local threads).
     """
-    client = _client.get()
+    client = client if client is not None else _client.get()
     if client is None:
         return 0
     from distributed import fire_and_forget

@@ -274,3 +274,67 @@ def test_write_pass_relaxes_the_nanny_malloc_setting_on_workers(tmp_path, schedu
         seen = client.run(eval, expr)
     assert seen and all(env == "65536" for env, _ in seen.values()), seen
     assert all(grown == 0 for _, grown in seen.values()), seen
+
+
+def test_batch_sends_its_pixel_work_to_the_cluster_as_dask_tasks(
+    harness, tmp_path, scheduler_address, monkeypatch
+):
+    """With $DASK_SCHEDULER_ADDRESS the batch keeps Prefect's task runs on its thread pool
+    and runs each step's pixel work as a dask task on the workers: the stores equal the
+    library's, the workers executed the steps, the log names the cluster."""
+    from distributed import Client
+    from helpers import write_png
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    import flows.batch as batch
+
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", scheduler_address)
+    assert isinstance(batch.task_runner(), ThreadPoolTaskRunner)
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    for i in range(3):
+        write_png(inbox / f"c{i}.png", photo_like(48, 64, seed=90 + i), age_seconds=60)
+
+    def on_worker_tasks():  # dask tasks of flows.pixels.on_worker that finished, ever
+        with Client(scheduler_address, timeout="15s") as c:
+            return c.run_on_scheduler(
+                lambda dask_scheduler: (
+                    dask_scheduler.task_prefixes["on_worker"].state_counts["memory"]
+                    if "on_worker" in dask_scheduler.task_prefixes
+                    else 0
+                )
+            )
+
+    before = on_worker_tasks()
+    flow = batch.quantize_batch.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=batch.CLUSTER_TASK_THREADS)
+    )
+    state = flow(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=6, seed=1),
+        settle_seconds=0,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    # inspect, fit, write, verify, preview of each image, each a dask task
+    assert on_worker_tasks() - before == 3 * 5
+    for i in range(3):
+        kquant.quantize(inbox / f"c{i}.png", tmp_path / f"lib{i}.kq", QuantizeParams(k=6, seed=1))
+        mine, lib = files(outbox / f"c{i}.png.kquant"), files(tmp_path / f"lib{i}.kq")
+        assert {k: v for k, v in mine.items() if k != "zarr.json"} == {
+            k: v for k, v in lib.items() if k != "zarr.json"
+        }
+        assert (outbox / f"c{i}.png-preview.png").is_file()
+
+
+def test_local_only_ignores_the_scheduler_address(monkeypatch):
+    """Work already placed on a worker never opens a client to a cluster."""
+    from kquant import cluster
+
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", f"tcp://127.0.0.1:{free_port()}")
+    with cluster.local_only(), cluster.scheduler() as client:
+        assert client is None
+    with pytest.raises(kquant.KquantError, match="cannot reach dask scheduler"):
+        with cluster.scheduler():
+            pass
