@@ -268,6 +268,8 @@ def _info(args) -> int:
             f"palette    {meta.n_colors} colours (k={meta.k}), {meta.bits} bits/px, "
             f"chunks {meta.chunk_rows} x {meta.chunk_cols} px"
         )
+        for line in _geo_lines(meta):
+            print(line)
         if meta.levels > 1:
             smallest = meta.level_shape(meta.levels - 1)
             print(f"pyramid    {meta.levels} levels, down to {smallest[0]} x {smallest[1]} px")
@@ -281,6 +283,26 @@ def _info(args) -> int:
         )
         print(f"params     {json.dumps(meta.params, sort_keys=True)}")
     return 0
+
+
+def _geo_lines(meta) -> list[str]:
+    """``kquant info``'s lines on georeferencing and masked pixels (none if neither)."""
+    import re
+
+    lines = []
+    geo = meta.georeferencing
+    if geo is not None:
+        name = re.match(r'\s*\w+\["([^"]*)"', geo.wkt2)
+        lines.append(
+            f"crs        {geo.code or 'custom (no EPSG code)'}"
+            + (f"  {name.group(1)}" if name else "")
+        )
+        a, b, c, d, e, f = geo.transform
+        turn = f", rotation/shear terms {b:g}, {d:g}" if geo.rotated else ""
+        lines.append(
+            f"transform  pixel {a:g} x {e:g}, top-left corner at ({c:.10g}, {f:.10g}){turn}"
+        )
+    return lines
 
 
 def _demo(args) -> int:
@@ -312,9 +334,20 @@ def _quiet_libraries() -> None:
     import logging
     import warnings
 
+    from kquant.errors import KquantWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, KquantWarning):  # ours: one line, as the errors
+            print(f"kquant: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    default_show = warnings.showwarning
+    warnings.showwarning = show
     if os.environ.get("KQUANT_DEBUG"):
         return
     warnings.simplefilter("ignore")
+    warnings.simplefilter("default", KquantWarning)
     for name in (
         "tifffile",
         "imageio",

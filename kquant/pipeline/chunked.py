@@ -12,6 +12,7 @@ from kquant.io import uri as uri_mod
 from kquant.label import assign, dither, metrics, packing
 from kquant.params import QuantizeParams
 from kquant.pipeline.plan import (
+    geo_record,
     label_options,
     pyramid_levels,
     source_record,
@@ -118,6 +119,7 @@ def write(
         source=source_record(src),
         params=params.to_json(),
         levels=pyramid_levels(params, src.height, src.width, (rows, cols)),
+        geo=geo_record(src),
     )
     brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
     pixels = pixels.rechunk((brows, bcols, 3))

@@ -25,7 +25,7 @@ from kquant.io import ImageSource
 from kquant.io import uri as uri_mod
 from kquant.label import assign, metrics, packing
 from kquant.params import QuantizeParams
-from kquant.pipeline.plan import source_record, uses_lut, write_metrics
+from kquant.pipeline.plan import geo_record, source_record, uses_lut, write_metrics
 
 #: Pillow decodes these whole in memory (TIFF and zarr sources are read tile by tile).
 _WHOLE_FORMATS_EXCLUDED = ("TIFF", "ZARR")
@@ -154,6 +154,7 @@ def write(
         chunk_cols=src.width,
         source=source_record(src),
         params=params.to_json(),
+        geo=geo_record(src),
     )
     with store.DirectStoreWriter(target, meta, palette, overwrite=overwrite) as writer:
         labels, sse, counts = label(

@@ -89,6 +89,11 @@ def source_record(src: ImageSource) -> dict:
     }
 
 
+def geo_record(src: ImageSource) -> dict | None:
+    """The ``geo`` attribute of a store written from ``src`` (GeoZarr names), or None."""
+    return src.geo.to_json(src.height, src.width) if src.geo is not None else None
+
+
 def same_source(record: dict, source) -> bool:
     """Whether a store's ``source`` record names ``source`` as it is now: same URI, size,
     modification time and ETag (a stat, no decoding); False if the record predates the
