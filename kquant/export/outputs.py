@@ -74,12 +74,16 @@ def decode(
     window: tuple[int, int, int, int] | None = None,
     overwrite: bool = False,
     level: int = 0,
+    fill: tuple[int, int, int] | None = None,
 ) -> tuple[Path, tuple[int, int]]:
     """Write the RGB image of the store at ``store_uri`` (or the window ``(y0, y1, x0, x1)``
     of it) to ``out``, a PNG or a tiled TIFF by its suffix, whole or not at all.
 
     With ``level``, from that pyramid level (the window in its pixels): a preview of a
-    gigapixel store reads a level, not the image.
+    gigapixel store reads a level, not the image. A store with masked pixels (a nodata
+    index) gives RGBA, masked pixels transparent, or RGB with them ``fill``. A
+    georeferenced store gives a GeoTIFF (with rasterio, ``kquant[geo]``) whose transform is
+    the store's shifted to the window (and scaled to the level).
 
     Returns
     -------
@@ -102,16 +106,30 @@ def decode(
     module = _format(Path(out), "output")
     out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)
+    from kquant.label import reconstruct
+
     labels = st.level(level)  # refuses a level the store lacks
     h, w = labels.shape
+    y0, y1, x0, x1 = 0, h, 0, w
     if window is not None:
         y0, y1, x0, x1 = window
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
             what = f"level {level}" if level else "the image"
             raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside {what} (0:{h},0:{w})")
-        rgb = st.window(y0, y1, x0, x1, level=level)
-    else:
-        rgb = st.window(0, h, 0, w, level=level)
+    palette = reconstruct.output_palette(st.palette, st.meta.nodata_index, fill)
+    rgb = reconstruct.reconstruct(labels[y0:y1, x0:x1], palette)
+    geo = st.meta.georeferencing
     with atomicfile.replacing(out, overwrite=overwrite) as fh:
-        module.write_rgb(rgb, fh)
+        if geo is not None and module is tiff and _has_rasterio():
+            from kquant.export import geotiff
+
+            geotiff.write_rgb(rgb, fh.name, geo.shifted(y0, x0, scale=1 << level))
+        else:
+            module.write_rgb(rgb, fh)
     return out, (int(rgb.shape[0]), int(rgb.shape[1]))
+
+
+def _has_rasterio() -> bool:
+    from kquant.io import geo
+
+    return geo.available()
