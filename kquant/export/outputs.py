@@ -26,10 +26,17 @@ def _format(out: Path, what: str):
 
 
 def export(
-    store_uri: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False
+    store_uri: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    cog: bool = False,
+    compress: str = "deflate",
 ) -> Path:
     """Write the store at ``store_uri`` as an indexed PNG, a palette TIFF or an OME-Zarr
-    folder at ``out``.
+    folder at ``out``; with ``cog`` (a ``.tif`` output) a Cloud-Optimized GeoTIFF
+    compressed with ``compress`` (``deflate`` or ``zstd``; :mod:`kquant.export.cog`,
+    needs rasterio: ``kquant[geo]``).
 
     The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``; ``.zarr``, e.g.
     ``OUT.ome.zarr``: :func:`kquant.export.ome_zarr.write`).
@@ -44,7 +51,8 @@ def export(
     Raises
     ------
     ParameterError
-        If the suffix is not one of :data:`SUFFIXES`.
+        If the suffix is not one of :data:`SUFFIXES` (``.tif``/``.tiff`` with ``cog``), or
+        ``cog`` without rasterio.
     TargetExistsError
         If ``out`` exists and ``overwrite`` is false.
     UnsafeTargetError
@@ -60,10 +68,19 @@ def export(
 
         return ome_zarr.write(store_uri, out, overwrite=overwrite)
     module = _format(Path(out), "export output")
+    if cog and module is not tiff:
+        raise ParameterError(f"a COG is a .tif or .tiff file, got {Path(out).name!r}")
+    if cog and not _has_rasterio():
+        raise ParameterError("--cog needs rasterio: install kquant[geo]")
     out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)
     with atomicfile.replacing(out, overwrite=overwrite) as fh:
-        module.write_indexed(st, fh)
+        if cog:
+            from kquant.export import cog as cog_mod
+
+            cog_mod.write(st, fh.name, compress=compress)
+        else:
+            module.write_indexed(st, fh)
     return out
 
 

@@ -18,10 +18,10 @@ CMYK (JPEG)               converted to RGB by the decoder (Pillow)
 anything else             rejected with :class:`~kquant.errors.InputError`
 ========================  ===========================================================
 
-Alpha is composited, not excluded: every pixel gets a palette entry, and a fully
-transparent pixel takes the background colour. With a mask rule (:class:`MaskRule`, the
-``nodata`` parameter) :func:`to_rgb8_masked` also says which pixels are masked (fully
-transparent, the file's nodata value, a given colour): those get no colour of the palette.
+Alpha is composited: a fully transparent pixel takes the background colour. With a mask
+rule (:class:`MaskRule`, the ``nodata`` parameter) :func:`to_rgb8_masked` also says which
+pixels are masked (fully transparent, the file's nodata value, a given colour): those get
+no colour of the palette.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def to_rgb8_masked(
     block: np.ndarray, *, background: tuple[int, int, int] = WHITE, rule: MaskRule
 ) -> np.ndarray:
     """:func:`to_rgb8` plus a validity channel: (H, W, 4) uint8, channel 3 is 255 where the
-    pixel is valid and 0 where ``rule`` masks it.
+    pixel is valid and 0 where ``rule`` masks it; masked pixels get the colour
+    ``rule.colour`` (else ``background``): the reserved palette entry's, so that they add no
+    error and one known colour code to a histogram.
 
     Raises
     ------
@@ -88,6 +90,7 @@ def to_rgb8_masked(
         masked |= np.all(rgb == np.asarray(rule.colour, np.uint8), axis=2)
     out = np.empty(rgb.shape[:2] + (4,), np.uint8)
     out[:, :, :3] = rgb
+    out[masked, :3] = np.asarray(rule.colour if rule.colour is not None else background, np.uint8)
     out[:, :, 3] = np.where(masked, 0, 255)
     return out
 

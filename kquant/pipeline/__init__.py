@@ -22,6 +22,8 @@ from kquant.pipeline.plan import (
 )
 from kquant.pipeline.run import (
     QuantizeResult,
+    export_cog,
+    export_path,
     finished_store,
     imposed_fit,
     imposed_palette,
@@ -34,6 +36,8 @@ from kquant.pipeline.shared_palette import fit_shared
 __all__ = [
     "LUT_MIN_PIXELS",
     "QuantizeResult",
+    "export_cog",
+    "export_path",
     "finished_store",
     "fit",
     "fit_histogram",

@@ -10,15 +10,15 @@ import time
 import numpy as np
 
 from kquant import store
-from kquant.errors import KquantError
+from kquant.errors import KquantError, ParameterError
 from kquant.fit import FitResult
 from kquant.io import ImageSource
 from kquant.io import uri as uri_mod
 from kquant.label import assign, dither
 from kquant.params import QuantizeParams
 from kquant.pipeline import chunked, in_memory
-from kquant.pipeline.fitting import fit, inspect
-from kquant.pipeline.plan import label_options, same_source
+from kquant.pipeline.fitting import fit, inspect, with_reserved_entry
+from kquant.pipeline.plan import label_options, mask_rule, same_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,7 @@ class QuantizeResult:
     fit: FitResult
     timings: dict
     preview: str | None = None
+    export: str | None = None
 
     @property
     def palette(self) -> np.ndarray:
@@ -47,8 +48,12 @@ def write(
     address: str | None = None,
     progress: bool = False,
     fit_info: FitResult | None = None,
+    nodata_index: int | None = None,
 ) -> store.StoreMeta:
     """Assign every pixel to ``palette`` and write a complete store at ``target``.
+
+    ``nodata_index`` (default: ``fit_info``'s), the palette's last entry, is reserved for
+    the pixels ``params.nodata`` masks; the others get the nearest of the entries before it.
 
     Raises
     ------
@@ -67,6 +72,10 @@ def write(
     params = params or QuantizeParams()
     store.check_target(target, overwrite=overwrite, source=source)
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
+    if nodata_index is None and fit_info is not None:
+        nodata_index = fit_info.nodata_index
+    if nodata_index is not None and nodata_index != len(palette) - 1:
+        raise ValueError("the nodata index must be the palette's last entry")
     if in_memory.eligible(src, params, address=address, target=target):  # one chunk: no dask
         palette = np.asarray(palette, np.uint8)
         return in_memory.write(
@@ -77,7 +86,10 @@ def write(
             overwrite=overwrite,
             max_pixels=max_pixels,
             fit_info=fit_info,
-            label_options=label_options(params, palette),
+            label_options=label_options(
+                params, palette if nodata_index is None else palette[:nodata_index]
+            ),
+            nodata_index=nodata_index,
         )
     return chunked.write(
         src,
@@ -89,6 +101,7 @@ def write(
         address=address,
         progress=progress,
         fit_info=fit_info,
+        nodata_index=nodata_index,
     )
 
 
@@ -101,8 +114,12 @@ def preview(
     max_pixels: int | None = None,
     max_width: int = 1600,
     overwrite: bool = True,
+    nodata_index: int | None = None,
 ) -> str:
     """Write original | reconstruction with the palette strip to ``out`` (PNG).
+
+    With ``nodata_index`` (the palette's last entry, reserved for masked pixels) masked
+    pixels show as a grey checkerboard on both sides.
 
     ``overwrite`` replaces an existing plain file at ``out`` (the default: a preview is
     derived output); the source, folders and anything inside the source are never
@@ -121,21 +138,74 @@ def preview(
     out = store.check_output(out, overwrite=overwrite, sources=[source])
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     step = pv.stride_for(src.height, src.width, max_width)
+    palette = np.asarray(palette, np.uint8)
+    rule = mask_rule(src, params) if nodata_index is not None else None
     if in_memory.eligible(src, params):
-        whole = in_memory.image(src, params, max_pixels=max_pixels)
+        whole = in_memory.image(src, params, max_pixels=max_pixels, mask=rule)
         small = np.ascontiguousarray(whole[::step, ::step])
     else:
-        image = chunked.image(src, params, max_pixels)
+        image = chunked.image(src, params, max_pixels, rule)
         small = np.asarray(image[::step, ::step].compute(scheduler="threads"))
-    options = label_options(params, np.asarray(palette, np.uint8))
+    valid = None
+    if small.shape[2] == 4:
+        valid = small[..., 3] != 0
+        small = np.ascontiguousarray(small[..., :3])
+    colours = palette if nodata_index is None else palette[:nodata_index]
+    options = label_options(params, colours)
     labels = (
-        dither.label_block(small, palette, **options)
+        dither.label_block(small, colours, **options)
         if options
-        else assign.nearest_block(small, palette)
+        else assign.nearest_block(small, colours)
     )
-    recon = np.asarray(palette, np.uint8)[labels]
+    recon = colours[labels]
+    if valid is not None:  # masked pixels: a checkerboard on both sides
+        board = pv.checkerboard(*small.shape[:2])
+        small[~valid] = board[~valid]
+        recon[~valid] = board[~valid]
     pv.write_png(out, pv.compose(small, recon, palette), overwrite=overwrite)
     return str(out)
+
+
+def export_path(target, params: QuantizeParams) -> str | None:
+    """Where ``params.export`` writes the COG of the store at ``target``: ``cog``, next to
+    it (``<stem>.cog.tif``), else the path or URI given; None without an export."""
+    if params.export is None:
+        return None
+    if params.export != "cog":
+        return uri_mod.normalise(params.export)
+    root = uri_mod.normalise(target).rstrip("/")
+    stem = root[: -len(".kquant")] if root.endswith(".kquant") else root
+    return f"{stem}.cog.tif"
+
+
+def export_cog(target, out: str, *, overwrite: bool = False, source=None) -> str:
+    """Write the store at ``target`` as a COG at ``out`` (local, or uploaded to an object
+    store from a local temporary file; :mod:`kquant.export.cog`).
+
+    Raises
+    ------
+    ParameterError, TargetExistsError, UnsafeTargetError
+        As :func:`kquant.export.export`.
+    """
+    import os
+    import tempfile
+
+    from kquant.export import outputs
+
+    if not uri_mod.is_remote(out):
+        if source is not None:
+            store.check_output(out, overwrite=overwrite, sources=[source], stores=[target])
+        return str(outputs.export(target, out, overwrite=overwrite, cog=True))
+    fs, path = uri_mod.filesystem(out)
+    if not overwrite and fs.exists(path):
+        from kquant.errors import TargetExistsError
+
+        raise TargetExistsError(f"{out} exists (use --overwrite to replace it)")
+    with tempfile.TemporaryDirectory(prefix="kquant-cog-") as tmp:
+        local = os.path.join(tmp, "export.tif")
+        outputs.export(target, local, cog=True)
+        fs.put_file(local, path)
+    return out
 
 
 def imposed_palette(palette, params: QuantizeParams) -> tuple[np.ndarray, QuantizeParams]:
@@ -242,6 +312,9 @@ def quantize(
     target = store.check_target(target, overwrite=overwrite, source=source)
     if preview_path is not None:
         store.check_output(preview_path, overwrite=overwrite, sources=[source], stores=[target])
+    exported = export_path(target, params)
+    if exported is not None and not uri_mod.is_remote(exported):
+        store.check_output(exported, overwrite=overwrite, sources=[source], stores=[target])
     with locking.hold(target):  # fail fast if another run writes the same target
         return _quantize(
             source,
@@ -271,6 +344,14 @@ def _quantize(
         result = fit(src, params, max_pixels=max_pixels, address=address, progress=progress)
     else:
         result = imposed_fit(imposed, src.height * src.width)
+        if mask_rule(src, params) is not None:  # masked pixels get one more entry
+            if len(imposed) >= 256:
+                raise ParameterError(
+                    f"{src.uri} has masked pixels (nodata {params.nodata}): an imposed "
+                    "palette leaves no index for them at 256 colours (use --nodata none)"
+                )
+            params = dataclasses.replace(params, k=len(imposed) + 1)
+            result = with_reserved_entry(result, params, None)
     timings["fit"] = time.perf_counter() - t
     timings.update({f"fit.{k}": v for k, v in result.timings.items()})
     t = time.perf_counter()
@@ -294,9 +375,20 @@ def _quantize(
     if preview_path is not None:
         t = time.perf_counter()
         written_preview = preview(
-            src, result.palette, preview_path, params, max_pixels=max_pixels, overwrite=overwrite
+            src,
+            result.palette,
+            preview_path,
+            params,
+            max_pixels=max_pixels,
+            overwrite=overwrite,
+            nodata_index=result.nodata_index,
         )
         timings["preview"] = time.perf_counter() - t
+    exported = export_path(target, params)
+    if exported is not None:
+        t = time.perf_counter()
+        exported = export_cog(target, exported, overwrite=overwrite, source=source)
+        timings["export"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return QuantizeResult(
         target=uri_mod.normalise(target),
@@ -304,6 +396,7 @@ def _quantize(
         fit=result,
         timings=timings,
         preview=written_preview,
+        export=exported,
     )
 
 
