@@ -103,13 +103,19 @@ def _open(path: str):
     return rasterio.open(path)
 
 
-def read(path: str) -> GeoInfo | None:
+def read(path: str, keys: dict | None = None) -> GeoInfo | None:
     """The georeferencing of the GeoTIFF at ``path``, or None if it has none.
+
+    ``keys`` (the file's CRS GeoKeys by name, e.g. ``{"ProjectedCSTypeGeoKey": 32633}``)
+    name the code in the message when GDAL cannot parse the CRS.
+
+    A rotated or sheared transform is kept as it is (:attr:`GeoInfo.rotated`).
 
     Raises
     ------
     InputError
-        If GDAL cannot parse the file's CRS, or the transform is not finite or is
+        If GDAL cannot parse the file's CRS (including the unnamed local CRS GDAL falls
+        back to for GeoKeys it does not know), or the transform is not finite or is
         degenerate (a pixel of zero area).
     """
     import rasterio
@@ -138,6 +144,12 @@ def read(path: str) -> GeoInfo | None:
         raise InputError(
             f"{path}: GDAL cannot parse the CRS of this GeoTIFF: {reason(exc)}"
         ) from None
+    if not (crs.is_projected or crs.is_geographic) and '["unnamed"' in wkt2.split(",")[0]:
+        named = ", ".join(f"{k} {v}" for k, v in (keys or {}).items())
+        raise InputError(
+            f"{path}: GDAL cannot parse the CRS of this GeoTIFF"
+            + (f" ({named} is not a CRS it knows)" if named else "")
+        )
     epsg = crs.to_epsg()
     coefficients = tuple(float(v) for v in tuple(transform)[:6])
     a, b, _, d, e, _ = coefficients

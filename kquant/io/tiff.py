@@ -74,6 +74,7 @@ def _inspect_tiff(path: str, max_pixels: int | None, budget: int) -> ImageSource
             alpha = photometric != 3 and int(page.samplesperpixel) in (2, 4)
             nodata = _nodata(path, page.tags.get("GDAL_NODATA"))
             georeferenced = bool(tf.is_geotiff)
+            keys = _crs_keys(tf) if georeferenced else {}
     except InputError:
         raise
     except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
@@ -82,7 +83,7 @@ def _inspect_tiff(path: str, max_pixels: int | None, budget: int) -> ImageSource
         orientation = 1
     size, mtime, etag = _stat(path)
     oh, ow = _oriented(h, w, orientation)
-    geo = _georeferencing(path, orientation) if georeferenced else None
+    geo = _georeferencing(path, orientation, keys) if georeferenced else None
     return ImageSource(
         uri=path,
         format="TIFF",
@@ -120,7 +121,20 @@ def _nodata(path: str, tag) -> float | None:
         raise InputError(f"{path}: its nodata value {text!r} is not a number") from None
 
 
-def _georeferencing(path: str, orientation: int):
+def _crs_keys(tf) -> dict:
+    """The GeoKeys that name the GeoTIFF's CRS by code (for messages), as integers."""
+    try:
+        meta = tf.geotiff_metadata or {}
+    except Exception:  # a malformed GeoKey directory: GDAL has the last word
+        return {}
+    return {
+        name: int(meta[name])
+        for name in ("ProjectedCSTypeGeoKey", "GeographicTypeGeoKey")
+        if name in meta
+    }
+
+
+def _georeferencing(path: str, orientation: int, keys: dict | None = None):
     """The GeoTIFF's georeferencing (:mod:`kquant.io.geo`), or None with a warning when
     rasterio is not installed.
 
@@ -142,7 +156,7 @@ def _georeferencing(path: str, orientation: int):
             stacklevel=2,
         )
         return None
-    info = geo.read(path)
+    info = geo.read(path, keys)
     if info is not None and orientation != 1:
         raise InputError(
             f"{path}: a georeferenced TIFF with orientation {orientation}: not supported"
