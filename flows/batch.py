@@ -221,7 +221,8 @@ def quantize_batch(
         if reused is not None:
             logger.info("reusing the shared palette of %d existing stores", len(done_targets))
             shared_fit = {
-                "palette": reused,
+                "palette": reused[0],
+                "nodata_index": reused[1],
                 "reused": True,
                 "n_unique": None,
                 "mse": None,
@@ -259,14 +260,19 @@ def quantize_batch(
     chains = []
     for path, rel, target in todo:
         info = tasks.inspect_source.submit(str(path), max_pixels)
+        reserved = None
         if imposed is not None:  # the fit-like record: the stores say "imposed"
             fit, pal = None, imposed
         elif shared_fit is not None:
             fit, pal = None, shared_fit["palette"]
+            reserved = shared_fit.get("nodata_index")
         else:  # the write and preview tasks take the fit's result (a dict) as the palette
             fit = pal = tasks.fit_palette.submit(info, params, max_pixels)
-        written = tasks.write_store.submit(info, str(target), pal, params, False, max_pixels)
+        written = tasks.write_store.submit(
+            info, str(target), pal, params, False, max_pixels, nodata_index=reserved
+        )
         verified = tasks.verify_store.submit(str(target), wait_for=[written])
+        exported = tasks.export_cog.submit(str(target), params, False, wait_for=[verified])
         shown = None
         if preview:
             shown = tasks.write_preview.submit(
@@ -275,9 +281,10 @@ def quantize_batch(
                 str(inbox_mod.preview_path(target)),
                 params,
                 max_pixels,
+                nodata_index=reserved,
                 wait_for=[verified],
             )
-        chains.append((rel, target, [info, fit, written, verified], shown))
+        chains.append((rel, target, [info, fit, written, verified, exported], shown))
     wait([f for _, _, fs, s in chains for f in fs + [s] if f is not None])
 
     results = []
@@ -297,6 +304,7 @@ def quantize_batch(
                 "psnr": m["psnr"],
                 "bits_per_pixel": round(m["store_bits_per_pixel"], 4),
                 "n_colors": meta["n_colors"],
+                "export": (futures[4].result() or {}).get("path"),
                 "fit": (
                     "imposed"
                     if imposed is not None

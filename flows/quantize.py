@@ -137,6 +137,9 @@ def quantize_image(
         timings["assign_write"] = written["seconds"]
         verified = tasks.verify_store(target, address)
         timings["verify"] = verified["seconds"]
+        exported = tasks.export_cog(target, params, overwrite)
+        if exported is not None:
+            timings["export"] = exported["seconds"]
     except KquantError as exc:
         # a user error: one line in the log, the run Failed with it (no traceback)
         logger.error("quantize-image failed: %s", report.one_line(exc))
@@ -151,7 +154,9 @@ def quantize_image(
         except Exception as exc:  # the store is complete and verified; a preview is extra
             logger.warning("no preview: %s", report.one_line(exc))
     timings["total"] = time.perf_counter() - t0
-    result = report.summary(src, target, fit, fit_cached, written, verified, shown, timings)
+    result = report.summary(
+        src, target, fit, fit_cached, written, verified, shown, timings, exported
+    )
     if fit_cached:
         result["timings"]["fit_original"] = fit["seconds"]
     _report(result, logger)

@@ -119,8 +119,9 @@ def summary(
     verified: dict,
     preview: dict | None,
     timings: dict,
+    exported: dict | None = None,
 ) -> dict:
-    """The flow's result: small and JSON-able."""
+    """The flow's result: small and JSON-able (``export``: the COG written, or None)."""
     meta = written["meta"]
     m = meta["metrics"]
     return {
@@ -140,6 +141,7 @@ def summary(
         "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in fit["palette"]],
         "palette_counts": m["palette_counts"],
         "preview": preview["path"] if preview else None,
+        "export": exported["path"] if exported else None,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "already_done": False,
     }

@@ -251,11 +251,13 @@ def write_store(
     overwrite: bool = False,
     max_pixels: int | None = None,
     address: str | None = None,
+    nodata_index: int | None = None,
 ) -> dict:
     """Assign every pixel to the palette and write the store (atomically: temp dir + rename).
 
     ``palette`` is a list of ``[r, g, b]`` or a fit record (its ``"palette"``; its fit
-    mode is then recorded in the store's metrics, as the CLI does).
+    mode is then recorded in the store's metrics, as the CLI does). ``nodata_index`` (else
+    the fit record's) is the entry reserved for masked pixels.
     """
     fit_info = _fit_info(palette)
     t0 = time.perf_counter()
@@ -269,6 +271,7 @@ def write_store(
             max_pixels=max_pixels,
             address=addr,
             fit_info=fit_info,
+            nodata_index=nodata_index,
         )
     seconds = time.perf_counter() - t0
     m = meta.metrics
@@ -302,11 +305,32 @@ def verify_store(target: str, address: str | None = None) -> dict:
     return {"checksum": st.meta.checksum, "seconds": round(seconds, 3)}
 
 
+@task(name="export-cog", cache_policy=NO_CACHE, **IO_RETRIES)
+def export_cog(target: str, params: dict, overwrite: bool = False) -> dict | None:
+    """Write the store's Cloud-Optimized GeoTIFF where ``params["export"]`` says (``cog``:
+    next to the store; else that path or URI); None without an export."""
+    prm = QuantizeParams.from_json(params)
+    out = pipeline.export_path(target, prm)
+    if out is None:
+        return None
+    t0 = time.perf_counter()
+    written = pipeline.export_cog(target, out, overwrite=overwrite)
+    seconds = time.perf_counter() - t0
+    get_run_logger().info("exported %s as a COG in %.2f s", written, seconds)
+    return {"path": written, "seconds": round(seconds, 3)}
+
+
 @task(name="preview", cache_policy=NO_CACHE, **IO_RETRIES)
 def write_preview(
-    source: dict, palette: list | dict, out: str, params: dict, max_pixels: int | None = None
+    source: dict,
+    palette: list | dict,
+    out: str,
+    params: dict,
+    max_pixels: int | None = None,
+    nodata_index: int | None = None,
 ) -> dict:
-    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide).
+    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide);
+    masked pixels (``nodata_index``, else the fit record's) as a checkerboard.
 
     ``out`` may be an object-store URL: the picture is made locally, then uploaded.
     """
@@ -314,13 +338,15 @@ def write_preview(
     src = ImageSource.from_json(source)
     pal = np.asarray(_palette(palette), np.uint8)
     prm = QuantizeParams.from_json(params)
+    if nodata_index is None and isinstance(palette, dict):
+        nodata_index = palette.get("nodata_index")
     out = kuri.normalise(out)
     if kuri.is_remote(out):
         with tempfile.TemporaryDirectory(prefix="kquant-preview-") as tmp:
             local = os.path.join(tmp, "preview.png")
-            pipeline.preview(src, pal, local, prm, max_pixels=max_pixels)
+            pipeline.preview(src, pal, local, prm, max_pixels=max_pixels, nodata_index=nodata_index)
             fs, path = kuri.filesystem(out)
             fs.put_file(local, path)
     else:
-        pipeline.preview(src, pal, out, prm, max_pixels=max_pixels)
+        pipeline.preview(src, pal, out, prm, max_pixels=max_pixels, nodata_index=nodata_index)
     return {"path": out, "seconds": round(time.perf_counter() - t0, 3)}

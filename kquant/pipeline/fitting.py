@@ -177,7 +177,7 @@ def fit(
             raise InputError(
                 f"{src.uri}: every pixel is masked (nodata {params.nodata}): nothing to quantize"
             )
-        colours, counts = _without_masked(colours, counts, masked, reserved_colour(params))
+        colours, counts = without_masked(colours, counts, masked, reserved_colour(params))
     reserve = rule is not None and (masked is None or masked > 0)
     t1 = time.perf_counter()
     result = fit_histogram(
@@ -211,7 +211,7 @@ def _masked_and_sample(block: np.ndarray, sampler=None):
     return masked, (sampler(block) if sampler is not None else None)
 
 
-def _without_masked(colours, counts, masked: int, colour) -> tuple[np.ndarray, np.ndarray]:
+def without_masked(colours, counts, masked: int, colour) -> tuple[np.ndarray, np.ndarray]:
     """The histogram of the valid pixels: masked pixels were counted as ``colour``
     (:func:`kquant.io.convert.to_rgb8_masked`)."""
     if not masked:

@@ -1,0 +1,73 @@
+"""The flows with georeferenced, masked sources: ``nodata`` and ``export`` reach the stores
+and the COGs, the summary names the COG (in-process, against the prefect_test_harness)."""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+from helpers import photo_like, write_geotiff
+
+from kquant.params import QuantizeParams
+
+
+def _collar_tif(path, seed, collar=24):
+    img = photo_like(96, 128, seed=seed)
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    rgba[:collar, :, 3] = 0
+    return write_geotiff(path, rgba, block=64)
+
+
+def test_quantize_image_nodata_and_export_cog(harness, tmp_path):
+    from flows.quantize import quantize_image
+    from kquant.store import open_store
+
+    src = _collar_tif(tmp_path / "ortho.tif", seed=1)
+    state = quantize_image(
+        source=str(src),
+        target=str(tmp_path / "ortho.kquant"),
+        params=QuantizeParams(k=8, sample_size=4000, export="cog"),
+        preview=False,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    r = state.result()
+    assert r["export"] == str(tmp_path / "ortho.cog.tif")
+    st = open_store(tmp_path / "ortho.kquant")
+    assert st.meta.nodata_index == 7 and st.meta.metrics["masked_pixels"] == 24 * 128
+    with rasterio.open(src) as s, rasterio.open(r["export"]) as d:
+        assert d.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert d.crs == s.crs and d.transform == s.transform and d.nodata == 7
+        assert np.array_equal(d.read(1), np.asarray(st.labels.compute()))
+
+
+def test_batch_shared_palette_masks_and_cogs(harness, tmp_path):
+    from flows.batch import quantize_batch
+    from kquant.store import open_store
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    for i in range(2):
+        _collar_tif(inbox / f"tile-{i}.tif", seed=i)
+    state = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=6, sample_size=4000, export="cog"),
+        shared_palette=True,
+        settle_seconds=0,
+        preview=False,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    r = state.result()
+    assert r["processed"] == ["tile-0.tif", "tile-1.tif"]
+    stores = [open_store(outbox / f"tile-{i}.tif.kquant") for i in range(2)]
+    assert all(np.array_equal(st.palette, stores[0].palette) for st in stores)
+    assert [st.meta.nodata_index for st in stores] == [5, 5]  # 5 colours + the reserved one
+    assert [row["export"] for row in r["results"]] == [
+        str(outbox / f"tile-{i}.tif.cog.tif") for i in range(2)
+    ]
+    for i, st in enumerate(stores):
+        labels = np.asarray(st.labels.compute())
+        assert (labels[:24] == 5).all() and (labels[24:] != 5).all()
+        with rasterio.open(outbox / f"tile-{i}.tif.cog.tif") as d:
+            assert d.nodata == 5 and np.array_equal(d.read(1), labels)
