@@ -126,7 +126,7 @@ class KquantStore:
         coordinate as rioxarray and GDAL write it (``crs_wkt``, ``spatial_ref``,
         ``GeoTransform`` of the level), named by each variable's ``grid_mapping``, so
         ``ds.rio.crs`` and ``ds.rio.transform()`` give the store's. With a nodata index,
-        ``labels`` has the attribute ``_FillValue`` (that index) and ``nodata``.
+        ``labels`` has the attribute ``nodata`` (that index).
 
         Raises
         ------

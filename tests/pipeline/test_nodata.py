@@ -71,6 +71,7 @@ def test_collar_palette_is_the_valid_pixels_palette(tmp_path, kind, georef):
     st = kquant.open_store(res.target)
     labels = np.asarray(st.labels.compute())
     assert (labels[:COLLAR] == 15).all() and (labels[COLLAR:] != 15).all()
+    assert st.to_xarray().labels.attrs["nodata"] == 15
     recon = st.palette[labels]
     assert meta.metrics["psnr"] == pytest.approx(_psnr(recon[COLLAR:], img[COLLAR:]), abs=1e-9)
     assert meta.metrics["psnr"] == pytest.approx(ref.meta.metrics["psnr"], abs=1e-9)
