@@ -260,13 +260,17 @@ def write_store(
     the fit record's) is the entry reserved for masked pixels.
     """
     fit_info = _fit_info(palette)
+    src, prm = ImageSource.from_json(source), QuantizeParams.from_json(params)
+    pal = np.asarray(_palette(palette), np.uint8)
+    if fit_info is not None and fit_info.mode == "imposed":  # as the CLI's --palette
+        pal, nodata_index = pipeline.reserve_imposed(pal, src, prm)
     t0 = time.perf_counter()
     with dask_address(address) as addr:
         meta = pipeline.write(
-            ImageSource.from_json(source),
+            src,
             target,
-            np.asarray(_palette(palette), np.uint8),
-            QuantizeParams.from_json(params),
+            pal,
+            prm,
             overwrite=overwrite,
             max_pixels=max_pixels,
             address=addr,
@@ -338,7 +342,9 @@ def write_preview(
     src = ImageSource.from_json(source)
     pal = np.asarray(_palette(palette), np.uint8)
     prm = QuantizeParams.from_json(params)
-    if nodata_index is None and isinstance(palette, dict):
+    if isinstance(palette, dict) and palette.get("mode") == "imposed":
+        pal, nodata_index = pipeline.reserve_imposed(pal, src, prm)
+    elif nodata_index is None and isinstance(palette, dict):
         nodata_index = palette.get("nodata_index")
     out = kuri.normalise(out)
     if kuri.is_remote(out):

@@ -29,6 +29,7 @@ from kquant.pipeline.run import (
     imposed_palette,
     preview,
     quantize,
+    reserve_imposed,
     write,
 )
 from kquant.pipeline.shared_palette import fit_shared
@@ -47,6 +48,7 @@ __all__ = [
     "inspect",
     "preview",
     "quantize",
+    "reserve_imposed",
     "same_source",
     "sample_chunks",
     "sample_graph",

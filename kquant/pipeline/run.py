@@ -17,7 +17,7 @@ from kquant.io import uri as uri_mod
 from kquant.label import assign, dither
 from kquant.params import QuantizeParams
 from kquant.pipeline import chunked, in_memory
-from kquant.pipeline.fitting import fit, inspect, with_reserved_entry
+from kquant.pipeline.fitting import fit, inspect
 from kquant.pipeline.plan import label_options, mask_rule, same_source
 
 
@@ -241,6 +241,32 @@ def imposed_palette(palette, params: QuantizeParams) -> tuple[np.ndarray, Quanti
     return arr.astype(np.uint8), dataclasses.replace(params, k=max(2, len(arr)), target_psnr=None)
 
 
+def reserve_imposed(
+    palette: np.ndarray, src: ImageSource, params: QuantizeParams
+) -> tuple[np.ndarray, int | None]:
+    """An imposed palette for ``src``: with the entry of masked pixels appended when
+    ``params.nodata`` can mask pixels of ``src``, and that entry's index (else None).
+
+    Raises
+    ------
+    ParameterError
+        If the palette has 256 colours and the source may have masked pixels.
+    InputError
+        As :func:`kquant.pipeline.plan.mask_rule`.
+    """
+    from kquant.pipeline.plan import reserved_colour
+
+    palette = np.asarray(palette, np.uint8)
+    if mask_rule(src, params) is None:
+        return palette, None
+    if len(palette) >= 256:
+        raise ParameterError(
+            f"{src.uri} may have masked pixels (nodata {params.nodata}): an imposed palette "
+            "of 256 colours leaves no index for them (use --nodata none)"
+        )
+    return np.vstack([palette, np.asarray([reserved_colour(params)], np.uint8)]), len(palette)
+
+
 def imposed_fit(palette: np.ndarray, n_pixels: int) -> FitResult:
     """The :class:`FitResult` recorded for an imposed palette (``mode="imposed"``)."""
     return FitResult(
@@ -344,14 +370,9 @@ def _quantize(
         result = fit(src, params, max_pixels=max_pixels, address=address, progress=progress)
     else:
         result = imposed_fit(imposed, src.height * src.width)
-        if mask_rule(src, params) is not None:  # masked pixels get one more entry
-            if len(imposed) >= 256:
-                raise ParameterError(
-                    f"{src.uri} has masked pixels (nodata {params.nodata}): an imposed "
-                    "palette leaves no index for them at 256 colours (use --nodata none)"
-                )
-            params = dataclasses.replace(params, k=len(imposed) + 1)
-            result = with_reserved_entry(result, params, None)
+        reserved, nodata_index = reserve_imposed(imposed, src, params)
+        if nodata_index is not None:  # masked pixels get one more entry
+            result = dataclasses.replace(result, palette=reserved, nodata_index=nodata_index)
     timings["fit"] = time.perf_counter() - t
     timings.update({f"fit.{k}": v for k, v in result.timings.items()})
     t = time.perf_counter()

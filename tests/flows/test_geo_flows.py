@@ -71,3 +71,22 @@ def test_batch_shared_palette_masks_and_cogs(harness, tmp_path):
         assert (labels[:24] == 5).all() and (labels[24:] != 5).all()
         with rasterio.open(outbox / f"tile-{i}.tif.cog.tif") as d:
             assert d.nodata == 5 and np.array_equal(d.read(1), labels)
+
+
+def test_imposed_palette_on_a_masked_source_as_the_cli_does(harness, tmp_path):
+    import kquant
+    from flows.quantize import quantize_image
+
+    src = _collar_tif(tmp_path / "m.tif", seed=3)
+    pal = [[0, 0, 0], [250, 250, 250], [200, 30, 30], [30, 90, 200]]
+    out = quantize_image(
+        str(src), str(tmp_path / "m.kquant"), QuantizeParams(), preview=False, palette=pal
+    )
+    ref = kquant.quantize(src, tmp_path / "ref.kquant", QuantizeParams(), palette=np.array(pal))
+    st = kquant.open_store(out["target"])
+    assert st.meta.nodata_index == 4 == ref.meta.nodata_index
+    assert np.array_equal(st.palette, kquant.open_store(ref.target).palette)
+    assert st.meta.params == ref.meta.params
+    assert np.array_equal(
+        np.asarray(st.labels.compute()), np.asarray(kquant.open_store(ref.target).labels.compute())
+    )

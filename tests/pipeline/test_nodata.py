@@ -179,3 +179,17 @@ def test_nodata_outside_the_data_type_is_a_one_line_error(tmp_path):
         tmp_path / "b.tif", tmp_path / "c.kquant", QuantizeParams(k=4, nodata="none")
     )
     assert res.meta.nodata is None
+
+
+def test_imposed_palette_gets_the_reserved_entry_after_its_colours(tmp_path):
+    _, rgba = _collar(64, 80)
+    src = write_geotiff(tmp_path / "a.tif", rgba, block=64)
+    pal = np.array([[0, 0, 0], [250, 250, 250], [200, 30, 30], [30, 90, 200], [90, 160, 60]])
+    res = kquant.quantize(src, tmp_path / "a.kquant", QuantizeParams(), palette=pal)
+    st = kquant.open_store(res.target)
+    assert st.meta.nodata_index == 5 and np.array_equal(st.palette[:5], pal)
+    labels = np.asarray(st.labels.compute())
+    assert (labels[:COLLAR] == 5).all() and (labels[COLLAR:] < 5).all()
+    # a store as the palette: its colours, not its reserved entry
+    again = kquant.quantize(src, tmp_path / "b.kquant", QuantizeParams(), palette=res.target)
+    assert np.array_equal(kquant.open_store(again.target).palette, st.palette)
