@@ -142,6 +142,17 @@ def decode(
 
             geotiff.write_rgb(rgb, fh.name, geo.shifted(y0, x0, scale=1 << level))
         else:
+            if geo is not None:
+                import warnings
+
+                from kquant.errors import KquantWarning
+
+                how = "a PNG has no place for it" if module is png else "install kquant[geo]"
+                warnings.warn(
+                    f"{out.name}: the store's georeferencing is not written ({how})",
+                    KquantWarning,
+                    stacklevel=2,
+                )
             module.write_rgb(rgb, fh)
     return out, (int(rgb.shape[0]), int(rgb.shape[1]))
 

@@ -95,3 +95,27 @@ def test_without_rasterio_a_geotiff_reads_as_today_with_a_warning(tmp_path):
         kquant.open_store(tmp_path / "g.kquant").palette.tolist()
     )
     assert (res.meta.height, res.meta.width) == rgb.shape[:2]
+
+
+def test_without_rasterio_cog_export_and_geotiff_decode_say_so(tmp_path):
+    src = write_geotiff(tmp_path / "g.tif", photo_like(64, 80), crs="EPSG:32633")
+    kquant.quantize(src, tmp_path / "g.kquant", QuantizeParams(k=4, restarts=0))
+    code = (
+        "import sys; sys.modules['rasterio'] = None\n"
+        "from kquant.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True
+        )
+
+    proc = run("export", tmp_path / "g.kquant", tmp_path / "c.tif", "--cog")
+    assert proc.returncode == 2 and not (tmp_path / "c.tif").exists()
+    assert proc.stderr.strip() == "kquant: error: --cog needs rasterio: install kquant[geo]"
+    proc = run("decode", tmp_path / "g.kquant", tmp_path / "d.tif")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == (
+        "kquant: warning: d.tif: the store's georeferencing is not written (install kquant[geo])"
+    )
+    assert (tmp_path / "d.tif").exists()
