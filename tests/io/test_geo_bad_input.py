@@ -61,3 +61,26 @@ def test_a_rotated_transform_is_kept_through_store_decode_and_cog(tmp_path):
         assert c.transform == s.transform and c.crs == s.crs
         labels = np.asarray(kquant.open_store(tmp_path / "r.kquant").labels.compute())
         assert np.array_equal(c.read(1), labels)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # while writing
+def test_ground_control_points_are_refused_in_one_line(tmp_path):
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    path = tmp_path / "gcp.tif"
+    img = photo_like(40, 50)
+    gcps = [
+        GroundControlPoint(row=0, col=0, x=500000.0, y=5200000.0),
+        GroundControlPoint(row=0, col=50, x=500025.0, y=5200001.0),
+        GroundControlPoint(row=40, col=0, x=500001.0, y=5199980.0),
+    ]
+    with rasterio.open(
+        path, "w", driver="GTiff", height=40, width=50, count=3, dtype="uint8"
+    ) as dst:
+        dst.write(np.moveaxis(img, 2, 0))
+        dst.gcps = (gcps, CRS.from_epsg(32633))
+    proc = _run("quantize", path, tmp_path / "gcp.kquant", "-k", "4")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "ground control points" in proc.stderr and "gdalwarp" in proc.stderr
+    assert not (tmp_path / "gcp.kquant").exists()
