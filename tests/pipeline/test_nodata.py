@@ -193,3 +193,24 @@ def test_imposed_palette_gets_the_reserved_entry_after_its_colours(tmp_path):
     # a store as the palette: its colours, not its reserved entry
     again = kquant.quantize(src, tmp_path / "b.kquant", QuantizeParams(), palette=res.target)
     assert np.array_equal(kquant.open_store(again.target).palette, st.palette)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dither", ["none", "bayer"])
+def test_lookup_table_path_labels_valid_pixels_as_without_the_mask(tmp_path, dither):
+    """From 2^20 pixels the write pass labels through the lookup table: blocks cut by the
+    collar and whole valid blocks give the labels of the valid rows quantized alone onto
+    the same colours (dithering in global coordinates: a collar of whole 8-row periods)."""
+    img = photo_like(1080, 1000, seed=7)
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    rgba[:232, :, 3] = 0
+    src = write_geotiff(tmp_path / "l.tif", rgba)
+    params = QuantizeParams(k=16, restarts=0, chunk=384, dither=dither)
+    res = kquant.quantize(src, tmp_path / "l.kquant", params)
+    assert res.meta.metrics["assign"] == "lut"
+    crop = write_geotiff(tmp_path / "c.tif", img[232:])
+    ref = kquant.quantize(crop, tmp_path / "c.kquant", params, palette=res.palette[:15])
+    labels = np.asarray(kquant.open_store(res.target).labels.compute())
+    assert (labels[:232] == 15).all()
+    assert np.array_equal(labels[232:], np.asarray(kquant.open_store(ref.target).labels.compute()))
+    assert res.meta.metrics["sse"] == ref.meta.metrics["sse"]
