@@ -113,6 +113,9 @@ def quantize_image(
             raise TargetExistsError(
                 f"{target} exists (run with overwrite=true to replace it)"
             ) from None
+        exported = pipeline.export_path(target, params)
+        if exported is not None:  # the COG's target too
+            pipeline.check_export(exported, overwrite=overwrite, source=source, target=target)
         timings = {}
         src = tasks.inspect_source(source, max_pixels)
         timings["inspect"] = time.perf_counter() - t0

@@ -22,6 +22,7 @@ from kquant.pipeline.plan import (
 )
 from kquant.pipeline.run import (
     QuantizeResult,
+    check_export,
     export_cog,
     export_path,
     finished_store,
@@ -37,6 +38,7 @@ from kquant.pipeline.shared_palette import fit_shared
 __all__ = [
     "LUT_MIN_PIXELS",
     "QuantizeResult",
+    "check_export",
     "export_cog",
     "export_path",
     "finished_store",

@@ -178,6 +178,32 @@ def export_path(target, params: QuantizeParams) -> str | None:
     return f"{stem}.cog.tif"
 
 
+def check_export(out: str, *, overwrite: bool, source, target) -> None:
+    """Refuse an export target that may not be written (as :func:`kquant.store.check_output`;
+    on object storage: an existing object without ``overwrite``).
+
+    Raises
+    ------
+    TargetExistsError
+        If ``out`` exists and ``overwrite`` is false.
+    UnsafeTargetError
+        If ``out`` is the source, lies inside the store, or is a folder.
+    ObjectStoreError
+        If the object store cannot be reached.
+    """
+    if not uri_mod.is_remote(out):
+        sources = [source] if source is not None else []
+        store.check_output(out, overwrite=overwrite, sources=sources, stores=[target])
+        return
+    fs, path = uri_mod.filesystem(out)
+    with uri_mod.storage_errors(out):
+        exists = fs.exists(path)
+    if exists and not overwrite:
+        from kquant.errors import TargetExistsError
+
+        raise TargetExistsError(f"{out} exists (use --overwrite to replace it)")
+
+
 def export_cog(target, out: str, *, overwrite: bool = False, source=None) -> str:
     """Write the store at ``target`` as a COG at ``out`` (local, or uploaded to an object
     store from a local temporary file; :mod:`kquant.export.cog`).
@@ -192,15 +218,10 @@ def export_cog(target, out: str, *, overwrite: bool = False, source=None) -> str
 
     from kquant.export import outputs
 
+    check_export(out, overwrite=overwrite, source=source, target=target)
     if not uri_mod.is_remote(out):
-        if source is not None:
-            store.check_output(out, overwrite=overwrite, sources=[source], stores=[target])
         return str(outputs.export(target, out, overwrite=overwrite, cog=True))
     fs, path = uri_mod.filesystem(out)
-    if not overwrite and fs.exists(path):
-        from kquant.errors import TargetExistsError
-
-        raise TargetExistsError(f"{out} exists (use --overwrite to replace it)")
     with tempfile.TemporaryDirectory(prefix="kquant-cog-") as tmp:
         local = os.path.join(tmp, "export.tif")
         outputs.export(target, local, cog=True)
@@ -339,8 +360,8 @@ def quantize(
     if preview_path is not None:
         store.check_output(preview_path, overwrite=overwrite, sources=[source], stores=[target])
     exported = export_path(target, params)
-    if exported is not None and not uri_mod.is_remote(exported):
-        store.check_output(exported, overwrite=overwrite, sources=[source], stores=[target])
+    if exported is not None:  # refused before any work, as the store's target
+        check_export(exported, overwrite=overwrite, source=source, target=target)
     with locking.hold(target):  # fail fast if another run writes the same target
         return _quantize(
             source,

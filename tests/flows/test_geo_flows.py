@@ -90,3 +90,20 @@ def test_imposed_palette_on_a_masked_source_as_the_cli_does(harness, tmp_path):
     assert np.array_equal(
         np.asarray(st.labels.compute()), np.asarray(kquant.open_store(ref.target).labels.compute())
     )
+
+
+def test_an_existing_cog_fails_the_run_before_any_store(harness, tmp_path):
+    from flows.quantize import quantize_image
+
+    src = _collar_tif(tmp_path / "o.tif", seed=2)
+    (tmp_path / "o.cog.tif").write_bytes(b"someone else's file")
+    state = quantize_image(
+        source=str(src),
+        target=str(tmp_path / "o.kquant"),
+        params=QuantizeParams(k=8, export="cog"),
+        preview=False,
+        return_state=True,
+    )
+    assert state.is_failed() and "o.cog.tif exists" in state.message
+    assert not (tmp_path / "o.kquant").exists()
+    assert (tmp_path / "o.cog.tif").read_bytes() == b"someone else's file"
