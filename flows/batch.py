@@ -35,7 +35,7 @@ from prefect_dask import DaskTaskRunner
 from flows import inbox as inbox_mod
 from flows import report, tasks
 from kquant import store
-from kquant.errors import InputError, KquantError
+from kquant.errors import InputError, KquantError, ParameterError
 from kquant.io import uri as kuri
 from kquant.params import QuantizeParams
 
@@ -150,6 +150,11 @@ def quantize_batch(
     try:
         tasks.sanitise_scheduler_env()
         params = QuantizeParams.coerce(params).to_json()  # tasks pass JSON
+        if params["export"] not in (None, "cog"):
+            raise ParameterError(
+                f"a batch exports each store next to it: export must be cog, "
+                f"got {params['export']!r}"
+            )
         images = inbox_mod.list_images(inbox, pattern, settle_seconds, logger)
         if "{{" in str(outbox):
             raise InputError(

@@ -107,3 +107,16 @@ def test_an_existing_cog_fails_the_run_before_any_store(harness, tmp_path):
     assert state.is_failed() and "o.cog.tif exists" in state.message
     assert not (tmp_path / "o.kquant").exists()
     assert (tmp_path / "o.cog.tif").read_bytes() == b"someone else's file"
+
+
+def test_batch_refuses_one_export_path_for_many_stores(harness, tmp_path):
+    from flows.batch import quantize_batch
+
+    (tmp_path / "in").mkdir()
+    state = quantize_batch(
+        inbox=str(tmp_path / "in"),
+        outbox=str(tmp_path / "out"),
+        params=QuantizeParams(export=str(tmp_path / "one.tif")),
+        return_state=True,
+    )
+    assert state.is_failed() and "export must be cog" in state.message
