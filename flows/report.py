@@ -227,6 +227,8 @@ def markdown_report(s: dict) -> str:
     ]
     if s.get("preview"):
         lines.append(f"| preview | `{kuri.display(s['preview'])}` |")
+    if s.get("export"):
+        lines.append(f"| export | `{kuri.display(s['export'])}` (Cloud-Optimized GeoTIFF) |")
     return "\n".join(lines) + "\n"
 
 
@@ -302,6 +304,7 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
             "bits_per_pixel": r["bits_per_pixel"],
             "fit": r["fit"],
             "store": r["store"],
+            "export": r.get("export"),
         }
         for r in out["results"]
     ]
@@ -313,6 +316,7 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
             "bits_per_pixel": None,
             "fit": None,
             "store": None,
+            "export": None,
         }
         for i in out["skipped"]
     ]
@@ -324,6 +328,7 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
             "bits_per_pixel": None,
             "fit": None,
             "store": None,
+            "export": None,
         }
         for i, why in sorted(out["failed"].items())
     ]

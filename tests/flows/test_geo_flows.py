@@ -17,7 +17,7 @@ def _collar_tif(path, seed, collar=24):
     return write_geotiff(path, rgba, block=64)
 
 
-def test_quantize_image_nodata_and_export_cog(harness, tmp_path):
+def test_quantize_image_nodata_and_export_cog(harness, client, tmp_path):
     from flows.quantize import quantize_image
     from kquant.store import open_store
 
@@ -32,6 +32,16 @@ def test_quantize_image_nodata_and_export_cog(harness, tmp_path):
     assert state.is_completed(), state.message
     r = state.result()
     assert r["export"] == str(tmp_path / "ortho.cog.tif")
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    arts = client.read_artifacts(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    )
+    summary = next(a for a in arts if a.key == "ortho-kquant-summary")
+    assert (
+        f"| export | `file://{tmp_path / 'ortho.cog.tif'}` (Cloud-Optimized GeoTIFF) |"
+        in summary.data
+    )
     st = open_store(tmp_path / "ortho.kquant")
     assert st.meta.nodata_index == 7 and st.meta.metrics["masked_pixels"] == 24 * 128
     with rasterio.open(src) as s, rasterio.open(r["export"]) as d:
