@@ -214,3 +214,17 @@ def test_lookup_table_path_labels_valid_pixels_as_without_the_mask(tmp_path, dit
     assert (labels[:232] == 15).all()
     assert np.array_equal(labels[232:], np.asarray(kquant.open_store(ref.target).labels.compute()))
     assert res.meta.metrics["sse"] == ref.meta.metrics["sse"]
+
+
+def test_sample_mode_reserves_the_entry_whenever_pixels_may_be_masked(tmp_path):
+    img, rgba = _collar(200, 264)
+    src = write_geotiff(tmp_path / "s.tif", rgba, block=128)
+    params = QuantizeParams(k=8, mode="sample", sample_size=8000, restarts=0)
+    res = kquant.quantize(src, tmp_path / "s.kquant", params)
+    labels = np.asarray(kquant.open_store(res.target).labels.compute())
+    assert res.meta.nodata_index == 7 and res.meta.metrics["masked_pixels"] == COLLAR * 264
+    assert (labels[:COLLAR] == 7).all() and (labels[COLLAR:] != 7).all()
+    rgba[..., 3] = 255  # an alpha channel without a transparent pixel: the sample cannot tell
+    opaque = write_geotiff(tmp_path / "o.tif", rgba, block=128)
+    res = kquant.quantize(opaque, tmp_path / "o.kquant", params)
+    assert res.meta.nodata_index == 7 and res.meta.metrics["masked_pixels"] == 0
