@@ -1,5 +1,5 @@
 # A Prefect worker image for kquant's deployments (deploy/prefect.yaml): Python, git, and
-# kquant[flows,s3,aws] with its dependencies; runs as a non-root user.
+# kquant[flows,s3,aws,geo] with its dependencies; runs as a non-root user.
 #
 #   docker build -t kquant-worker .
 #   docker run --rm -e PREFECT_API_URL=http://HOST:4200/api kquant-worker
@@ -19,7 +19,7 @@ WORKDIR /opt/kquant
 COPY pyproject.toml README.md ./
 COPY kquant ./kquant
 COPY flows ./flows
-RUN pip install --no-cache-dir '.[flows,s3,aws]'
+RUN pip install --no-cache-dir '.[flows,s3,aws,geo]'
 
 USER kquant
 WORKDIR /home/kquant

@@ -42,7 +42,7 @@ from prefect_dask import DaskTaskRunner
 from flows import events, pixels, report, tasks
 from flows import inbox as inbox_mod
 from kquant import store
-from kquant.errors import InputError, KquantError
+from kquant.errors import InputError, KquantError, ParameterError
 from kquant.io import uri as kuri
 from kquant.params import QuantizeParams
 
@@ -229,6 +229,11 @@ def quantize_batch(
     try:
         tasks.sanitise_scheduler_env()
         params = QuantizeParams.coerce(params).to_json()  # tasks pass JSON
+        if params["export"] not in (None, "cog"):
+            raise ParameterError(
+                f"a batch exports each store next to it: export must be cog, "
+                f"got {params['export']!r}"
+            )
         images = inbox_mod.list_images(inbox, pattern, settle_seconds, logger)
         if "{{" in str(outbox):
             raise InputError(
@@ -323,7 +328,8 @@ def quantize_batch(
         if reused is not None:
             logger.info("reusing the shared palette of %d existing stores", len(done_targets))
             shared_fit = {
-                "palette": reused,
+                "palette": reused[0],
+                "nodata_index": reused[1],
                 "reused": True,
                 "n_unique": None,
                 "mse": None,
@@ -375,14 +381,19 @@ def quantize_batch(
         chains = []
         for path, rel, target in todo:
             info = tasks.inspect_source.submit(str(path), max_pixels)
+            reserved = None
             if imposed is not None:  # the fit-like record: the stores say "imposed"
                 fit, pal = None, imposed
             elif shared_fit is not None:
                 fit, pal = None, shared_fit["palette"]
+                reserved = shared_fit.get("nodata_index")
             else:  # the write and preview tasks take the fit's result (a dict) as the palette
                 fit = pal = tasks.fit_palette.submit(info, params, max_pixels)
-            written = tasks.write_store.submit(info, str(target), pal, params, False, max_pixels)
+            written = tasks.write_store.submit(
+                info, str(target), pal, params, False, max_pixels, nodata_index=reserved
+            )
             verified = tasks.verify_store.submit(str(target), wait_for=[written])
+            exported = tasks.export_cog.submit(str(target), params, False, wait_for=[verified])
             shown = None
             if preview:
                 shown = tasks.write_preview.submit(
@@ -392,15 +403,16 @@ def quantize_batch(
                     params,
                     max_pixels,
                     report.BATCH_THUMB_WIDTH,
+                    nodata_index=reserved,
                     wait_for=[verified],
                 )
-            chains.append((rel, target, [info, fit, written, verified], shown, path))
+            chains.append((rel, target, [info, fit, written, verified, exported], shown, path))
         if chains:  # the images done so far, as their last steps end
             progress = tasks.ProgressArtifact(
                 report.batch_key(out_root) + "-progress", f"batch {out_root}", "images done"
             )
             progress(0, len(chains))
-            finals = [shown if shown is not None else fs[3] for _, _, fs, shown, _ in chains]
+            finals = [shown if shown is not None else fs[4] for _, _, fs, shown, _ in chains]
             for done, _ in enumerate(as_completed(finals), 1):
                 progress(done, len(chains))
         wait([f for _, _, fs, s, _ in chains for f in fs + [s] if f is not None])
@@ -427,6 +439,7 @@ def quantize_batch(
                 "psnr": m["psnr"],
                 "bits_per_pixel": round(m["store_bits_per_pixel"], 4),
                 "n_colors": meta["n_colors"],
+                "export": (futures[4].result() or {}).get("path"),
                 "fit": (
                     "imposed"
                     if imposed is not None

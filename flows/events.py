@@ -36,6 +36,8 @@ def store_completed(result: dict, logger=None) -> None:
     exports = {"store": kuri.display(result["target"])}
     if result.get("preview"):
         exports["preview"] = kuri.display(result["preview"])
+    if result.get("export"):
+        exports["cog"] = kuri.display(result["export"])
     _emit(
         STORE_COMPLETED,
         store_resource(result["target"]),

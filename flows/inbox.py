@@ -133,8 +133,9 @@ def list_images(
 
 
 def existing_shared_palette(targets: list[str], params: dict):
-    """The palette all the complete stores share, if they do and were made with these parameters."""
-    palettes = []
+    """The palette all the complete stores share, if they do and were made with these
+    parameters, and the index they reserve for masked pixels: ``(palette, index)``."""
+    palettes, reserved = [], set()
     for t in targets:
         try:
             st = store.open_store(t)
@@ -143,8 +144,9 @@ def existing_shared_palette(targets: list[str], params: dict):
         if st.meta.params != params:
             return None
         palettes.append(st.palette.tolist())
-    if palettes and all(p == palettes[0] for p in palettes):
-        return palettes[0]
+        reserved.add(st.meta.nodata_index)
+    if palettes and all(p == palettes[0] for p in palettes) and len(reserved) == 1:
+        return palettes[0], reserved.pop()
     return None
 
 

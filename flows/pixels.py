@@ -63,17 +63,26 @@ def write(
     max_pixels: int | None,
     address: str | None,
     progress=False,
+    nodata_index: int | None = None,
 ) -> dict:
+    """Write the store; ``nodata_index`` (else the fit record's) is the entry reserved for
+    masked pixels; an imposed palette gets its reserved entry as the CLI's ``--palette``."""
+    src, prm = ImageSource.from_json(source), QuantizeParams.from_json(params)
+    pal = np.asarray(palette_of(palette), np.uint8)
+    info = fit_info(palette)
+    if info is not None and info.mode == "imposed":
+        pal, nodata_index = pipeline.reserve_imposed(pal, src, prm)
     meta = pipeline.write(
-        ImageSource.from_json(source),
+        src,
         target,
-        np.asarray(palette_of(palette), np.uint8),
-        QuantizeParams.from_json(params),
+        pal,
+        prm,
         overwrite=overwrite,
         max_pixels=max_pixels,
         address=address,
         progress=progress,
-        fit_info=fit_info(palette),
+        fit_info=info,
+        nodata_index=nodata_index,
     )
     return meta.to_json()
 
@@ -97,15 +106,17 @@ def preview(
     params: dict,
     max_pixels: int | None,
     thumbnail_width: int | None = None,
+    nodata_index: int | None = None,
 ) -> str | None:
-    """Write the preview picture at ``out``; return its thumbnail (a data URL) if asked."""
-    pipeline.preview(
-        ImageSource.from_json(source),
-        np.asarray(palette_of(palette), np.uint8),
-        out,
-        QuantizeParams.from_json(params),
-        max_pixels=max_pixels,
-    )
+    """Write the preview picture at ``out`` (masked pixels, ``nodata_index`` or the fit
+    record's, as a checkerboard); return its thumbnail (a data URL) if asked."""
+    src, prm = ImageSource.from_json(source), QuantizeParams.from_json(params)
+    pal = np.asarray(palette_of(palette), np.uint8)
+    if isinstance(palette, dict) and palette.get("mode") == "imposed":
+        pal, nodata_index = pipeline.reserve_imposed(pal, src, prm)
+    elif nodata_index is None and isinstance(palette, dict):
+        nodata_index = palette.get("nodata_index")
+    pipeline.preview(src, pal, out, prm, max_pixels=max_pixels, nodata_index=nodata_index)
     return thumbnail_data_url(out, thumbnail_width) if thumbnail_width else None
 
 

@@ -115,6 +115,9 @@ def quantize_image(
             raise TargetExistsError(
                 f"{target} exists (run with overwrite=true to replace it)"
             ) from None
+        exported = pipeline.export_path(target, params)
+        if exported is not None:  # the COG's target too
+            pipeline.check_export(exported, overwrite=overwrite, source=source, target=target)
         timings = {}
         src = tasks.inspect_source(source, max_pixels)
         timings["inspect"] = time.perf_counter() - t0
@@ -155,6 +158,9 @@ def quantize_image(
         timings["assign_write"] = written["seconds"]
         verified = tasks.verify_store(target, address)
         timings["verify"] = verified["seconds"]
+        exported = tasks.export_cog(target, params, overwrite)
+        if exported is not None:
+            timings["export"] = exported["seconds"]
         run_cluster.close()
     except KquantError as exc:
         run_cluster.close()
@@ -166,13 +172,20 @@ def quantize_image(
     if preview:
         try:
             shown = tasks.write_preview(
-                src, fit["palette"], preview_path(target), params, max_pixels
+                src,
+                fit["palette"],
+                preview_path(target),
+                params,
+                max_pixels,
+                nodata_index=fit.get("nodata_index"),
             )
             timings["preview"] = shown["seconds"]
         except Exception as exc:  # the store is complete and verified; a preview is extra
             logger.warning("no preview: %s", report.one_line(exc))
     timings["total"] = time.perf_counter() - t0
-    result = report.summary(src, target, fit, fit_cached, written, verified, shown, timings)
+    result = report.summary(
+        src, target, fit, fit_cached, written, verified, shown, timings, exported
+    )
     result["dashboard"] = dashboard
     if fit_cached:
         result["timings"]["fit_original"] = fit["seconds"]

@@ -122,8 +122,9 @@ def summary(
     verified: dict,
     preview: dict | None,
     timings: dict,
+    exported: dict | None = None,
 ) -> dict:
-    """The flow's result: small and JSON-able."""
+    """The flow's result: small and JSON-able (``export``: the COG written, or None)."""
     meta = written["meta"]
     m = meta["metrics"]
     return {
@@ -143,6 +144,7 @@ def summary(
         "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in fit["palette"]],
         "palette_counts": m["palette_counts"],
         "preview": preview["path"] if preview else None,
+        "export": exported["path"] if exported else None,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "already_done": False,
     }
@@ -236,6 +238,8 @@ def markdown_report(s: dict, preview_url: str | None = None) -> str:
         f"| checksum | `{s['checksum']}` "
         f"({'recorded, verified when written' if s.get('already_done') else 'verified'}) |",
     ]
+    if s.get("export"):
+        lines.append(f"| export | `{kuri.display(s['export'])}` (Cloud-Optimized GeoTIFF) |")
     if s.get("dashboard"):
         lines.append(f"| dask dashboard | {s['dashboard']} |")
     return "\n".join(lines) + "\n"
@@ -323,6 +327,7 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
             "bits_per_pixel": r["bits_per_pixel"],
             "fit": r["fit"],
             "store": r["store"],
+            "export": r.get("export"),
         }
         for r in out["results"]
     ]
@@ -334,6 +339,7 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
             "bits_per_pixel": None,
             "fit": None,
             "store": None,
+            "export": None,
         }
         for i in out["skipped"]
     ]
@@ -356,6 +362,7 @@ def batch_artifacts(out: dict, shared_fit: dict | None) -> None:
             "bits_per_pixel": None,
             "fit": None,
             "store": None,
+            "export": None,
         }
         for i, why in sorted(out["failed"].items())
     ]

@@ -423,20 +423,30 @@ def write_store(
     max_pixels: int | None = None,
     address: str | None = None,
     progress_key: str | None = None,
+    nodata_index: int | None = None,
 ) -> dict:
     """Assign every pixel to the palette and write the store (atomically: temp dir + rename).
 
     ``palette`` is a list of ``[r, g, b]`` or a fit record (its ``"palette"``; its fit
-    mode is then recorded in the store's metrics, as the CLI does). With
-    ``progress_key``, a progress artifact of that key follows the write pass (blocks
-    written / total).
+    mode is then recorded in the store's metrics, as the CLI does). ``nodata_index`` (else
+    the fit record's) is the entry reserved for masked pixels. With ``progress_key``, a
+    progress artifact of that key follows the write pass (blocks written / total).
     """
     progress = ProgressArtifact(progress_key, f"writing {target}") if progress_key else False
     t0 = time.perf_counter()
     with dask_address(address) as addr:
         meta = store.StoreMeta.from_json(
             pixels.run(
-                pixels.write, source, target, palette, params, overwrite, max_pixels, addr, progress
+                pixels.write,
+                source,
+                target,
+                palette,
+                params,
+                overwrite,
+                max_pixels,
+                addr,
+                progress,
+                nodata_index,
             )
         )
     seconds = time.perf_counter() - t0
@@ -466,6 +476,21 @@ def verify_store(target: str, address: str | None = None) -> dict:
     return {"checksum": checksum, "seconds": round(seconds, 3)}
 
 
+@task(name="export-cog", cache_policy=NO_CACHE, **IO_RETRIES)
+def export_cog(target: str, params: dict, overwrite: bool = False) -> dict | None:
+    """Write the store's Cloud-Optimized GeoTIFF where ``params["export"]`` says (``cog``:
+    next to the store; else that path or URI); None without an export."""
+    prm = QuantizeParams.from_json(params)
+    out = pipeline.export_path(target, prm)
+    if out is None:
+        return None
+    t0 = time.perf_counter()
+    written = pipeline.export_cog(target, out, overwrite=overwrite)
+    seconds = time.perf_counter() - t0
+    get_run_logger().info("exported %s as a COG in %.2f s", written, seconds)
+    return {"path": written, "seconds": round(seconds, 3)}
+
+
 @task(name="preview", cache_policy=NO_CACHE, **IO_RETRIES)
 def write_preview(
     source: dict,
@@ -474,9 +499,11 @@ def write_preview(
     params: dict,
     max_pixels: int | None = None,
     thumbnail_width: int | None = None,
+    nodata_index: int | None = None,
 ) -> dict:
-    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide),
-    and with ``thumbnail_width`` its JPEG thumbnail as a data URL (``"thumbnail"``).
+    """Write the original | reconstruction + palette picture (PNG, at most 1600 px wide;
+    masked pixels, ``nodata_index`` or the fit record's, as a checkerboard), and with
+    ``thumbnail_width`` its JPEG thumbnail as a data URL (``"thumbnail"``).
 
     ``out`` may be an object-store URL: the picture is made locally, then uploaded.
     """
@@ -487,12 +514,26 @@ def write_preview(
             with tempfile.TemporaryDirectory(prefix="kquant-preview-") as tmp:
                 local = os.path.join(tmp, "preview.png")
                 thumb = pixels.run(
-                    pixels.preview, source, palette, local, params, max_pixels, thumbnail_width
+                    pixels.preview,
+                    source,
+                    palette,
+                    local,
+                    params,
+                    max_pixels,
+                    thumbnail_width,
+                    nodata_index,
                 )
                 fs, path = kuri.filesystem(out)
                 fs.put_file(local, path)
         else:
             thumb = pixels.run(
-                pixels.preview, source, palette, out, params, max_pixels, thumbnail_width
+                pixels.preview,
+                source,
+                palette,
+                out,
+                params,
+                max_pixels,
+                thumbnail_width,
+                nodata_index,
             )
     return {"path": out, "seconds": round(time.perf_counter() - t0, 3), "thumbnail": thumb}

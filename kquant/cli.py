@@ -52,6 +52,16 @@ def _window(text: str) -> tuple[int, int, int, int]:
     return y0, y1, x0, x1
 
 
+def _colour(text: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(0 <= v <= 255 for v in parts):
+        raise argparse.ArgumentTypeError(f"a colour must look like R,G,B (0-255), got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="kquant",
@@ -90,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="decode pyramid level N (each halves the size; the window in its pixels)",
     )
+    d.add_argument(
+        "--fill",
+        type=_colour,
+        metavar="R,G,B",
+        help="give masked pixels this colour (RGB output) instead of alpha 0 (RGBA output)",
+    )
     d.add_argument("--overwrite", action="store_true")
 
     i = sub.add_parser("info", help="print a store's attributes and metrics")
@@ -105,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
         "out",
         help="output: .png (indexed), .tif/.tiff (palette colormap), or .ome.zarr "
         "(OME-NGFF: RGB image and plain uint8 labels, with their pyramid)",
+    )
+    e.add_argument(
+        "--cog",
+        action="store_true",
+        help="(.tif) a Cloud-Optimized GeoTIFF: tiled 512, the palette as its colour table, "
+        "the nodata index, overviews by mode down to one tile, the store's georeferencing",
+    )
+    e.add_argument(
+        "--compress",
+        choices=("deflate", "zstd"),
+        default="deflate",
+        help="compression of the COG (default deflate)",
     )
     e.add_argument("--overwrite", action="store_true")
 
@@ -201,6 +229,8 @@ def _summary(result) -> str:
         )
     if result.preview:
         lines.append(f"preview    {result.preview}")
+    if result.export:
+        lines.append(f"export     {result.export}  (Cloud-Optimized GeoTIFF)")
     return "\n".join(lines)
 
 
@@ -226,6 +256,7 @@ def _quantize(args) -> int:
                     "meta": result.meta.to_json(),
                     "timings": result.timings,
                     "preview": result.preview,
+                    "export": result.export,
                 },
                 indent=2,
             )
@@ -239,7 +270,12 @@ def _decode(args) -> int:
     from kquant import export
 
     out, (h, w) = export.decode(
-        args.store, args.out, window=args.window, overwrite=args.overwrite, level=args.level
+        args.store,
+        args.out,
+        window=args.window,
+        overwrite=args.overwrite,
+        level=args.level,
+        fill=args.fill,
     )
     print(f"wrote {args.out} ({h} x {w} px)")
     return 0
@@ -248,7 +284,9 @@ def _decode(args) -> int:
 def _export(args) -> int:
     from kquant import export
 
-    out = export.export(args.store, args.out, overwrite=args.overwrite)
+    out = export.export(
+        args.store, args.out, overwrite=args.overwrite, cog=args.cog, compress=args.compress
+    )
     print(f"wrote {out}")
     return 0
 
@@ -295,6 +333,8 @@ def _info(args) -> int:
             f"palette    {meta.n_colors} colours (k={meta.k}), {meta.bits} bits/px, "
             f"chunks {meta.chunk_rows} x {meta.chunk_cols} px"
         )
+        for line in _geo_lines(meta):
+            print(line)
         if meta.levels > 1:
             smallest = meta.level_shape(meta.levels - 1)
             print(f"pyramid    {meta.levels} levels, down to {smallest[0]} x {smallest[1]} px")
@@ -317,6 +357,39 @@ def _notify(args) -> int:
     for u in args.uri:
         print(f"{events.IMAGE_ARRIVED} {events.image_resource(u)['kquant.uri']}")
     return 0
+
+
+def _geo_lines(meta) -> list[str]:
+    """``kquant info``'s lines on georeferencing and masked pixels (none if neither)."""
+    import re
+
+    lines = []
+    geo = meta.georeferencing
+    if geo is not None:
+        name = re.match(r'\s*\w+\["([^"]*)"', geo.wkt2)
+        lines.append(
+            f"crs        {geo.code or 'custom (no EPSG code)'}"
+            + (f"  {name.group(1)}" if name else "")
+        )
+        a, b, c, d, e, f = geo.transform
+        turn = f", rotation/shear terms {b:g}, {d:g}" if geo.rotated else ""
+        lines.append(
+            f"transform  pixel {a:g} x {e:g}, top-left corner at ({c:.10g}, {f:.10g}){turn}"
+        )
+    index = meta.nodata_index
+    if index is not None:
+        masked = meta.metrics.get("masked_pixels")
+        share = (
+            f"{masked} px masked ({100 * masked / (meta.height * meta.width):.1f} %)"
+            if masked is not None
+            else "masked pixels"
+        )
+        lines.append(
+            f"nodata     index {index} (transparent): {share}; "
+            f"{meta.n_colors - 1} colours + 1 reserved in {meta.bits} bits "
+            f"(rule {meta.nodata.get('rule')})"
+        )
+    return lines
 
 
 def _demo(args) -> int:
@@ -348,9 +421,20 @@ def _quiet_libraries() -> None:
     import logging
     import warnings
 
+    from kquant.errors import KquantWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, KquantWarning):  # ours: one line, as the errors
+            print(f"kquant: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    default_show = warnings.showwarning
+    warnings.showwarning = show
     if os.environ.get("KQUANT_DEBUG"):
         return
     warnings.simplefilter("ignore")
+    warnings.simplefilter("default", KquantWarning)
     for name in (
         "tifffile",
         "imageio",

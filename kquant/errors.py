@@ -80,6 +80,11 @@ class OutOfMemoryError(KquantError):
     exit_code = 1
 
 
+class KquantWarning(UserWarning):
+    """Something a user should know that does not stop the run (the CLI prints it as
+    ``kquant: warning: <message>``)."""
+
+
 def reason(exc: BaseException) -> str:
     """An exception's message for a one-line error, its type's name when the message is
     empty (``MemoryError()``, ``zlib.error()``): no message ends with an empty reason."""

@@ -62,6 +62,32 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ParameterError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+def _nodata(value: Any) -> str:
+    """``auto``, ``none`` or ``R,G,B`` (normalised: ``"0,0,0"``); a list of 3 ints is accepted.
+
+    Raises
+    ------
+    ParameterError
+        On anything else.
+    """
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    if not isinstance(value, str):
+        raise ParameterError(f"nodata must be auto, none or R,G,B, got {value!r}")
+    text = value.strip().lower()
+    if text in ("auto", "none"):
+        return text
+    try:
+        parts = [int(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(0 <= v <= 255 for v in parts):
+        raise ParameterError(
+            f"nodata must be auto, none or R,G,B (three integers 0-255), got {value!r}"
+        )
+    return ",".join(str(v) for v in parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizeParams:
     """Parameters of a run; validated on construction, stored in the store's attributes.
@@ -124,6 +150,21 @@ class QuantizeParams:
         "one chunk; default: for images of 2^24 pixels or more.",
         "--pyramid",
     )
+    nodata: str = _field(
+        "auto",
+        "Masked pixels, left out of the fit and the metrics and given one reserved palette "
+        "index (the last): auto (alpha 0, or the file's nodata value), none (alpha is "
+        "composited over the background), or R,G,B (that colour, and alpha 0).",
+        "--nodata",
+        metavar="auto|none|R,G,B",
+    )
+    export: str | None = _field(
+        None,
+        "Also export the store as a Cloud-Optimized GeoTIFF: cog (next to the store, "
+        "<store stem>.cog.tif) or the path or URI of the .tif to write.",
+        "--export",
+        metavar="cog|OUT.tif",
+    )
     sample_fit: SampleFit = _field(
         "auto",
         "Whether dask-ml's KMeans on the pixel sample seeds "
@@ -153,6 +194,14 @@ class QuantizeParams:
         _choice("space", self.space, SPACES)
         _choice("dither", self.dither, DITHER_METHODS)
         _choice("sample_fit", self.sample_fit, typing.get_args(SampleFit))
+        set_("nodata", _nodata(self.nodata))
+        if self.export is not None and not (
+            isinstance(self.export, str)
+            and (self.export == "cog" or self.export.lower().endswith((".tif", ".tiff")))
+        ):
+            raise ParameterError(
+                f"export must be cog or a path or URI ending in .tif, got {self.export!r}"
+            )
         if self.pyramid is not None and not isinstance(self.pyramid, bool):
             raise ParameterError(f"pyramid must be true, false or null, got {self.pyramid!r}")
         if self.target_psnr is not None:
@@ -166,6 +215,14 @@ class QuantizeParams:
                     f"target PSNR must be a number of dB between 1 and 100, got {t!r}"
                 )
             set_("target_psnr", float(t))
+
+    @property
+    def nodata_colour(self) -> tuple[int, int, int] | None:
+        """The colour ``nodata`` names (``R,G,B``), else None."""
+        if self.nodata in ("auto", "none"):
+            return None
+        r, g, b = (int(v) for v in self.nodata.split(","))
+        return r, g, b
 
     def fit_mode(self, n_pixels: int) -> str:
         """The mode used for an image of ``n_pixels``: "exact" or "sample"."""

@@ -298,3 +298,51 @@ def write_old_store(path, labels, n_colors, version, chunk=(8, 16)):
                 digests[(i, j)] = store.chunk_digest(packed)
         wr.commit(metrics={"psnr": 30.0}, checksum=store.combine_digests(digests))
     return pal
+
+
+#: A projected CRS (UTM 33N, 0.5 m pixels) and a geographic one (WGS 84, degrees).
+UTM33 = ("EPSG:32633", (0.5, 0.0, 500000.0, 0.0, -0.5, 5200000.0))
+WGS84 = ("EPSG:4326", (0.0001, 0.0, 13.4, 0.0, -0.0001, 52.5))
+
+
+def write_geotiff(
+    path,
+    img: np.ndarray,
+    *,
+    crs="EPSG:32633",
+    transform=UTM33[1],
+    tiled: bool = True,
+    block: int = 256,
+    nodata=None,
+    compress: str = "deflate",
+):
+    """Write ``img`` ((H, W, 3) or (H, W, 4) RGBA) as a GeoTIFF with rasterio: ``crs``
+    (anything rasterio takes, or None), the affine ``transform`` (a, b, c, d, e, f),
+    tiled ``block`` x ``block`` or striped, and GDAL's ``nodata`` value."""
+    import rasterio
+    from affine import Affine
+
+    h, w, bands = img.shape
+    profile = dict(
+        driver="GTiff",
+        height=h,
+        width=w,
+        count=bands,
+        dtype=str(img.dtype),
+        transform=Affine(*transform),
+        compress=compress,
+        photometric="RGB",
+    )
+    if crs is not None:
+        profile["crs"] = crs
+    if tiled:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    else:
+        profile.update(tiled=False, blockysize=min(h, 16))
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if bands == 4:
+        profile["alpha"] = "YES"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.moveaxis(img, 2, 0))
+    return path

@@ -1,5 +1,6 @@
-"""A store's outputs other tools open: indexed PNG or palette TIFF (:func:`export`), the RGB
-image or a window of it (:func:`decode`), and the preview picture (:mod:`.preview`)."""
+"""A store's outputs other tools open: indexed PNG, palette TIFF or Cloud-Optimized GeoTIFF
+(:func:`export`, :mod:`.cog`), the RGB(A) image or a window of it (:func:`decode`; a GeoTIFF
+for a georeferenced store, :mod:`.geotiff`), and the preview picture (:mod:`.preview`)."""
 
 from kquant.export.outputs import FORMATS, SUFFIXES, decode, export
 from kquant.export.png import png_bits

@@ -26,10 +26,17 @@ def _format(out: Path, what: str):
 
 
 def export(
-    store_uri: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False
+    store_uri: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    cog: bool = False,
+    compress: str = "deflate",
 ) -> Path:
     """Write the store at ``store_uri`` as an indexed PNG, a palette TIFF or an OME-Zarr
-    folder at ``out``.
+    folder at ``out``; with ``cog`` (a ``.tif`` output) a Cloud-Optimized GeoTIFF
+    compressed with ``compress`` (``deflate`` or ``zstd``; :mod:`kquant.export.cog`,
+    needs rasterio: ``kquant[geo]``).
 
     The format follows the suffix of ``out`` (``.png``, ``.tif``, ``.tiff``; ``.zarr``, e.g.
     ``OUT.ome.zarr``: :func:`kquant.export.ome_zarr.write`).
@@ -44,7 +51,8 @@ def export(
     Raises
     ------
     ParameterError
-        If the suffix is not one of :data:`SUFFIXES`.
+        If the suffix is not one of :data:`SUFFIXES` (``.tif``/``.tiff`` with ``cog``), or
+        ``cog`` without rasterio.
     TargetExistsError
         If ``out`` exists and ``overwrite`` is false.
     UnsafeTargetError
@@ -60,10 +68,19 @@ def export(
 
         return ome_zarr.write(store_uri, out, overwrite=overwrite)
     module = _format(Path(out), "export output")
+    if cog and module is not tiff:
+        raise ParameterError(f"a COG is a .tif or .tiff file, got {Path(out).name!r}")
+    if cog and not _has_rasterio():
+        raise ParameterError("--cog needs rasterio: install kquant[geo]")
     out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)
     with atomicfile.replacing(out, overwrite=overwrite) as fh:
-        module.write_indexed(st, fh)
+        if cog:
+            from kquant.export import cog as cog_mod
+
+            cog_mod.write(st, fh.name, compress=compress)
+        else:
+            module.write_indexed(st, fh)
     return out
 
 
@@ -74,12 +91,16 @@ def decode(
     window: tuple[int, int, int, int] | None = None,
     overwrite: bool = False,
     level: int = 0,
+    fill: tuple[int, int, int] | None = None,
 ) -> tuple[Path, tuple[int, int]]:
     """Write the RGB image of the store at ``store_uri`` (or the window ``(y0, y1, x0, x1)``
     of it) to ``out``, a PNG or a tiled TIFF by its suffix, whole or not at all.
 
     With ``level``, from that pyramid level (the window in its pixels): a preview of a
-    gigapixel store reads a level, not the image.
+    gigapixel store reads a level, not the image. A store with masked pixels (a nodata
+    index) gives RGBA, masked pixels transparent, or RGB with them ``fill``. A
+    georeferenced store gives a GeoTIFF (with rasterio, ``kquant[geo]``) whose transform is
+    the store's shifted to the window (and scaled to the level).
 
     Returns
     -------
@@ -102,16 +123,41 @@ def decode(
     module = _format(Path(out), "output")
     out = store.check_output(Path(out), overwrite=overwrite, stores=[store_uri])
     st = store.open_store(store_uri)
+    from kquant.label import reconstruct
+
     labels = st.level(level)  # refuses a level the store lacks
     h, w = labels.shape
+    y0, y1, x0, x1 = 0, h, 0, w
     if window is not None:
         y0, y1, x0, x1 = window
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
             what = f"level {level}" if level else "the image"
             raise ParameterError(f"window {y0}:{y1},{x0}:{x1} is outside {what} (0:{h},0:{w})")
-        rgb = st.window(y0, y1, x0, x1, level=level)
-    else:
-        rgb = st.window(0, h, 0, w, level=level)
+    palette = reconstruct.output_palette(st.palette, st.meta.nodata_index, fill)
+    rgb = reconstruct.reconstruct(labels[y0:y1, x0:x1], palette)
+    geo = st.meta.georeferencing
     with atomicfile.replacing(out, overwrite=overwrite) as fh:
-        module.write_rgb(rgb, fh)
+        if geo is not None and module is tiff and _has_rasterio():
+            from kquant.export import geotiff
+
+            geotiff.write_rgb(rgb, fh.name, geo.shifted(y0, x0, scale=1 << level))
+        else:
+            if geo is not None:
+                import warnings
+
+                from kquant.errors import KquantWarning
+
+                how = "a PNG has no place for it" if module is png else "install kquant[geo]"
+                warnings.warn(
+                    f"{out.name}: the store's georeferencing is not written ({how})",
+                    KquantWarning,
+                    stacklevel=2,
+                )
+            module.write_rgb(rgb, fh)
     return out, (int(rgb.shape[0]), int(rgb.shape[1]))
+
+
+def _has_rasterio() -> bool:
+    from kquant.io import geo
+
+    return geo.available()

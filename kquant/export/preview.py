@@ -16,6 +16,15 @@ def stride_for(height: int, width: int, max_width: int = 1600) -> int:
     return max(1, math.ceil(width / half), math.ceil(height / (2 * half)))
 
 
+def checkerboard(height: int, width: int, *, square: int = 8) -> np.ndarray:
+    """(height, width, 3) uint8 light and mid grey squares: where pixels are transparent."""
+    y, x = np.indices((height, width))
+    light = ((y // square + x // square) % 2).astype(bool)
+    out = np.full((height, width, 3), 153, np.uint8)
+    out[light] = 204
+    return out
+
+
 def compose(original: np.ndarray, reconstruction: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """One (h', w', 3) uint8 picture of both images and the palette as a strip of swatches."""
     h, w = original.shape[:2]

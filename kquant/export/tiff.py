@@ -51,5 +51,8 @@ def write_indexed(st, fh: BinaryIO) -> None:
 
 
 def write_rgb(rgb, fh: BinaryIO) -> None:
-    """A lazy (h, w, 3) uint8 array as an RGB TIFF."""
-    _write(rgb, fh, photometric="rgb")
+    """A lazy (h, w, 3) uint8 array as an RGB TIFF ((h, w, 4): RGBA, unassociated alpha)."""
+    if rgb.shape[2] == 4:
+        _write(rgb, fh, photometric="rgb", extrasamples=("unassalpha",))
+    else:
+        _write(rgb, fh, photometric="rgb")

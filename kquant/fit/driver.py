@@ -62,6 +62,10 @@ class FitResult:
         given palette.
     timings : dict
         Seconds spent per stage.
+    nodata_index : int or None
+        The palette index reserved for masked pixels (the last entry), or None.
+    masked_pixels : int or None
+        Masked pixels of the image (exact mode; None when not counted).
     """
 
     palette: np.ndarray
@@ -75,6 +79,8 @@ class FitResult:
     target_met: bool | None = None
     mode: str = "exact"
     timings: dict = dataclasses.field(default_factory=dict)
+    nodata_index: int | None = None
+    masked_pixels: int | None = None
 
     @property
     def mse(self) -> float:

@@ -5,7 +5,8 @@
 * :mod:`~kquant.io.sniff` -- the format by magic bytes;
 * :mod:`~kquant.io.pillow`, :mod:`~kquant.io.tiff` (+ :mod:`~kquant.io.tiff_tiles`),
   :mod:`~kquant.io.zarr_input` -- one module per family of formats;
-* :mod:`~kquant.io.convert` -- samples to RGB uint8;
+* :mod:`~kquant.io.convert` -- samples to RGB uint8, and the mask of ``nodata``;
+* :mod:`~kquant.io.geo` -- GeoTIFF georeferencing, read with rasterio (``kquant[geo]``);
 * :mod:`~kquant.io.uri` -- local paths, ``file://`` and fsspec URLs, object-store errors;
 * :mod:`~kquant.io.atomicfile` -- output files written whole through exclusive temporary files.
 """

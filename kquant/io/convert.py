@@ -18,17 +18,81 @@ CMYK (JPEG)               converted to RGB by the decoder (Pillow)
 anything else             rejected with :class:`~kquant.errors.InputError`
 ========================  ===========================================================
 
-Alpha is composited, not excluded: every pixel gets a palette entry, and a fully
-transparent pixel takes the background colour.
+Alpha is composited: a fully transparent pixel takes the background colour. With a mask
+rule (:class:`MaskRule`, the ``nodata`` parameter) :func:`to_rgb8_masked` also says which
+pixels are masked (fully transparent, the file's nodata value, a given colour): those get
+no colour of the palette.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from kquant.errors import InputError
 
 WHITE = (255, 255, 255)
+
+
+class MaskRule(NamedTuple):
+    """Which pixels are masked: ``alpha`` (alpha 0), ``value`` (every colour sample equal
+    to the file's nodata value, compared before conversion), ``colour`` (this RGB after
+    conversion)."""
+
+    alpha: bool = False
+    value: float | None = None
+    colour: tuple[int, int, int] | None = None
+
+
+def check_nodata(value: float, dtype, what: str) -> None:
+    """Raise :class:`InputError` unless ``value`` is a sample value of ``dtype``.
+
+    ``what`` names the source in the message.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        if not np.isfinite(value):
+            raise InputError(f"{what}: a nodata value of {value} is not supported")
+        return
+    top = 1 if dtype.kind == "b" else np.iinfo(dtype).max
+    if not np.isfinite(value) or value != int(value) or not 0 <= value <= top:
+        raise InputError(
+            f"{what}: its nodata value {value:g} lies outside its {dtype} samples (0..{top})"
+        )
+
+
+def to_rgb8_masked(
+    block: np.ndarray, *, background: tuple[int, int, int] = WHITE, rule: MaskRule
+) -> np.ndarray:
+    """:func:`to_rgb8` plus a validity channel: (H, W, 4) uint8, channel 3 is 255 where the
+    pixel is valid and 0 where ``rule`` masks it; masked pixels get the colour
+    ``rule.colour`` (else ``background``): the reserved palette entry's, so that they add no
+    error and one known colour code to a histogram.
+
+    Raises
+    ------
+    InputError
+        As :func:`to_rgb8`.
+    """
+    block = np.asarray(block)
+    rgb = to_rgb8(block, background=background)
+    masked = np.zeros(rgb.shape[:2], bool)
+    raw = block if block.ndim == 3 else block[:, :, None]
+    channels = raw.shape[2]
+    has_alpha = channels in (2, 4)
+    if rule.alpha and has_alpha:
+        masked |= raw[:, :, -1] == 0
+    if rule.value is not None:
+        colour = raw[:, :, :-1] if has_alpha else raw
+        masked |= np.all(colour == np.asarray(rule.value).astype(raw.dtype), axis=2)
+    if rule.colour is not None:
+        masked |= np.all(rgb == np.asarray(rule.colour, np.uint8), axis=2)
+    out = np.empty(rgb.shape[:2] + (4,), np.uint8)
+    out[:, :, :3] = rgb
+    out[masked, :3] = np.asarray(rule.colour if rule.colour is not None else background, np.uint8)
+    out[:, :, 3] = np.where(masked, 0, 255)
+    return out
 
 
 def channel_layout(shape: tuple[int, ...]) -> int:

@@ -100,6 +100,7 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
             else:
                 exif = im.getexif()
             orientation = int(exif.get(0x0112, 1) or 1)
+            alpha = mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in im.info)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -137,6 +138,7 @@ def _inspect_pillow(path: str, max_pixels: int | None) -> ImageSource:
         mtime_ns=mtime,
         mode=mode,
         etag=etag,
+        alpha=alpha,
     )
 
 
@@ -160,7 +162,12 @@ def _decode_plain(data: bytes) -> np.ndarray | None:
 
 
 def _decode_pillow(
-    path: str, stamp: tuple[int, int], mode: str, max_pixels: int, background: tuple[int, int, int]
+    path: str,
+    stamp: tuple[int, int],
+    mode: str,
+    max_pixels: int,
+    background: tuple[int, int, int],
+    mask: convert.MaskRule | None = None,
 ) -> np.ndarray:
     from PIL import Image
 
@@ -183,15 +190,18 @@ def _decode_pillow(
         raise InputError(f"{path} cannot be decoded: {reason(exc)}") from None
     if arr.dtype.kind == "i" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)  # Pillow's 32-bit 'I' mode for 16-bit greys
+    if mask is not None:
+        return convert.to_rgb8_masked(arr, background=background, rule=mask)
     return convert.to_rgb8(arr, background=background)
 
 
 class _DecodedImage:
     """Array-like over a whole-image decode, cached per process; pickles as a path."""
 
-    def __init__(self, src: ImageSource, max_pixels: int, background):
+    def __init__(self, src: ImageSource, max_pixels: int, background, mask=None):
         self.src, self.max_pixels, self.background = src, max_pixels, tuple(background)
-        self.shape = (src.height, src.width, 3)
+        self.mask = mask
+        self.shape = (src.height, src.width, 3 if mask is None else 4)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
 
@@ -203,6 +213,7 @@ class _DecodedImage:
                 self.src.mode,
                 self.max_pixels,
                 self.background,
+                self.mask,
             )
         if arr.shape != self.shape:
             raise InputError(f"{self.src.uri} decoded to {arr.shape}, header said {self.shape}")
@@ -214,8 +225,10 @@ def decode_whole(
     *,
     max_pixels: int | None = None,
     background: tuple[int, int, int] = convert.WHITE,
+    mask: convert.MaskRule | None = None,
 ) -> np.ndarray:
     """The whole (H, W, 3) uint8 RGB of a source Pillow decodes (the array
-    :func:`open_source` serves in chunks; decoded once per process)."""
+    :func:`open_source` serves in chunks; decoded once per process); with ``mask``,
+    (H, W, 4) with the validity channel of :func:`kquant.io.convert.to_rgb8_masked`."""
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-    return _DecodedImage(src, limit, tuple(int(c) for c in background))[...]
+    return _DecodedImage(src, limit, tuple(int(c) for c in background), mask)[...]

@@ -97,6 +97,7 @@ def open_image(
     max_pixels: int | None = None,
     background: tuple[int, int, int] = convert.WHITE,
     max_tile_bytes: int | None = None,
+    mask: convert.MaskRule | None = None,
 ):
     """Open an image as a lazy ``(H, W, 3)`` uint8 dask array.
 
@@ -113,10 +114,13 @@ def open_image(
         Colour that transparent pixels are composited over (default white).
     max_tile_bytes : int, optional, keyword-only
         Largest decoded tile, strip or zarr chunk accepted (see :func:`inspect_image`).
+    mask : MaskRule, optional, keyword-only
+        Which pixels are masked; the array is then (H, W, 4), channel 3 being 255 for
+        valid pixels and 0 for masked ones (:func:`kquant.io.convert.to_rgb8_masked`).
 
     Returns
     -------
-    dask.array.Array of uint8, shape (H, W, 3)
+    dask.array.Array of uint8, shape (H, W, 3) (or (H, W, 4) with ``mask``)
 
     Raises
     ------
@@ -128,6 +132,7 @@ def open_image(
         chunks=chunks,
         max_pixels=max_pixels,
         background=background,
+        mask=mask,
     )
 
 
@@ -137,8 +142,10 @@ def open_source(
     chunks: int | None = None,
     max_pixels: int | None = None,
     background: tuple[int, int, int] = convert.WHITE,
+    mask: convert.MaskRule | None = None,
 ):
-    """Lazy RGB array of an already inspected source (see :func:`open_image`)."""
+    """Lazy RGB array of an already inspected source (see :func:`open_image`); with
+    ``mask``, (H, W, 4) with the validity channel."""
     import dask.array as da
 
     bg = (int(background[0]), int(background[1]), int(background[2]))
@@ -186,24 +193,32 @@ def open_source(
     else:
         rows, cols = normalise_chunk(chunks)
         limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-        raw = _DecodedImage(src, limit, bg)
+        raw = _DecodedImage(src, limit, bg, mask)
         return da.from_array(
             raw,
-            chunks=(rows, cols, 3),
+            chunks=(rows, cols, raw.shape[2]),
             lock=False,
             asarray=True,
             fancy=False,
-            name=f"decoded-{abs(hash((src.identity, bg))):x}",
+            name=f"decoded-{abs(hash((src.identity, bg, mask))):x}",
             meta=np.empty((0, 0, 0), np.uint8),
         )
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if not (arr.dtype == np.uint8 and arr.shape[2] == 3):
+    if mask is not None:
+        arr = arr.map_blocks(
+            convert.to_rgb8_masked,
+            background=bg,
+            rule=mask,
+            dtype=np.uint8,
+            chunks=arr.chunks[:2] + ((4,),),
+        )
+    elif not (arr.dtype == np.uint8 and arr.shape[2] == 3):
         arr = arr.map_blocks(
             convert.to_rgb8, background=bg, dtype=np.uint8, chunks=arr.chunks[:2] + ((3,),)
         )
     arr = _orient(arr, src.orientation)
     if src.orientation != 1:
         rows, cols = normalise_chunk(chunks, None)
-        arr = arr.rechunk((rows, cols, 3))
+        arr = arr.rechunk((rows, cols, arr.shape[2]))
     return arr

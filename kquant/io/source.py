@@ -10,6 +10,7 @@ import numpy as np
 
 from kquant.errors import ImageTooLargeError, InputError
 from kquant.io import uri as uri_mod
+from kquant.io.geo import GeoInfo
 
 #: Default limit on the pixels an image header may claim (about 4.3 gigapixels).
 DEFAULT_MAX_PIXELS = 2**32
@@ -61,6 +62,12 @@ class ImageSource:
         Pixel mode of the decoder (Pillow mode, TIFF photometric).
     etag : str
         Object-store ETag (remote sources), part of the identity.
+    geo : GeoInfo or None
+        Georeferencing of a GeoTIFF (read with rasterio: ``kquant[geo]``).
+    nodata : float or None
+        The file's nodata value (GDAL's ``GDAL_NODATA`` TIFF tag), if any.
+    alpha : bool
+        Whether the samples include an alpha channel.
     """
 
     uri: str
@@ -75,6 +82,9 @@ class ImageSource:
     mtime_ns: int = 0
     mode: str = ""
     etag: str = ""
+    geo: GeoInfo | None = None
+    nodata: float | None = None
+    alpha: bool = False
 
     @property
     def n_pixels(self) -> int:
@@ -97,6 +107,12 @@ class ImageSource:
         d = dict(data)
         d["raw_shape"] = tuple(d["raw_shape"])
         d["tile"] = tuple(d["tile"]) if d.get("tile") else None
+        if d.get("geo"):
+            d["geo"] = GeoInfo(
+                wkt2=d["geo"]["wkt2"],
+                code=d["geo"]["code"],
+                transform=tuple(d["geo"]["transform"]),
+            )
         return cls(**d)
 
 

@@ -71,6 +71,10 @@ def _inspect_tiff(path: str, max_pixels: int | None, budget: int) -> ImageSource
             mode = {0: "MINISWHITE", 1: "MINISBLACK", 2: "RGB", 3: "PALETTE"}[photometric]
             if planar:
                 mode += ":planar"
+            alpha = photometric != 3 and int(page.samplesperpixel) in (2, 4)
+            nodata = _nodata(path, page.tags.get("GDAL_NODATA"))
+            georeferenced = bool(tf.is_geotiff)
+            keys = _crs_keys(tf) if georeferenced else {}
     except InputError:
         raise
     except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
@@ -79,6 +83,7 @@ def _inspect_tiff(path: str, max_pixels: int | None, budget: int) -> ImageSource
         orientation = 1
     size, mtime, etag = _stat(path)
     oh, ow = _oriented(h, w, orientation)
+    geo = _georeferencing(path, orientation, keys) if georeferenced else None
     return ImageSource(
         uri=path,
         format="TIFF",
@@ -92,7 +97,71 @@ def _inspect_tiff(path: str, max_pixels: int | None, budget: int) -> ImageSource
         mtime_ns=mtime,
         mode=mode,
         etag=etag,
+        geo=geo,
+        nodata=nodata,
+        alpha=alpha,
     )
+
+
+def _nodata(path: str, tag) -> float | None:
+    """The ``GDAL_NODATA`` tag's value, or None (checked against the sample type only when
+    it is used: :func:`kquant.io.convert.check_nodata`).
+
+    Raises
+    ------
+    InputError
+        If the tag is not a number.
+    """
+    if tag is None:
+        return None
+    text = str(tag.value).strip().strip("\x00")
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{path}: its nodata value {text!r} is not a number") from None
+
+
+def _crs_keys(tf) -> dict:
+    """The GeoKeys that name the GeoTIFF's CRS by code (for messages), as integers."""
+    try:
+        meta = tf.geotiff_metadata or {}
+    except Exception:  # a malformed GeoKey directory: GDAL has the last word
+        return {}
+    return {
+        name: int(meta[name])
+        for name in ("ProjectedCSTypeGeoKey", "GeographicTypeGeoKey")
+        if name in meta
+    }
+
+
+def _georeferencing(path: str, orientation: int, keys: dict | None = None):
+    """The GeoTIFF's georeferencing (:mod:`kquant.io.geo`), or None with a warning when
+    rasterio is not installed.
+
+    Raises
+    ------
+    InputError
+        As :func:`kquant.io.geo.read`; or if the TIFF also has an orientation other than 1.
+    """
+    import warnings
+
+    from kquant.errors import KquantWarning
+    from kquant.io import geo
+
+    if not geo.available():
+        warnings.warn(
+            f"{path} is a GeoTIFF: its georeferencing is dropped (install kquant[geo], "
+            "i.e. rasterio, to keep it)",
+            KquantWarning,
+            stacklevel=2,
+        )
+        return None
+    info = geo.read(path, keys)
+    if info is not None and orientation != 1:
+        raise InputError(
+            f"{path}: a georeferenced TIFF with orientation {orientation}: not supported"
+        )
+    return info
 
 
 _tiff_lock = threading.Lock()

@@ -22,11 +22,15 @@ from kquant.pipeline.plan import (
 )
 from kquant.pipeline.run import (
     QuantizeResult,
+    check_export,
+    export_cog,
+    export_path,
     finished_store,
     imposed_fit,
     imposed_palette,
     preview,
     quantize,
+    reserve_imposed,
     write,
 )
 from kquant.pipeline.shared_palette import fit_shared
@@ -34,6 +38,9 @@ from kquant.pipeline.shared_palette import fit_shared
 __all__ = [
     "LUT_MIN_PIXELS",
     "QuantizeResult",
+    "check_export",
+    "export_cog",
+    "export_path",
     "finished_store",
     "fit",
     "fit_histogram",
@@ -43,6 +50,7 @@ __all__ = [
     "inspect",
     "preview",
     "quantize",
+    "reserve_imposed",
     "same_source",
     "sample_chunks",
     "sample_graph",

@@ -11,10 +11,14 @@ from kquant import cluster, store
 from kquant.fit import FitResult
 from kquant.io import ImageSource, readers
 from kquant.io import uri as uri_mod
+from kquant.io.convert import MaskRule
 from kquant.label import assign, dither, metrics, packing
 from kquant.params import QuantizeParams
 from kquant.pipeline.plan import (
+    geo_record,
     label_options,
+    mask_rule,
+    nodata_record,
     pyramid_levels,
     source_record,
     store_chunks,
@@ -24,10 +28,13 @@ from kquant.pipeline.plan import (
 )
 
 
-def image(src: ImageSource, params: QuantizeParams, max_pixels: int | None):
-    """The lazy RGB dask array of a source, chunked as ``params`` asks."""
+def image(
+    src: ImageSource, params: QuantizeParams, max_pixels: int | None, mask: MaskRule | None = None
+):
+    """The lazy RGB dask array of a source, chunked as ``params`` asks; with ``mask``,
+    (H, W, 4) with the validity channel (:func:`kquant.io.convert.to_rgb8_masked`)."""
     return readers.open_source(
-        src, chunks=params.chunk, max_pixels=max_pixels, background=params.background
+        src, chunks=params.chunk, max_pixels=max_pixels, background=params.background, mask=mask
     )
 
 
@@ -41,28 +48,45 @@ def _assign_write_block(
     packed_chunk: tuple[int, int],
     use_lut: bool,
     label_options: dict | None = None,
+    nodata_index: int | None = None,
 ):
-    """Kernel of the write pass: label one chunk, pack it, write it, measure it."""
+    """Kernel of the write pass: label one chunk, pack it, write it, measure it.
+
+    With ``nodata_index`` (the palette's last entry) the block has a validity channel:
+    masked pixels get that index (and, having its colour, no error), the others the
+    nearest of the entries before it.
+    """
     cluster.relax_worker_malloc()  # on a dask worker: no mmap per numpy temporary
     block = np.asarray(block)
+    colours, valid = palette, None
+    if nodata_index is not None:
+        colours = palette[:nodata_index]
+    if block.shape[2] == 4:
+        valid = block[..., 3] != 0
+        block = np.ascontiguousarray(block[..., :3])
+        if valid.all():
+            valid = None
     if label_options:  # perceptual space or dithering (global coordinates: no seams)
         table = None
         if use_lut:  # dithering in RGB: the same labels through the table
             from kquant.label import lookup
 
-            table = lookup.table_for(palette)
-        labels = dither.label_block(block, palette, y0=row0, x0=col0, table=table, **label_options)
-        sse = metrics.sse_block(block, labels, palette)
-        packed = packing.pack_rows(labels, bits)
-        counts = metrics.label_counts(labels, len(palette))
-    elif use_lut:
+            table = lookup.table_for(colours)
+        labels = dither.label_block(block, colours, y0=row0, x0=col0, table=table, **label_options)
+    elif use_lut and valid is None:
         from kquant.label import lookup  # compiled with numba: imported only where it is used
 
         packed, sse, counts = lookup.label_pack_block(
-            block, lookup.table_for(palette), palette, bits
+            block, lookup.table_for(colours), colours, bits
         )
+        if len(counts) < len(palette):
+            counts = np.concatenate([counts, np.zeros(len(palette) - len(counts), counts.dtype)])
+        labels = None
     else:
-        labels = assign.nearest_block(block, palette)
+        labels = assign.nearest_block(block, colours)
+    if labels is not None:
+        if valid is not None:
+            labels[~valid] = nodata_index
         sse = metrics.sse_block(block, labels, palette)
         packed = packing.pack_rows(labels, bits)
         counts = metrics.label_counts(labels, len(palette))
@@ -90,6 +114,7 @@ def write(
     address: str | None = None,
     progress: bool | Callable[[int, int], None] = False,
     fit_info: FitResult | None = None,
+    nodata_index: int | None = None,
 ) -> store.StoreMeta:
     """The write pass on dask: one task labels, packs, writes and measures each chunk (or
     shard), then the store is committed (see :func:`kquant.pipeline.write`, which checks
@@ -102,13 +127,15 @@ def write(
     """
     import dask
 
+    rule = mask_rule(src, params) if nodata_index is not None else None
     with uri_mod.storage_errors(src.uri):
-        pixels = image(src, params, max_pixels)
+        pixels = image(src, params, max_pixels, rule)
     rows, cols = store_chunks(pixels)
     shards = store_shards((rows, cols), params.shard)
     palette = np.asarray(palette, np.uint8)
     bits = packing.storage_bits(len(palette))
-    options = label_options(params, palette)
+    colours = palette if nodata_index is None else palette[:nodata_index]
+    options = label_options(params, colours)
     use_lut = uses_lut(src, params)
     meta = store.StoreMeta(
         height=src.height,
@@ -123,9 +150,11 @@ def write(
         source=source_record(src),
         params=params.to_json(),
         levels=pyramid_levels(params, src.height, src.width, (rows, cols)),
+        geo=geo_record(src),
+        nodata=nodata_record(params, nodata_index),
     )
     brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
-    pixels = pixels.rechunk((brows, bcols, 3))
+    pixels = pixels.rechunk((brows, bcols, pixels.shape[2]))
     with store.StoreWriter(target, meta, palette, overwrite=overwrite) as writer:
         blocks = pixels.to_delayed()
         keys, tasks = [], []
@@ -142,6 +171,7 @@ def write(
                     meta.packed_block,
                     use_lut,
                     options,
+                    nodata_index,
                 )
             )
         with cluster.scheduler(address):
@@ -158,6 +188,7 @@ def write(
                 options,
                 "lut" if use_lut else "direct",
                 fit_info,
+                nodata_index=nodata_index,
             ),
             checksum=store.combine_digests(dict(zip(keys, (r[2] for r in results)))),
         )

@@ -2,7 +2,7 @@
 
 Accepted sources, recognised by content or suffix:
 
-* a kquant store (its palette);
+* a kquant store (its palette's colours: without the entry reserved for masked pixels);
 * a GIMP palette (``.gpl``);
 * a NumPy array file (``.npy``) of shape (n, 3), integers 0-255;
 * a text file of one colour a line, ``#RRGGBB``, ``RRGGBB``, ``R,G,B`` or ``R G B``
@@ -108,7 +108,8 @@ def read_palette(source: str | os.PathLike) -> np.ndarray:
     if path.is_dir():
         from kquant import store
 
-        return store.open_store(path).palette.copy()
+        st = store.open_store(path)
+        return st.palette[: st.meta.nodata_index].copy()  # the reserved entry is per source
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:

@@ -8,9 +8,10 @@ import numpy as np
 
 from kquant.errors import KquantError
 from kquant.fit import FitResult
-from kquant.io import ImageSource
+from kquant.io import ImageSource, convert
 from kquant.io import source as io_source
 from kquant.io import uri as uri_mod
+from kquant.io.convert import MaskRule
 from kquant.label import dither, metrics, packing
 from kquant.params import QuantizeParams
 
@@ -89,6 +90,49 @@ def source_record(src: ImageSource) -> dict:
     }
 
 
+def mask_rule(src: ImageSource, params: QuantizeParams) -> MaskRule | None:
+    """Which pixels of ``src`` ``params.nodata`` masks, or None when none can be: ``none``;
+    ``auto`` on a source without alpha and without a nodata value.
+
+    Raises
+    ------
+    InputError
+        If the source's nodata value is not a sample value of its data type.
+    """
+    if params.nodata == "none":
+        return None
+    colour = params.nodata_colour
+    value = src.nodata if params.nodata == "auto" else None
+    if value is not None:
+        convert.check_nodata(value, src.dtype, src.uri)
+    if not (src.alpha or value is not None or colour is not None):
+        return None
+    return MaskRule(alpha=src.alpha, value=value, colour=colour)
+
+
+def reserved_colour(params: QuantizeParams) -> tuple[int, int, int]:
+    """The RGB of the reserved palette entry of masked pixels: the ``nodata`` colour, else
+    the background (what a reader that ignores the nodata index shows)."""
+    colour = params.nodata_colour
+    return colour if colour is not None else tuple(int(c) for c in params.background)  # type: ignore[return-value]
+
+
+def nodata_record(params: QuantizeParams, nodata_index: int | None) -> dict | None:
+    """The ``nodata`` attribute of a store whose palette reserves ``nodata_index``."""
+    if nodata_index is None:
+        return None
+    return {
+        "index": int(nodata_index),
+        "rule": params.nodata,
+        "colour": list(reserved_colour(params)),
+    }
+
+
+def geo_record(src: ImageSource) -> dict | None:
+    """The ``geo`` attribute of a store written from ``src`` (GeoZarr names), or None."""
+    return src.geo.to_json(src.height, src.width) if src.geo is not None else None
+
+
 def same_source(record: dict, source) -> bool:
     """Whether a store's ``source`` record names ``source`` as it is now: same URI, size,
     modification time and ETag (a stat, no decoding); False if the record predates the
@@ -117,13 +161,23 @@ def write_metrics(
     label_options: dict | None,
     assigned: str,
     fit_info: FitResult | None,
+    *,
+    nodata_index: int | None = None,
 ) -> dict:
-    """The ``metrics`` attribute of a store: error, PSNR, palette use and how it was made."""
+    """The ``metrics`` attribute of a store: error, PSNR, palette use and how it was made.
+
+    With a reserved ``nodata_index`` the error is over the valid pixels only: ``n_pixels``
+    counts them and ``masked_pixels`` the others (``counts[nodata_index]``).
+    """
+    masked = int(counts[nodata_index]) if nodata_index is not None else 0
+    n_pixels = int(n_pixels) - masked
     mse = metrics.mse(sse, n_pixels)
     psnr = metrics.psnr(mse)
     extra = {}
     if label_options and label_options.get("dither") != "none":
         extra["dither_amount"] = label_options["dither_amount"]
+    if nodata_index is not None:
+        extra["masked_pixels"] = masked
     if params.target_psnr is not None:
         extra["target_psnr_met"] = bool(not np.isfinite(psnr) or psnr >= params.target_psnr)
     return {

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from kquant import store
-from kquant.errors import KquantError
+from kquant.errors import KquantError, ParameterError
 from kquant.fit import FitResult
 from kquant.io import ImageSource
 from kquant.io import uri as uri_mod
@@ -19,7 +19,7 @@ from kquant.label import assign, dither
 from kquant.params import QuantizeParams
 from kquant.pipeline import chunked, in_memory
 from kquant.pipeline.fitting import fit, inspect
-from kquant.pipeline.plan import label_options, same_source
+from kquant.pipeline.plan import label_options, mask_rule, same_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,7 @@ class QuantizeResult:
     fit: FitResult
     timings: dict
     preview: str | None = None
+    export: str | None = None
 
     @property
     def palette(self) -> np.ndarray:
@@ -48,11 +49,15 @@ def write(
     address: str | None = None,
     progress: bool | Callable[[int, int], None] = False,
     fit_info: FitResult | None = None,
+    nodata_index: int | None = None,
 ) -> store.StoreMeta:
     """Assign every pixel to ``palette`` and write a complete store at ``target``.
 
     ``progress``: a bar on stderr (true), or a callable ``progress(done, total)`` called
     with the blocks (chunks or shards) written so far, 0 first and ``total`` last.
+
+    ``nodata_index`` (default: ``fit_info``'s), the palette's last entry, is reserved for
+    the pixels ``params.nodata`` masks; the others get the nearest of the entries before it.
 
     Raises
     ------
@@ -71,6 +76,10 @@ def write(
     params = params or QuantizeParams()
     store.check_target(target, overwrite=overwrite, source=source)
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
+    if nodata_index is None and fit_info is not None:
+        nodata_index = fit_info.nodata_index
+    if nodata_index is not None and nodata_index != len(palette) - 1:
+        raise ValueError("the nodata index must be the palette's last entry")
     if in_memory.eligible(src, params, address=address, target=target):  # one chunk: no dask
         palette = np.asarray(palette, np.uint8)
         if callable(progress):
@@ -83,7 +92,10 @@ def write(
             overwrite=overwrite,
             max_pixels=max_pixels,
             fit_info=fit_info,
-            label_options=label_options(params, palette),
+            label_options=label_options(
+                params, palette if nodata_index is None else palette[:nodata_index]
+            ),
+            nodata_index=nodata_index,
         )
         if callable(progress):
             progress(1, 1)
@@ -98,6 +110,7 @@ def write(
         address=address,
         progress=progress,
         fit_info=fit_info,
+        nodata_index=nodata_index,
     )
 
 
@@ -110,8 +123,12 @@ def preview(
     max_pixels: int | None = None,
     max_width: int = 1600,
     overwrite: bool = True,
+    nodata_index: int | None = None,
 ) -> str:
     """Write original | reconstruction with the palette strip to ``out`` (PNG).
+
+    With ``nodata_index`` (the palette's last entry, reserved for masked pixels) masked
+    pixels show as a grey checkerboard on both sides.
 
     ``overwrite`` replaces an existing plain file at ``out`` (the default: a preview is
     derived output); the source, folders and anything inside the source are never
@@ -130,21 +147,95 @@ def preview(
     out = store.check_output(out, overwrite=overwrite, sources=[source])
     src = source if isinstance(source, ImageSource) else inspect(source, max_pixels=max_pixels)
     step = pv.stride_for(src.height, src.width, max_width)
+    palette = np.asarray(palette, np.uint8)
+    rule = mask_rule(src, params) if nodata_index is not None else None
     if in_memory.eligible(src, params):
-        whole = in_memory.image(src, params, max_pixels=max_pixels)
+        whole = in_memory.image(src, params, max_pixels=max_pixels, mask=rule)
         small = np.ascontiguousarray(whole[::step, ::step])
     else:
-        image = chunked.image(src, params, max_pixels)
+        image = chunked.image(src, params, max_pixels, rule)
         small = np.asarray(image[::step, ::step].compute(scheduler="threads"))
-    options = label_options(params, np.asarray(palette, np.uint8))
+    valid = None
+    if small.shape[2] == 4:
+        valid = small[..., 3] != 0
+        small = np.ascontiguousarray(small[..., :3])
+    colours = palette if nodata_index is None else palette[:nodata_index]
+    options = label_options(params, colours)
     labels = (
-        dither.label_block(small, palette, **options)
+        dither.label_block(small, colours, **options)
         if options
-        else assign.nearest_block(small, palette)
+        else assign.nearest_block(small, colours)
     )
-    recon = np.asarray(palette, np.uint8)[labels]
+    recon = colours[labels]
+    if valid is not None:  # masked pixels: a checkerboard on both sides
+        board = pv.checkerboard(*small.shape[:2])
+        small[~valid] = board[~valid]
+        recon[~valid] = board[~valid]
     pv.write_png(out, pv.compose(small, recon, palette), overwrite=overwrite)
     return str(out)
+
+
+def export_path(target, params: QuantizeParams) -> str | None:
+    """Where ``params.export`` writes the COG of the store at ``target``: ``cog``, next to
+    it (``<stem>.cog.tif``), else the path or URI given; None without an export."""
+    if params.export is None:
+        return None
+    if params.export != "cog":
+        return uri_mod.normalise(params.export)
+    root = uri_mod.normalise(target).rstrip("/")
+    stem = root[: -len(".kquant")] if root.endswith(".kquant") else root
+    return f"{stem}.cog.tif"
+
+
+def check_export(out: str, *, overwrite: bool, source, target) -> None:
+    """Refuse an export target that may not be written (as :func:`kquant.store.check_output`;
+    on object storage: an existing object without ``overwrite``).
+
+    Raises
+    ------
+    TargetExistsError
+        If ``out`` exists and ``overwrite`` is false.
+    UnsafeTargetError
+        If ``out`` is the source, lies inside the store, or is a folder.
+    ObjectStoreError
+        If the object store cannot be reached.
+    """
+    if not uri_mod.is_remote(out):
+        sources = [source] if source is not None else []
+        store.check_output(out, overwrite=overwrite, sources=sources, stores=[target])
+        return
+    fs, path = uri_mod.filesystem(out)
+    with uri_mod.storage_errors(out):
+        exists = fs.exists(path)
+    if exists and not overwrite:
+        from kquant.errors import TargetExistsError
+
+        raise TargetExistsError(f"{out} exists (use --overwrite to replace it)")
+
+
+def export_cog(target, out: str, *, overwrite: bool = False, source=None) -> str:
+    """Write the store at ``target`` as a COG at ``out`` (local, or uploaded to an object
+    store from a local temporary file; :mod:`kquant.export.cog`).
+
+    Raises
+    ------
+    ParameterError, TargetExistsError, UnsafeTargetError
+        As :func:`kquant.export.export`.
+    """
+    import os
+    import tempfile
+
+    from kquant.export import outputs
+
+    check_export(out, overwrite=overwrite, source=source, target=target)
+    if not uri_mod.is_remote(out):
+        return str(outputs.export(target, out, overwrite=overwrite, cog=True))
+    fs, path = uri_mod.filesystem(out)
+    with tempfile.TemporaryDirectory(prefix="kquant-cog-") as tmp:
+        local = os.path.join(tmp, "export.tif")
+        outputs.export(target, local, cog=True)
+        fs.put_file(local, path)
+    return out
 
 
 def imposed_palette(palette, params: QuantizeParams) -> tuple[np.ndarray, QuantizeParams]:
@@ -178,6 +269,32 @@ def imposed_palette(palette, params: QuantizeParams) -> tuple[np.ndarray, Quanti
         ):
             raise ParameterError("an imposed palette must be 1-256 RGB colours of integers 0-255")
     return arr.astype(np.uint8), dataclasses.replace(params, k=max(2, len(arr)), target_psnr=None)
+
+
+def reserve_imposed(
+    palette: np.ndarray, src: ImageSource, params: QuantizeParams
+) -> tuple[np.ndarray, int | None]:
+    """An imposed palette for ``src``: with the entry of masked pixels appended when
+    ``params.nodata`` can mask pixels of ``src``, and that entry's index (else None).
+
+    Raises
+    ------
+    ParameterError
+        If the palette has 256 colours and the source may have masked pixels.
+    InputError
+        As :func:`kquant.pipeline.plan.mask_rule`.
+    """
+    from kquant.pipeline.plan import reserved_colour
+
+    palette = np.asarray(palette, np.uint8)
+    if mask_rule(src, params) is None:
+        return palette, None
+    if len(palette) >= 256:
+        raise ParameterError(
+            f"{src.uri} may have masked pixels (nodata {params.nodata}): an imposed palette "
+            "of 256 colours leaves no index for them (use --nodata none)"
+        )
+    return np.vstack([palette, np.asarray([reserved_colour(params)], np.uint8)]), len(palette)
 
 
 def imposed_fit(palette: np.ndarray, n_pixels: int) -> FitResult:
@@ -251,6 +368,9 @@ def quantize(
     target = store.check_target(target, overwrite=overwrite, source=source)
     if preview_path is not None:
         store.check_output(preview_path, overwrite=overwrite, sources=[source], stores=[target])
+    exported = export_path(target, params)
+    if exported is not None:  # refused before any work, as the store's target
+        check_export(exported, overwrite=overwrite, source=source, target=target)
     with locking.hold(target):  # fail fast if another run writes the same target
         return _quantize(
             source,
@@ -280,6 +400,9 @@ def _quantize(
         result = fit(src, params, max_pixels=max_pixels, address=address, progress=progress)
     else:
         result = imposed_fit(imposed, src.height * src.width)
+        reserved, nodata_index = reserve_imposed(imposed, src, params)
+        if nodata_index is not None:  # masked pixels get one more entry
+            result = dataclasses.replace(result, palette=reserved, nodata_index=nodata_index)
     timings["fit"] = time.perf_counter() - t
     timings.update({f"fit.{k}": v for k, v in result.timings.items()})
     t = time.perf_counter()
@@ -303,9 +426,20 @@ def _quantize(
     if preview_path is not None:
         t = time.perf_counter()
         written_preview = preview(
-            src, result.palette, preview_path, params, max_pixels=max_pixels, overwrite=overwrite
+            src,
+            result.palette,
+            preview_path,
+            params,
+            max_pixels=max_pixels,
+            overwrite=overwrite,
+            nodata_index=result.nodata_index,
         )
         timings["preview"] = time.perf_counter() - t
+    exported = export_path(target, params)
+    if exported is not None:
+        t = time.perf_counter()
+        exported = export_cog(target, exported, overwrite=overwrite, source=source)
+        timings["export"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return QuantizeResult(
         target=uri_mod.normalise(target),
@@ -313,6 +447,7 @@ def _quantize(
         fit=result,
         timings=timings,
         preview=written_preview,
+        export=exported,
     )
 
 

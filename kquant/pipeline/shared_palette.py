@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from kquant import cluster
 from kquant.colour import histogram
-from kquant.errors import ParameterError
+from kquant.errors import InputError, ParameterError
 from kquant.fit import FitResult, sampling
 from kquant.io import ImageSource
 from kquant.params import QuantizeParams
@@ -54,16 +54,26 @@ def fit_shared(
     ParameterError
         If ``sources`` is empty.
     InputError
-        If any source cannot be read.
+        If any source cannot be read, or every pixel is masked.
+
+    Pixels ``params.nodata`` masks in any image are left out, and the palette's last entry
+    is reserved for them (as :func:`kquant.pipeline.fit`; ``nodata_index`` of the result),
+    so every store of the set has the same reserved index.
     """
     import dataclasses
     import time
 
-    import dask
     import numpy as np
 
     from kquant.pipeline.chunked import image
-    from kquant.pipeline.fitting import fit_histogram, inspect, sample_graph
+    from kquant.pipeline.fitting import (
+        fit_histogram,
+        inspect,
+        sample_graph,
+        with_reserved_entry,
+        without_masked,
+    )
+    from kquant.pipeline.plan import mask_rule, reserved_colour
 
     params = params or QuantizeParams()
     srcs = [s if isinstance(s, ImageSource) else inspect(s, max_pixels=max_pixels) for s in sources]
@@ -72,27 +82,59 @@ def fit_shared(
     # the rule of pipeline.fit, on the pixels of all the images together
     mode = params.fit_mode(sum(s.n_pixels for s in srcs))
     shares = sampling.allocate([s.n_pixels for s in srcs], params.sample_size)
+    rules = [mask_rule(s, params) for s in srcs]
+    masked = None
     t0 = time.perf_counter()
     if mode == "exact":  # one pass over every pixel: exact merged histogram + sample
-        images = [image(s, params, max_pixels) for s in srcs]
+        images = [image(s, params, max_pixels, rule) for s, rule in zip(srcs, rules)]
         hist = histogram.merge_tree([histogram.colour_histogram(im) for im in images])
         samples = [
             sampling.sample_pixels(im, n, seed=params.seed)
             for im, n in zip(images, shares)
             if n > 0
         ]
-        sample = dask.delayed(np.concatenate)(samples, axis=0)
+        counted = [(im[..., 3] == 0).sum() for im in images if im.shape[2] == 4]
         with cluster.scheduler(address):
-            (colours, counts), sample = cluster.compute(hist, sample, progress=progress)
+            (colours, counts), *parts = cluster.compute(hist, *samples, *counted, progress=progress)
+        masked = int(sum(parts[len(samples) :])) if counted else None
+        sample = np.concatenate([_valid(p) for p in parts[: len(samples)]], axis=0)
     else:  # too many pixels for a full pass: a bounded number of tiles of each image
         samples = [
-            sample_graph(s, n, params, max_pixels=max_pixels) for s, n in zip(srcs, shares) if n > 0
+            sample_graph(s, n, params, max_pixels=max_pixels, mask=rule)
+            for s, n, rule in zip(srcs, shares, rules)
+            if n > 0
         ]
         with cluster.scheduler(address):
             parts = cluster.compute(*samples, progress=progress)
-        sample = np.concatenate(parts, axis=0)
+        sample = np.concatenate([_valid(p) for p in parts], axis=0)
         colours, counts = histogram.block_histogram(sample[None])
+    if masked:  # counted as the reserved entry's colour (kquant.io.convert.to_rgb8_masked)
+        if masked >= sum(s.n_pixels for s in srcs):
+            raise InputError(
+                f"every pixel of the {len(srcs)} images is masked (nodata {params.nodata})"
+            )
+        colours, counts = without_masked(colours, counts, masked, reserved_colour(params))
+    if not len(sample) or not len(colours):
+        raise InputError(f"every sampled pixel of the {len(srcs)} images is masked")
+    reserve = any(r is not None for r in rules) and (masked is None or masked > 0)
     t1 = time.perf_counter()
-    result = fit_histogram(sample, colours, counts, params, sampled=mode == "sample")
+    result = fit_histogram(
+        sample,
+        colours,
+        counts,
+        params,
+        sampled=mode == "sample",
+        k=params.k - 1 if reserve else None,
+    )
     timings = {"read" if mode == "exact" else "sample": t1 - t0, "fit": time.perf_counter() - t1}
-    return dataclasses.replace(result, mode=mode, timings=timings)
+    result = dataclasses.replace(result, mode=mode, timings=timings)
+    return with_reserved_entry(result, params, masked) if reserve else result
+
+
+def _valid(sample):
+    """The (m, 3) valid pixels of a sample with a validity channel (else the sample)."""
+    import numpy as np
+
+    if sample.shape[1] == 4:
+        return np.ascontiguousarray(sample[sample[:, 3] != 0][:, :3])
+    return sample

@@ -84,6 +84,10 @@ class StoreMeta:
     format_version: int = dataclasses.field(default_factory=lambda: WRITE_VERSION)
     packing: str = ""  # the format version's (PACKINGS) when not given
     levels: int = 1
+    #: georeferencing (GeoZarr names: kquant.io.geo.GeoInfo.to_json), or None
+    geo: dict | None = None
+    #: the masked pixels' reserved palette index and the rule that masked them, or None
+    nodata: dict | None = None
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "k", "n_colors", "bits", "chunk_rows", "chunk_cols"):
@@ -200,8 +204,24 @@ class StoreMeta:
         f = 1 << int(level)
         return -(-self.height // f), -(-self.width // f)
 
+    @property
+    def georeferencing(self):
+        """The store's :class:`kquant.io.geo.GeoInfo`, or None."""
+        from kquant.io.geo import GeoInfo
+
+        return GeoInfo.from_json(self.geo)
+
+    @property
+    def nodata_index(self) -> int | None:
+        """The palette index of masked pixels, or None if the store has none."""
+        return None if not self.nodata else int(self.nodata["index"])
+
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for name in ("geo", "nodata"):  # absent rather than null: older stores read the same
+            if d[name] is None:
+                del d[name]
+        return d
 
     @classmethod
     def from_json(cls, data: Any) -> StoreMeta:

@@ -121,6 +121,13 @@ class KquantStore:
         ``psnr``, ``k``, ``n_colors``, ``bits``, ``level``. ``xarray.open_dataset(uri,
         engine="kquant")`` gives the same.
 
+        A georeferenced store has ``x``, ``y`` in the units of its CRS (pixel centres; pixel
+        coordinates as above when the transform rotates or shears) and a ``spatial_ref``
+        coordinate as rioxarray and GDAL write it (``crs_wkt``, ``spatial_ref``,
+        ``GeoTransform`` of the level), named by each variable's ``grid_mapping``, so
+        ``ds.rio.crs`` and ``ds.rio.transform()`` give the store's. With a nodata index,
+        ``labels`` has the attribute ``nodata`` (that index).
+
         Raises
         ------
         ParameterError
@@ -134,17 +141,43 @@ class KquantStore:
         f = 1 << level
         h, w = labels.shape
         meta = self.meta
+        label_attrs: dict = {"long_name": "palette index"}
+        if meta.nodata_index is not None:
+            label_attrs["nodata"] = meta.nodata_index
+        coords: dict = {
+            "band": ["r", "g", "b"],
+            "y": np.arange(h) * f + (f - 1) / 2,
+            "x": np.arange(w) * f + (f - 1) / 2,
+        }
+        rgb_attrs: dict = {}
+        geo = meta.georeferencing
+        if geo is not None:
+            geo = geo.shifted(0, 0, scale=f)
+            a, b, c, d, e, g = geo.transform
+            if not geo.rotated:  # pixel centres in the CRS's units
+                coords["x"] = c + a * (np.arange(w) + 0.5)
+                coords["y"] = g + e * (np.arange(h) + 0.5)
+            coords["spatial_ref"] = (
+                (),
+                0,
+                {
+                    "crs_wkt": geo.wkt2,
+                    "spatial_ref": geo.wkt2,
+                    "GeoTransform": " ".join(repr(v) for v in geo.gdal_geotransform()),
+                },
+            )
+            label_attrs["grid_mapping"] = rgb_attrs["grid_mapping"] = "spatial_ref"
         return xr.Dataset(
             {
-                "labels": (("y", "x"), labels, {"long_name": "palette index"}),
-                "rgb": (("y", "x", "band"), reconstruct.reconstruct(labels, self.palette)),
+                "labels": (("y", "x"), labels, label_attrs),
+                "rgb": (
+                    ("y", "x", "band"),
+                    reconstruct.reconstruct(labels, self.palette),
+                    rgb_attrs,
+                ),
                 "palette": (("entry", "band"), self.palette),
             },
-            coords={
-                "band": ["r", "g", "b"],
-                "y": np.arange(h) * f + (f - 1) / 2,
-                "x": np.arange(w) * f + (f - 1) / 2,
-            },
+            coords=coords,
             attrs={
                 "palette": self.palette.tolist(),
                 "metrics": dict(meta.metrics),

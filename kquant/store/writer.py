@@ -487,6 +487,8 @@ class StoreWriter:
         (the store as an OME-NGFF label image, :mod:`kquant.store.ngff`, named after the
         source image)."""
         attrs: dict = {"kquant": meta.to_json()}
+        if meta.geo:  # also where GeoZarr readers look: the group's own proj: and spatial:
+            attrs.update(meta.geo)
         if meta.packbits:
             from kquant.store import ngff
 

@@ -51,3 +51,24 @@ def test_export_refuses_bad_suffix_and_existing(tmp_path, photo_png):
     with pytest.raises(TargetExistsError):
         export.export(res.target, out)
     export.export(res.target, out, overwrite=True)
+
+
+def test_indexed_png_of_a_masked_store_is_transparent_there(tmp_path):
+    """The PNG export (streamed by bands of rows, 600 rows: more than one band) marks the
+    nodata index transparent (tRNS) and keeps every label."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    from kquant import export
+
+    img = photo_like(600, 90, seed=4)
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    rgba[:50, :, 3] = 0
+    iio.imwrite(tmp_path / "a.png", rgba)
+    res = kquant.quantize(tmp_path / "a.png", tmp_path / "a.kq", QuantizeParams(k=4, chunk=128))
+    labels = np.asarray(kquant.open_store(res.target).labels.compute())
+    png = export.export(res.target, tmp_path / "x.png")
+    with Image.open(png) as im:
+        assert im.mode == "P" and np.array_equal(np.asarray(im), labels)
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+    assert (alpha[:50] == 0).all() and (alpha[50:] == 255).all()

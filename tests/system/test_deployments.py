@@ -293,3 +293,47 @@ def test_batch_with_a_cluster_class_from_job_variables(prefect_stack, tmp_path):
     for i in range(3):
         open_store(outbox / f"c{i}.png.kquant").verify()
     print(f"\nbatch of 3 on a per-run LocalCluster (2 workers): {time.monotonic() - t0:.1f} s")
+
+
+def test_inbox_deployment_turns_an_arrived_geotiff_into_a_cog(prefect_stack, tmp_path):
+    """A run of the inbox deployment (its worker, its process) with a shared palette and
+    ``export: cog``: an arrived GeoTIFF with a transparent collar becomes a paletted COG."""
+    import os
+
+    import numpy as np
+    import rasterio
+    from helpers import write_geotiff
+
+    from kquant.store import open_store
+
+    inbox, outbox = tmp_path / "geo-in", tmp_path / "geo-out"
+    inbox.mkdir()
+    img = photo_like(96, 128, seed=5)
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    rgba[:24, :, 3] = 0
+    src = write_geotiff(inbox / "ortho.tif", rgba, block=64)
+    os.utime(src, (time.time() - 120, time.time() - 120))
+    with prefect_stack.client() as client:
+        dep = client.read_deployment_by_name("quantize-batch/inbox")
+        run = client.create_flow_run_from_deployment(
+            dep.id,
+            parameters={
+                "inbox": str(inbox),
+                "outbox": str(outbox),
+                "shared_palette": True,
+                "params": {"k": 6, "export": "cog"},
+            },
+        )
+        done = wait_for(
+            lambda: (r := client.read_flow_run(run.id)).state.type.value in FINAL and r,
+            180,
+            "the inbox run with export=cog to finish",
+            prefect_stack,
+        )
+        assert done.state.type.value == "COMPLETED", done.state.message + prefect_stack.log_tail()
+    st = open_store(outbox / "ortho.tif.kquant")
+    assert st.meta.nodata_index == 5
+    with rasterio.open(src) as s, rasterio.open(outbox / "ortho.tif.cog.tif") as d:
+        assert d.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert d.crs == s.crs and d.transform == s.transform and d.nodata == 5
+        assert np.array_equal(d.read(1), np.asarray(st.labels.compute()))

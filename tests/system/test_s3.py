@@ -161,3 +161,45 @@ def test_store_with_a_pyramid_on_s3(s3, tmp_path):
         assert np.array_equal(np.asarray(up.level(n)), lv), n
     up.verify()
     assert not [p for p in s3.ls("kqtest") if "kquant-tmp" in p]
+
+
+def test_geotiff_on_s3_keeps_its_georeferencing_and_mask(s3, tmp_path):
+    import rasterio
+    from helpers import write_geotiff
+
+    img = photo_like(96, 128, seed=8)
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    rgba[:20, :, 3] = 0
+    local = write_geotiff(tmp_path / "g.tif", rgba, block=64)
+    s3.put(str(local), "kqtest/geo/g.tif")
+    res = kquant.quantize(
+        "s3://kqtest/geo/g.tif", tmp_path / "g.kquant", QuantizeParams(k=8, restarts=0)
+    )
+    with rasterio.open(local) as ds:
+        assert res.meta.geo["spatial:transform"] == list(ds.transform)[:6]
+        assert res.meta.geo["proj:code"] == "EPSG:32633"
+    assert res.meta.nodata_index == 7 and res.meta.metrics["masked_pixels"] == 20 * 128
+
+
+def test_cog_export_to_s3(s3, tmp_path):
+    import rasterio
+    from helpers import write_geotiff
+
+    src = write_geotiff(tmp_path / "e.tif", photo_like(96, 128, seed=9), block=64)
+    res = kquant.quantize(
+        src,
+        tmp_path / "e.kquant",
+        QuantizeParams(k=8, restarts=0, export="s3://kqtest/cogs/e.tif"),
+    )
+    assert res.export == "s3://kqtest/cogs/e.tif"
+    s3.get("kqtest/cogs/e.tif", str(tmp_path / "back.tif"))
+    with rasterio.open(tmp_path / "back.tif") as d, rasterio.open(src) as s:
+        assert d.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert d.crs == s.crs and d.transform == s.transform
+        labels = np.asarray(kquant.open_store(res.target).labels.compute())
+        assert np.array_equal(d.read(1), labels)
+    with pytest.raises(KquantError, match="exists"):  # not replaced without overwrite
+        kquant.quantize(
+            src, tmp_path / "f.kquant", QuantizeParams(k=8, export="s3://kqtest/cogs/e.tif")
+        )
+    assert not (tmp_path / "f.kquant").exists()  # refused before any work

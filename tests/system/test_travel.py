@@ -30,10 +30,10 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def test_requirements_file_is_the_flows_dependencies():
-    """deploy/requirements.txt (what the pull steps install) = kquant[flows,s3,aws]'s deps."""
+    """deploy/requirements.txt (what the pull steps install) = kquant[flows,s3,aws,geo]'s deps."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    want = project["dependencies"] + extras["flows"] + extras["s3"] + extras["aws"]
+    want = project["dependencies"] + extras["flows"] + extras["s3"] + extras["aws"] + extras["geo"]
     want = list(dict.fromkeys(want))  # the aws extra spells out flows and s3 again
     lines = (REPO / "deploy" / "requirements.txt").read_text().splitlines()
     assert [ln for ln in lines if ln and not ln.startswith("#")] == want
