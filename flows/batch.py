@@ -393,7 +393,9 @@ def quantize_batch(
                 info, str(target), pal, params, False, max_pixels, nodata_index=reserved
             )
             verified = tasks.verify_store.submit(str(target), wait_for=[written])
-            exported = tasks.export_cog.submit(str(target), params, False, wait_for=[verified])
+            exported = None  # a task run costs CPU here and on the server: only when asked
+            if params.get("export"):
+                exported = tasks.export_cog.submit(str(target), params, False, wait_for=[verified])
             shown = None
             if preview:
                 shown = tasks.write_preview.submit(
@@ -412,7 +414,10 @@ def quantize_batch(
                 report.batch_key(out_root) + "-progress", f"batch {out_root}", "images done"
             )
             progress(0, len(chains))
-            finals = [shown if shown is not None else fs[4] for _, _, fs, shown, _ in chains]
+            finals = [
+                next(f for f in (shown, fs[4], fs[3]) if f is not None)
+                for _, _, fs, shown, _ in chains
+            ]
             for done, _ in enumerate(as_completed(finals), 1):
                 progress(done, len(chains))
         wait([f for _, _, fs, s, _ in chains for f in fs + [s] if f is not None])
@@ -439,7 +444,7 @@ def quantize_batch(
                 "psnr": m["psnr"],
                 "bits_per_pixel": round(m["store_bits_per_pixel"], 4),
                 "n_colors": meta["n_colors"],
-                "export": (futures[4].result() or {}).get("path"),
+                "export": (futures[4].result() or {}).get("path") if futures[4] else None,
                 "fit": (
                     "imposed"
                     if imposed is not None
