@@ -158,7 +158,7 @@ def quantize_image(
         timings["assign_write"] = written["seconds"]
         verified = tasks.verify_store(target, address)
         timings["verify"] = verified["seconds"]
-        exported = tasks.export_cog(target, params, overwrite)
+        exported = tasks.export_cog(target, params, overwrite) if params.get("export") else None
         if exported is not None:
             timings["export"] = exported["seconds"]
         run_cluster.close()
