@@ -801,3 +801,41 @@ def test_batch_pixel_work_in_worker_processes(harness, client, tmp_path, monkeyp
             k: v for k, v in lib.items() if k != "zarr.json"
         }
         assert (outbox / f"p{i}.png-preview.png").is_file()
+
+
+def test_batch_image_in_three_task_runs_and_a_failed_preview_is_a_warning(
+    harness, client, tmp_path
+):
+    """An image of the batch is three task runs (inspect, fit, write-verify-preview); a
+    preview that cannot be written leaves the verified store and the image done."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.batch import quantize_batch
+    from kquant.store import open_store
+
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    write_png(inbox / "a.png", photo_like(50, 60, seed=21), age_seconds=60)
+    write_png(inbox / "b.png", photo_like(40, 70, seed=22), age_seconds=60)
+    (outbox / "b.png-preview.png").mkdir(parents=True)  # a folder where its preview goes
+    state = quantize_batch(
+        inbox=str(inbox),
+        outbox=str(outbox),
+        params=QuantizeParams(k=5, seed=1),
+        settle_seconds=0,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    for name in ("a", "b"):
+        open_store(outbox / f"{name}.png.kquant").verify()
+    assert (outbox / "a.png-preview.png").is_file()
+    assert (outbox / "b.png-preview.png").is_dir()  # untouched
+    rows = {r["image"]: r for r in state.result()["results"]}
+    assert rows["a.png"]["preview"] and rows["b.png"]["preview"] is None
+    runs = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[_run_id(state)]))
+    )
+    names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
+    assert names == ["fit-palette"] * 2 + ["inspect-source"] * 2 + ["write-verify-preview"] * 2
+    logs = _logs(client, _run_id(state), "no preview: ")
+    assert any("b.png-preview.png: no preview: " in m for m in logs)
