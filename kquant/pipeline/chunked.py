@@ -15,13 +15,11 @@ from kquant.io.convert import MaskRule
 from kquant.label import assign, dither, metrics, packing
 from kquant.params import QuantizeParams
 from kquant.pipeline.plan import (
-    geo_record,
     label_options,
     mask_rule,
-    nodata_record,
     pyramid_levels,
-    source_record,
     store_chunks,
+    store_meta,
     store_shards,
     uses_lut,
     write_metrics,
@@ -133,26 +131,19 @@ def write(
     rows, cols = store_chunks(pixels)
     shards = store_shards((rows, cols), params.shard)
     palette = np.asarray(palette, np.uint8)
-    bits = packing.storage_bits(len(palette))
     colours = palette if nodata_index is None else palette[:nodata_index]
     options = label_options(params, colours)
     use_lut = uses_lut(src, params)
-    meta = store.StoreMeta(
-        height=src.height,
-        width=src.width,
-        k=params.k,
-        n_colors=len(palette),
-        bits=bits,
-        chunk_rows=rows,
-        chunk_cols=cols,
-        shard_rows=shards[0] if shards else None,
-        shard_cols=shards[1] if shards else None,
-        source=source_record(src),
-        params=params.to_json(),
+    meta = store_meta(
+        src,
+        params,
+        palette,
+        nodata_index,
+        chunks=(rows, cols),
+        shards=shards,
         levels=pyramid_levels(params, src.height, src.width, (rows, cols)),
-        geo=geo_record(src),
-        nodata=nodata_record(params, nodata_index),
     )
+    bits = meta.bits
     brows, bcols = meta.block  # one task writes one whole chunk, or one whole shard
     pixels = pixels.rechunk((brows, bcols, pixels.shape[2]))
     with store.StoreWriter(target, meta, palette, overwrite=overwrite) as writer:

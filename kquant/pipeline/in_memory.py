@@ -27,10 +27,8 @@ from kquant.io.convert import MaskRule
 from kquant.label import assign, metrics, packing
 from kquant.params import QuantizeParams
 from kquant.pipeline.plan import (
-    geo_record,
     mask_rule,
-    nodata_record,
-    source_record,
+    store_meta,
     uses_lut,
     write_metrics,
 )
@@ -187,24 +185,12 @@ def write(
         As :func:`kquant.pipeline.write`; no store is left behind on failure.
     """
     palette = np.asarray(palette, np.uint8)
-    bits = packing.storage_bits(len(palette))
     # the dask path's record of how pixels were labelled (its lookup table from
     # LUT_MIN_PIXELS on, with the same labels): here always through a table of the
     # image's colours, recorded the same way so that both paths write the same store
     assigned = "lut" if uses_lut(src, params) else "direct"
-    meta = store.StoreMeta(
-        height=src.height,
-        width=src.width,
-        k=params.k,
-        n_colors=len(palette),
-        bits=bits,
-        chunk_rows=src.height,
-        chunk_cols=src.width,
-        source=source_record(src),
-        params=params.to_json(),
-        geo=geo_record(src),
-        nodata=nodata_record(params, nodata_index),
-    )
+    meta = store_meta(src, params, palette, nodata_index, chunks=(src.height, src.width))
+    bits = meta.bits
     with store.DirectStoreWriter(target, meta, palette, overwrite=overwrite) as writer:
         labels, sse, counts = label(
             src,

@@ -14,6 +14,7 @@ from kquant.io import uri as uri_mod
 from kquant.io.convert import MaskRule
 from kquant.label import dither, metrics, packing
 from kquant.params import QuantizeParams
+from kquant.store import StoreMeta
 
 #: Images of at least this many pixels are labelled through the 2**24-entry lookup table
 #: (it wins from 1 Mpx: bench/README.md, "Thresholds").
@@ -131,6 +132,35 @@ def nodata_record(params: QuantizeParams, nodata_index: int | None) -> dict | No
 def geo_record(src: ImageSource) -> dict | None:
     """The ``geo`` attribute of a store written from ``src`` (GeoZarr names), or None."""
     return src.geo.to_json(src.height, src.width) if src.geo is not None else None
+
+
+def store_meta(
+    src: ImageSource,
+    params: QuantizeParams,
+    palette: np.ndarray,
+    nodata_index: int | None,
+    *,
+    chunks: tuple[int, int],
+    shards: tuple[int, int] | None = None,
+    levels: int = 1,
+):
+    """The attributes of the store both write passes begin (its metrics come at the commit)."""
+    return StoreMeta(
+        height=src.height,
+        width=src.width,
+        k=params.k,
+        n_colors=len(palette),
+        bits=packing.storage_bits(len(palette)),
+        chunk_rows=chunks[0],
+        chunk_cols=chunks[1],
+        shard_rows=shards[0] if shards else None,
+        shard_cols=shards[1] if shards else None,
+        source=source_record(src),
+        params=params.to_json(),
+        levels=levels,
+        geo=geo_record(src),
+        nodata=nodata_record(params, nodata_index),
+    )
 
 
 def same_source(record: dict, source) -> bool:
