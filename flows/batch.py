@@ -158,7 +158,7 @@ def _failure_and_error(futures) -> tuple[str | None, BaseException | None]:
             try:
                 f.result()
             except Exception as exc:  # the task's own exception
-                return " ".join(str(exc).split()) or type(exc).__name__, exc
+                return report.one_line(exc), exc
             return state.message or state.name, None
     for f in futures:
         if f is not None and not f.state.is_completed():

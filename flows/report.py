@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.inbox import preview_path
 from flows.pixels import thumbnail_data_url
 from kquant import store
+from kquant.errors import reason as one_line  # a message on one line, as the CLI prints it
 from kquant.io import uri as kuri
 from kquant.label.metrics import format_bytes
 
@@ -33,11 +34,6 @@ CLIENT_MAX_RETRIES = 8
 #: How long a flow whose store is complete waits for an unreachable Prefect API before it
 #: reports (artifacts, then the run's final state); ``$KQUANT_API_WAIT_SECONDS``.
 API_WAIT_SECONDS = 900.0
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (its type's name if it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def slug(text: str, limit: int = 48) -> str:

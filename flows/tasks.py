@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 import kquant
 from flows import pixels, storage
 from kquant import cluster, pipeline, store
-from kquant.errors import KquantError, ParameterError
+from kquant.errors import KquantError, ParameterError, reason
 from kquant.fit import FitResult
 from kquant.io import ImageSource
 from kquant.io import uri as kuri
@@ -413,7 +413,8 @@ class ProgressArtifact:
 PROGRESS_SECONDS = 1.0
 
 
-def _write(
+@task(name="assign-write", cache_policy=NO_CACHE, **IO_RETRIES)
+def write_store(
     source: dict,
     target: str,
     palette: list | dict,
@@ -460,33 +461,8 @@ def _write(
     return {"meta": meta.to_json(), "seconds": round(seconds, 3)}
 
 
-@task(name="assign-write", cache_policy=NO_CACHE, **IO_RETRIES)
-def write_store(
-    source: dict,
-    target: str,
-    palette: list | dict,
-    params: dict,
-    overwrite: bool = False,
-    max_pixels: int | None = None,
-    address: str | None = None,
-    progress_key: str | None = None,
-    nodata_index: int | None = None,
-) -> dict:
-    """Assign every pixel to the palette and write the store (see :func:`_write`)."""
-    return _write(
-        source,
-        target,
-        palette,
-        params,
-        overwrite,
-        max_pixels,
-        address,
-        progress_key,
-        nodata_index,
-    )
-
-
-def _verify(target: str, address: str | None = None) -> dict:
+@task(name="verify-store", cache_policy=NO_CACHE, **IO_RETRIES)
+def verify_store(target: str, address: str | None = None) -> dict:
     """Open the store as a reader would and recompute its checksum.
 
     A store that fails verification was written by this run: it is removed
@@ -498,12 +474,6 @@ def _verify(target: str, address: str | None = None) -> dict:
     seconds = time.perf_counter() - t0
     get_run_logger().info("verified %s (%s)", root, checksum)
     return {"checksum": checksum, "seconds": round(seconds, 3)}
-
-
-@task(name="verify-store", cache_policy=NO_CACHE, **IO_RETRIES)
-def verify_store(target: str, address: str | None = None) -> dict:
-    """Open the store as a reader would and recompute its checksum (see :func:`_verify`)."""
-    return _verify(target, address)
 
 
 @task(name="export-cog", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -521,7 +491,8 @@ def export_cog(target: str, params: dict, overwrite: bool = False) -> dict | Non
     return {"path": written, "seconds": round(seconds, 3)}
 
 
-def _preview(
+@task(name="preview", cache_policy=NO_CACHE, **IO_RETRIES)
+def write_preview(
     source: dict,
     palette: list | dict,
     out: str,
@@ -538,48 +509,23 @@ def _preview(
     """
     t0 = time.perf_counter()
     out = kuri.normalise(out)
-    with compute_slot():
-        if kuri.is_remote(out):
-            with tempfile.TemporaryDirectory(prefix="kquant-preview-") as tmp:
-                local = os.path.join(tmp, "preview.png")
-                thumb = pixels.run(
-                    pixels.preview,
-                    source,
-                    palette,
-                    local,
-                    params,
-                    max_pixels,
-                    thumbnail_width,
-                    nodata_index,
-                )
-                fs, path = kuri.filesystem(out)
-                fs.put_file(local, path)
-        else:
-            thumb = pixels.run(
-                pixels.preview,
-                source,
-                palette,
-                out,
-                params,
-                max_pixels,
-                thumbnail_width,
-                nodata_index,
-            )
+    staging = tempfile.TemporaryDirectory(prefix="kquant-preview-") if kuri.is_remote(out) else None
+    with compute_slot(), staging or contextlib.nullcontext():
+        local = os.path.join(staging.name, "preview.png") if staging else out
+        thumb = pixels.run(
+            pixels.preview,
+            source,
+            palette,
+            local,
+            params,
+            max_pixels,
+            thumbnail_width,
+            nodata_index,
+        )
+        if staging:
+            fs, path = kuri.filesystem(out)
+            fs.put_file(local, path)
     return {"path": out, "seconds": round(time.perf_counter() - t0, 3), "thumbnail": thumb}
-
-
-@task(name="preview", cache_policy=NO_CACHE, **IO_RETRIES)
-def write_preview(
-    source: dict,
-    palette: list | dict,
-    out: str,
-    params: dict,
-    max_pixels: int | None = None,
-    thumbnail_width: int | None = None,
-    nodata_index: int | None = None,
-) -> dict:
-    """The preview picture and its thumbnail (see :func:`_preview`)."""
-    return _preview(source, palette, out, params, max_pixels, thumbnail_width, nodata_index)
 
 
 @task(name="write-verify-preview", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -597,9 +543,10 @@ def store_image(
     batch's, where a task run costs ~90 ms of CPU in the flow process and the server
     (bench/README.md, "Inbox throughput").
 
-    Returns the write's record with ``"verified"`` (:func:`_verify`'s) and ``"preview"``
-    (:func:`_preview`'s, or None: a preview that fails is a warning, the store stands). A
-    retry after the store was committed verifies that store rather than writing it again.
+    Returns :func:`write_store`'s record with ``"verified"`` (:func:`verify_store`'s) and
+    ``"preview"`` (:func:`write_preview`'s, or None: a preview that fails is a warning, the
+    store stands). A retry after the store was committed verifies that store rather than
+    writing it again.
     """
     from prefect.context import TaskRunContext
 
@@ -607,17 +554,16 @@ def store_image(
     if ctx is not None and ctx.task_run.run_count > 1 and store.status(target) == "complete":
         written = {"meta": store.open_store(target).meta.to_json(), "seconds": 0.0}
     else:
-        written = _write(
-            source, target, palette, params, False, max_pixels, None, None, nodata_index
+        written = write_store.fn(
+            source, target, palette, params, max_pixels=max_pixels, nodata_index=nodata_index
         )
-    written["verified"] = _verify(target, None)
+    written["verified"] = verify_store.fn(target)
     written["preview"] = None
     if preview_out:
         try:
-            written["preview"] = _preview(
+            written["preview"] = write_preview.fn(
                 source, palette, preview_out, params, max_pixels, thumbnail_width, nodata_index
             )
         except Exception as exc:  # the store is complete and verified; a preview is extra
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            get_run_logger().warning("%s: no preview: %s", preview_out, reason)
+            get_run_logger().warning("%s: no preview: %s", preview_out, reason(exc))
     return written

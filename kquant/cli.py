@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from kquant.errors import IncompleteStoreError, KquantError, ParameterError
+from kquant.errors import IncompleteStoreError, KquantError, ParameterError, reason
 from kquant.label.metrics import format_bytes
 
 EXIT_INCOMPLETE = 3
@@ -554,9 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # unexpected: still one line, traceback on request
         if os.environ.get("KQUANT_DEBUG"):
             raise
-        msg = " ".join(str(exc).split()) or type(exc).__name__
         print(
-            f"kquant: error: unexpected {type(exc).__name__}: {msg} "
+            f"kquant: error: unexpected {type(exc).__name__}: {reason(exc)} "
             "(set KQUANT_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
