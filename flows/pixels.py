@@ -197,14 +197,7 @@ def cluster_pool(address: str):
         If the scheduler cannot be reached.
     """
     global _pool
-    from distributed import Client
-
-    from kquant.errors import KquantError, reason
-
-    try:
-        client = Client(address, timeout="15s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise KquantError(f"cannot reach dask scheduler {address}: {reason(exc)}") from None
+    client = cluster.connect(address)
     executor = _ClusterExecutor(client)
     cluster.warm_workers(_warm, client)
     with _lock:

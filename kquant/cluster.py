@@ -71,6 +71,25 @@ def resolve_address(address: str | None, scheduler_file: str | None = None) -> s
     return None
 
 
+def connect(address: str):
+    """A :class:`distributed.Client` of the scheduler at ``address`` (never dask's default
+    client; the caller closes it).
+
+    Raises
+    ------
+    KquantError
+        If the scheduler cannot be reached.
+    """
+    from distributed import Client
+
+    from kquant.errors import KquantError, reason
+
+    try:
+        return Client(address, timeout="15s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise KquantError(f"cannot reach dask scheduler {address}: {reason(exc)}") from None
+
+
 @contextlib.contextmanager
 def scheduler(address: str | None = None):
     """Run the kquant work inside on a cluster (``address``) or on local threads.
@@ -82,8 +101,6 @@ def scheduler(address: str | None = None):
     KquantError
         If the scheduler cannot be reached.
     """
-    from kquant.errors import KquantError, reason
-
     address = None if _local_only.get() else resolve_address(address)
     if not address:
         token = _client.set(None)
@@ -92,12 +109,7 @@ def scheduler(address: str | None = None):
         finally:
             _client.reset(token)
         return
-    from distributed import Client
-
-    try:
-        client = Client(address, timeout="15s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise KquantError(f"cannot reach dask scheduler {address}: {reason(exc)}") from None
+    client = connect(address)
     token = _client.set(client)
     try:
         yield client
