@@ -185,15 +185,16 @@ def dask_processes(log_dir, *, env=None, nworkers: int = 2, timeout: float = 90)
     return _run()
 
 
-def files(root) -> dict:
-    """Every file of a folder (a store) by relative path, with its bytes (byte-identity checks)."""
+def files(root, *, but: tuple[str, ...] = ()) -> dict:
+    """Every file of a folder (a store) by relative path, with its bytes (byte-identity checks),
+    except the relative paths in ``but`` (``"zarr.json"``: attributes that record timings)."""
     from pathlib import Path
 
     root = Path(root)
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).as_posix() not in but
     }
 
 
