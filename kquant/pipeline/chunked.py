@@ -56,9 +56,7 @@ def _assign_write_block(
     """
     cluster.relax_worker_malloc()  # on a dask worker: no mmap per numpy temporary
     block = np.asarray(block)
-    colours, valid = palette, None
-    if nodata_index is not None:
-        colours = palette[:nodata_index]
+    colours, valid = palette[:nodata_index], None  # all of it without a nodata index
     if block.shape[2] == 4:
         valid = block[..., 3] != 0
         block = np.ascontiguousarray(block[..., :3])
@@ -131,7 +129,7 @@ def write(
     rows, cols = store_chunks(pixels)
     shards = store_shards((rows, cols), params.shard)
     palette = np.asarray(palette, np.uint8)
-    colours = palette if nodata_index is None else palette[:nodata_index]
+    colours = palette[:nodata_index]
     options = label_options(params, colours)
     use_lut = uses_lut(src, params)
     meta = store_meta(

@@ -126,7 +126,7 @@ def label(
     if nodata_index is None:
         mask = None
     arr = image(src, params, max_pixels=max_pixels, mask=mask)
-    colour_entries = palette if nodata_index is None else palette[:nodata_index]
+    colour_entries = palette[:nodata_index]  # all of it without a nodata index
     valid = None
     if mask is not None:
         valid = arr[..., 3] != 0

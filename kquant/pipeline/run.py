@@ -92,9 +92,7 @@ def write(
             overwrite=overwrite,
             max_pixels=max_pixels,
             fit_info=fit_info,
-            label_options=label_options(
-                params, palette if nodata_index is None else palette[:nodata_index]
-            ),
+            label_options=label_options(params, palette[:nodata_index]),
             nodata_index=nodata_index,
         )
         if callable(progress):
@@ -159,7 +157,7 @@ def preview(
     if small.shape[2] == 4:
         valid = small[..., 3] != 0
         small = np.ascontiguousarray(small[..., :3])
-    colours = palette if nodata_index is None else palette[:nodata_index]
+    colours = palette[:nodata_index]  # all of it without a nodata index
     options = label_options(params, colours)
     labels = (
         dither.label_block(small, colours, **options)
