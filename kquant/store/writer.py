@@ -4,6 +4,7 @@ are written; on object storage, in place with ``zarr.json`` last."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -84,6 +85,33 @@ class _Gate:
 _gates: dict[str, _Gate] = {}
 
 
+@contextlib.contextmanager
+def _admitted(root: str):
+    """Around a chunk write into ``root``: yields False when the store's writer in this
+    process has aborted (the write is skipped), else True, and the write counts as in
+    flight until the block ends (:class:`_Gate`).
+
+    Raises
+    ------
+    LockLostError
+        If the store is on object storage and this process lost its lock (a run that lost
+        its lock writes nothing more).
+    """
+    gate = _gates.get(root)
+    if gate is not None and not gate.enter():
+        yield False
+        return
+    try:
+        if gate is not None and gate.target is not None:
+            from kquant.store import locking
+
+            locking.check(gate.target)
+        yield True
+    finally:
+        if gate is not None:
+            gate.leave()
+
+
 def write_packed_chunk(
     root: str, packed: np.ndarray, row0: int, byte0: int, chunk: tuple[int, int]
 ) -> None:
@@ -104,14 +132,9 @@ def write_packed_chunk(
     LockLostError
         If the store is on object storage and this process lost its lock.
     """
-    gate = _gates.get(root)
-    if gate is not None and not gate.enter():
-        return
-    try:
-        if gate is not None and gate.target is not None:
-            from kquant.store import locking
-
-            locking.check(gate.target)  # a run that lost its lock writes nothing more
+    with _admitted(root) as admitted:
+        if not admitted:
+            return
         layout = _layout(root)
         if layout.packbits is not None:
             _write_labels_block(root, layout, packed, row0, byte0, tuple(chunk))
@@ -142,9 +165,6 @@ def write_packed_chunk(
         direct.write_chunk(
             Path(root) / "labels", (row0 // rows, byte0 // cols), full, zstd_level=layout.level
         )
-    finally:
-        if gate is not None:
-            gate.leave()
 
 
 def _write_labels_block(
@@ -208,14 +228,9 @@ def write_level_chunk(root: str, level: int, labels: np.ndarray, row0: int, col0
     LockLostError
         If the store is on object storage and this process lost its lock.
     """
-    gate = _gates.get(root)
-    if gate is not None and not gate.enter():
-        return
-    try:
-        if gate is not None and gate.target is not None:
-            from kquant.store import locking
-
-            locking.check(gate.target)
+    with _admitted(root) as admitted:
+        if not admitted:
+            return
         path = level_path(level)
         layout = _layout(root, path)
         bits = layout.packbits
@@ -248,9 +263,6 @@ def write_level_chunk(root: str, level: int, labels: np.ndarray, row0: int, col0
             packing.packbits_encode(full, 0, bits - 1),
             zstd_level=int(layout.level or 0),
         )
-    finally:
-        if gate is not None:
-            gate.leave()
 
 
 @dataclasses.dataclass(frozen=True)
