@@ -38,7 +38,7 @@ os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-from helpers import free_port, photo_like, wait_for, write_png  # noqa: E402  (after PREFECT_HOME)
+from helpers import free_port, photo_like, prefect_client, wait_for, write_png  # noqa: E402  (after PREFECT_HOME)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -153,18 +153,7 @@ class PrefectStack:
 
     def client(self):
         """A sync Prefect client for this server (use as a context manager)."""
-        import contextlib
-
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        @contextlib.contextmanager
-        def cm():
-            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-                with get_client(sync_client=True) as c:
-                    yield c
-
-        return cm()
+        return prefect_client(self.api_url)
 
     def log_tail(self, n: int = 60) -> str:
         try:

@@ -1,5 +1,6 @@
 """Test helpers shared by test modules (a plain module, not a conftest)."""
 
+import contextlib
 import os
 import time
 
@@ -183,6 +184,17 @@ def dask_processes(log_dir, *, env=None, nworkers: int = 2, timeout: float = 90)
             stop_group(sched)
 
     return _run()
+
+
+@contextlib.contextmanager
+def prefect_client(api_url: str):
+    """A sync Prefect client of the server at ``api_url``."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as c:
+            yield c
 
 
 def files(root, *, but: tuple[str, ...] = ()) -> dict:

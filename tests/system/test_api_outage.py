@@ -20,7 +20,7 @@ from pathlib import Path
 
 import faultkit as tf
 import pytest
-from helpers import wait_for
+from helpers import prefect_client, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -170,19 +170,8 @@ class Server:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
     def client(self):
-        """A sync Prefect client for this server (a context manager)."""
-        import contextlib
-
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        @contextlib.contextmanager
-        def cm():
-            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-                with get_client(sync_client=True) as c:
-                    yield c
-
-        return cm()
+        """A sync Prefect client for this server (use as a context manager)."""
+        return prefect_client(self.api_url)
 
     def runs(self) -> dict:
         """Flow run name -> (state type, state message), of every run on the server."""

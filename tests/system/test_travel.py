@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, stop_tree
-from helpers import free_port, photo_like, wait_for, write_png
+from helpers import free_port, photo_like, prefect_client, wait_for, write_png
 
 BIN = Path(sys.executable).parent
 POOL = "travel"
@@ -85,18 +85,8 @@ class Travel:
         return where / "cwd", log.read_text(errors="replace")
 
     def client(self):
-        import contextlib
-
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        @contextlib.contextmanager
-        def cm():
-            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-                with get_client(sync_client=True) as c:
-                    yield c
-
-        return cm()
+        """A sync Prefect client for this server (use as a context manager)."""
+        return prefect_client(self.api_url)
 
 
 @pytest.fixture(scope="module")
